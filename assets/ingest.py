@@ -1,0 +1,34 @@
+"""`items`, `users`, `interactions`: one read of a dataset's source into the canonical tables."""
+
+import dagster as dg
+import polars as pl
+
+from assets import DATASETS
+from assets.metadata import plain, table_preview
+from mmrec_pipeline.data.ingest import load_dataset
+from mmrec_pipeline.registry import get_dataset
+
+
+@dg.multi_asset(
+    outs={name: dg.AssetOut(group_name="ingest", io_manager_key="lake", description=desc) for name, desc in {
+        "items": "The item catalog: text, price, attributes, image path and hash.",
+        "users": "Users and their optional attributes.",
+        "interactions": "Every interaction (canonical, unfiltered), sorted by user and time.",
+    }.items()},
+    partitions_def=DATASETS,
+)
+def ingest(context: dg.AssetExecutionContext):
+    spec = get_dataset(context.partition_key)
+    tables = load_dataset(spec)
+    skipped = plain({f"skipped: {k}": v for k, v in tables.skipped.items()})
+    for reason, n in tables.skipped.items():
+        context.log.warning(f"{spec.name}: skipped {n} {reason}")
+    items, inter = tables.items, tables.interactions
+    yield dg.Output(items, "items", metadata={
+        "items": items.height, "categories": items["category"].n_unique(),
+        "with_image": items["image_sha256"].is_not_null().sum(), "preview": table_preview(items), **skipped})
+    yield dg.Output(tables.users, "users", metadata={"users": tables.users.height})
+    yield dg.Output(inter, "interactions", metadata={
+        "interactions": inter.height, "users": inter["user_id"].n_unique(), "items": inter["item_id"].n_unique(),
+        "first": str(inter["ts"].min()), "last": str(inter["ts"].max()),
+        "with_review_text": inter.filter(pl.col("review_text").is_not_null()).height, **skipped})

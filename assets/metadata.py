@@ -1,0 +1,36 @@
+"""Small helpers that turn domain results into Dagster metadata."""
+
+from __future__ import annotations
+
+import base64
+
+import dagster as dg
+import polars as pl
+
+
+def table_preview(df: pl.DataFrame, n: int = 5, max_chars: int = 60) -> dg.MetadataValue:
+    """The first rows as a Markdown table, long strings shortened."""
+    head = df.head(n).with_columns(
+        [pl.col(c).cast(pl.Utf8).str.slice(0, max_chars) for c in df.columns])
+    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
+    lines += ["| " + " | ".join("" if v is None else str(v).replace("|", "/") for v in row) + " |"
+              for row in head.iter_rows()]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
+def png_markdown(png: bytes, alt: str = "plot") -> dg.MetadataValue:
+    """Dagster has no image metadata type: embed the PNG in Markdown."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def plain(values: dict) -> dict:
+    """Numbers and strings as metadata, everything else as JSON."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, bool) or v is None:
+            out[k] = dg.MetadataValue.text(str(v))
+        elif isinstance(v, (int, float, str)):
+            out[k] = v
+        else:
+            out[k] = dg.MetadataValue.json(v)
+    return out

@@ -1,0 +1,49 @@
+"""One asset per recommender and dataset: train every variant, checkpoint it, evaluate it on test.
+
+The asset's table is the model's rows of the long metrics table; checkpoints go to
+`$MMREC_HOME/<dataset>/models/<model>/<variant>/` (config.json + model.safetensors).
+"""
+
+import sys
+
+import dagster as dg
+import polars as pl
+
+from assets import DATASETS
+from assets.metadata import plain, png_markdown
+from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.evaluation.protocols import headline
+from mmrec_pipeline.evaluation.report import plot_learning_curves
+from mmrec_pipeline.models import CLASSIC
+from mmrec_pipeline.models.base import ItemFeatures
+from mmrec_pipeline.models.runner import train_variants
+from mmrec_pipeline.registry import get_dataset
+from mmrec_pipeline.storage import dataset_dir
+from resources.compute import ComputeResource
+
+
+def model_asset(name: str, cls, variants: dict) -> dg.AssetsDefinition:
+    @dg.asset(name=name, partitions_def=DATASETS, group_name="models", io_manager_key="lake",
+              description=sys.modules[cls.__module__].__doc__.strip().split("\n\n")[0])
+    def _train(context: dg.AssetExecutionContext, compute: ComputeResource, split: pl.DataFrame,
+               items: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+        spec = get_dataset(context.partition_key)
+        data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
+        out_dir = dataset_dir(spec.name) / "models" / name
+        runs = train_variants(name, cls, variants, data, ItemFeatures(), compute.settings(), out_dir,
+                              spec.models.get(name), log=context.log)
+        table = pl.concat([r.metrics for r in runs])
+        meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
+                **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(table).items()}),
+                **plain({f"train_seconds {r.variant}": round(r.report["seconds"], 2) for r in runs}),
+                **plain({f"eval_seconds {r.variant}": round(r.eval_seconds, 2) for r in runs})}
+        curves = {r.variant: r.report["curve"] for r in runs if r.report.get("curve")}
+        if curves:
+            meta["learning_curve"] = png_markdown(plot_learning_curves(curves, title=name), "learning curve")
+        return dg.Output(table, metadata=meta)
+
+    return _train
+
+
+classic_models = [model_asset(name, cls, variants) for name, (cls, variants) in CLASSIC.items()]
+all_model_names = [a.key.path[-1] for a in classic_models]

@@ -1,0 +1,125 @@
+"""`mmrec`: run a dataset's assets through the project's Definitions, recorded in the Dagster instance.
+
+    mmrec run --dataset sample [--select group:ingest]
+    mmrec datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mmrec_pipeline.registry import RegistryError, lake_root, load_registry
+
+
+# GPU-heavy assets run in pool `gpu`; only they use a pool, so the default limit is the GPU's.
+INSTANCE_YAML = """telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+"""
+
+
+def instance_home() -> Path:
+    """`DAGSTER_HOME` (default `$MMREC_HOME/dagster`), created with the project's instance settings."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(lake_root() / "dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(INSTANCE_YAML)
+    return home
+
+
+def _instance():
+    import dagster as dg
+
+    instance_home()
+    return dg.DagsterInstance.get()
+
+
+def ui(port: int) -> int:
+    """`dagster dev` on 127.0.0.1 with the same instance as `mmrec run`."""
+    instance_home()
+    cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
+           "-p", str(port)]
+    os.chdir(Path(__file__).resolve().parent.parent)
+    os.execv(cmd[0], cmd)
+
+
+def run(dataset: str, select: str | None) -> int:
+    import dagster as dg
+
+    from mmrec_pipeline.definitions import defs
+    from mmrec_pipeline.lake import refresh_catalog
+
+    specs = load_registry()
+    if dataset not in specs:
+        print(f"error: unknown dataset '{dataset}'; known: {', '.join(specs)}", file=sys.stderr)
+        return 2
+    instance = _instance()
+    selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
+    job = defs.resolve_implicit_global_asset_job_def()
+    asset_graph = defs.resolve_asset_graph()
+    selected = selection.resolve(asset_graph)
+    keys = [k for k in selected if asset_graph.get(k).partitions_def is not None]
+    if not keys:
+        print(f"error: selection '{select}' matches no partitioned asset", file=sys.stderr)
+        return 2
+    result = job.execute_in_process(instance=instance, partition_key=dataset, asset_selection=keys,
+                                    raise_on_error=False, tags={"mmrec/dataset": dataset})
+    ok = result.success
+    unpartitioned = [k for k in selected if asset_graph.get(k).partitions_def is None]
+    if ok and unpartitioned:  # the cross-dataset leaderboard, refreshed after the dataset's own run
+        ok = job.execute_in_process(instance=instance, asset_selection=unpartitioned, raise_on_error=False).success
+    root = lake_root()
+    if root.exists():
+        refresh_catalog(root)
+    print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {result.run_id})")
+    print(f"tables:  {root / dataset}/*.parquet   (DuckDB views: {root / 'lake.duckdb'})")
+    report = root / dataset / "report.html"
+    if report.exists():
+        print(f"report:  {report}")
+    print(f"UI:      make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    if not ok:
+        for event in result.all_events:
+            if event.is_step_failure:
+                print(f"failed step {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def datasets() -> int:
+    root = lake_root()
+    print(f"{'dataset':<22} {'source':<9} {'split':<9} {'data':<8} {'materialized':<13} path")
+    for spec in load_registry().values():
+        present = spec.source == "sample" or spec.data_dir().exists()
+        tables = sorted(p.stem for p in (root / spec.name).glob("*.parquet")) if (root / spec.name).exists() else []
+        print(f"{spec.name:<22} {spec.source:<9} {spec.split:<9} {'present' if present else 'absent':<8} "
+              f"{(str(len(tables)) + ' tables') if tables else '-':<13} {spec.data_dir()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmrec", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="materialize a dataset's assets")
+    p_run.add_argument("--dataset", required=True)
+    p_run.add_argument("--select", help="Dagster asset selection, e.g. 'group:ingest' or 'split+'")
+    sub.add_parser("datasets", help="list the registry and each dataset's status")
+    p_ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
+    p_ui.add_argument("--port", type=int, default=3000)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return run(args.dataset, args.select)
+        if args.command == "ui":
+            return ui(args.port)
+        return datasets()
+    except RegistryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Where and how tensors run: the plain settings behind the Dagster `ComputeResource`.
+
+Domain code takes a `Compute` so it stays testable without Dagster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (autocast / model load dtype)
+    batch_size: int = 64
+    num_workers: int = 0  # DataLoader workers for image decoding
+    quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes; CUDA only)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.quantization not in ("none", "8bit", "4bit"):
+            raise ValueError(f"quantization must be none, 8bit or 4bit, got '{self.quantization}'")
+        if self.dtype not in ("auto", *DTYPES):
+            raise ValueError(f"dtype must be auto or one of {list(DTYPES)}, got '{self.dtype}'")
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"compute device '{self.device}' requested but CUDA is not available on this machine")
+        return torch.device(self.device)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """bf16 on a GPU that supports it when 'auto'; float32 on CPU."""
+        if self.dtype != "auto":
+            return DTYPES[self.dtype]
+        if self.torch_device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+
+    def autocast(self):
+        """Mixed precision context for training/inference: enabled only for a reduced dtype on CUDA."""
+        dev = self.torch_device
+        enabled = dev.type == "cuda" and self.torch_dtype != torch.float32
+        return torch.autocast(device_type=dev.type, dtype=self.torch_dtype, enabled=enabled)
+
+
+class Progress:
+    """Logs `done/total`, items/s and ETA at most every `every_s` seconds (to the Dagster log when given its logger)."""
+
+    def __init__(self, what: str, total: int, log: logging.Logger | Callable | None = None, every_s: float = 10.0):
+        self.what, self.total, self.every_s = what, total, every_s
+        self.log = log or logging.getLogger("mmrec_pipeline")
+        self.start = self.last = time.perf_counter()
+        self.done = 0
+
+    def update(self, n: int = 1, extra: str = "") -> None:
+        self.done += n
+        now = time.perf_counter()
+        if now - self.last >= self.every_s or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+            msg = f"{self.what}: {self.done}/{self.total} ({rate:.1f}/s, ETA {eta:.0f}s){' ' + extra if extra else ''}"
+            (self.log.info if hasattr(self.log, "info") else self.log)(msg)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(self.seconds, 1e-9)

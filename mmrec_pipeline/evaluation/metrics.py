@@ -1,0 +1,447 @@
+"""Ranking metrics over the whole catalog: one batched evaluator shared by every model.
+
+Data-model independent: users and items are integer indices (0..n_items-1); the caller
+(`protocols.py`) maps ids to indices and decides what is history and what is relevant.
+
+Definitions (per user, top-K list L = the K best-scored items that are not masked, best first,
+ties broken by lower item index; rel = the user's relevant items; rank j = 1..K):
+
+- ``hr``        1 if any item of L is relevant, else 0.
+- ``precision`` hits / K (a slot left empty because fewer than K items are rankable is a miss).
+- ``recall``    hits / |rel|.
+- ``ndcg``      DCG / IDCG with binary gain: DCG = sum_j rel_j / log2(j + 1),
+                IDCG = sum_{j=1..min(|rel|, K)} 1 / log2(j + 1).
+- ``mrr``       1 / rank of the first relevant item in L, 0 if none.
+- ``map``       AP@K = sum_j rel_j * precision@j / min(|rel|, K).
+- ``coverage``  |union of all users' L| / n_items (one number, no per-user value).
+- ``diversity`` intra-list diversity: mean over item pairs of L of (1 - cosine(item_vectors)),
+                or of [category differs] when only item_categories are given; undefined (skipped)
+                for lists with fewer than two items.
+- ``novelty``   mean over the items of L of -log2 p(i), p(i) = (train_counts[i] + 1) / (sum + n_items).
+
+Per-user values are averaged over users; users whose relevant set is empty are skipped and counted.
+A relevant item that is also masked (history with ``exclude_history``, or outside ``candidates``)
+can never be hit but still counts in |rel|: dropping such items is the protocol's decision.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+ACCURACY_METRICS = ("hr", "precision", "recall", "ndcg", "mrr", "map")
+ScoreFn = Callable[[np.ndarray, list[np.ndarray]], torch.Tensor]
+
+
+@dataclass
+class EvalInputs:
+    """What to rank for whom.
+
+    history: per user, the input item indices in time order (what the model sees; masked from the
+    ranking when ``exclude_history``). relevant: per user, the items that count as hits.
+    candidates: if given, only these items are ranked for that user (the ``sampled:N`` protocol).
+    """
+
+    n_items: int
+    users: np.ndarray
+    history: list[np.ndarray]
+    relevant: list[np.ndarray]
+    exclude_history: bool = True
+    candidates: list[np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        self.users = np.asarray(self.users, dtype=np.int64)
+        n = len(self.users)
+        if len(self.history) != n or len(self.relevant) != n:
+            raise ValueError("users, history and relevant must have the same length")
+        if self.candidates is not None and len(self.candidates) != n:
+            raise ValueError("candidates must have one entry per user")
+
+
+@dataclass
+class EvalResult:
+    """Averaged metrics (``rows``) plus per-user values for significance tests and debugging."""
+
+    rows: list[dict]
+    per_user: dict[str, np.ndarray]
+    users: np.ndarray  # the evaluated users, in the order of the per-user arrays
+    n_users: int
+    skipped_users: int
+    seconds: float
+    users_per_second: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.users_per_second = self.n_users / self.seconds if self.seconds > 0 else float("inf")
+
+    def value(self, metric: str, k: int | None = None) -> float:
+        """The averaged value of one metric, e.g. ``result.value("ndcg", 10)``."""
+        for row in self.rows:
+            if row["metric"] == metric and row["k"] == k:
+                return row["value"]
+        raise KeyError(f"{metric}@{k}")
+
+
+# ---------------------------------------------------------------------------------------------
+# batched evaluator
+
+
+def deterministic_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k per row, best first, equal scores ordered by lower item index. Returns (indices, scores).
+
+    ``torch.topk`` picks an arbitrary subset among ties at the k-th value, so rows where the number
+    of scores >= the k-th value exceeds k are redone: everything strictly above the k-th value, plus
+    the lowest-index items equal to it. Costs one extra comparison pass; no full sort.
+    """
+    k = min(k, scores.shape[1])
+    vals, idx = torch.topk(scores, k, dim=1)
+    kth = vals[:, -1:]
+    crossing = (scores >= kth).sum(dim=1) > k
+    if bool(crossing.any()):
+        rows = crossing.nonzero().squeeze(1)
+        s, t = scores[rows], kth[rows]
+        above = s > t
+        need = k - above.sum(dim=1, keepdim=True)
+        tied = s == t
+        take = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
+        idx[rows] = take.nonzero()[:, 1].view(-1, k)  # nonzero is row-major: ascending item index
+    # Order inside the top-k: sort by index, then stable sort by score, so ties stay index-ordered.
+    pass
+    vals, order = scores.gather(1, idx).sort(dim=1, descending=True, stable=True)
+    return idx.gather(1, order), vals
+
+
+def _ragged_index(arrays: Sequence[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) index pairs for a list of per-row item arrays."""
+    lengths = [len(a) for a in arrays]
+    rows = np.repeat(np.arange(len(arrays)), lengths)
+    items = np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays]) if arrays else np.zeros(0)
+    return (torch.as_tensor(rows, dtype=torch.long, device=device),
+            torch.as_tensor(items, dtype=torch.long, device=device))
+
+
+def _masked_scores(score_fn: ScoreFn, inputs: EvalInputs, sel: np.ndarray, device) -> torch.Tensor:
+    history = [inputs.history[i] for i in sel]
+    raw = torch.as_tensor(score_fn(inputs.users[sel], history)).detach()
+    if raw.shape != (len(sel), inputs.n_items):
+        raise ValueError(f"score_fn returned shape {tuple(raw.shape)}, expected ({len(sel)}, {inputs.n_items})")
+    # Copy: we write -inf in place and score_fn may hand back a cached or expanded tensor.
+    scores = raw.to(device=device, copy=True)
+    if not scores.is_floating_point():
+        scores = scores.double()
+    if bool(torch.isnan(scores).any()):
+        raise ValueError("score_fn returned NaN scores")
+    if inputs.candidates is not None:
+        rows, items = _ragged_index([inputs.candidates[i] for i in sel], device)
+        only = torch.full_like(scores, -math.inf)
+        only[rows, items] = scores[rows, items]
+        scores = only
+    if inputs.exclude_history:
+        rows, items = _ragged_index(history, device)
+        scores[rows, items] = -math.inf
+    return scores
+
+
+def _accuracy(hit: torch.Tensor, n_rel: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
+    """Accuracy metrics from a [B, >=k] 0/1 hit matrix (float64) and relevant-set sizes [B]."""
+    h = hit[:, :k]
+    ranks = torch.arange(1, k + 1, dtype=h.dtype, device=h.device)
+    discount = 1.0 / torch.log2(ranks + 1)
+    hits = h.sum(dim=1)
+    ideal_n = torch.clamp(n_rel, max=k)
+    idcg = torch.cumsum(discount, 0)[ideal_n - 1]
+    precision_at_j = torch.cumsum(h, dim=1) / ranks
+    return {
+        "hr": (hits > 0).to(h.dtype),
+        "precision": hits / k,
+        "recall": hits / n_rel,
+        "ndcg": (h * discount).sum(dim=1) / idcg,
+        "mrr": (h / ranks).max(dim=1).values,  # 1/rank decreases, so the max is the first hit
+        "map": (precision_at_j * h).sum(dim=1) / ideal_n,
+    }
+
+
+def _pairwise_diversity(dist: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of a [B, K, K] pairwise distance over distinct pairs of the first k valid items; NaN if < 2."""
+    v = valid[:, :k]
+    pair = v[:, :, None] & v[:, None, :]
+    pair &= ~torch.eye(k, dtype=torch.bool, device=v.device)
+    n_pairs = pair.sum(dim=(1, 2))
+    total = (dist[:, :k, :k] * pair).sum(dim=(1, 2))
+    return torch.where(n_pairs > 0, total / n_pairs.clamp(min=1), torch.nan)
+
+
+def _self_information(train_counts: np.ndarray, n_items: int) -> np.ndarray:
+    counts = np.asarray(train_counts, dtype=np.float64)
+    return -np.log2((counts + 1.0) / (counts.sum() + n_items))
+
+
+def _category_codes(item_categories) -> np.ndarray:
+    return np.unique(np.asarray(item_categories), return_inverse=True)[1].reshape(-1)
+
+
+def _beyond_accuracy_kinds(item_vectors, item_categories, train_counts) -> list[str]:
+    kinds = []
+    if item_vectors is not None or item_categories is not None:
+        kinds.append("diversity")
+    if train_counts is not None:
+        kinds.append("novelty")
+    return kinds
+
+
+def _summarise(per_user: dict[str, np.ndarray], covered: dict[int, int], ks, kinds, n_items) -> list[dict]:
+    rows = []
+    for metric in (*ACCURACY_METRICS, "coverage", *kinds):
+        for k in ks:
+            if metric == "coverage":
+                value = covered[k] / n_items
+            else:
+                values = per_user[f"{metric}@{k}"]
+                # diversity/novelty are undefined for too-short lists: average over defined ones
+                defined = values[~np.isnan(values)]
+                value = float(defined.mean()) if len(defined) else float("nan")
+            rows.append({"metric": metric, "k": int(k), "value": float(value)})
+    return rows
+
+
+def evaluate(
+    score_fn: ScoreFn,
+    inputs: EvalInputs,
+    ks: Sequence[int] = (5, 10, 20),
+    batch_size: int = 256,
+    item_vectors: np.ndarray | torch.Tensor | None = None,
+    item_categories: np.ndarray | None = None,
+    train_counts: np.ndarray | None = None,
+    device: str | torch.device = "cpu",
+) -> EvalResult:
+    """Rank the whole catalog for every user, in batches, and compute the metrics in the module docstring.
+
+    ``score_fn(users, history) -> Tensor[B, n_items]``. Memory is about ``batch_size * n_items``
+    scores (plus a bool mask of the same shape), independent of the number of users.
+    Diversity uses ``item_vectors`` when given, else ``item_categories``; novelty needs ``train_counts``.
+    """
+    start = time.perf_counter()
+    ks = sorted({int(k) for k in ks})
+    k_max = ks[-1]
+    n_items = inputs.n_items
+    keep = np.array([len(np.unique(r)) > 0 for r in inputs.relevant], dtype=bool)
+    selected = np.flatnonzero(keep)
+    kinds = _beyond_accuracy_kinds(item_vectors, item_categories, train_counts)
+
+    vectors = categories = self_info = None
+    if item_vectors is not None:
+        vectors = torch.nn.functional.normalize(torch.as_tensor(item_vectors).double().to(device), dim=1)
+    elif item_categories is not None:
+        categories = torch.as_tensor(_category_codes(item_categories), device=device)
+    if train_counts is not None:
+        self_info = torch.as_tensor(_self_information(train_counts, n_items), device=device)
+
+    seen = {k: torch.zeros(n_items, dtype=torch.bool, device=device) for k in ks}
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for lo in range(0, len(selected), batch_size):
+        sel = selected[lo : lo + batch_size]
+        scores = _masked_scores(score_fn, inputs, sel, device)
+        top, top_scores = deterministic_topk(scores, k_max)
+        del scores
+        valid = top_scores > -math.inf
+        if top.shape[1] < k_max:  # catalog smaller than K: pad with empty slots
+            pad = k_max - top.shape[1]
+            top = torch.nn.functional.pad(top, (0, pad))
+            valid = torch.nn.functional.pad(valid, (0, pad), value=False)
+
+        # A hit is a (row, item) pair of the top-k that also occurs among the relevant pairs.
+        relevant = [np.unique(inputs.relevant[i]) for i in sel]
+        rel_rows, rel_items = _ragged_index(relevant, device)
+        rows = torch.arange(len(sel), device=device)[:, None]
+        hit = torch.isin(rows * n_items + top, rel_rows * n_items + rel_items) & valid
+        n_rel = torch.as_tensor([len(r) for r in relevant], device=device)
+
+        dist = None
+        if vectors is not None:
+            v = vectors[top]
+            dist = 1.0 - v @ v.transpose(1, 2)
+        elif categories is not None:
+            c = categories[top]
+            dist = (c[:, :, None] != c[:, None, :]).double()
+
+        hit = hit.double()
+        for k in ks:
+            values = _accuracy(hit, n_rel, k)
+            seen[k][top[:, :k][valid[:, :k]]] = True
+            if dist is not None:
+                values["diversity"] = _pairwise_diversity(dist, valid, k)
+            if self_info is not None:
+                v = valid[:, :k]
+                total = (self_info[top[:, :k]] * v).sum(dim=1)
+                values["novelty"] = torch.where(v.any(dim=1), total / v.sum(dim=1).clamp(min=1), torch.nan)
+            for name, value in values.items():
+                chunks.setdefault(f"{name}@{k}", []).append(value.double().cpu())
+
+    per_user = {
+        f"{m}@{k}": (torch.cat(chunks[f"{m}@{k}"]).numpy() if chunks else np.zeros(0))
+        for m in (*ACCURACY_METRICS, *kinds)
+        for k in ks
+    }
+    covered = {k: int(seen[k].sum()) for k in ks}
+    return EvalResult(
+        rows=_summarise(per_user, covered, ks, kinds, n_items),
+        per_user=per_user,
+        users=inputs.users[selected],
+        n_users=len(selected),
+        skipped_users=int((~keep).sum()),
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# reference implementation
+
+
+def naive_evaluate(
+    score_fn: ScoreFn,
+    inputs: EvalInputs,
+    ks: Sequence[int] = (5, 10, 20),
+    item_vectors: np.ndarray | None = None,
+    item_categories: np.ndarray | None = None,
+    train_counts: np.ndarray | None = None,
+) -> EvalResult:
+    """Deliberately simple reference: one user at a time, a stable argsort, plain Python loops.
+
+    Produces the same rows as ``evaluate``; used by the tests and the benchmark, never in the pipeline.
+    """
+    start = time.perf_counter()
+    ks = sorted({int(k) for k in ks})
+    kinds = _beyond_accuracy_kinds(item_vectors, item_categories, train_counts)
+    vectors = None
+    if item_vectors is not None:
+        vectors = np.asarray(item_vectors, dtype=np.float64)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = vectors / np.maximum(norms, 1e-12)
+    categories = _category_codes(item_categories) if item_categories is not None else None
+    self_info = _self_information(train_counts, inputs.n_items) if train_counts is not None else None
+
+    per_user: dict[str, list[float]] = {f"{m}@{k}": [] for m in (*ACCURACY_METRICS, *kinds) for k in ks}
+    seen: dict[int, set] = {k: set() for k in ks}
+    evaluated, skipped = [], 0
+    for i, user in enumerate(inputs.users):
+        rel = set(np.asarray(inputs.relevant[i]).tolist())
+        if not rel:
+            skipped += 1
+            continue
+        evaluated.append(user)
+        scores = torch.as_tensor(score_fn(inputs.users[i : i + 1], [inputs.history[i]]))[0]
+        scores = scores.double().cpu().numpy().copy()
+        if np.isnan(scores).any():
+            raise ValueError("score_fn returned NaN scores")
+        if inputs.candidates is not None:
+            allowed = np.full(inputs.n_items, False)
+            allowed[np.asarray(inputs.candidates[i], dtype=np.int64)] = True
+            scores[~allowed] = -np.inf
+        if inputs.exclude_history:
+            scores[np.asarray(inputs.history[i], dtype=np.int64)] = -np.inf
+        order = np.argsort(-scores, kind="stable")  # stable: equal scores keep catalog order
+
+        for k in ks:
+            top = [int(item) for item in order[:k] if scores[item] > -np.inf]
+            seen[k].update(top)
+            hits = [1 if item in rel else 0 for item in top]
+            n_hits = sum(hits)
+            dcg = sum(h / math.log2(j + 2) for j, h in enumerate(hits))
+            idcg = sum(1 / math.log2(j + 2) for j in range(min(len(rel), k)))
+            first = next((j + 1 for j, h in enumerate(hits) if h), None)
+            ap, running = 0.0, 0
+            for j, h in enumerate(hits):
+                running += h
+                ap += h * running / (j + 1)
+            values = {
+                "hr": float(n_hits > 0),
+                "precision": n_hits / k,
+                "recall": n_hits / len(rel),
+                "ndcg": dcg / idcg,
+                "mrr": 1.0 / first if first else 0.0,
+                "map": ap / min(len(rel), k),
+            }
+            if "diversity" in kinds:
+                pairs = [(a, b) for a in top for b in top if a != b]
+                if vectors is not None:
+                    dists = [1.0 - float(vectors[a] @ vectors[b]) for a, b in pairs]
+                else:
+                    dists = [float(categories[a] != categories[b]) for a, b in pairs]
+                values["diversity"] = sum(dists) / len(dists) if dists else float("nan")
+            if "novelty" in kinds:
+                values["novelty"] = sum(self_info[t] for t in top) / len(top) if top else float("nan")
+            for name, value in values.items():
+                per_user[f"{name}@{k}"].append(value)
+
+    arrays = {key: np.asarray(values, dtype=np.float64) for key, values in per_user.items()}
+    covered = {k: len(seen[k]) for k in ks}
+    return EvalResult(
+        rows=_summarise(arrays, covered, ks, kinds, inputs.n_items),
+        per_user=arrays,
+        users=np.asarray(evaluated, dtype=np.int64),
+        n_users=len(evaluated),
+        skipped_users=skipped,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# protocols and pointwise metrics
+
+
+def sampled_candidates(inputs: EvalInputs, n_negatives: int, seed: int) -> list[np.ndarray]:
+    """Per user: the relevant items plus ``n_negatives`` items drawn uniformly without replacement
+    from the items outside history ∪ relevant (all of them if fewer remain). Sorted item indices.
+
+    This is the ``sampled:N`` protocol; it exists only to show how sampling inflates the numbers.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for hist, rel in zip(inputs.history, inputs.relevant):
+        rel = np.unique(np.asarray(rel, dtype=np.int64))
+        excluded = np.union1d(np.asarray(hist, dtype=np.int64), rel)
+        n_free = inputs.n_items - len(excluded)
+        ranks = np.sort(rng.choice(n_free, size=min(n_negatives, n_free), replace=False))
+        # Map the r-th free item to its index: add the number of excluded items at or before it.
+        free_before = excluded - np.arange(len(excluded))
+        negatives = ranks + np.searchsorted(free_before, ranks, side="right")
+        out.append(np.union1d(rel, negatives))
+    return out
+
+
+def auc_accuracy_fpr(labels, scores, threshold: float = 0.5) -> dict[str, float]:
+    """Pointwise classification metrics for rating/click models (``mmrec_dlrm``).
+
+    - ``auc``: ROC AUC as the Mann-Whitney statistic P(score_pos > score_neg) + 0.5 P(equal),
+      from ranks with ties averaged; NaN when only one class is present.
+    - ``accuracy``: share of examples where [score >= threshold] equals the label.
+    - ``fpr``: false-positive rate, share of negatives with score >= threshold; NaN without negatives.
+    """
+    labels = np.asarray(labels).astype(bool).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if labels.shape != scores.shape:
+        raise ValueError("labels and scores must have the same length")
+    n_pos = int(labels.sum())
+    n_neg = len(labels) - n_pos
+
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    # average rank (1-based) of each group of equal scores
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], len(scores)]
+    group_rank = (starts + 1 + ends) / 2.0
+    ranks = np.empty(len(scores))
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    if n_pos and n_neg:
+        auc = (ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+    else:
+        auc = float("nan")
+
+    predicted = scores >= threshold
+    accuracy = float((predicted == labels).mean()) if len(labels) else float("nan")
+    fpr = float(predicted[~labels].mean()) if n_neg else float("nan")
+    return {"auc": float(auc), "accuracy": accuracy, "fpr": fpr}

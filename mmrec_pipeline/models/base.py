@@ -1,0 +1,122 @@
+"""The `Recommender` interface every model implements (RecBole/Cornac style: one file per model).
+
+A model is built from a config dataclass, `fit` on a `RecDataset` (train rows, with `valid` for early
+stopping), and `score`s users against the whole catalog. Checkpoints are `config.json` + `model.safetensors`;
+nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file, save_file
+
+from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.storage import atomic_write
+
+
+@dataclasses.dataclass
+class ItemFeatures:
+    """Per-item vectors aligned with the catalog order of a `RecDataset` (row i = item index i).
+
+    `present[name]` marks items that have the feature; missing rows are zeros.
+    """
+
+    vectors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    present: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, data: RecDataset, table: pl.DataFrame | None, prefix: str = "") -> ItemFeatures:
+        """Take every list-of-float column of a feature table (one row per item_id) as a feature."""
+        feats = cls()
+        if table is None or table.height == 0:
+            return feats
+        aligned = data.items.select("item_id").join(table, on="item_id", how="left", maintain_order="left")
+        for col, dtype in aligned.schema.items():
+            if col == "item_id" or not isinstance(dtype, (pl.List, pl.Array)):
+                continue
+            present = aligned[col].is_not_null().to_numpy()
+            if not present.any():
+                continue
+            dim = len(aligned[col].drop_nulls()[0])
+            mat = np.zeros((data.n_items, dim), dtype=np.float32)
+            mat[present] = np.asarray(aligned[col].drop_nulls().to_list(), dtype=np.float32)
+            feats.vectors[prefix + col] = mat
+            feats.present[prefix + col] = present
+        return feats
+
+    def merge(self, other: ItemFeatures) -> ItemFeatures:
+        return ItemFeatures({**self.vectors, **other.vectors}, {**self.present, **other.present})
+
+    def get(self, name: str) -> np.ndarray | None:
+        return self.vectors.get(name)
+
+
+class Recommender(abc.ABC):
+    """Subclasses set `name` and `Config` (a dataclass), and implement fit/score/state."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any = None, **overrides):
+        config = config or self.Config()
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.n_items = 0
+
+    @abc.abstractmethod
+    def fit(self, data: RecDataset, features: ItemFeatures, compute: Compute, log=None) -> dict:
+        """Train on `data`'s train rows; return a report (seconds, epochs, learning curve, …)."""
+
+    @abc.abstractmethod
+    def score(self, users: np.ndarray, history: list[np.ndarray]) -> torch.Tensor:
+        """Scores [len(users), n_items] over the whole catalog; `history` is each user's input sequence."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """All learned state as tensors."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def extra_config(self) -> dict:
+        """Shapes and other plain facts `load` needs before `load_state_dict`."""
+        return {"n_items": self.n_items}
+
+    def apply_extra_config(self, extra: dict) -> None:
+        self.n_items = extra["n_items"]
+
+    def save(self, directory: Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
+        meta = {"model": self.name, "config": dataclasses.asdict(self.config), "extra": self.extra_config()}
+        atomic_write(directory / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> Recommender:
+        meta = json.loads((Path(directory) / "config.json").read_text())
+        if meta["model"] != cls.name:
+            raise ValueError(f"{directory} holds a '{meta['model']}' checkpoint, not '{cls.name}'")
+        model = cls(cls.Config(**meta["config"]))
+        model.apply_extra_config(meta["extra"])
+        model.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+        return model
+
+
+def history_matrix(history: list[np.ndarray], n_items: int) -> torch.Tensor:
+    """Binary [len(history), n_items] matrix of the items in each user's history."""
+    rows = np.repeat(np.arange(len(history)), [len(h) for h in history])
+    cols = np.concatenate(history) if history else np.zeros(0, dtype=np.int64)
+    m = torch.zeros(len(history), n_items)
+    m[torch.as_tensor(rows), torch.as_tensor(cols, dtype=torch.long)] = 1.0
+    return m

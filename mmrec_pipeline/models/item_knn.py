@@ -1,0 +1,63 @@
+"""Item-kNN (Sarwar et al. 2001): cosine similarity between item columns of the user-item matrix, shrunk
+toward zero for items with little support, truncated to each item's `neighbours` most similar items.
+A user's score for item j is the sum of similarities between j and the items in their history."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import torch
+
+from mmrec_pipeline.models.base import Recommender, history_matrix
+
+
+@dataclasses.dataclass
+class ItemKNNConfig:
+    neighbours: int = 100
+    shrink: float = 10.0
+    chunk: int = 2048  # items per block when computing similarities (bounds memory)
+
+
+class ItemKNN(Recommender):
+    name = "item_knn"
+    Config = ItemKNNConfig
+
+    def fit(self, data, features, compute, log=None) -> dict:
+        start = time.perf_counter()
+        x = data.train_matrix().tocsc().astype(np.float32)
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
+        xt = x.T.tocsr()
+        k = min(self.config.neighbours, data.n_items - 1)
+        idx = np.zeros((data.n_items, k), dtype=np.int64)
+        val = np.zeros((data.n_items, k), dtype=np.float32)
+        for lo in range(0, data.n_items, self.config.chunk):
+            hi = min(lo + self.config.chunk, data.n_items)
+            co = torch.from_numpy((xt[lo:hi] @ x).toarray())  # co-occurrence counts [chunk, n_items]
+            sim = co / (torch.from_numpy(np.outer(norms[lo:hi], norms)) + self.config.shrink + 1e-9)
+            sim[torch.arange(hi - lo), torch.arange(lo, hi)] = 0.0  # an item is not its own neighbour
+            top = torch.topk(sim, k, dim=1)
+            idx[lo:hi], val[lo:hi] = top.indices.numpy(), top.values.numpy()
+        self.n_items = data.n_items
+        self.load_state_dict({"neighbour_idx": torch.from_numpy(idx), "neighbour_sim": torch.from_numpy(val)})
+        return {"seconds": time.perf_counter() - start, "neighbours": k}
+
+    def _similarity_t(self) -> torch.Tensor:
+        """Transposed sparse similarity: row j holds the items i that have j among their neighbours."""
+        rows = torch.arange(self.n_items).repeat_interleave(self.neighbour_idx.shape[1])
+        return torch.sparse_coo_tensor(torch.stack([self.neighbour_idx.reshape(-1), rows]),
+                                       self.neighbour_sim.reshape(-1), (self.n_items, self.n_items)).to_sparse_csr()
+
+    def score(self, users, history) -> torch.Tensor:
+        if getattr(self, "_sim_t", None) is None:
+            self._sim_t = self._similarity_t()
+        h = history_matrix(history, self.n_items)
+        return torch.sparse.mm(self._sim_t, h.t()).t()  # score[u, j] = sum over history i of sim(i, j)
+
+    def state_dict(self):
+        return {"neighbour_idx": self.neighbour_idx, "neighbour_sim": self.neighbour_sim}
+
+    def load_state_dict(self, state):
+        self.neighbour_idx, self.neighbour_sim = state["neighbour_idx"], state["neighbour_sim"]
+        self._sim_t = None

@@ -1,0 +1,51 @@
+"""Train every variant of one model on one dataset, save its checkpoints, evaluate it on test."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import polars as pl
+
+from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.evaluation.protocols import evaluate_model
+from mmrec_pipeline.models.base import ItemFeatures, Recommender
+
+
+@dataclasses.dataclass
+class VariantRun:
+    variant: str
+    model: Recommender
+    report: dict
+    metrics: pl.DataFrame
+    eval_seconds: float
+
+
+def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: dict | None) -> Recommender:
+    """Config = class defaults, then the registry variant, then the dataset's overrides from datasets.yaml."""
+    merged = {**variant_overrides, **(dataset_overrides or {})}
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    unknown = set(merged) - fields
+    if unknown:
+        raise ValueError(f"{cls.name}: unknown config field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    return cls(cls.Config(**merged))
+
+
+def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict], data: RecDataset,
+                   features: ItemFeatures, compute: Compute, out_dir: Path, dataset_overrides: dict | None = None,
+                   item_vectors=None, log: logging.Logger | None = None) -> list[VariantRun]:
+    runs = []
+    for variant, overrides in variants.items():
+        model = build(cls, overrides, dataset_overrides)
+        if log:
+            log.info(f"{name}/{variant}: training on {data.train.height} interactions "
+                     f"({data.n_users} users, {data.n_items} items)")
+        report = model.fit(data, features, compute, log)
+        model.save(Path(out_dir) / variant)
+        start = time.perf_counter()
+        metrics, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
+        runs.append(VariantRun(variant, model, report, metrics, time.perf_counter() - start))
+    return runs
