@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import os
 
+from resources.compute import ComputeResource
 from resources.storage import LakeIOManager
+
+COMPUTE = {
+    "local": ComputeResource(device="auto", batch_size=64, num_workers=1),
+    "gpu": ComputeResource(device="cuda", dtype="bfloat16", batch_size=256, num_workers=4),
+    "test": ComputeResource(device="cpu", dtype="float32", batch_size=16, num_workers=0),
+}
 
 
 def resources_for_env(env: str | None = None) -> dict:
     env = env or os.environ.get("MMREC_ENV", "local")
     if env not in ("local", "gpu", "test"):
         raise ValueError(f"MMREC_ENV must be local, gpu or test, got '{env}'")
-    return {"lake": LakeIOManager()}
+    return {"lake": LakeIOManager(), "compute": COMPUTE[env]}

@@ -25,8 +25,9 @@ def table_fn(table):
 
 
 def inputs(n_items, history, relevant, **kwargs):
-    arrays = lambda lists: [np.asarray(x, dtype=np.int64) for x in lists]  # noqa: E731
-    return EvalInputs(n_items, np.arange(len(history)), arrays(history), arrays(relevant), **kwargs)
+    history = [np.asarray(x, dtype=np.int64) for x in history]
+    relevant = [np.asarray(x, dtype=np.int64) for x in relevant]
+    return EvalInputs(n_items, np.arange(len(history)), history, relevant, **kwargs)
 
 
 def by_key(result):
@@ -195,11 +196,11 @@ def random_case(seed, n_users=40, n_items=30, levels=4):
     table[rng.random(table.shape) < 0.05] = -math.inf
     history = [rng.choice(n_items, size=rng.integers(0, 8), replace=False) for _ in range(n_users)]
     relevant = [rng.choice(n_items, size=rng.integers(0, 5), replace=False) for _ in range(n_users)]
-    extras = dict(
-        item_vectors=rng.normal(size=(n_items, 6)),
-        item_categories=rng.integers(0, 3, size=n_items),
-        train_counts=rng.integers(0, 20, size=n_items),
-    )
+    extras = {
+        "item_vectors": rng.normal(size=(n_items, 6)),
+        "item_categories": rng.integers(0, 3, size=n_items),
+        "train_counts": rng.integers(0, 20, size=n_items),
+    }
     return table, history, relevant, extras
 
 
@@ -279,7 +280,9 @@ def test_relabelling_items_changes_nothing(case):
     new_cats, new_counts = np.empty_like(cats), np.empty_like(counts)
     new_cats[perm], new_counts[perm] = cats, counts
     a = evaluate(table_fn(table), data, ks=(1, 3, 10), item_categories=cats, train_counts=counts)
-    b = evaluate(table_fn(new_table), relabelled, ks=(1, 3, 10), item_categories=new_cats, train_counts=new_counts)
+    b = evaluate(
+        table_fn(new_table), relabelled, ks=(1, 3, 10), item_categories=new_cats, train_counts=new_counts
+    )
     assert_same(a, b)
 
 
@@ -290,7 +293,9 @@ def test_ndcg_is_one_when_relevant_items_are_the_top(case, k):
     # make each user's relevant items exactly its top-|rel| unmasked items
     relevant = []
     for row, hist in zip(table, data.history):
-        allowed = np.setdiff1d(np.arange(data.n_items), hist) if data.exclude_history else np.arange(data.n_items)
+        allowed = np.arange(data.n_items)
+        if data.exclude_history:
+            allowed = np.setdiff1d(allowed, hist)
         ranked = allowed[np.argsort(-row[allowed], kind="stable")]
         relevant.append(ranked[: max(1, len(ranked) // 3)] if len(ranked) else np.array([], dtype=np.int64))
     data.relevant = relevant

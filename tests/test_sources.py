@@ -16,7 +16,6 @@ from PIL import Image
 from mmrec_pipeline.data.schema import DataError, validate
 from mmrec_pipeline.data.sources import READERS, amazon, hm, reader, recbole, sequence
 
-SHARED = Path("/work/shared/data")
 UTC = "UTC"
 
 
@@ -38,6 +37,12 @@ def write_corrupt(path: Path) -> Path:
 
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def write_gz(path: Path, lines: list[str]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
     return path
 
 
@@ -138,6 +143,12 @@ def test_hm_bad_dates(tmp_path, bad):
         hm.read(hm_folder(tmp_path, transactions=rows), {})
 
 
+def test_hm_empty_date(tmp_path):
+    rows = [*TRANSACTIONS, ",c1,0108775044,0.02,2"]
+    with pytest.raises(DataError, match="transactions_train.csv: column 't_dat' is empty .* data row 5"):
+        hm.read(hm_folder(tmp_path, transactions=rows), {})
+
+
 def test_hm_duplicate_items_left_to_validate(tmp_path):
     tables = hm.read(hm_folder(tmp_path, articles=[*ARTICLES, ARTICLES[2]]), {})
     with pytest.raises(DataError, match=r"duplicate item_id\(s\).*0108775044"):
@@ -170,9 +181,7 @@ def amazon_folder(tmp_path: Path, reviews: list[str] | None = None, category: st
     folder = tmp_path / "amazon"
     folder.mkdir(exist_ok=True)
     write_lines(folder / f"meta_{category}.jsonl", [json.dumps(m) for m in META])
-    lines = reviews if reviews is not None else [json.dumps(r) for r in REVIEWS]
-    with gzip.open(folder / f"{category}.jsonl.gz", "wt") as f:
-        f.write("".join(line + "\n" for line in lines))
+    write_gz(folder / f"{category}.jsonl.gz", reviews if reviews is not None else [json.dumps(r) for r in REVIEWS])
     write_image(folder / "images/P1.png", "PNG")
     write_image(folder / "images/sub/P2.jpeg", "JPEG", "blue")
     write_corrupt(folder / "images/P3.jpg")
@@ -181,9 +190,8 @@ def amazon_folder(tmp_path: Path, reviews: list[str] | None = None, category: st
 
 def test_amazon_reads_canonical_tables(tmp_path):
     folder = amazon_folder(tmp_path)
-    lines = [json.dumps(r) for r in REVIEWS] + ["{not json", json.dumps({"parent_asin": "P1", "timestamp": 1})]
-    with gzip.open(folder / "Tools.jsonl.gz", "wt") as f:
-        f.write("\n".join(lines) + "\n")
+    write_gz(folder / "Tools.jsonl.gz", [json.dumps(r) for r in REVIEWS]
+             + ["{not json", json.dumps({"parent_asin": "P1", "timestamp": 1})])
     t = validate(amazon.read(folder, {"category": "Tools"}), "amazon")
 
     items = {r["item_id"]: r for r in t.items.to_dicts()}
@@ -213,12 +221,18 @@ def test_amazon_reads_canonical_tables(tmp_path):
 
 def test_amazon_finds_the_single_meta_file(tmp_path):
     folder = amazon_folder(tmp_path)
-    (folder / "meta_Tools.jsonl").rename(folder / "meta_Tools.jsonl.gz.tmp")
-    with open(folder / "meta_Tools.jsonl.gz.tmp", "rb") as src, gzip.open(folder / "meta_Tools.jsonl.gz", "wb") as dst:
-        dst.write(src.read())
-    (folder / "meta_Tools.jsonl.gz.tmp").unlink()
+    (folder / "meta_Tools.jsonl").unlink()
+    write_gz(folder / "meta_Tools.jsonl.gz", [json.dumps(m) for m in META])
     t = validate(amazon.read(folder, {}), "amazon")
     assert t.items.height == 4 and t.interactions.height == 3
+
+
+def test_amazon_truncated_gzip(tmp_path):
+    folder = amazon_folder(tmp_path)
+    data = (folder / "Tools.jsonl.gz").read_bytes()
+    (folder / "Tools.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="Tools.jsonl.gz: cannot read after line"):
+        amazon.read(folder, {"category": "Tools"})
 
 
 def test_amazon_missing_files(tmp_path):
@@ -383,21 +397,25 @@ def test_reader_lookup():
         assert callable(reader("sample"))
 
 
-@pytest.mark.skipif(not (SHARED / "hm").is_dir(), reason="real H&M sample not available")
-def test_real_hm():
+def real(shared_data: Path, name: str) -> Path:
+    if not (shared_data / name).is_dir():
+        pytest.skip(f"real data {shared_data / name} not available")
+    return shared_data / name
+
+
+def test_real_hm(shared_data):
     start = time.perf_counter()
-    t = validate(hm.read(SHARED / "hm", {}), "hm")
+    t = validate(hm.read(real(shared_data, "hm"), {}), "hm")
     print(f"hm read + validate: {time.perf_counter() - start:.2f}s")
     assert (t.interactions.height, t.users.height, t.items.height) == (9925, 1037, 4116)
-    assert t.items["image_sha256"].null_count() == 0
+    assert t.items["image_sha256"].null_count() == 0  # every article of the sample has a decodable image
     assert t.items["price"].null_count() == 0 and t.items["item_id"].str.len_chars().min() == 10
     assert t.skipped == {}
 
 
-@pytest.mark.skipif(not (SHARED / "ml-100k").is_dir(), reason="real ml-100k not available")
-def test_real_ml100k():
+def test_real_ml100k(shared_data):
     start = time.perf_counter()
-    t = validate(recbole.read(SHARED / "ml-100k", {}), "ml-100k")
+    t = validate(recbole.read(real(shared_data, "ml-100k"), {}), "ml-100k")
     print(f"ml-100k read + validate: {time.perf_counter() - start:.2f}s")
     assert (t.interactions.height, t.users.height, t.items.height) == (100_000, 943, 1682)
     assert t.interactions["rating"].is_between(1, 5).all() and t.items["title"].null_count() == 0

@@ -110,7 +110,7 @@ def deterministic_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
         take = above | (tied & (tied.cumsum(dim=1, dtype=torch.int32) <= need))
         idx[rows] = take.nonzero()[:, 1].view(-1, k)  # nonzero is row-major: ascending item index
     # Order inside the top-k: sort by index, then stable sort by score, so ties stay index-ordered.
-    pass
+    idx = idx.sort(dim=1).values
     vals, order = scores.gather(1, idx).sort(dim=1, descending=True, stable=True)
     return idx.gather(1, order), vals
 
@@ -128,7 +128,8 @@ def _masked_scores(score_fn: ScoreFn, inputs: EvalInputs, sel: np.ndarray, devic
     history = [inputs.history[i] for i in sel]
     raw = torch.as_tensor(score_fn(inputs.users[sel], history)).detach()
     if raw.shape != (len(sel), inputs.n_items):
-        raise ValueError(f"score_fn returned shape {tuple(raw.shape)}, expected ({len(sel)}, {inputs.n_items})")
+        expected = (len(sel), inputs.n_items)
+        raise ValueError(f"score_fn returned shape {tuple(raw.shape)}, expected {expected}")
     # Copy: we write -inf in place and score_fn may hand back a cached or expanded tensor.
     scores = raw.to(device=device, copy=True)
     if not scores.is_floating_point():

@@ -1,0 +1,21 @@
+"""Read one registry entry into validated canonical tables."""
+
+from __future__ import annotations
+
+from mmrec_pipeline.data.schema import DataError, SourceTables, validate
+from mmrec_pipeline.data.sources import reader
+from mmrec_pipeline.registry import DatasetSpec
+
+
+def load_dataset(spec: DatasetSpec) -> SourceTables:
+    """Canonical `items`, `users`, `interactions` for `spec`; a missing folder fails with how to get it."""
+    path = spec.data_dir()
+    if spec.source != "sample" and not path.exists():
+        raise DataError(f"dataset '{spec.name}': expected its {spec.source} files in {path}, which does not exist. "
+                        f"{spec.obtain or 'Put the files there or change its path in datasets.yaml.'} "
+                        "(Set MMREC_DATA to the folder that holds your datasets.)")
+    try:
+        tables = reader(spec.source)(path, dict(spec.options))
+    except DataError as e:
+        raise DataError(f"dataset '{spec.name}': {e}") from e
+    return validate(tables, f"dataset '{spec.name}' ({path})")

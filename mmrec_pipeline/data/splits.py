@@ -1,0 +1,92 @@
+"""Train/valid/test splits (DESIGN.md "Splits and protocols").
+
+- `temporal`: global cut points at the 75% and 90% timestamp quantiles. Rows at or after the first cut are
+  valid, at or after the second are test, so no valid/test row is earlier than any train row.
+- `loo`: per user, the last interaction is test and the second last valid (ties in time keep file order).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from mmrec_pipeline.data.schema import DataError
+
+TEMPORAL_SHARES = (0.75, 0.15, 0.10)
+
+
+def temporal_cuts(ts: pl.Series) -> tuple:
+    """The timestamps at the 75% and 90% positions of the sorted timestamps."""
+    s = ts.sort()
+    n = s.len()
+    return s[int(n * TEMPORAL_SHARES[0])], s[int(n * (TEMPORAL_SHARES[0] + TEMPORAL_SHARES[1]))]
+
+
+def split_temporal(interactions: pl.DataFrame) -> pl.DataFrame:
+    c1, c2 = temporal_cuts(interactions["ts"])
+    label = (pl.when(pl.col("ts") >= c2).then(pl.lit("test"))
+             .when(pl.col("ts") >= c1).then(pl.lit("valid")).otherwise(pl.lit("train")))
+    return interactions.with_columns(label.alias("split"))
+
+
+def split_loo(interactions: pl.DataFrame) -> pl.DataFrame:
+    df = interactions.with_row_index("_row").sort(["user_id", "ts", "_row"])
+    from_end = pl.int_range(pl.len()).reverse().over("user_id")
+    label = pl.when(from_end == 0).then(pl.lit("test")).when(from_end == 1).then(pl.lit("valid")).otherwise(
+        pl.lit("train"))
+    return df.with_columns(label.alias("split")).sort("_row").drop("_row")
+
+
+def make_split(interactions: pl.DataFrame, kind: str) -> pl.DataFrame:
+    if kind == "temporal":
+        out = split_temporal(interactions)
+    elif kind == "loo":
+        out = split_loo(interactions)
+    else:
+        raise DataError(f"unknown split kind '{kind}'; expected 'temporal' or 'loo'")
+    counts = dict(out.group_by("split").len().iter_rows())
+    missing = [s for s in ("train", "test") if not counts.get(s)]
+    if missing:
+        raise DataError(f"the {kind} split left no rows in {missing}; the dataset has too few interactions "
+                        f"({interactions.height}) or too few distinct timestamps")
+    return out
+
+
+def split_summary(split: pl.DataFrame) -> dict:
+    """Figures a user wants to see about a split: counts and shares, cold users and cold items in test."""
+    counts = {s: split.filter(pl.col("split") == s).height for s in ("train", "valid", "test")}
+    train = split.filter(pl.col("split") == "train")
+    test = split.filter(pl.col("split") == "test")
+    test_users = test.select("user_id").unique()
+    test_items = test.select("item_id").unique()
+    return {
+        **{f"rows_{s}": n for s, n in counts.items()},
+        **{f"share_{s}": round(n / max(split.height, 1), 4) for s, n in counts.items()},
+        "users": split["user_id"].n_unique(),
+        "items": split["item_id"].n_unique(),
+        "test_users": test_users.height,
+        "test_users_without_train_history": test_users.join(train.select("user_id").unique(), on="user_id",
+                                                            how="anti").height,
+        "test_items": test_items.height,
+        "test_items_unseen_in_train": test_items.join(train.select("item_id").unique(), on="item_id",
+                                                      how="anti").height,
+    }
+
+
+def check_temporal_shares(split: pl.DataFrame, tolerance: float = 0.03) -> tuple[bool, dict]:
+    shares = split_summary(split)
+    got = [shares[f"share_{s}"] for s in ("train", "valid", "test")]
+    ok = all(abs(g - e) <= tolerance for g, e in zip(got, TEMPORAL_SHARES))
+    return ok, {"shares": got, "expected": list(TEMPORAL_SHARES), "tolerance": tolerance}
+
+
+def check_no_leak(split: pl.DataFrame) -> tuple[bool, dict]:
+    """For a temporal split: no valid/test row is earlier than the latest train row."""
+    train_max = split.filter(pl.col("split") == "train")["ts"].max()
+    later = split.filter(pl.col("split") != "train")
+    early = later.filter(pl.col("ts") < train_max).height if train_max is not None else 0
+    return early == 0, {"train_cut": str(train_max), "valid_or_test_rows_before_cut": early}
+
+
+def check_items_known(split: pl.DataFrame, items: pl.DataFrame) -> tuple[bool, dict]:
+    unknown = split.select("item_id").unique().join(items.select("item_id"), on="item_id", how="anti")
+    return unknown.height == 0, {"unknown_items": unknown.height, "examples": unknown["item_id"].head(5).to_list()}

@@ -1,0 +1,129 @@
+"""Registry, splits, storage and the ingest/split assets through Dagster."""
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from mmrec_pipeline.data.filtering import user_core
+from mmrec_pipeline.data.schema import DataError
+from mmrec_pipeline.data.splits import check_no_leak, check_temporal_shares, make_split, split_summary
+from mmrec_pipeline.registry import RegistryError, get_dataset, load_registry
+from mmrec_pipeline.storage import inside, write_parquet
+
+
+def test_definitions_load():
+    from mmrec_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"items", "users", "interactions", "split", "metrics", "report", "leaderboard"} <= keys
+    assert defs.resolve_job_def("dataset_job") is not None
+
+
+def test_registry_entries():
+    specs = load_registry()
+    assert {"sample", "hm", "ml-100k", "amazon-appliances", "amazon-digital-music", "amazon-gift-cards",
+            "amazon-health"} <= set(specs)
+    assert specs["ml-100k"].split == "loo"
+    with pytest.raises(RegistryError, match="unknown dataset 'nope'"):
+        get_dataset("nope")
+
+
+def test_registry_rejects_bad_entries(tmp_path, monkeypatch):
+    bad = tmp_path / "d.yaml"
+    bad.write_text("datasets:\n  x:\n    source: csv\n")
+    monkeypatch.setenv("MMREC_DATASETS", str(bad))
+    with pytest.raises(RegistryError, match="source 'csv'"):
+        load_registry()
+    bad.write_text("datasets:\n  x:\n    source: hm\n    colour: red\n")
+    with pytest.raises(RegistryError, match="unknown field"):
+        load_registry()
+
+
+def _interactions(n_users=40, per_user=10):
+    rows = []
+    for u in range(n_users):
+        for j in range(per_user):
+            rows.append({"user_id": f"u{u}", "item_id": f"i{(u + j) % 30}",
+                         "ts": pl.datetime(2024, 1, 1) if False else None, "_t": u * 7 + j * 13})
+    df = pl.DataFrame(rows).drop("ts")
+    return df.with_columns((pl.datetime(2024, 1, 1, time_zone="UTC") + pl.duration(hours=pl.col("_t"))).alias("ts")
+                           ).drop("_t")
+
+
+def test_temporal_split_shares_and_no_leak():
+    split = make_split(_interactions(), "temporal")
+    ok, meta = check_temporal_shares(split)
+    assert ok, meta
+    assert check_no_leak(split)[0]
+    summary = split_summary(split)
+    assert summary["rows_train"] + summary["rows_valid"] + summary["rows_test"] == split.height
+
+
+def test_loo_split_takes_last_two_per_user():
+    split = make_split(_interactions(n_users=5, per_user=6), "loo")
+    per_user = split.group_by("user_id").agg(
+        (pl.col("split") == "test").sum().alias("test"), (pl.col("split") == "valid").sum().alias("valid"),
+        pl.col("ts").filter(pl.col("split") == "test").max().alias("t_test"), pl.col("ts").max().alias("t_max"))
+    assert (per_user["test"] == 1).all() and (per_user["valid"] == 1).all()
+    assert (per_user["t_test"] == per_user["t_max"]).all()
+
+
+def test_user_core_and_empty_result():
+    inter = _interactions(n_users=3, per_user=4)
+    assert user_core(inter, 4).height == 12
+    with pytest.raises(DataError, match="no user has at least 5 interactions"):
+        user_core(inter, 5)
+
+
+def test_paths_stay_inside_the_lake(tmp_path):
+    assert inside(tmp_path, "sample", "items.parquet").is_relative_to(tmp_path)
+    with pytest.raises(ValueError, match="leave the lake root"):
+        inside(tmp_path, "..", "etc")
+
+
+def test_atomic_write_keeps_old_table_on_failure(tmp_path):
+    path = tmp_path / "t.parquet"
+    write_parquet(pl.DataFrame({"a": [1]}), path)
+
+    class Boom(pl.DataFrame):
+        def write_parquet(self, *a, **k):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_parquet(Boom({"a": [2]}), path)
+    assert pl.read_parquet(path)["a"].to_list() == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_missing_dataset_fails_with_how_to_obtain(tmp_path, monkeypatch):
+    from assets.ingest import ingest
+    from resources.storage import LakeIOManager
+
+    monkeypatch.setenv("MMREC_DATA", str(tmp_path))
+    result = dg.materialize([ingest], partition_key="amazon-gift-cards", raise_on_error=False,
+                            resources={"lake": LakeIOManager(root=str(tmp_path / "lake"))})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else \
+        failure.step_failure_data.error.message
+    assert "amazon/Gift_Cards" in message and "Amazon Reviews 2023" in message
+
+
+def test_hm_ingest_and_split_through_dagster(shared_data, tmp_path):
+    from assets.checks import split_items_in_catalog, split_no_leak, split_shares
+    from assets.ingest import ingest
+    from assets.splits import split
+    from resources.storage import LakeIOManager
+
+    root = tmp_path / "lake"
+    result = dg.materialize([ingest, split, split_shares, split_no_leak, split_items_in_catalog],
+                            partition_key="hm", resources={"lake": LakeIOManager(root=str(root))})
+    assert result.success
+    inter = pl.read_parquet(root / "hm" / "interactions.parquet")
+    assert (inter.height, inter["user_id"].n_unique()) == (9925, 1037)
+    assert pl.read_parquet(root / "hm" / "items.parquet").height == 4116
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 3 and all(c.passed for c in checks)
+    meta = result.asset_materializations_for_node("split")[0].metadata
+    assert meta["test_users_without_train_history"].value >= 0
