@@ -185,6 +185,12 @@ def test_bad_scores_raise():
         evaluate(table_fn([[0.0, float("nan"), 1.0]]), data)
     with pytest.raises(ValueError, match="shape"):
         evaluate(table_fn([[0.0, 1.0]]), data)
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate(table_fn([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0]]), inputs(3, [[3], []], [[0], [0]]))
+    with pytest.raises(ValueError, match="out of range"):
+        evaluate(table_fn([[0.0, 1.0, 2.0]]), inputs(3, [[]], [[-1]]))
+    with pytest.raises(ValueError, match="cut-offs"):
+        evaluate(table_fn([[0.0, 1.0, 2.0]]), data, ks=(0, 5))
 
 
 # --- batched == naive --------------------------------------------------------------------------

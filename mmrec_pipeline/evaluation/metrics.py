@@ -15,10 +15,11 @@ ties broken by lower item index; rel = the user's relevant items; rank j = 1..K)
 - ``map``       AP@K = sum_j rel_j * precision@j / min(|rel|, K).
 - ``coverage``  |union of all users' L| / n_items (one number, no per-user value).
 - ``diversity`` intra-list diversity: mean over item pairs of L of (1 - cosine(item_vectors)),
-                or of [category differs] when only item_categories are given; undefined (skipped)
-                for lists with fewer than two items.
+                in [0, 2] ([0, 1] for non-negative vectors), or of [category differs] when only
+                item_categories are given; undefined (skipped) for lists with fewer than two items.
 - ``novelty``   mean over the items of L of -log2 p(i), p(i) = (train_counts[i] + 1) / (sum + n_items).
 
+Ranking: higher score first; -inf means "never recommend" (such items fill no slot); NaN raises.
 Per-user values are averaged over users; users whose relevant set is empty are skipped and counted.
 A relevant item that is also masked (history with ``exclude_history``, or outside ``candidates``)
 can never be hit but still counts in |rel|: dropping such items is the protocol's decision.
@@ -116,13 +117,14 @@ def deterministic_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     return idx.gather(1, order), vals
 
 
-def _ragged_index(arrays: Sequence[np.ndarray], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, item) index pairs for a list of per-row item arrays."""
-    lengths = [len(a) for a in arrays]
-    rows = np.repeat(np.arange(len(arrays)), lengths)
-    items = np.concatenate([np.asarray(a, dtype=np.int64) for a in arrays]) if arrays else np.zeros(0)
-    return (torch.as_tensor(rows, dtype=torch.long, device=device),
-            torch.as_tensor(items, dtype=torch.long, device=device))
+def _flat_index(arrays: Sequence[np.ndarray], n_items: int, device) -> torch.Tensor:
+    """Positions row * n_items + item in a row-major [len(arrays), n_items] matrix; sorted when
+    each array is sorted."""
+    rows = np.repeat(np.arange(len(arrays), dtype=np.int64), [len(a) for a in arrays])
+    items = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays])
+    if len(items) and (items.min() < 0 or items.max() >= n_items):  # would silently hit another row
+        raise ValueError(f"item index out of range [0, {n_items})")
+    return torch.as_tensor(rows * n_items + items, device=device)
 
 
 def _call_score_fn(score_fn: ScoreFn, inputs: EvalInputs, sel: np.ndarray) -> torch.Tensor:
@@ -139,15 +141,16 @@ def _masked_copy(raw: torch.Tensor, inputs: EvalInputs, sel: np.ndarray, buffer:
     is never written to."""
     scores = buffer[: len(sel)]
     scores.copy_(raw)
-    device = scores.device
+    # Write through the flat view: index_fill_ is much cheaper than 2-D advanced-index assignment.
+    flat = scores.view(-1)
     if inputs.candidates is not None:
-        rows, items = _ragged_index([inputs.candidates[i] for i in sel], device)
-        kept = scores[rows, items]
-        scores.fill_(-math.inf)
-        scores[rows, items] = kept
+        keep = _flat_index([inputs.candidates[i] for i in sel], inputs.n_items, scores.device)
+        kept = flat[keep]
+        flat.fill_(-math.inf)
+        flat.index_copy_(0, keep, kept)
     if inputs.exclude_history:
-        rows, items = _ragged_index([inputs.history[i] for i in sel], device)
-        scores[rows, items] = -math.inf
+        masked = _flat_index([inputs.history[i] for i in sel], inputs.n_items, scores.device)
+        flat.index_fill_(0, masked, -math.inf)
     return scores
 
 
@@ -234,12 +237,15 @@ def evaluate(
 ) -> EvalResult:
     """Rank the whole catalog for every user, in batches, and compute the metrics in the module docstring.
 
-    ``score_fn(users, history) -> Tensor[B, n_items]``. Memory is about ``batch_size * n_items``
-    scores (plus a bool mask of the same shape), independent of the number of users.
-    Diversity uses ``item_vectors`` when given, else ``item_categories``; novelty needs ``train_counts``.
+    ``score_fn(users, history) -> Tensor[B, n_items]``: higher is better, -inf means never
+    recommend, NaN raises. Memory is score_fn's output plus one reused ``[batch_size, n_items]``
+    buffer, whatever the number of users. Diversity uses ``item_vectors`` when given, else
+    ``item_categories``; novelty needs ``train_counts``; each is skipped when its input is None.
     """
     start = time.perf_counter()
     ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise ValueError(f"cut-offs must be >= 1, got {ks}")
     k_max = ks[-1]
     n_items = inputs.n_items
     keep = np.array([len(np.unique(r)) > 0 for r in inputs.relevant], dtype=bool)
@@ -277,11 +283,13 @@ def evaluate(
             top = torch.nn.functional.pad(top, (0, pad))
             valid = torch.nn.functional.pad(valid, (0, pad), value=False)
 
-        # A hit is a (row, item) pair of the top-k that also occurs among the relevant pairs.
+        # A hit is a (row, item) pair of the top-k that also occurs among the relevant pairs;
+        # the keys row * n_items + item of the relevant pairs come out sorted, so binary search them.
         relevant = [np.unique(inputs.relevant[i]) for i in sel]
-        rel_rows, rel_items = _ragged_index(relevant, device)
-        rows = torch.arange(len(sel), device=device)[:, None]
-        hit = torch.isin(rows * n_items + top, rel_rows * n_items + rel_items) & valid
+        rel_keys = _flat_index(relevant, n_items, device)
+        top_keys = torch.arange(len(sel), device=device)[:, None] * n_items + top
+        found = rel_keys[torch.searchsorted(rel_keys, top_keys).clamp(max=len(rel_keys) - 1)]
+        hit = (found == top_keys) & valid
         n_rel = torch.as_tensor([len(r) for r in relevant], device=device)
 
         dist = None

@@ -1,8 +1,12 @@
-"""BPR-MF (Rendle et al. 2009): user and item factors trained with the pairwise BPR loss on
-(user, bought item, uniformly sampled other item) triples; early-stopped on validation NDCG@10.
+"""BPR-MF (Rendle et al. 2009): user and item factors plus an item bias, x_ui = b_i + <p_u, q_i>, trained
+with the pairwise BPR loss on (user, bought item, uniformly sampled other item) triples; early-stopped on
+validation NDCG@10.
 
-A user who had no training interaction is represented by the mean factor of their history items
-(fold-in), so they are scored from what they did rather than from an untrained vector."""
+At evaluation time a user's history runs up to the evaluated stage, past what the factors saw in training
+(and a quarter of the sample's test users have no training rows at all). By default (`user_vector="history"`)
+a user is therefore folded in as the mean factor of their history items; `user_vector="factor"` gives the
+classic trained user factor (fold-in only for users without training rows). On `sample` the fold-in scores
+NDCG@10 ≈ 0.050 against ≈ 0.035 for the trained factor."""
 
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everyt
 class BPRConfig:
     dim: int = 64
     epochs: int = 60
-    batch_size: int = 4096
+    batch_size: int = 1024
     lr: float = 0.01
-    weight_decay: float = 1e-5
+    weight_decay: float = 1e-3
+    user_vector: str = "history"  # history | factor (see the module docstring)
     patience: int = 4
     eval_every: int = 2
     seed: int = 0
@@ -40,13 +45,14 @@ class BPRMF(Recommender):
         self.n_items = data.n_items
         self.user_emb = torch.nn.Embedding(data.n_users, cfg.dim)
         self.item_emb = torch.nn.Embedding(data.n_items, cfg.dim)
+        self.item_bias = torch.zeros(data.n_items, requires_grad=True)  # x_ui = b_i + <p_u, q_i>
         torch.nn.init.normal_(self.user_emb.weight, std=0.1)
         torch.nn.init.normal_(self.item_emb.weight, std=0.1)
         self.trained_user = torch.zeros(data.n_users, dtype=torch.bool)
         users = torch.from_numpy(data.train["user_idx"].to_numpy())
         items = torch.from_numpy(data.train["item_idx"].to_numpy())
         self.trained_user[users] = True
-        opt = torch.optim.Adam([self.user_emb.weight, self.item_emb.weight], lr=cfg.lr)
+        opt = torch.optim.Adam([self.user_emb.weight, self.item_emb.weight, self.item_bias], lr=cfg.lr)
         validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []
         gen = torch.Generator().manual_seed(cfg.seed)
         for epoch in range(1, cfg.epochs + 1):
@@ -57,7 +63,8 @@ class BPRMF(Recommender):
                 u, i = users[b], items[b]
                 j = torch.randint(0, data.n_items, (len(b),), generator=gen)
                 ue, ie, je = self.user_emb(u), self.item_emb(i), self.item_emb(j)
-                loss = -F.logsigmoid((ue * (ie - je)).sum(-1)).mean()
+                diff = (ue * (ie - je)).sum(-1) + self.item_bias[i] - self.item_bias[j]
+                loss = -F.logsigmoid(diff).mean()
                 loss = loss + cfg.weight_decay * (ue.pow(2).sum() + ie.pow(2).sum() + je.pow(2).sum()) / len(b)
                 opt.zero_grad()
                 loss.backward()
@@ -80,16 +87,18 @@ class BPRMF(Recommender):
     @torch.no_grad()
     def score(self, users, history) -> torch.Tensor:
         u = self.user_emb.weight[torch.as_tensor(users, dtype=torch.long)].clone()
+        fold_in = self.config.user_vector == "history"
         for row, (user, h) in enumerate(zip(users, history)):
-            if not self.trained_user[user] and len(h):
+            if (fold_in or not self.trained_user[user]) and len(h):
                 u[row] = self.item_emb.weight[torch.as_tensor(h, dtype=torch.long)].mean(0)
-        return u @ self.item_emb.weight.T
+        return u @ self.item_emb.weight.T + self.item_bias.detach()
 
     def state_dict(self):
         return {"user": self.user_emb.weight.data, "item": self.item_emb.weight.data,
-                "trained_user": self.trained_user}
+                "item_bias": self.item_bias.data, "trained_user": self.trained_user}
 
     def load_state_dict(self, state):
         self.user_emb = torch.nn.Embedding.from_pretrained(state["user"].clone(), freeze=False)
         self.item_emb = torch.nn.Embedding.from_pretrained(state["item"].clone(), freeze=False)
+        self.item_bias = state["item_bias"].clone().requires_grad_(True)
         self.trained_user = state["trained_user"].clone()

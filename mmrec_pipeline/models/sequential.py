@@ -1,0 +1,309 @@
+"""What GRU4Rec, SASRec and BERT4Rec share: sequence windows and padding, a small transformer encoder,
+the next-item losses, and one training loop (seeded, early-stopped on validation NDCG@10, with progress logs).
+
+Conventions:
+- Items are catalog indices 0..n_items-1; `n_items` is the padding token and `n_items + 1` the [MASK] token
+  (BERT4Rec only). Every model scores the whole catalog with the item embedding table (tied output), so
+  items never seen in training simply keep their (untrained, softmax-suppressed) embeddings.
+- Sequences are left-padded: the most recent item is always the last column, so scoring reads one position.
+- Training data are padded sequences, not Hidasi's session-parallel mini-batches: each user's train sequence
+  is cut from the end into windows of `max_len + 1` items (overlapping by one) so that every transition in
+  train is a target exactly once per epoch. A batch is trimmed to its longest window, which matters when
+  most sequences are much shorter than `max_len`.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.models.base import Recommender
+from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
+
+IGNORE = -1  # target value of positions that are not trained (padding, unmasked tokens)
+
+
+@dataclasses.dataclass
+class SequentialConfig:
+    """Fields every sequential model has. Defaults suit catalogs up to ~50k items on a CPU; for larger ones
+    set `negatives` (sampled softmax) and raise `batch_size`; for long histories (ml-1m) raise `max_len`."""
+
+    max_len: int = 50  # most recent items a model reads
+    hidden_size: int = 64
+    dropout: float = 0.2
+    loss: str = "ce"  # ce: softmax cross-entropy over the catalog | bce: one sampled negative per target
+    negatives: int = 0  # ce only: 0 = full catalog; N > 0 = sampled softmax over N shared uniform negatives
+    epochs: int = 100  # upper bound; early stopping usually ends sooner
+    batch_size: int = 128  # windows per step
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 5  # validation checks without improvement before stopping
+    eval_every: int = 1  # epochs between validation checks
+    seed: int = 0
+
+
+def windows(sequences: list[np.ndarray], length: int, stride: int, pad: int) -> np.ndarray:
+    """Cut each sequence (of at least 2 items) from its end into windows of at most `length` items,
+    `stride` apart, left-padded with `pad`. Returns [n_windows, length] int64."""
+    rows = []
+    for seq in sequences:
+        if len(seq) < 2:
+            continue
+        end = len(seq)
+        while True:
+            rows.append(seq[max(0, end - length):end])
+            if end - length <= 0:
+                break
+            end -= stride
+            if end < 2:  # a leftover of one item has nothing to predict
+                break
+    out = np.full((len(rows), length), pad, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, length - len(r):] = r
+    return out
+
+
+def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 32) -> list:
+    """Shuffled batches of similar length: shuffle, sort by length inside pools of `pool` batches, cut into
+    batches, shuffle the batches. Trimmed batches then carry little padding (a 3x saving when most sequences
+    are much shorter than max_len) while every epoch still sees a different random grouping."""
+    perm = torch.randperm(len(lengths), generator=gen)
+    batches = []
+    for chunk in perm.split(batch_size * pool):
+        chunk = chunk[torch.sort(lengths[chunk], stable=True).indices]
+        batches += list(chunk.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+def left_pad(history: list[np.ndarray], length: int, pad: int, suffix: int | None = None) -> torch.Tensor:
+    """The last `length` items of each history (room left for `suffix` when given), left-padded: [B, length]."""
+    keep = length - (suffix is not None)
+    out = torch.full((len(history), length), pad, dtype=torch.long)
+    for i, h in enumerate(history):
+        h = np.asarray(h[-keep:] if keep else h[:0], dtype=np.int64)
+        if len(h):
+            out[i, keep - len(h):keep] = torch.from_numpy(h)
+    if suffix is not None:
+        out[:, -1] = suffix
+    return out
+
+
+def trim(x: torch.Tensor, pad: int, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop leading columns that are padding in every row (and the same columns of `others`)."""
+    real = (x != pad).any(0)
+    first = int(real.nonzero()[0]) if bool(real.any()) else x.shape[1] - 1
+    return (x[:, first:], *(o[:, first:] for o in others))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block (more stable than post-LN at the learning rates used here).
+
+    Dropout only on the two residual branches: dropout masks on the attention matrix and the wide
+    feed-forward layer cost more CPU time than the matrix products themselves and did not help here."""
+
+    def __init__(self, d: int, heads: int, inner: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, inner), nn.GELU(), nn.Linear(inner, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, n, d)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """Item + learned position embeddings and `layers` blocks; causal (SASRec) or bidirectional (BERT4Rec).
+
+    Positions count from the left of a full `max_len` window, so the last column is always position
+    max_len - 1 (as in Kang & McAuley) even when a batch was trimmed."""
+
+    def __init__(self, n_tokens: int, pad: int, max_len: int, d: int, layers: int, heads: int, inner: int,
+                 dropout: float, causal: bool):
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"hidden_size {d} must be divisible by n_heads {heads}")
+        self.pad, self.max_len, self.causal = pad, max_len, causal
+        self.item_emb = nn.Embedding(n_tokens, d, padding_idx=pad)
+        self.pos_emb = nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(Block(d, heads, inner, dropout) for _ in range(layers))
+        self.ln, self.drop = nn.LayerNorm(d), nn.Dropout(dropout)
+        for p in (self.item_emb.weight, self.pos_emb.weight):
+            nn.init.normal_(p, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[pad].zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        pos = torch.arange(self.max_len - n, self.max_len, device=x.device)
+        h = self.drop(self.item_emb(x) * math.sqrt(self.item_emb.embedding_dim) + self.pos_emb(pos))
+        # Keys a query may attend to: real items (earlier ones only if causal) and always itself, so no row
+        # is fully masked (that would give NaN, which 0-weights do not cancel in the weighted sum).
+        real = (x != self.pad)[:, None, None, :]  # [B, 1, 1, n]
+        eye = torch.eye(n, dtype=torch.bool, device=x.device)
+        allowed = real | eye
+        if self.causal:
+            allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        for block in self.blocks:
+            h = block(h, allowed)
+        return self.ln(h)
+
+
+class SequentialRecommender(Recommender):
+    """A model that encodes a left-padded item sequence into one vector per position and scores items by the
+    dot product with their embeddings. Subclasses build the network and may change how batches are made."""
+
+    causal = True  # next-item targets (SASRec, GRU4Rec); BERT4Rec overrides with masked targets
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        self.net: nn.Module | None = None
+        self.compute = Compute(device="cpu")
+
+    # --- what a subclass provides ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    def build_network(self) -> nn.Module:
+        """A module mapping [B, L] token ids to [B, L, hidden] and holding `item_emb` (nn.Embedding)."""
+
+    @property
+    def pad(self) -> int:
+        return self.n_items
+
+    def n_tokens(self) -> int:
+        return self.n_items + 1  # items + padding
+
+    def training_windows(self, sequences: list[np.ndarray]) -> np.ndarray:
+        length = self.config.max_len + 1  # inputs are the first max_len, targets the last max_len
+        return windows(sequences, length, self.config.max_len, self.pad)
+
+    def training_batch(self, w: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets) for a batch of windows; target IGNORE where nothing is to be predicted."""
+        x, y = w[:, :-1], w[:, 1:].clone()
+        y[(x == self.pad) | (y == self.pad)] = IGNORE
+        return x, y
+
+    def score_inputs(self, history: list[np.ndarray]) -> torch.Tensor:
+        return left_pad(history, self.config.max_len, self.pad)
+
+    # --- shared machinery -----------------------------------------------------------------------
+
+    def item_weights(self) -> torch.Tensor:
+        return self.net.item_emb.weight[: self.n_items]
+
+    def output_bias(self) -> torch.Tensor | None:
+        return getattr(self.net, "out_bias", None)
+
+    def loss(self, hidden: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Next-item loss at the positions with a target. Logits are computed only there, so the cost is
+        (#targets × catalog), never (batch × length × catalog)."""
+        cfg = self.config
+        keep = targets != IGNORE
+        h, t = hidden[keep], targets[keep]
+        w, bias = self.item_weights(), self.output_bias()
+        if cfg.loss == "bce":  # Kang & McAuley: one uniformly sampled negative per positive
+            neg = torch.randint(0, self.n_items, t.shape, generator=gen).to(t.device)
+            pos_logit, neg_logit = (h * w[t]).sum(-1), (h * w[neg]).sum(-1)
+            if bias is not None:
+                pos_logit, neg_logit = pos_logit + bias[t], neg_logit + bias[neg]
+            return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
+        if cfg.loss != "ce":
+            raise ValueError(f"{self.name}: loss must be 'ce' or 'bce', got '{cfg.loss}'")
+        if cfg.negatives <= 0:  # full-catalog softmax (Klenitskiy & Vasilev 2023)
+            logits = h @ w.T + (bias if bias is not None else 0.0)
+            return F.cross_entropy(logits.float(), t)
+        # Sampled softmax for very large catalogs: the target against N shared uniform negatives.
+        neg = torch.randint(0, self.n_items, (cfg.negatives,), generator=gen).to(t.device)
+        logits = torch.cat([(h * w[t]).sum(-1, keepdim=True), h @ w[neg].T], dim=1)
+        if bias is not None:
+            logits = logits + torch.cat([bias[t][:, None], bias[neg][None, :].expand(len(t), -1)], dim=1)
+        logits[:, 1:][neg[None, :] == t[:, None]] = -torch.inf  # a negative equal to the target is no negative
+        return F.cross_entropy(logits.float(), torch.zeros_like(t))
+
+    def fit(self, data, features, compute, log=None) -> dict:
+        cfg = self.config
+        seed_everything(cfg.seed)
+        start = time.perf_counter()
+        self.n_items, self.compute = data.n_items, compute
+        device = compute.torch_device
+        self.net = self.build_network().to(device)
+        train = torch.from_numpy(self.training_windows(data.sequences("train")))
+        if len(train) == 0:
+            raise ValueError(f"{self.name}: no user has two or more training interactions to learn from")
+        lengths = (train != self.pad).sum(1)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []
+        gen = torch.Generator().manual_seed(cfg.seed)  # shuffling, masking, negatives: CPU, so runs repeat
+        tokens_total = 0
+        for epoch in range(1, cfg.epochs + 1):
+            self.net.train()
+            total, count = 0.0, 0
+            for b in length_batches(lengths, cfg.batch_size, gen):
+                x, y = self.training_batch(train[b], gen)
+                x, y = trim(x, self.pad, y)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with compute.autocast():
+                    loss = self.loss(self.net(x), y, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                n = int((y != IGNORE).sum())
+                total, count = total + loss.item() * n, count + n
+            tokens_total += count
+            row = {"epoch": epoch, "loss": total / max(count, 1)}
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                row["valid_ndcg@10"] = validate(self.score)
+            curve.append(row)
+            elapsed = time.perf_counter() - start
+            stop = "valid_ndcg@10" in row and stopper.step(row["valid_ndcg@10"], epoch, self.net.state_dict())
+            if log:
+                eta = elapsed / epoch * (cfg.epochs - epoch)
+                ndcg = f", valid NDCG@10 {row['valid_ndcg@10']:.4f} (best {stopper.best:.4f} @ {stopper.best_epoch})" \
+                    if "valid_ndcg@10" in row else ""
+                log.info(f"{self.name} epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}{ndcg}, "
+                         f"{tokens_total / elapsed:,.0f} targets/s, ETA ≤ {eta:.0f}s")
+            if stop:
+                break
+        if stopper.best_state is not None:
+            self.net.load_state_dict(stopper.best_state)
+        self.net.eval()
+        seconds = time.perf_counter() - start
+        return {"seconds": seconds, "epochs": len(curve), "best_epoch": stopper.best_epoch, "curve": curve,
+                "best_valid_ndcg@10": float(stopper.best), "training_windows": len(train),
+                "targets_per_second": tokens_total / seconds, "device": str(device)}
+
+    @torch.no_grad()
+    def score(self, users, history) -> torch.Tensor:
+        device = self.compute.torch_device
+        self.net.eval()
+        x = self.score_inputs(history).to(device)
+        x = trim(x, self.pad)[0]
+        with self.compute.autocast():
+            h = self.net(x)[:, -1]
+        bias = self.output_bias()
+        scores = h.float() @ self.item_weights().float().T
+        if bias is not None:
+            scores = scores + bias.float()
+        return scores.cpu()
+
+    def state_dict(self):
+        return dict(self.net.state_dict())
+
+    def load_state_dict(self, state):
+        if self.net is None:
+            self.net = self.build_network()
+        self.net.load_state_dict(state)
+        self.net.to(self.compute.torch_device).eval()
