@@ -13,7 +13,6 @@ from pathlib import Path
 
 from mmrec_pipeline.registry import RegistryError, lake_root, load_registry
 
-
 # GPU-heavy assets run in pool `gpu`; only they use a pool, so the default limit is the GPU's.
 INSTANCE_YAML = """telemetry:
   enabled: false

@@ -48,3 +48,21 @@ def sample_dataset(sample_tables):
 
     tables, split = sample_tables
     return RecDataset.from_tables("sample", split, tables.items)
+
+
+@pytest.fixture(scope="session")
+def sample_features(sample_tables, sample_dataset, lake):
+    """Image and text feature tables of the sample (EfficientNet-Lite0 + all-MiniLM-L6-v2, packaged weights),
+    as the feature assets compute them, and the `ItemFeatures` models read."""
+    from mmrec_pipeline.compute import Compute
+    from mmrec_pipeline.features.image import image_embeddings
+    from mmrec_pipeline.features.sources import ModelSources
+    from mmrec_pipeline.features.text import text_embeddings
+    from mmrec_pipeline.models.base import ItemFeatures
+
+    tables, _ = sample_tables
+    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), lake / "_cache"
+    image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
+    text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
+    features = ItemFeatures.from_table(sample_dataset, image).merge(ItemFeatures.from_table(sample_dataset, text))
+    return {"image": image, "text": text, "features": features}

@@ -10,8 +10,8 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
+import matplotlib.pyplot as plt
+import polars as pl
 
 LEADERBOARD_METRICS = ["ndcg", "hr", "recall", "precision", "mrr", "map", "coverage", "diversity", "novelty"]
 

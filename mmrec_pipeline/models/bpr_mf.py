@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -49,8 +48,8 @@ class BPRMF(Recommender):
         torch.nn.init.normal_(self.user_emb.weight, std=0.1)
         torch.nn.init.normal_(self.item_emb.weight, std=0.1)
         self.trained_user = torch.zeros(data.n_users, dtype=torch.bool)
-        users = torch.from_numpy(data.train["user_idx"].to_numpy())
-        items = torch.from_numpy(data.train["item_idx"].to_numpy())
+        users = torch.as_tensor(data.train["user_idx"].to_numpy().copy())
+        items = torch.as_tensor(data.train["item_idx"].to_numpy().copy())
         self.trained_user[users] = True
         opt = torch.optim.Adam([self.user_emb.weight, self.item_emb.weight, self.item_bias], lr=cfg.lr)
         validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []

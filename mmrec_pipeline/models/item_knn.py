@@ -47,7 +47,8 @@ class ItemKNN(Recommender):
         """Transposed sparse similarity: row j holds the items i that have j among their neighbours."""
         rows = torch.arange(self.n_items).repeat_interleave(self.neighbour_idx.shape[1])
         return torch.sparse_coo_tensor(torch.stack([self.neighbour_idx.reshape(-1), rows]),
-                                       self.neighbour_sim.reshape(-1), (self.n_items, self.n_items)).to_sparse_csr()
+                                       self.neighbour_sim.reshape(-1), (self.n_items, self.n_items),
+                                       check_invariants=True).to_sparse_csr()
 
     def score(self, users, history) -> torch.Tensor:
         if getattr(self, "_sim_t", None) is None:
