@@ -1,7 +1,9 @@
 """One asset per recommender and dataset: train every variant, checkpoint it, evaluate it on test.
 
 The asset's table is the model's rows of the long metrics table; checkpoints go to
-`$MMREC_HOME/<dataset>/models/<model>/<variant>/` (config.json + model.safetensors).
+`$MMREC_HOME/<dataset>/models/<model>/<variant>/` (config.json + model.safetensors). Every model reads
+`text_embeddings`, whose sentence vectors also define intra-list diversity, so that metric is computed
+the same way for every row of a dataset's leaderboard.
 """
 
 import sys
@@ -21,17 +23,25 @@ from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import dataset_dir
 from resources.compute import ComputeResource
 
+DIVERSITY_VECTOR = "sbert_text"
 
-def model_asset(name: str, cls, variants: dict) -> dg.AssetsDefinition:
-    @dg.asset(name=name, partitions_def=DATASETS, group_name="models", io_manager_key="lake",
+
+def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("text_embeddings",),
+                pool: str | None = None) -> dg.AssetsDefinition:
+    ins = {k: dg.AssetIn(k) for k in ("split", "items", *features)}
+
+    @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=pool,
               description=sys.modules[cls.__module__].__doc__.strip().split("\n\n")[0])
-    def _train(context: dg.AssetExecutionContext, compute: ComputeResource, split: pl.DataFrame,
-               items: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+    def _train(context: dg.AssetExecutionContext, compute: ComputeResource, **tables: pl.DataFrame
+               ) -> dg.Output[pl.DataFrame]:
         spec = get_dataset(context.partition_key)
-        data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
+        data = RecDataset.from_tables(spec.name, tables["split"], tables["items"], spec.split, spec.repeats_relevant)
+        feats = ItemFeatures()
+        for f in features:
+            feats = feats.merge(ItemFeatures.from_table(data, tables[f]))
         out_dir = dataset_dir(spec.name) / "models" / name
-        runs = train_variants(name, cls, variants, data, ItemFeatures(), compute.settings(), out_dir,
-                              spec.models.get(name), log=context.log)
+        runs = train_variants(name, cls, variants, data, feats, compute.settings(), out_dir,
+                              spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log)
         table = pl.concat([r.metrics for r in runs])
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
                 **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(table).items()}),
@@ -45,5 +55,5 @@ def model_asset(name: str, cls, variants: dict) -> dg.AssetsDefinition:
     return _train
 
 
-classic_models = [model_asset(name, cls, variants) for name, (cls, variants) in CLASSIC.items()]
-all_model_names = [a.key.path[-1] for a in classic_models]
+model_assets = [model_asset(name, cls, variants) for name, (cls, variants) in CLASSIC.items()]
+all_model_names = [a.key.path[-1] for a in model_assets]

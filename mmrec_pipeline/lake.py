@@ -31,3 +31,30 @@ def refresh_catalog(root: Path, retries: int = 5) -> int:
                 raise
             time.sleep(0.2 * (attempt + 1))
     return 0
+
+
+# Feature tables, and whether an item needs an image to have the feature.
+FEATURE_TABLES = {"image_embeddings": True, "vq_codes": True, "captions": True, "text_embeddings": False,
+                  "review_summaries": False}
+
+
+def feature_gaps(dataset_dir: Path) -> dict[str, int]:
+    """Per feature table of a dataset: how many catalog items have no value in it yet (a new catalog
+    version, or a budget-limited backfill not finished). Tables never materialized are not counted."""
+    import polars as pl
+
+    items_path = Path(dataset_dir) / "items.parquet"
+    if not items_path.exists():
+        return {}
+    items = pl.read_parquet(items_path, columns=["item_id", "image_sha256"])
+    gaps = {}
+    for table, needs_image in FEATURE_TABLES.items():
+        path = Path(dataset_dir) / f"{table}.parquet"
+        if not path.exists():
+            continue
+        feats = pl.read_parquet(path)
+        values = [c for c in feats.columns if c != "item_id"]
+        have = feats.filter(pl.any_horizontal(pl.col(values).is_not_null())) if values else feats
+        eligible = items.filter(pl.col("image_sha256").is_not_null()) if needs_image else items
+        gaps[table] = eligible.join(have.select("item_id"), on="item_id", how="anti").height
+    return gaps

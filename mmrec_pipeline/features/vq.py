@@ -41,32 +41,35 @@ FORMAT = "mmrec-vqvae-v1"
 
 @dataclasses.dataclass(frozen=True)
 class VQConfig:
-    image_size: int = 64  # input side; must be GRID * 2**levels
-    channels: tuple[int, ...] = (48, 96)  # encoder width per downsampling level (levels = len(channels))
-    res_blocks: int = 1  # residual blocks per level
+    image_size: int = 64  # input side; must be GRID * 2**len(channels)
+    channels: tuple[int, ...] = (32, 64)  # width after each stride-2 level (the last is the 16x16 bottleneck)
+    level_blocks: int = 0  # residual blocks after each level above the bottleneck (full-res convs are costly)
+    res_blocks: int = 1  # residual blocks at the 16x16 bottleneck, in the encoder and in the decoder
     codebook_size: int = 512
     code_dim: int = 64
     beta: float = 0.25  # commitment weight
     ema_decay: float = 0.99
-    steps: int = 1500
-    batch_size: int = 32
+    steps: int = 1000
+    batch_size: int = 16
     lr: float = 2e-3
     holdout: float = 0.05  # share of images held out for PSNR / SSIM (at least 16)
     max_train_images: int = 5000  # images decoded into memory for training (uint8)
     seed: int = 0
 
     def __post_init__(self):
+        if any(c % 8 for c in self.channels):
+            raise ValueError(f"VQConfig: channels {self.channels} must be multiples of 8 (GroupNorm of 8 groups)")
         if self.image_size != GRID * 2 ** len(self.channels):
             raise ValueError(f"VQConfig: image_size {self.image_size} must be {GRID} * 2**len(channels) = "
                              f"{GRID * 2 ** len(self.channels)} to give {GRID}x{GRID} codes")
 
 
 PROFILES = {
-    # a few minutes on 2 CPU cores for ~1,200 small images
+    # a few minutes on 2 CPU cores for ~1,200 small images (~150 MFLOP per image forward)
     "demo": VQConfig(),
     # the Columbia paper's VQGAN geometry (256 px, f = 16); for a GPU
-    "paper": VQConfig(image_size=256, channels=(64, 128, 128, 256), res_blocks=2, codebook_size=1024,
-                      code_dim=128, steps=20000, batch_size=64, lr=4e-4, max_train_images=8000),
+    "paper": VQConfig(image_size=256, channels=(64, 128, 128, 256), level_blocks=1, res_blocks=2,
+                      codebook_size=1024, code_dim=128, steps=20000, batch_size=64, lr=4e-4, max_train_images=8000),
 }
 
 
@@ -114,6 +117,7 @@ class EMAQuantizer(nn.Module):
         return z + (q - z).detach(), codes, commit  # straight-through gradient to the encoder
 
     @torch.no_grad()
+    @torch.autocast("cuda", enabled=False)  # running averages in float32 even under mixed precision
     def _ema_update(self, z: torch.Tensor, codes: torch.Tensor) -> None:
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()
         onehot = F.one_hot(codes.reshape(-1), self.embed.shape[0]).float()
@@ -134,19 +138,19 @@ class VQVAE(nn.Module):
     def __init__(self, config: VQConfig):
         super().__init__()
         self.config = config
-        c = config.channels
-        enc: list[nn.Module] = [nn.Conv2d(3, c[0], 3, padding=1)]
+        c, last = config.channels, len(config.channels) - 1
+        enc: list[nn.Module] = []
         for i, ch in enumerate(c):
-            enc += [ResBlock(ch) for _ in range(config.res_blocks)]
-            enc.append(nn.Conv2d(ch, c[min(i + 1, len(c) - 1)], 4, stride=2, padding=1))
-        enc += [ResBlock(c[-1]), nn.GroupNorm(8, c[-1]), nn.SiLU(), nn.Conv2d(c[-1], config.code_dim, 1)]
+            enc.append(nn.Conv2d(3 if i == 0 else c[i - 1], ch, 4, stride=2, padding=1))
+            enc += [ResBlock(ch) for _ in range(config.res_blocks if i == last else config.level_blocks)]
+        enc += [nn.GroupNorm(8, c[-1]), nn.SiLU(), nn.Conv2d(c[-1], config.code_dim, 1)]
         self.encoder = nn.Sequential(*enc)
         self.quantizer = EMAQuantizer(config.codebook_size, config.code_dim, config.ema_decay)
-        dec: list[nn.Module] = [nn.Conv2d(config.code_dim, c[-1], 3, padding=1), ResBlock(c[-1])]
-        for i, ch in reversed(list(enumerate(c))):
-            dec.append(nn.ConvTranspose2d(c[min(i + 1, len(c) - 1)], ch, 4, stride=2, padding=1))
-            dec += [ResBlock(ch) for _ in range(config.res_blocks)]
-        dec += [nn.GroupNorm(8, c[0]), nn.SiLU(), nn.Conv2d(c[0], 3, 3, padding=1)]
+        dec: list[nn.Module] = [nn.Conv2d(config.code_dim, c[-1], 3, padding=1)]
+        for i in reversed(range(len(c))):
+            dec += [ResBlock(c[i]) for _ in range(config.res_blocks if i == last else config.level_blocks)]
+            dec += [nn.GroupNorm(8, c[i]), nn.SiLU(),
+                    nn.ConvTranspose2d(c[i], 3 if i == 0 else c[i - 1], 4, stride=2, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
     def forward(self, x: torch.Tensor):
@@ -186,8 +190,13 @@ class VQVAE(nn.Module):
         return model.eval()
 
 
-def weights_hash(folder: Path) -> str:
-    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()[:16]
+def fingerprint(model: nn.Module) -> str:
+    """Hash of the weights (names and bytes): the same model gives the same code cache, loaded or in memory."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -322,7 +331,7 @@ def train_or_load_vq_vae(images: Sequence[str], folder: Path, config: VQConfig, 
             return model, json.loads((folder / "report.json").read_text()), False
     model, report = train_vq_vae(images, config, compute, log)
     model.save_pretrained(folder)
-    report["weights"] = weights_hash(folder)
+    report["weights"] = fingerprint(model)
     write_json(report, folder / "report.json")
     return model, report, True
 
@@ -393,11 +402,8 @@ def vq_codes(
             return vqgan_input_size(model())
     elif vqvae is not None:
         if isinstance(vqvae, (str, Path)):
-            tokenizer = f"vqvae:{weights_hash(Path(vqvae))}"
             vqvae = VQVAE.from_pretrained(Path(vqvae))
-        else:
-            tokenizer = "vqvae:" + hashlib.sha256(b"".join(
-                v.detach().cpu().numpy().tobytes() for v in vqvae.state_dict().values())).hexdigest()[:16]
+        tokenizer = f"vqvae:{fingerprint(vqvae)}"
         net = vqvae.to(compute.torch_device).eval()
         size = net.config.image_size
 

@@ -3,18 +3,45 @@
 Each entry becomes one Dagster asset per dataset that trains and evaluates all its variants.
 """
 
+from mmrec_pipeline.models.bert4rec import BERT4Rec
 from mmrec_pipeline.models.bpr_mf import BPRMF
 from mmrec_pipeline.models.content import ContentBased
 from mmrec_pipeline.models.ease import EASE
+from mmrec_pipeline.models.gru4rec import GRU4Rec
 from mmrec_pipeline.models.hybrid import Hybrid
 from mmrec_pipeline.models.item_knn import ItemKNN
+from mmrec_pipeline.models.lvlm_retrieval import VARIANTS as LVLM_VARIANTS
+from mmrec_pipeline.models.lvlm_retrieval import LVLMRetrieval
+from mmrec_pipeline.models.mm_llmrec import MMLLMRec
 from mmrec_pipeline.models.popularity import Popularity
+from mmrec_pipeline.models.sasrec import SASRec
 
 CLASSIC = {
     "popularity": (Popularity, {"global": {}, "recent": {"window_days": 30}}),
     "item_knn": (ItemKNN, {"default": {}}),
     "bpr_mf": (BPRMF, {"default": {}}),
     "ease": (EASE, {"default": {}}),
-    "content": (ContentBased, {"default": {}}),
+    "content": (ContentBased, {"default": {}, "tfidf": {"vector": "tfidf"}}),
     "hybrid": (Hybrid, {"default": {}}),
 }
+
+# Sequence models read each user's history in time order (sequential.py). Variants stay few: `make demo`
+# trains all of them on `sample` within its time budget.
+SEQUENTIAL = {
+    "gru4rec": (GRU4Rec, {"default": {}}),
+    "sasrec": (SASRec, {"default": {}}),
+    "bert4rec": (BERT4Rec, {"default": {}}),
+}
+
+# MM-GPT2Rec (mm_llmrec.py): the paper's ablation, extended. The profile (demo | pretrained | paper) comes
+# from the dataset's `models: {mm_llmrec: {profile: ...}}` overrides; demo by default.
+MM_LLMREC = {
+    "mm_llmrec": (MMLLMRec, {"id": {"variant": "id"}, "text": {"variant": "text"}, "image": {"variant": "image"},
+                             "concat": {"variant": "concat"}, "weighted": {"variant": "weighted"},
+                             "attention": {"variant": "attention"}}),
+}
+
+# The LVLM paper's retrieval system (lvlm_retrieval.py): twelve item-representation strategies, one variant each,
+# all ranked on the same users and full-catalog pool. A variant whose feature is missing (no images, no captions)
+# cannot fit: `lvlm_retrieval.check_features` names the feature asset and column.
+LVLM = {"lvlm_retrieval": (LVLMRetrieval, LVLM_VARIANTS)}

@@ -40,7 +40,6 @@ class BERT4RecConfig(SequentialConfig):
 class BERT4Rec(SequentialRecommender):
     name = "bert4rec"
     Config = BERT4RecConfig
-    causal = False
 
     @property
     def mask(self) -> int:

@@ -17,7 +17,7 @@ from mmrec_pipeline.models.base import Recommender
 
 @dataclasses.dataclass
 class ContentConfig:
-    vector: str = "text"  # a text_embeddings column; falls back to TF-IDF when absent
+    vector: str = "sbert_text"  # a text_embeddings column; TF-IDF when absent (or set to "tfidf")
     recency_decay: float = 0.9  # weight of the k-th most recent history item = decay**k
     max_features: int = 20000
 

@@ -20,7 +20,7 @@ class HybridConfig:
     alpha: float = 0.5  # set by fit
     mf_dim: int = 64
     mf_epochs: int = 60
-    content_vector: str = "text"
+    content_vector: str = "sbert_text"
     seed: int = 0
 
 

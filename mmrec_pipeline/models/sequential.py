@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.models.base import Recommender
 from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
 
@@ -88,7 +88,7 @@ def left_pad(history: list[np.ndarray], length: int, pad: int, suffix: int | Non
     keep = length - (suffix is not None)
     out = torch.full((len(history), length), pad, dtype=torch.long)
     for i, h in enumerate(history):
-        h = np.asarray(h[-keep:] if keep else h[:0], dtype=np.int64)
+        h = np.array(h[-keep:] if keep else h[:0], dtype=np.int64)  # a copy: inputs may be read-only
         if len(h):
             out[i, keep - len(h):keep] = torch.from_numpy(h)
     if suffix is not None:
@@ -96,8 +96,8 @@ def left_pad(history: list[np.ndarray], length: int, pad: int, suffix: int | Non
     return out
 
 
-def trim(x: torch.Tensor, pad: int, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Drop leading columns that are padding in every row (and the same columns of `others`)."""
+def trim(x: torch.Tensor, *others: torch.Tensor, pad: int) -> tuple[torch.Tensor, ...]:
+    """Drop leading columns that are padding in every row of `x` (and the same columns of `others`)."""
     real = (x != pad).any(0)
     first = int(real.nonzero()[0]) if bool(real.any()) else x.shape[1] - 1
     return (x[:, first:], *(o[:, first:] for o in others))
@@ -165,8 +165,6 @@ class TransformerEncoder(nn.Module):
 class SequentialRecommender(Recommender):
     """A model that encodes a left-padded item sequence into one vector per position and scores items by the
     dot product with their embeddings. Subclasses build the network and may change how batches are made."""
-
-    causal = True  # next-item targets (SASRec, GRU4Rec); BERT4Rec overrides with masked targets
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
@@ -247,50 +245,52 @@ class SequentialRecommender(Recommender):
         opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []
         gen = torch.Generator().manual_seed(cfg.seed)  # shuffling, masking, negatives: CPU, so runs repeat
-        tokens_total = 0
+        # Within-epoch progress for large data (every 30 s; ETA assumes all epochs run); the per-epoch line
+        # below carries loss and validation.
+        steps = Progress(f"{self.name} training windows", cfg.epochs * len(train), log, every_s=30)
+        targets_done, train_time = 0, 0.0
         for epoch in range(1, cfg.epochs + 1):
             self.net.train()
-            total, count = 0.0, 0
+            epoch_start, total, count = time.perf_counter(), torch.zeros((), device=device), 0
             for b in length_batches(lengths, cfg.batch_size, gen):
-                x, y = self.training_batch(train[b], gen)
-                x, y = trim(x, self.pad, y)
+                x, y = trim(*self.training_batch(train[b], gen), pad=self.pad)
+                n = int((y != IGNORE).sum())  # counted on the CPU copy: no device sync per step
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with compute.autocast():
                     loss = self.loss(self.net(x), y, gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                n = int((y != IGNORE).sum())
-                total, count = total + loss.item() * n, count + n
-            tokens_total += count
-            row = {"epoch": epoch, "loss": total / max(count, 1)}
+                total, count = total + loss.detach() * n, count + n
+                steps.update(len(b))
+            seconds = time.perf_counter() - epoch_start
+            targets_done, train_time = targets_done + count, train_time + seconds
+            row = {"epoch": epoch, "loss": float(total) / max(count, 1), "train_seconds": seconds}
             if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
                 row["valid_ndcg@10"] = validate(self.score)
             curve.append(row)
-            elapsed = time.perf_counter() - start
             stop = "valid_ndcg@10" in row and stopper.step(row["valid_ndcg@10"], epoch, self.net.state_dict())
             if log:
-                eta = elapsed / epoch * (cfg.epochs - epoch)
-                ndcg = f", valid NDCG@10 {row['valid_ndcg@10']:.4f} (best {stopper.best:.4f} @ {stopper.best_epoch})" \
-                    if "valid_ndcg@10" in row else ""
+                eta = (time.perf_counter() - start) / epoch * (cfg.epochs - epoch)
+                ndcg = (f", valid NDCG@10 {row['valid_ndcg@10']:.4f} (best {stopper.best:.4f} @ "
+                        f"{stopper.best_epoch})" if "valid_ndcg@10" in row else "")
                 log.info(f"{self.name} epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}{ndcg}, "
-                         f"{tokens_total / elapsed:,.0f} targets/s, ETA ≤ {eta:.0f}s")
+                         f"{targets_done / train_time:,.0f} targets/s, ETA ≤ {eta:.0f}s (early stopping may end sooner)")
             if stop:
                 break
         if stopper.best_state is not None:
             self.net.load_state_dict(stopper.best_state)
         self.net.eval()
-        seconds = time.perf_counter() - start
-        return {"seconds": seconds, "epochs": len(curve), "best_epoch": stopper.best_epoch, "curve": curve,
-                "best_valid_ndcg@10": float(stopper.best), "training_windows": len(train),
-                "targets_per_second": tokens_total / seconds, "device": str(device)}
+        best = float(stopper.best) if np.isfinite(stopper.best) else float("nan")  # nan: no validation users
+        return {"seconds": time.perf_counter() - start, "epochs": len(curve), "best_epoch": stopper.best_epoch,
+                "curve": curve, "best_valid_ndcg@10": best, "training_windows": len(train),
+                "targets_per_second": targets_done / train_time, "device": str(device)}
 
     @torch.no_grad()
     def score(self, users, history) -> torch.Tensor:
         device = self.compute.torch_device
         self.net.eval()
-        x = self.score_inputs(history).to(device)
-        x = trim(x, self.pad)[0]
+        x = trim(self.score_inputs(history), pad=self.pad)[0].to(device)
         with self.compute.autocast():
             h = self.net(x)[:, -1]
         bias = self.output_bias()

@@ -1,0 +1,203 @@
+"""LLM review summaries per item (the MMREC paper's text side).
+
+Each item's reviews (review_title + review_text, most recent first, at most `max_reviews`, cut to a token budget)
+go to an instruct LM with a chat template; batched greedy decoding writes a one-sentence summary. Items without
+reviews get their description instead (`summary_source` says which).
+
+Model: `ModelSources.summarizer`, a Hugging Face instruct model folder/id, or a `.gguf` file. The offline
+default is the packaged SmolLM2-135M-Instruct GGUF: loading a GGUF de-quantizes it (~30 s), so the result is
+re-saved once as safetensors under `<lake>/_cache/models/` and later loads take well under a second.
+
+Cache key: the review texts used; the model key holds the weights, prompt, `PROMPT_VERSION` and budgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.features.cache import (
+    FeatureCache,
+    compute_incremental,
+    content_key,
+    default_cache_root,
+    models_cache_dir,
+)
+from mmrec_pipeline.features.sources import ModelSources
+
+PROMPT_VERSION = "1"  # bump with any change to how prompts are built, so summaries are recomputed
+SYSTEM = "You summarise customer reviews of a product for a shop."
+PROMPT = ("Customer reviews:\n{reviews}\n\nSummarise in one short sentence what the reviewers say about this "
+          "product (colour, design, fit, material, quality, price).")
+
+
+@dataclasses.dataclass(frozen=True)
+class SummaryConfig:
+    prompt: str = PROMPT  # `{reviews}` is replaced by the item's reviews, one per line
+    system: str = SYSTEM
+    # Budgets sized so the sample's ~1,170 reviewed items fit a CPU run with SmolLM2-135M: generation dominates
+    # the cost, and a 135M model gains little from more than a handful of recent reviews.
+    max_new_tokens: int = 40  # one sentence
+    max_reviews: int = 5  # most recent first
+    max_review_tokens: int = 160  # budget for the reviews in the prompt
+    max_batch: int = 32
+
+
+def item_reviews(items: pl.DataFrame, interactions: pl.DataFrame, max_reviews: int) -> pl.DataFrame:
+    """item_id, reviews (list[str], most recent first, at most `max_reviews`), n_reviews (all of them)."""
+    reviews = (interactions
+               .filter(pl.col("review_text").is_not_null() | pl.col("review_title").is_not_null())
+               .with_columns(pl.concat_str([pl.col("review_title").fill_null(""), pl.col("review_text").fill_null("")],
+                                           separator=": ").str.strip_chars(": ").alias("review"))
+               .filter(pl.col("review").str.len_chars() > 0)
+               .sort(["item_id", "ts", "user_id"], descending=[False, True, False])
+               .group_by("item_id", maintain_order=True)
+               .agg(pl.col("review").head(max_reviews).alias("reviews"), pl.len().alias("n_reviews")))
+    return (items.select("item_id", "description")
+            .join(reviews, on="item_id", how="left", maintain_order="left")
+            .with_columns(pl.col("n_reviews").fill_null(0).cast(pl.Int64)))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Model
+
+
+def _gguf_to_safetensors(gguf: Path, folder: Path, log) -> None:
+    """De-quantize a GGUF once and save it as a plain safetensors model folder (atomically: temp + rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"summaries: converting {gguf.name} to safetensors under {folder} (once; ~30 s)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):  # a de-quantized model cannot be saved with its GGUF config
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_summarizer(sources: ModelSources, compute: Compute, cache_root: Path, log=None):
+    """(model, tokenizer) of the instruct LM, ready for batched generation (left padding)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = (log.info if hasattr(log, "info") else log) if log else logging.getLogger("mmrec_pipeline").info
+    source = sources.resolve("summarizer")
+    if source.endswith(".gguf"):
+        folder = models_cache_dir(cache_root) / f"summarizer-{sources.identity('summarizer')}"
+        if not (folder / "config.json").exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _gguf_to_safetensors(Path(source), folder, info)
+        source = str(folder)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    tokenizer.padding_side = "left"  # batched generation continues every row from its last token
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, trust_remote_code=False,
+                                                 dtype=compute.torch_dtype).to(compute.torch_device).eval()
+    return model, tokenizer
+
+
+def load_summarizer_model(sources: ModelSources | None = None, compute: Compute | None = None,
+                          cache_root: Path | None = None):
+    """Just the causal LM behind `summarizer` (e.g. SmolLM2 as a recommender backbone), same loader and cache."""
+    model, _ = load_summarizer(sources or ModelSources(), compute or Compute(),
+                               cache_root or default_cache_root())
+    return model
+
+
+def build_prompts(tokenizer, reviews: list[list[str]], config: SummaryConfig) -> list[str]:
+    out = []
+    for revs in reviews:
+        text = "\n".join(f"- {r}" for r in revs)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"][: config.max_review_tokens]
+        messages = [{"role": "system", "content": config.system},
+                    {"role": "user", "content": config.prompt.format(reviews=tokenizer.decode(ids))}]
+        out.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return out
+
+
+@torch.inference_mode()
+def summarize(model, tokenizer, reviews: list[list[str]], config: SummaryConfig, compute: Compute) -> list[str]:
+    """One summary per list of reviews; batches of similar prompt length to waste little on padding."""
+    prompts = build_prompts(tokenizer, reviews, config)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    for start in range(0, len(order), config.max_batch):
+        idx = order[start:start + config.max_batch]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=False).to(compute.torch_device)
+        gen = model.generate(**enc, max_new_tokens=config.max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i, t in zip(idx, texts, strict=True):
+            out[i] = " ".join(t.split())  # one line
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------
+
+
+def review_summaries(
+    items: pl.DataFrame,
+    interactions: pl.DataFrame,
+    sources: ModelSources,
+    compute: Compute,
+    cache_root: Path,
+    config: SummaryConfig = SummaryConfig(),
+    max_items_per_run: int | None = None,
+    log: logging.Logger | Callable | None = None,
+) -> tuple[pl.DataFrame, dict]:
+    """One row per item: `item_id`, `summary`, `summary_source` (reviews | description | null), `n_reviews`.
+
+    Items whose summary is left for a later run (`max_items_per_run`) have a null summary and source."""
+    per_item = item_reviews(items, interactions, config.max_reviews)
+    identity = {"weights": sources.identity("summarizer"), "prompt": config.prompt, "system": config.system,
+                "prompt_version": PROMPT_VERSION, "max_new_tokens": config.max_new_tokens,
+                "max_reviews": config.max_reviews, "max_review_tokens": config.max_review_tokens}
+    cache = FeatureCache(cache_root, "summaries", "summarizer", identity, {"summary": pl.Utf8})
+
+    @functools.cache  # loaded only if something must be computed
+    def lm():
+        return load_summarizer(sources, compute, cache_root, log)
+
+    def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:
+        model, tokenizer = lm()
+        texts = summarize(model, tokenizer, chunk["reviews"].to_list(), config, compute)
+        return pl.DataFrame({"summary": pl.Series([t or None for t in texts], dtype=pl.Utf8)})
+
+    def key_fn(row: dict) -> str | None:
+        return content_key(row["reviews"]) if row["reviews"] else None
+
+    rows, stats = compute_incremental(per_item.select("item_id", "reviews"), key_fn, compute_fn, cache,
+                                      chunk_size=config.max_batch * 4, max_items_per_run=max_items_per_run,
+                                      log=log, what="review summaries")
+    has_reviews = per_item["n_reviews"] > 0
+    out = per_item.select("item_id", "n_reviews", "description").with_columns(
+        rows["summary"].alias("summary"), pl.Series("_has", has_reviews))
+    out = out.select(
+        "item_id",
+        pl.when(pl.col("_has")).then(pl.col("summary")).otherwise(pl.col("description")).alias("summary"),
+        pl.when(pl.col("_has") & pl.col("summary").is_not_null()).then(pl.lit("reviews"))
+        .when(~pl.col("_has") & pl.col("description").is_not_null()).then(pl.lit("description"))
+        .otherwise(pl.lit(None, dtype=pl.Utf8)).alias("summary_source"),
+        "n_reviews")
+    stats.update({"items": items.height, "with_reviews": int(has_reviews.sum()),
+                  "from_description": int((~has_reviews).sum())})
+    return out, stats

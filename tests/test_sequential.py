@@ -1,0 +1,172 @@
+"""GRU4Rec, SASRec and BERT4Rec: shapes, checkpoints, reproducibility, causality and that they learn order.
+
+The data is a tiny store whose users walk the catalog in steps of one (item i is followed by item i + 1),
+so the next item is predictable from the order alone while popularity is nearly flat."""
+
+import dataclasses
+import logging
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.data.splits import make_split
+from mmrec_pipeline.evaluation.protocols import evaluate_model, headline
+from mmrec_pipeline.models import SEQUENTIAL
+from mmrec_pipeline.models.bert4rec import BERT4Rec
+from mmrec_pipeline.models.gru4rec import GRU4Rec
+from mmrec_pipeline.models.popularity import Popularity
+from mmrec_pipeline.models.runner import build
+from mmrec_pipeline.models.sasrec import SASRec
+from mmrec_pipeline.models.sequential import IGNORE, left_pad, windows
+
+MODELS = [GRU4Rec, SASRec, BERT4Rec]
+TINY = {"max_len": 12, "hidden_size": 32, "epochs": 40, "batch_size": 32, "lr": 5e-3, "patience": 5,
+        "dropout": 0.1}
+N_USED, N_CATALOG = 40, 44  # the last 4 catalog items never occur: they must still be scored
+
+
+def walk_dataset(n_users: int = 150, length: int = 12, seed: int = 0) -> RecDataset:
+    rng = np.random.default_rng(seed)
+    users, items_, seconds = [], [], []
+    for u in range(n_users):
+        start = rng.integers(N_USED)
+        for j in range(length):
+            users.append(f"u{u:03d}")
+            items_.append(f"i{(start + j) % N_USED:02d}")
+            seconds.append(1_700_000_000 + j * 86400 + u)
+    inter = pl.DataFrame({"user_id": users, "item_id": items_, "ts": seconds}).with_columns(
+        pl.from_epoch("ts", time_unit="s").dt.replace_time_zone("UTC"))
+    items = pl.DataFrame({"item_id": [f"i{i:02d}" for i in range(N_CATALOG)], "title": "", "description": "",
+                          "category": [f"c{i % 3}" for i in range(N_CATALOG)]})
+    return RecDataset.from_tables("walk", make_split(inter, "loo"), items, protocol="loo")
+
+
+@pytest.fixture(scope="module")
+def walk() -> RecDataset:
+    return walk_dataset()
+
+
+def tiny(cls, **overrides):
+    return cls(cls.Config(**{**TINY, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def trained(walk) -> dict:
+    """Each model trained once on the walk data (shared by the tests that only read a trained model)."""
+    out = {}
+    for cls in MODELS:
+        model = tiny(cls)
+        out[cls.name] = (model, model.fit(walk, None, Compute(device="cpu")))
+    return out
+
+
+def test_windows_cover_every_transition_once():
+    seqs = [np.arange(1, 8), np.arange(10, 12), np.array([5])]
+    w = windows(seqs, length=4, stride=3, pad=-9)
+    targets = sorted(t for row in w for t in row[1:][row[:-1] != -9])
+    assert targets == [2, 3, 4, 5, 6, 7, 11]
+    assert (w[:, -1] != -9).all()  # left-padded: the last column is always an item
+
+
+def test_left_pad_keeps_the_most_recent_items():
+    x = left_pad([np.arange(5), np.zeros(0, dtype=np.int64)], length=3, pad=99, suffix=77)
+    assert x.tolist() == [[3, 4, 77], [99, 99, 77]]
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_forward_backward_and_score_shapes(cls, walk):
+    model = tiny(cls, epochs=1)
+    model.n_items = walk.n_items
+    model.net = model.build_network()
+    w = torch.from_numpy(model.training_windows(walk.sequences("train")))[:8]
+    x, y = model.training_batch(w, torch.Generator().manual_seed(0))
+    hidden = model.net(x)
+    assert hidden.shape == (*x.shape, TINY["hidden_size"])
+    assert (y != IGNORE).any()
+    loss = model.loss(hidden, y, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(model.net.item_emb.weight.grad).all()
+    history = [np.array([1, 2, 3]), np.arange(30), np.zeros(0, dtype=np.int64)]  # longer than max_len; empty
+    scores = model.score(np.arange(3), history)
+    assert scores.shape == (3, N_CATALOG) and torch.isfinite(scores).all()
+
+
+@pytest.mark.parametrize("loss, negatives", [("bce", 0), ("ce", 8)])
+def test_alternative_losses_train(loss, negatives, walk):
+    model = tiny(SASRec, loss=loss, negatives=negatives, epochs=2)
+    report = model.fit(walk, None, Compute(device="cpu"))
+    assert all(np.isfinite(r["loss"]) for r in report["curve"])
+
+
+def test_sasrec_is_causal():
+    """The hidden state at position t must not depend on items after t (SASRec and GRU4Rec);
+    BERT4Rec reads both directions."""
+    torch.manual_seed(0)
+    a = torch.tensor([[40, 40, 3, 4, 5, 6, 7, 8]])  # 40 = padding
+    b = a.clone()
+    b[0, 5:] = torch.tensor([20, 21, 22])
+    for cls, causal in ((SASRec, True), (GRU4Rec, True), (BERT4Rec, False)):
+        model = tiny(cls)
+        model.n_items = N_USED
+        net = model.build_network().eval()
+        with torch.no_grad():
+            ha, hb = net(a), net(b)
+        assert torch.allclose(ha[0, 2:5], hb[0, 2:5], atol=1e-6) == causal, cls.name  # items before the change
+        assert not torch.allclose(ha[0, 5:], hb[0, 5:])
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_learns_order_and_beats_popularity(cls, walk, trained):
+    model, report = trained[cls.name]
+    assert {"seconds", "epochs", "best_epoch", "curve"} <= set(report)
+    assert {"epoch", "loss", "valid_ndcg@10"} <= set(report["curve"][0])
+    pop = Popularity()
+    pop.fit(walk, None, Compute(device="cpu"))
+    ndcg = headline(evaluate_model(model, walk, cls.name, sampled=None)[0])["default"]
+    base = headline(evaluate_model(pop, walk, "popularity", sampled=None)[0])["default"]
+    assert ndcg > base + 0.3, (cls.name, ndcg, base)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_save_load_gives_identical_scores(cls, walk, trained, tmp_path):
+    model, _ = trained[cls.name]
+    model.save(tmp_path / cls.name)
+    loaded = cls.load(tmp_path / cls.name)
+    assert loaded.config == model.config
+    inputs = walk.eval_inputs("test")
+    assert torch.equal(model.score(inputs.users, inputs.history), loaded.score(inputs.users, inputs.history))
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_same_seed_same_metrics(cls, walk):
+    runs = []
+    for _ in range(2):
+        model = tiny(cls, epochs=4)
+        report = model.fit(walk, None, Compute(device="cpu"))
+        curve = [{k: v for k, v in r.items() if k != "train_seconds"} for r in report["curve"]]
+        runs.append((curve, evaluate_model(model, walk, cls.name, sampled=None)[0]))
+    assert runs[0][0] == runs[1][0]
+    assert runs[0][1].equals(runs[1][1])
+
+
+def test_progress_is_logged(walk, caplog):
+    with caplog.at_level(logging.INFO, logger="seq-test"):
+        tiny(GRU4Rec, epochs=2).fit(walk, None, Compute(device="cpu"), logging.getLogger("seq-test"))
+    lines = [r.getMessage() for r in caplog.records if " epoch " in r.getMessage()]
+    assert len(lines) == 2
+    assert all(s in lines[-1] for s in ("epoch 2/2", "loss", "valid NDCG@10", "targets/s", "ETA"))
+
+
+def test_registry_and_dataset_overrides():
+    assert set(SEQUENTIAL) == {"gru4rec", "sasrec", "bert4rec"}
+    for name, (cls, variants) in SEQUENTIAL.items():
+        assert cls.name == name and variants
+        assert dataclasses.is_dataclass(cls.Config)
+    model = build(SASRec, SEQUENTIAL["sasrec"][1]["default"], {"hidden_size": 16, "n_heads": 1})
+    assert model.config.hidden_size == 16 and model.config.n_layers == SASRec.Config().n_layers
+    with pytest.raises(ValueError, match="unknown config field"):
+        build(SASRec, {}, {"hidden": 16})
