@@ -1,14 +1,48 @@
 """`metrics` (every model's rows), `report` (report.html + Markdown) and the cross-dataset `leaderboard`."""
 
+import json
+
 import dagster as dg
 import polars as pl
 
 from assets import DATASETS
 from assets.models import all_model_names
+from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.splits import split_summary
-from mmrec_pipeline.evaluation.report import build_report, leaderboard
+from mmrec_pipeline.evaluation.report import (
+    build_report,
+    html_table,
+    leaderboard,
+    md_table,
+    qualitative_examples,
+)
+from mmrec_pipeline.models import MM_LLMREC
+from mmrec_pipeline.models.lvlm_retrieval import strategy_table
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import dataset_dir, write_text
+
+
+def extra_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.DataFrame) -> list:
+    """The LVLM strategy table and mm_llmrec's qualitative examples, when those models ran."""
+    sections = []
+    models_dir = dataset_dir(spec.name) / "models"
+    if metrics.filter(pl.col("model") == "lvlm_retrieval").height:
+        captioners = {}
+        for cfg in (models_dir / "lvlm_retrieval").glob("*/config.json"):
+            captioners[cfg.parent.name] = json.loads(cfg.read_text())["extra"].get("captioner")
+        table = strategy_table(metrics, captioners)
+        note = ("Every strategy ranks the whole catalog for the same test users. Caption rows name the captioner "
+                "whose descriptions were used (`offline` = the packaged ImageNet CNN + colour + pattern captioner).")
+        sections.append(("lvlm_retrieval: item-representation strategies", note + "\n\n" + md_table(table),
+                         f"<p>{note}</p>" + html_table(table)))
+    board = leaderboard(metrics).filter(pl.col("model") == "mm_llmrec")
+    if board.height:
+        variant = board["variant"][0]
+        cls = MM_LLMREC["mm_llmrec"][0]
+        model = cls.load(models_dir / "mm_llmrec" / variant)
+        data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
+        sections.append(qualitative_examples(model, data, f"mm_llmrec/{variant}: example recommendations"))
+    return sections
 
 
 @dg.asset(partitions_def=DATASETS, group_name="evaluation", io_manager_key="lake",
@@ -30,7 +64,7 @@ def report(context: dg.AssetExecutionContext, metrics: pl.DataFrame, split: pl.D
     facts = {"items": items.height, "items_with_image": int(items["image_sha256"].is_not_null().sum()),
              "categories": items["category"].n_unique(), "interactions (raw)": interactions.height,
              "users (raw)": interactions["user_id"].n_unique(), **split_summary(split)}
-    page, md = build_report(spec.name, metrics, facts, spec.split)
+    page, md = build_report(spec.name, metrics, facts, spec.split, sections=extra_sections(spec, metrics, split, items))
     path = write_text(page, dataset_dir(spec.name) / "report.html")
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "report": dg.MetadataValue.md(md)})
 

@@ -10,8 +10,13 @@ import polars as pl
 
 def table_preview(df: pl.DataFrame, n: int = 5, max_chars: int = 60) -> dg.MetadataValue:
     """The first rows as a Markdown table, long strings shortened."""
-    head = df.head(n).with_columns(
-        [pl.col(c).cast(pl.Utf8).str.slice(0, max_chars) for c in df.columns])
+    def shown(c: str) -> pl.Expr:
+        if isinstance(df.schema[c], (pl.List, pl.Array)):  # vectors and code lists: their length, not values
+            return pl.format("[{} values]", pl.col(c).list.len()) if isinstance(df.schema[c], pl.List) else \
+                pl.lit(f"[{df.schema[c].size} values]")
+        return pl.col(c).cast(pl.Utf8).str.slice(0, max_chars)
+
+    head = df.head(n).with_columns([shown(c).alias(c) for c in df.columns])
     lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
     lines += ["| " + " | ".join("" if v is None else str(v).replace("|", "/") for v in row) + " |"
               for row in head.iter_rows()]

@@ -16,7 +16,7 @@ from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import headline
 from mmrec_pipeline.evaluation.report import plot_learning_curves
-from mmrec_pipeline.models import CLASSIC
+from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.runner import train_variants
 from mmrec_pipeline.registry import get_dataset
@@ -40,13 +40,16 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
         for f in features:
             feats = feats.merge(ItemFeatures.from_table(data, tables[f]))
         out_dir = dataset_dir(spec.name) / "models" / name
-        runs = train_variants(name, cls, variants, data, feats, compute.settings(), out_dir,
+        runs, skipped = train_variants(name, cls, variants, data, feats, compute.settings(), out_dir,
                               spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log)
+        if not runs:
+            raise RuntimeError(f"{name}: no variant could train on {spec.name}: {skipped}")
         table = pl.concat([r.metrics for r in runs])
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
                 **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(table).items()}),
                 **plain({f"train_seconds {r.variant}": round(r.report["seconds"], 2) for r in runs}),
-                **plain({f"eval_seconds {r.variant}": round(r.eval_seconds, 2) for r in runs})}
+                **plain({f"eval_seconds {r.variant}": round(r.eval_seconds, 2) for r in runs}),
+                **plain({f"skipped {v}": reason for v, reason in skipped.items()})}
         curves = {r.variant: r.report["curve"] for r in runs if r.report.get("curve")}
         if curves:
             meta["learning_curve"] = png_markdown(plot_learning_curves(curves, title=name), "learning curve")
@@ -55,5 +58,10 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
     return _train
 
 
-model_assets = [model_asset(name, cls, variants) for name, (cls, variants) in CLASSIC.items()]
+MULTIMODAL = ("image_embeddings", "text_embeddings")
+model_assets = [
+    *[model_asset(name, cls, variants) for name, (cls, variants) in {**CLASSIC, **SEQUENTIAL}.items()],
+    *[model_asset(name, cls, variants, features=MULTIMODAL, pool="gpu") for name, (cls, variants) in MM_LLMREC.items()],
+    *[model_asset(name, cls, variants, features=MULTIMODAL) for name, (cls, variants) in LVLM.items()],
+]
 all_model_names = [a.key.path[-1] for a in model_assets]

@@ -14,10 +14,10 @@ from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.lvlm_retrieval import (
     LEARNED,
+    VARIANTS,
     LVLMConfig,
     LVLMRetrieval,
     MissingFeature,
-    VARIANTS,
     next_item_examples,
     profile_weights,
     required_features,
@@ -26,19 +26,23 @@ from mmrec_pipeline.models.lvlm_retrieval import (
 
 CPU = Compute(device="cpu")
 CAPTION_VARIANTS = ("caption_llava", "caption_blip2", "title_caption")
+# The offline captioner costs ~0.2 s of CPU per image, so the tests caption the first items of the catalog only
+# (the caption strategies then see partial coverage, which they must handle anyway); `make demo` captions all.
+CAPTIONED_ITEMS = 100
 
 
 @pytest.fixture(scope="module")
 def features(sample_tables, sample_dataset, sample_features, lake):
     """The sample's features plus caption embeddings from the offline captioner (the only one without weights
-    to download), computed as the captions and text_embeddings assets do."""
+    to download) for the first CAPTIONED_ITEMS items, computed as the captions and text_embeddings assets do."""
     from mmrec_pipeline.features.captions import captions
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import text_embeddings
 
     tables, _ = sample_tables
     compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), lake / "_cache"
-    caps, _ = captions(tables.items, sources, compute, cache, models=("offline",))
+    caps, _ = captions(tables.items.sort("item_id").head(CAPTIONED_ITEMS), sources, compute, cache,
+                       models=("offline",))
     text, _ = text_embeddings(tables.items, sources, compute, cache, captions=caps, gpt2=False)
     return sample_features["features"].merge(ItemFeatures.from_table(sample_dataset, text))
 
@@ -68,7 +72,8 @@ def test_every_strategy_scores_the_catalog_and_round_trips(trained, sample_datas
     for variant, (model, _, _) in trained.items():
         s = model.score(users, history)
         assert s.shape == (48, sample_dataset.n_items) and torch.isfinite(s).all(), variant
-        assert np.unique(s[0].numpy()).size > sample_dataset.n_items // 2, variant
+        if variant not in CAPTION_VARIANTS:  # (captions cover CAPTIONED_ITEMS items only)
+            assert np.unique(s[0].numpy()).size > sample_dataset.n_items // 2, variant
         path = model.save(tmp_path / variant)
         again = LVLMRetrieval.load(path)
         assert torch.equal(s, again.score(users, history)), variant

@@ -91,14 +91,14 @@ def plot_learning_curves(curves: dict[str, list[dict]], title: str) -> bytes:
     return _png(fig)
 
 
-def _md_table(df: pl.DataFrame, digits: int = 4) -> str:
+def md_table(df: pl.DataFrame, digits: int = 4) -> str:
     fmt = [(lambda v: "" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v)))]
     lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(fmt[0](v) for v in row) + " |" for row in df.iter_rows()]
     return "\n".join(lines)
 
 
-def _html_table(df: pl.DataFrame, digits: int = 4) -> str:
+def html_table(df: pl.DataFrame, digits: int = 4) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
     body = "".join("<tr>" + "".join(
         f"<td>{'' if v is None else (f'{v:.{digits}f}' if isinstance(v, float) else html.escape(str(v)))}</td>"
@@ -125,17 +125,17 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
     intro = (f"Protocol: **{protocol}** split, every model ranks the **whole catalog**; items in the user's history "
              "are excluded unless the registry says repeat purchases count. Metrics are averaged over test users with "
              "history and at least one relevant item. The sampled rows exist only to show how sampling inflates numbers.")
-    md = [f"# {dataset}: evaluation report", intro, "## Leaderboard (K = 10)", _md_table(board.drop("model", "variant")),
-          "## Dataset and split", _md_table(facts_df)]
+    md = [f"# {dataset}: evaluation report", intro, "## Leaderboard (K = 10)", md_table(board.drop("model", "variant")),
+          "## Dataset and split", md_table(facts_df)]
     md += [f"## {t}\n![{t}]({_img(p)})" for t, p in plots.items()]
     if sampled.height:
-        md += ["## Full ranking vs sampled (HR@10)", _md_table(sampled)]
+        md += ["## Full ranking vs sampled (HR@10)", md_table(sampled)]
     h = [f"<h1>{html.escape(dataset)}: evaluation report</h1><p>{html.escape(intro).replace('**', '')}</p>",
-         "<h2>Leaderboard (K = 10)</h2>", _html_table(board.drop("model", "variant")),
-         "<h2>Dataset and split</h2>", _html_table(facts_df)]
+         "<h2>Leaderboard (K = 10)</h2>", html_table(board.drop("model", "variant")),
+         "<h2>Dataset and split</h2>", html_table(facts_df)]
     h += [f"<h2>{html.escape(t)}</h2><img src='{_img(p)}' alt='{html.escape(t)}'>" for t, p in plots.items()]
     if sampled.height:
-        h += ["<h2>Full ranking vs sampled (HR@10)</h2>", _html_table(sampled)]
+        h += ["<h2>Full ranking vs sampled (HR@10)</h2>", html_table(sampled)]
     for title, smd, shtml in sections or []:
         md += [f"## {title}", smd]
         h += [f"<h2>{html.escape(title)}</h2>", shtml]
@@ -144,3 +144,56 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(dataset)} report</title>{style}" \
            f"</head><body>{''.join(h)}</body></html>"
     return page, "\n\n".join(md)
+
+
+def _thumbnail(path: str | None, size: int = 64) -> str | None:
+    """A small inline PNG of an item image, or None when the item has none."""
+    if not path:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except OSError:
+        return None
+    return _img(buf.getvalue())
+
+
+def qualitative_examples(model, data, title: str, n_users: int = 3, recent: int = 5, top: int = 5,
+                         seed: int = 0) -> tuple[str, str, str]:
+    """(title, markdown, html): for a few test users, their most recent items and the model's top
+    recommendations (✓ marks a test-period item), with titles and thumbnails."""
+    import numpy as np
+    import torch
+
+    inputs = data.eval_inputs("test")
+    if len(inputs.users) == 0:
+        return title, "_no test users_", "<p>no test users</p>"
+    pick = np.random.default_rng(seed).choice(len(inputs.users), min(n_users, len(inputs.users)), replace=False)
+    titles = data.items["title"].fill_null("").to_list()
+    paths = data.items["image_path"].to_list()
+    md, h = [], []
+    for i in sorted(pick):
+        user, hist, rel = inputs.users[i:i + 1], inputs.history[i], set(inputs.relevant[i].tolist())
+        with torch.no_grad():
+            scores = model.score(user, [hist])[0].float()
+        if inputs.exclude_history:
+            scores[torch.as_tensor(hist, dtype=torch.long)] = -torch.inf
+        recs = torch.topk(scores, top).indices.tolist()
+        rows = [("recent", j, False) for j in hist[-recent:][::-1]] + [("recommended", j, j in rel) for j in recs]
+        md.append(f"**user {data.user_ids[user[0]]}** — recent: " + "; ".join(titles[j] for j in hist[-recent:][::-1])
+                  + " → recommended: " + "; ".join(("✓ " if j in rel else "") + titles[j] for j in recs))
+        cells = []
+        for kind, j, hit in rows:
+            thumb = _thumbnail(paths[j])
+            img = f"<img src='{thumb}' width=64><br>" if thumb else ""
+            colour = "#d4f4d4" if hit else ("#eef" if kind == "recent" else "#fff")
+            cells.append(f"<td style='background:{colour};text-align:center;width:90px'>{img}"
+                         f"<small>{html.escape(titles[j][:40])}</small></td>")
+        h.append(f"<p><b>user {html.escape(str(data.user_ids[user[0]]))}</b>: {recent} most recent items (blue), "
+                 f"top-{top} recommendations (green = bought in the test period)</p><table><tr>{''.join(cells)}</tr></table>")
+    return title, "\n\n".join(md), "".join(h)

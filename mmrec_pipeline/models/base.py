@@ -23,6 +23,10 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.storage import atomic_write
 
 
+class MissingFeature(ValueError):
+    """A model variant needs an item feature the dataset does not have; the message names the feature asset."""
+
+
 @dataclasses.dataclass
 class ItemFeatures:
     """Per-item vectors aligned with the catalog order of a `RecDataset` (row i = item index i).

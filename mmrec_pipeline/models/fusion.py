@@ -104,7 +104,10 @@ class SpectralFusion(nn.Module):
         """Uni-modal denoised views and the fused view (SMORE's `spectrum_convolution`)."""
         ft, fv = torch.fft.rfft(t, dim=1, norm="ortho"), torch.fft.rfft(v, dim=1, norm="ortho")
         w = {m: torch.view_as_complex(p.contiguous()) for m, p in self.filters.items()}
-        back = lambda f: torch.fft.irfft(f, n=self.dim, dim=1, norm="ortho")  # noqa: E731
+
+        def back(f):
+            return torch.fft.irfft(f, n=self.dim, dim=1, norm="ortho")
+
         return back(ft * w["t"]), back(fv * w["v"]), back(ft * fv * w["f"])
 
     def forward(self, text, vision, graphs):
@@ -130,7 +133,7 @@ FUSIONS: dict[str, type[nn.Module]] = {
 def knn_graph(x: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
     """Symmetrically normalised item–item kNN graph D^-1/2 A D^-1/2 as a sparse COO tensor: A[i, j] = 1 for the
     k most cosine-similar items j of item i (itself included), as SMORE/FREEDOM build their modality graphs.
-    Items without the feature (zero rows) get only their self-loop. Rows in chunks: never an n×n matrix."""
+    Items without the feature (zero rows) get only their self-loop, and no one's neighbour. Rows in chunks: never an n×n matrix."""
     x = F.normalize(x.float(), dim=1)
     n, k = x.shape[0], min(k, x.shape[0])
     cols = []
@@ -141,7 +144,7 @@ def knn_graph(x: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
     rows = torch.arange(n).repeat_interleave(k)
     cols = torch.cat(cols).reshape(-1)
     empty = x.abs().sum(1) == 0
-    keep = ~empty[rows] | (rows == cols)
+    keep = (rows == cols) | (~empty[rows] & ~empty[cols])
     rows, cols = rows[keep], cols[keep]
     deg = torch.bincount(rows, minlength=n).float()
     values = deg[rows].rsqrt() * deg[cols].rsqrt()

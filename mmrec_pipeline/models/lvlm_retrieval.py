@@ -368,9 +368,10 @@ def strategy_table(metrics: pl.DataFrame, captioners: dict[str, str | None] | No
             return f"{LABELS.get(v, v).split(' (')[0]} ({used})"
         return LABELS.get(v, v)
 
+    labels = {v: label(v) for v in wide["variant"].to_list()}
     wide = wide.sort("recall", descending=True, nulls_last=True).with_columns(
         pl.int_range(1, pl.len() + 1).alias("rank"),
-        pl.col("variant").map_elements(label, return_dtype=pl.Utf8).alias("label"),
+        pl.col("variant").replace_strict(labels, return_dtype=pl.Utf8).alias("label"),
         ((pl.col("recall") / base - 1) * 100).round(1).alias("vs title (%)") if base
         else pl.lit(None, dtype=pl.Float64).alias("vs title (%)"))
     return wide.select("rank", pl.col("variant").alias("strategy"), "label", pl.col("recall").alias(f"Recall@{k}"),

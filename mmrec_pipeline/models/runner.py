@@ -12,7 +12,7 @@ import polars as pl
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import evaluate_model
-from mmrec_pipeline.models.base import ItemFeatures, Recommender
+from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 
 
 @dataclasses.dataclass
@@ -36,16 +36,24 @@ def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: di
 
 def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict], data: RecDataset,
                    features: ItemFeatures, compute: Compute, out_dir: Path, dataset_overrides: dict | None = None,
-                   item_vectors=None, log: logging.Logger | None = None) -> list[VariantRun]:
-    runs = []
+                   item_vectors=None, log: logging.Logger | None = None) -> tuple[list[VariantRun], dict[str, str]]:
+    """Runs of the variants that could train, and {variant: reason} for those skipped for lack of a feature
+    (e.g. image strategies on a dataset without images)."""
+    runs, skipped = [], {}
     for variant, overrides in variants.items():
         model = build(cls, overrides, dataset_overrides)
         if log:
             log.info(f"{name}/{variant}: training on {data.train.height} interactions "
                      f"({data.n_users} users, {data.n_items} items)")
-        report = model.fit(data, features, compute, log)
+        try:
+            report = model.fit(data, features, compute, log)
+        except MissingFeature as e:
+            skipped[variant] = str(e)
+            if log:
+                log.warning(f"{name}/{variant} skipped: {e}")
+            continue
         model.save(Path(out_dir) / variant)
         start = time.perf_counter()
         metrics, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
         runs.append(VariantRun(variant, model, report, metrics, time.perf_counter() - start))
-    return runs
+    return runs, skipped
