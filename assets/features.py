@@ -10,6 +10,7 @@ from mmrec_pipeline.features.cache import default_cache_root
 from mmrec_pipeline.features.captions import available_caption_models
 from mmrec_pipeline.features.captions import captions as caption_items
 from mmrec_pipeline.features.image import image_embeddings as embed_images
+from mmrec_pipeline.features.summaries import SummaryConfig
 from mmrec_pipeline.features.summaries import review_summaries as summarise_reviews
 from mmrec_pipeline.features.text import text_embeddings as embed_texts
 from mmrec_pipeline.features.vq import PROFILES, train_or_load_vq_vae
@@ -68,8 +69,10 @@ def review_summaries(context: dg.AssetExecutionContext, config: FeatureRunConfig
                      interactions: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """One sentence per item summarising its reviews (instruct LM; packaged SmolLM2 offline); items without
     reviews get their description."""
+    summary_config = SummaryConfig(**get_dataset(context.partition_key).models.get("review_summaries", {}))
     table, stats = summarise_reviews(items, interactions, model_sources.sources(), compute.settings(),
-                                     default_cache_root(), max_items_per_run=_budget(config), log=context.log)
+                                     default_cache_root(), config=summary_config, max_items_per_run=_budget(config),
+                                     log=context.log)
     return _result(table, stats)
 
 

@@ -64,11 +64,13 @@ def trained(walk) -> dict:
     return out
 
 
-def test_windows_cover_every_transition_once():
-    seqs = [np.arange(1, 8), np.arange(10, 12), np.array([5])]
-    w = windows(seqs, length=4, stride=3, pad=-9)
-    targets = sorted(t for row in w for t in row[1:][row[:-1] != -9])
-    assert targets == [2, 3, 4, 5, 6, 7, 11]
+def test_windows_cover_every_transition_once_with_context():
+    seqs = [np.arange(1, 9), np.arange(10, 12), np.array([5])]
+    w, skip = windows(seqs, length=4, stride=2, pad=-9)
+    trained = [(row[j + 1], (row[: j + 1] != -9).sum()) for row, s in zip(w, skip)
+               for j in range(len(row) - 1) if row[j] != -9 and j >= s]
+    assert sorted(t for t, _ in trained) == [2, 3, 4, 5, 6, 7, 8, 11]
+    assert all(ctx >= min(t - 1 if t < 10 else t - 10, 4 - 1 - 2) for t, ctx in trained)
     assert (w[:, -1] != -9).all()  # left-padded: the last column is always an item
 
 
@@ -82,8 +84,8 @@ def test_forward_backward_and_score_shapes(cls, walk):
     model = tiny(cls, epochs=1)
     model.n_items = walk.n_items
     model.net = model.build_network()
-    w = torch.from_numpy(model.training_windows(walk.sequences("train")))[:8]
-    x, y = model.training_batch(w, torch.Generator().manual_seed(0))
+    w, skip = (torch.from_numpy(a)[:8] for a in model.training_windows(walk.sequences("train")))
+    x, y = model.training_batch(w, skip, torch.Generator().manual_seed(0))
     hidden = model.net(x)
     assert hidden.shape == (*x.shape, TINY["hidden_size"])
     assert (y != IGNORE).any()

@@ -55,10 +55,12 @@ class BERT4Rec(SequentialRecommender):
         net.out_bias = nn.Parameter(torch.zeros(self.n_items))  # item popularity prior of the output layer
         return net
 
-    def training_windows(self, sequences: list[np.ndarray]) -> np.ndarray:
+    def training_windows(self, sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        # Windows of max_len items side by side (no overlap): the cloze task reads context on both sides.
         return windows(sequences, self.config.max_len, self.config.max_len, self.pad)
 
-    def training_batch(self, w: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_batch(self, w: torch.Tensor, skip: torch.Tensor, gen: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         real = w != self.pad
         masked = (torch.rand(w.shape, generator=gen) < self.config.mask_prob) & real
         only_last = torch.rand(len(w), generator=gen) < self.config.last_item_prob

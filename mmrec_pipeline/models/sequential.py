@@ -7,9 +7,11 @@ Conventions:
   items never seen in training simply keep their (untrained, softmax-suppressed) embeddings.
 - Sequences are left-padded: the most recent item is always the last column, so scoring reads one position.
 - Training data are padded sequences, not Hidasi's session-parallel mini-batches: each user's train sequence
-  is cut from the end into windows of `max_len + 1` items (overlapping by one) so that every transition in
-  train is a target exactly once per epoch. A batch is trimmed to its longest window, which matters when
-  most sequences are much shorter than `max_len`.
+  is cut from the end into windows of `max_len + 1` items (`windows`) so that every transition in train is
+  a target exactly once per epoch, with a target at every position (RecBole instead makes every prefix a
+  separate sample, one target per forward pass: the main reason it is ~30x slower per epoch). Batches
+  group windows of similar length and are trimmed to their longest one, which matters when most
+  sequences are much shorter than `max_len`.
 """
 
 from __future__ import annotations
@@ -50,25 +52,26 @@ class SequentialConfig:
     seed: int = 0
 
 
-def windows(sequences: list[np.ndarray], length: int, stride: int, pad: int) -> np.ndarray:
-    """Cut each sequence (of at least 2 items) from its end into windows of at most `length` items,
-    `stride` apart, left-padded with `pad`. Returns [n_windows, length] int64."""
-    rows = []
+def windows(sequences: list[np.ndarray], length: int, stride: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut each sequence (of at least 2 items) from its end into windows of at most `length` items, `stride`
+    apart, left-padded with `pad`. Returns the windows [n, length] and, per window, how many of its leading
+    next-item targets to skip: a window that does not start the sequence trains only its last `stride`
+    targets, which have at least `length - 1 - stride` items of context; the skipped ones are trained in an
+    older window, so every transition is a target exactly once per epoch (stride = length - 1: no overlap)."""
+    rows, skip = [], []
     for seq in sequences:
-        if len(seq) < 2:
-            continue
         end = len(seq)
-        while True:
-            rows.append(seq[max(0, end - length):end])
-            if end - length <= 0:
+        while end >= 2:  # a window needs two items for one target
+            start = max(0, end - length)
+            rows.append(seq[start:end])
+            skip.append(0 if start == 0 else max(0, length - 1 - stride))
+            if start == 0:
                 break
             end -= stride
-            if end < 2:  # a leftover of one item has nothing to predict
-                break
     out = np.full((len(rows), length), pad, dtype=np.int64)
     for i, r in enumerate(rows):
         out[i, length - len(r):] = r
-    return out
+    return out, np.asarray(skip, dtype=np.int64)
 
 
 def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 32) -> list:
@@ -184,14 +187,19 @@ class SequentialRecommender(Recommender):
     def n_tokens(self) -> int:
         return self.n_items + 1  # items + padding
 
-    def training_windows(self, sequences: list[np.ndarray]) -> np.ndarray:
-        length = self.config.max_len + 1  # inputs are the first max_len, targets the last max_len
-        return windows(sequences, length, self.config.max_len, self.pad)
+    def training_windows(self, sequences: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        # Inputs are the first max_len items of a window, targets the last max_len. Windows overlap by half,
+        # so every trained target sees at least max_len / 2 items of context (as at scoring time, where the
+        # model reads max_len items) instead of as few as one at a window's start.
+        max_len = self.config.max_len
+        return windows(sequences, max_len + 1, max(1, (max_len + 1) // 2), self.pad)
 
-    def training_batch(self, w: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def training_batch(self, w: torch.Tensor, skip: torch.Tensor, gen: torch.Generator
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets) for a batch of windows; target IGNORE where nothing is to be predicted."""
         x, y = w[:, :-1], w[:, 1:].clone()
         y[(x == self.pad) | (y == self.pad)] = IGNORE
+        y[torch.arange(y.shape[1])[None, :] < skip[:, None]] = IGNORE  # trained in an older window
         return x, y
 
     def score_inputs(self, history: list[np.ndarray]) -> torch.Tensor:
@@ -238,7 +246,7 @@ class SequentialRecommender(Recommender):
         self.n_items, self.compute = data.n_items, compute
         device = compute.torch_device
         self.net = self.build_network().to(device)
-        train = torch.from_numpy(self.training_windows(data.sequences("train")))
+        train, skip = map(torch.from_numpy, self.training_windows(data.sequences("train")))
         if len(train) == 0:
             raise ValueError(f"{self.name}: no user has two or more training interactions to learn from")
         lengths = (train != self.pad).sum(1)
@@ -253,7 +261,7 @@ class SequentialRecommender(Recommender):
             self.net.train()
             epoch_start, total, count = time.perf_counter(), torch.zeros((), device=device), 0
             for b in length_batches(lengths, cfg.batch_size, gen):
-                x, y = trim(*self.training_batch(train[b], gen), pad=self.pad)
+                x, y = trim(*self.training_batch(train[b], skip[b], gen), pad=self.pad)
                 n = int((y != IGNORE).sum())  # counted on the CPU copy: no device sync per step
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with compute.autocast():
