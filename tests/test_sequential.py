@@ -24,12 +24,12 @@ from mmrec_pipeline.models.sasrec import SASRec
 from mmrec_pipeline.models.sequential import IGNORE, left_pad, windows
 
 MODELS = [GRU4Rec, SASRec, BERT4Rec]
-TINY = {"max_len": 12, "hidden_size": 32, "epochs": 40, "batch_size": 32, "lr": 5e-3, "patience": 5,
+TINY = {"max_len": 12, "hidden_size": 32, "epochs": 25, "batch_size": 32, "lr": 1e-2, "patience": 5,
         "dropout": 0.1}
 N_USED, N_CATALOG = 40, 44  # the last 4 catalog items never occur: they must still be scored
 
 
-def walk_dataset(n_users: int = 150, length: int = 12, seed: int = 0) -> RecDataset:
+def walk_dataset(n_users: int = 100, length: int = 12, seed: int = 0) -> RecDataset:
     rng = np.random.default_rng(seed)
     users, items_, seconds = [], [], []
     for u in range(n_users):

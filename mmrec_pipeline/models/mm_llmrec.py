@@ -32,6 +32,7 @@ pretrained one only the LoRA weights plus the backbone's source and fingerprint 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -44,7 +45,7 @@ from torch import nn
 
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
-from mmrec_pipeline.models.sequential import length_batches, windows
+from mmrec_pipeline.models.sequential import length_batches
 from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
 
 VARIANTS = ("id", "text", "image", "concat", "weighted", "attention")
@@ -68,7 +69,10 @@ PROFILES: dict[str, dict] = {
         "backbone": SCRATCH, "n_layer": 2, "n_embd": 64, "n_head": 2, "dropout": 0.4, "use_id": True,
         "text_feature": "sbert_text|gpt2_bpe", "image_feature": "resnet18|efficientnet_lite0",
         "max_len": 50, "batch_size": 32, "grad_accum": 1, "lr": 2e-3, "weight_decay": 0.01, "warmup_steps": 20,
-        "max_grad_norm": 1.0, "epochs": 20, "patience": 3, "eval_every": 1, "quantization": "none"},
+        "max_grad_norm": 1.0, "epochs": 20, "patience": 3, "eval_every": 1, "quantization": "none",
+        # Steps this small gain nothing from a second thread, and on a busy 2-core machine (Dagster running
+        # other assets) two threads spin-wait on each other: 10x the wall time per epoch was measured.
+        "threads": 1},
     # SmolLM2-135M-Instruct (packaged, the offline pretrained default), LoRA on attention + MLP; meant for a GPU.
     "pretrained": {
         "backbone": "smollm2", "dropout": 0.1, "use_id": True,
@@ -123,6 +127,7 @@ class MMLLMRecConfig:
     epochs: int | None = None  # upper bound; early stopping on valid NDCG@10 usually ends sooner
     patience: int | None = None
     eval_every: int | None = None
+    threads: int | None = None  # torch CPU threads during fit/score (None: leave torch's setting alone)
     seed: int = 0
 
     def resolved(self) -> MMLLMRecConfig:
@@ -362,6 +367,35 @@ def right_pad(history: list[np.ndarray], length: int, pad: int) -> tuple[torch.T
     return out, lengths
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Use `n` torch threads inside the block, then restore the previous setting."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def right_windows(sequences: list[np.ndarray], length: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut each sequence from its end into windows of at most `length` items that overlap by one item, so every
+    transition is a next-item target exactly once per epoch; right-padded. Returns ([n, length], lengths)."""
+    rows = []
+    for seq in sequences:
+        end = len(seq)
+        while end >= 2:  # a window needs two items for one target
+            start = max(0, end - length)
+            rows.append(seq[start:end])
+            end = start + 1 if start > 0 else 0  # the next window ends with this one's first item
+    out = torch.full((len(rows), length), pad, dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = torch.as_tensor(np.asarray(r, dtype=np.int64))
+    return out, lengths
+
+
 class MMLLMRec(Recommender):
     name = "mm_llmrec"
     Config = MMLLMRecConfig
@@ -430,19 +464,19 @@ class MMLLMRec(Recommender):
         self.item_table = None
 
     def fit(self, data, features, compute, log=None) -> dict:
+        with torch_threads(self.config.threads):
+            return self._fit(data, features, compute, log)
+
+    def _fit(self, data, features, compute, log=None) -> dict:
         cfg = self.config
         seed_everything(cfg.seed)
         start = time.perf_counter()
         info = _info(log)
         self.prepare(data.n_items, features, compute, log)
         device = compute.torch_device
-        w = windows(data.sequences("train"), cfg.max_len + 1, cfg.max_len, self.pad)  # left-padded
-        if len(w) == 0:
+        train, lengths = right_windows(data.sequences("train"), cfg.max_len + 1, self.pad)
+        if len(train) == 0:
             raise ValueError("mm_llmrec: no user has two or more training interactions to learn from")
-        lengths = torch.from_numpy((w != self.pad).sum(1))
-        train = torch.full(w.shape, self.pad, dtype=torch.long)  # the same windows, right-padded
-        train[torch.arange(w.shape[1])[None, :] < lengths[:, None]] = torch.from_numpy(w[w != self.pad])
-
         params = [p for p in [*self.backbone.parameters(), *self.encoder.parameters()] if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
@@ -563,8 +597,12 @@ class MMLLMRec(Recommender):
 
     # --- scoring ------------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def score(self, users, history) -> torch.Tensor:
+        with torch_threads(self.config.threads):
+            return self._score(history)
+
+    @torch.no_grad()
+    def _score(self, history) -> torch.Tensor:
         device = self.compute.torch_device
         training = self.encoder.training
         self.backbone.eval()

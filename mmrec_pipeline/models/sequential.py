@@ -9,7 +9,8 @@ Conventions:
 - Training data are padded sequences, not Hidasi's session-parallel mini-batches: each user's train sequence
   is cut from the end into windows of `max_len + 1` items (`windows`) so that every transition in train is
   a target exactly once per epoch, with a target at every position (RecBole instead makes every prefix a
-  separate sample, one target per forward pass: the main reason it is ~30x slower per epoch). Batches
+  separate sample, one target per forward pass: the main reason it is over 30x slower per epoch, see
+  benchmarks/sequential_vs_recbole.py). Batches
   group windows of similar length and are trimmed to their longest one, which matters when most
   sequences are much shorter than `max_len`.
 """
@@ -35,8 +36,9 @@ IGNORE = -1  # target value of positions that are not trained (padding, unmasked
 
 @dataclasses.dataclass
 class SequentialConfig:
-    """Fields every sequential model has. Defaults suit catalogs up to ~50k items on a CPU; for larger ones
-    set `negatives` (sampled softmax) and raise `batch_size`; for long histories (ml-1m) raise `max_len`."""
+    """Fields every sequential model has. Defaults are for small catalogs (the `sample` store, ml-100k). The
+    full softmax costs targets x catalog x hidden per epoch: past ~100k items set `negatives` (sampled
+    softmax) and raise `batch_size`; for long histories (ml-1m) raise `max_len` to 200."""
 
     max_len: int = 50  # most recent items a model reads
     hidden_size: int = 64
@@ -107,10 +109,10 @@ def trim(x: torch.Tensor, *others: torch.Tensor, pad: int) -> tuple[torch.Tensor
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block (more stable than post-LN at the learning rates used here).
+    """Pre-LayerNorm transformer block (trains without learning-rate warm-up).
 
-    Dropout only on the two residual branches: dropout masks on the attention matrix and the wide
-    feed-forward layer cost more CPU time than the matrix products themselves and did not help here."""
+    Dropout only on the two residual branches (and the input embeddings): drawing dropout masks for the
+    attention matrix and the wide feed-forward layer took ~30% of a CPU training step when profiled."""
 
     def __init__(self, d: int, heads: int, inner: int, dropout: float):
         super().__init__()
