@@ -263,6 +263,14 @@ def main() -> None:
     parts = args.parts.split(",")
     result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     result.update({"benchmark": "mm_llmrec", "machine": machine_info(), "threads": args.threads})
+    result["notes"] = [
+        ("Wall seconds depend on how busy the machine is (see load_average_1m_5m_15m_at_start); CPU seconds are "
+        "the process's own (one torch thread)."),
+        ("peak_rss_mb includes ~1 GB of imported libraries (torch, polars, transformers); popularity shows that "
+        "baseline."),
+        ("The demo profile sets threads=1: on a shared 2-core machine two torch threads spin-wait on each other "
+        "(10x the wall time per epoch was measured at load ~7)."),
+    ]
     if "sample" in parts:
         start = time.perf_counter()
         prepare_sample()

@@ -19,9 +19,19 @@ Variants (`variant`, the paper's ablation extended): `id` (id embedding only), `
 paper: [text; image] -> linear -> hidden), `weighted` (learned softmax mix of projected text and image),
 `attention` (one self-attention layer across the modality tokens of an item, mean-pooled).
 
-Profiles (`profile`) fill every field left at None: `demo` (scratch GPT-2, all six variants in a few CPU
-minutes on `sample`), `pretrained` (SmolLM2 + LoRA), `paper` (gpt2-medium + LoRA r16, sequence length 12, batch
-16 x 2 accumulation, 20 epochs, patience 5, as in the authors' config; for a GPU).
+Profiles (`profile`) fill every field left at None: `demo` (scratch GPT-2; all six variants take ~150 CPU
+seconds on `sample`), `pretrained` (SmolLM2 + LoRA; ~80 tokens/s on 2 CPU cores, so a GPU), `paper` (gpt2-medium
++ LoRA r16, sequence length 12, batch 16 x 2 accumulation, 20 epochs, patience 5, as in the authors' config; for
+a GPU). Every fit early-stops on validation NDCG@10 (the shared `Validator`).
+
+Choices beyond the paper, and why:
+- Feature vectors are standardised per dimension, then projected; the item embedding ends in a LayerNorm (inputs
+  at the scale a pretrained backbone expects), and logits are divided by sqrt(hidden): with both sides
+  layer-normed the raw dot products start at +-hidden, and the first epochs went into shrinking them.
+- The paper reduces ResNet18's 512-d image vector to 256 before concatenating; a linear map followed by the
+  linear projection is still one linear map, so image vectors go straight into the concatenation.
+- Histories are right-padded: every row starts at position 0, so causal attention needs no padding mask and
+  no position ids, for GPT-2's learned and Llama's rotary positions alike.
 
 A variant whose feature is missing (e.g. no image embeddings) raises `MissingFeature` naming the feature asset to
 materialize; `runnable_variants` lets a caller skip such variants with a logged reason instead.
@@ -175,7 +185,8 @@ def runnable_variants(variants: dict[str, dict], features: ItemFeatures, dataset
             feature_names(cfg, features)
             keep[name] = overrides
         except MissingFeature as e:
-            (log or logging.getLogger("mmrec_pipeline")).warning(f"skipping {e}")
+            log = log or logging.getLogger("mmrec_pipeline")
+            (log.warning if hasattr(log, "warning") else log)(f"skipping {e}")
     return keep
 
 
@@ -204,7 +215,7 @@ class ItemEncoder(nn.Module):
             self.id_emb = nn.Parameter(torch.zeros(n_items, hidden))
             if variant == "id":  # the only signal: random init (zero would make all items identical)
                 nn.init.normal_(self.id_emb, std=0.02)
-            # otherwise zero: items unseen in training keep their pure content embedding
+            # otherwise zero: every item starts from its content embedding; the id part learns what content misses
         self.norm = nn.LayerNorm(hidden)  # keeps inputs at the scale a (pre-trained) backbone expects
         self.drop = nn.Dropout(dropout)
 
@@ -392,7 +403,7 @@ def right_windows(sequences: list[np.ndarray], length: int, pad: int) -> tuple[t
     out = torch.full((len(rows), length), pad, dtype=torch.long)
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
     for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.as_tensor(np.asarray(r, dtype=np.int64))
+        out[i, :len(r)] = torch.from_numpy(np.array(r, dtype=np.int64))  # a copy: the source may be read-only
     return out, lengths
 
 
@@ -557,7 +568,8 @@ class MMLLMRec(Recommender):
         return self.encoder.drop(padded[x]) if self.encoder.training else padded[x]
 
     def hidden_states(self, inputs_embeds: torch.Tensor) -> torch.Tensor:
-        return self.backbone(inputs_embeds=inputs_embeds.to(self.backbone_dtype())).last_hidden_state
+        # use_cache=False: no key/value cache is built (nothing is generated)
+        return self.backbone(inputs_embeds=inputs_embeds.to(self.backbone_dtype()), use_cache=False).last_hidden_state
 
     def backbone_dtype(self) -> torch.dtype:
         # a bf16 base expects bf16 inputs; LoRA adapters and the item encoder stay float32
