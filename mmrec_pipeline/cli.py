@@ -31,13 +31,6 @@ def instance_home() -> Path:
     return home
 
 
-def _instance():
-    import dagster as dg
-
-    instance_home()
-    return dg.DagsterInstance.get()
-
-
 def ui(port: int) -> int:
     """`dagster dev` on 127.0.0.1 with the same instance as `mmrec run`."""
     instance_home()
@@ -48,43 +41,30 @@ def ui(port: int) -> int:
 
 
 def run(dataset: str, select: str | None) -> int:
-    import dagster as dg
-
-    from mmrec_pipeline.definitions import defs
-    from mmrec_pipeline.lake import refresh_catalog
-
     specs = load_registry()
     if dataset not in specs:
         print(f"error: unknown dataset '{dataset}'; known: {', '.join(specs)}", file=sys.stderr)
         return 2
-    instance = _instance()
-    selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
-    job = defs.resolve_implicit_global_asset_job_def()
-    asset_graph = defs.resolve_asset_graph()
-    selected = selection.resolve(asset_graph)
-    keys = [k for k in selected if asset_graph.get(k).partitions_def is not None]
-    if not keys:
-        print(f"error: selection '{select}' matches no partitioned asset", file=sys.stderr)
+    instance_home()
+    from mmrec_pipeline.definitions import materialize_dataset
+    from mmrec_pipeline.lake import refresh_catalog
+
+    try:
+        ok, run_id, failures = materialize_dataset(dataset, select)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    result = job.execute_in_process(instance=instance, partition_key=dataset, asset_selection=keys,
-                                    raise_on_error=False, tags={"mmrec/dataset": dataset})
-    ok = result.success
-    unpartitioned = [k for k in selected if asset_graph.get(k).partitions_def is None]
-    if ok and unpartitioned:  # the cross-dataset leaderboard, refreshed after the dataset's own run
-        ok = job.execute_in_process(instance=instance, asset_selection=unpartitioned, raise_on_error=False).success
     root = lake_root()
     if root.exists():
         refresh_catalog(root)
-    print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {result.run_id})")
+    print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {run_id})")
     print(f"tables:  {root / dataset}/*.parquet   (DuckDB views: {root / 'lake.duckdb'})")
     report = root / dataset / "report.html"
     if report.exists():
         print(f"report:  {report}")
     print(f"UI:      make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
-    if not ok:
-        for event in result.all_events:
-            if event.is_step_failure:
-                print(f"failed step {event.step_key}: {event.step_failure_data.error.message.strip()}", file=sys.stderr)
+    for failure in failures:
+        print(f"failed step {failure}", file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -8,8 +8,13 @@ from resources.compute import ComputeResource
 from resources.models import ModelSourcesResource
 from resources.storage import LakeIOManager
 
+# Steps the multiprocess executor runs at once (the UI's runs); `mmrec run` runs steps one by one in process.
+CONCURRENT_STEPS = 2
+CORES = os.cpu_count() or 1
+
 COMPUTE = {
-    "local": ComputeResource(device="auto", batch_size=64, num_workers=1),
+    "local": ComputeResource(device="auto", batch_size=64, num_workers=1,
+                             cpu_threads=max(1, CORES // CONCURRENT_STEPS)),
     "gpu": ComputeResource(device="cuda", dtype="bfloat16", batch_size=256, num_workers=4),
     "test": ComputeResource(device="cpu", dtype="float32", batch_size=16, num_workers=0),
 }

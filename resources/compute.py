@@ -1,6 +1,7 @@
 """`ComputeResource`: device, dtype, batch size, workers and quantization for every torch step."""
 
 import dagster as dg
+import torch
 
 from mmrec_pipeline.compute import Compute
 
@@ -12,6 +13,13 @@ class ComputeResource(dg.ConfigurableResource):
     num_workers: int = 0
     quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes, CUDA only)
     seed: int = 0
+    # torch CPU threads per step (0 = torch's default, all cores). Steps that run side by side in the multiprocess
+    # executor each get cores / concurrent steps, or they fight over the cores and all slow down several-fold.
+    cpu_threads: int = 0
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.cpu_threads > 0:
+            torch.set_num_threads(self.cpu_threads)
 
     def settings(self) -> Compute:
         return Compute(device=self.device, dtype=self.dtype, batch_size=self.batch_size,

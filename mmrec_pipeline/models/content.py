@@ -28,7 +28,7 @@ def user_profiles(vectors: torch.Tensor, history: list[np.ndarray], decay: float
     for row, h in enumerate(history):
         if len(h):
             w = torch.tensor(decay ** np.arange(len(h))[::-1].copy(), dtype=torch.float32)
-            out[row] = (w[:, None] * vectors[torch.as_tensor(h, dtype=torch.long)]).sum(0) / w.sum()
+            out[row] = (w[:, None] * vectors[torch.tensor(h, dtype=torch.long)]).sum(0) / w.sum()
     return out
 
 

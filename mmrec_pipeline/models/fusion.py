@@ -148,7 +148,7 @@ def knn_graph(x: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
     rows, cols = rows[keep], cols[keep]
     deg = torch.bincount(rows, minlength=n).float()
     values = deg[rows].rsqrt() * deg[cols].rsqrt()
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=False).coalesce()
 
 
 def max_graph(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -158,4 +158,4 @@ def max_graph(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     vals = torch.cat([a.values(), b.values()])
     uniq, inv = torch.unique(keys, return_inverse=True)
     out = torch.full((len(uniq),), -np.inf).scatter_reduce(0, inv, vals, reduce="amax")
-    return torch.sparse_coo_tensor(torch.stack([uniq // n, uniq % n]), out, (n, n)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([uniq // n, uniq % n]), out, (n, n), check_invariants=False).coalesce()

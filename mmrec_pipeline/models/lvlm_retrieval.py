@@ -31,7 +31,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from mmrec_pipeline.models.base import ItemFeatures, Recommender
+from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.fusion import FUSIONS, knn_graph, max_graph
 from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
@@ -44,9 +44,6 @@ TEXT_COLUMNS = {"title": "sbert_title", "description": "sbert_description", "tex
                 "caption": "sbert_caption_{}", "title_caption": "sbert_title_caption_{}"}
 CAPTIONER_PREFERENCE = ("llava", "blip2")  # when the configured captioner is absent, the next one present
 
-
-class MissingFeature(ValueError):
-    """A strategy needs a feature column the dataset does not have; the message names the asset and column."""
 
 
 @dataclasses.dataclass

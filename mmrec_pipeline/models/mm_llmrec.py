@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrec_pipeline.compute import Compute, Progress
-from mmrec_pipeline.models.base import ItemFeatures, Recommender
+from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.sequential import length_batches
 from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
 
@@ -102,9 +102,6 @@ PROFILES: dict[str, dict] = {
         "max_grad_norm": 1.0, "epochs": 20, "patience": 5, "eval_every": 1},
 }
 
-
-class MissingFeature(ValueError):
-    """A variant needs an item feature the dataset does not have."""
 
 
 @dataclasses.dataclass
