@@ -6,13 +6,25 @@ Domain code takes a `Compute` so it stays testable without Dagster.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +58,15 @@ class Compute:
         if self.torch_device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
+
+    @property
+    def inference_dtype(self) -> torch.dtype:
+        """The dtype of feature extraction (no training): as `torch_dtype`, except that 'auto' on a CPU with native
+        bf16 picks bfloat16 (measured here: EfficientNet-Lite0 4.8x, SmolLM2 generation 1.5x faster than float32;
+        pooled features within cosine 0.995 of float32's)."""
+        if self.dtype == "auto" and self.torch_device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return self.torch_dtype
 
     def autocast(self):
         """Mixed precision context for training/inference: enabled only for a reduced dtype on CUDA."""

@@ -29,6 +29,8 @@ from scipy import ndimage
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
 from mmrec_pipeline.features.image import (
+    cnn_batch,
+    for_inference,
     image_batches,
     image_key,
     letterbox,
@@ -226,15 +228,15 @@ def describe(labels: Sequence[str], colours: Sequence[str], pattern: str) -> str
 
 
 class OfflineCaptioner:
-    def __init__(self, sources: ModelSources, device: torch.device):
-        self.device = device
-        self.model = load_efficientnet_lite0(sources).to(device)
+    def __init__(self, sources: ModelSources, compute: Compute):
+        self.compute = compute
+        self.model = for_inference(load_efficientnet_lite0(sources), compute)
         self.labels = imagenet_labels()
 
     @torch.inference_mode()
     def __call__(self, images: Sequence[Image.Image]) -> list[str]:
-        x = torch.stack([to_tensor(letterbox(im, 224), (0.5,) * 3, (0.5,) * 3) for im in images]).to(self.device)
-        top = self.model(x).float().topk(3, dim=1).indices.cpu().tolist()
+        x = torch.stack([to_tensor(letterbox(im, 224), (0.5,) * 3, (0.5,) * 3) for im in images])
+        top = self.model(cnn_batch(x, self.compute)).float().topk(3, dim=1).indices.cpu().tolist()
         out = []
         for im, idx in zip(images, top, strict=True):
             arr = np.asarray(letterbox(im, 128), dtype=np.uint8)
@@ -307,7 +309,8 @@ def vlm_generate(kind: str, model, processor, images: Sequence[Image.Image], con
 
 def _identity(kind: str, sources: ModelSources, compute: Compute, config: CaptionConfig) -> dict:
     if kind == "offline":
-        return {"weights": sources.identity("efficientnet_lite0"), "captioner": OFFLINE_VERSION}
+        return {"weights": sources.identity("efficientnet_lite0"), "captioner": OFFLINE_VERSION,
+                "dtype": str(compute.inference_dtype)}
     return {"weights": sources.identity(kind), "prompt": config.prompt, "prompt_version": PROMPT_VERSION,
             "max_new_tokens": config.max_new_tokens, "quantization": effective_quantization(compute)}
 
@@ -316,7 +319,7 @@ def _caption_fn(kind: str, sources: ModelSources, compute: Compute, config: Capt
     @functools.cache  # loaded only if something must be computed
     def captioner() -> Callable[[list[Image.Image]], list[str]]:
         if kind == "offline":
-            return OfflineCaptioner(sources, compute.torch_device)
+            return OfflineCaptioner(sources, compute)
         model, processor = load_vlm(kind, sources, compute, log)
         return lambda images: vlm_generate(kind, model, processor, images, config, compute)
 

@@ -160,13 +160,22 @@ def pooled_features(name: str, model: torch.nn.Module, x: torch.Tensor) -> torch
 LOADERS = {"efficientnet_lite0": load_efficientnet_lite0, "resnet18": load_resnet18}
 
 
+def for_inference(model: torch.nn.Module, compute: Compute) -> torch.nn.Module:
+    """A CNN on the compute device in its inference dtype, channels-last (which CPU convolutions prefer)."""
+    return model.to(compute.torch_device, compute.inference_dtype, memory_format=torch.channels_last).eval()
+
+
+def cnn_batch(x: torch.Tensor, compute: Compute) -> torch.Tensor:
+    """A batch of images laid out to match `for_inference`."""
+    return x.to(compute.torch_device, compute.inference_dtype).contiguous(memory_format=torch.channels_last)
+
+
 def _embed_fn(name: str, sources: ModelSources, compute: Compute) -> Callable[[pl.DataFrame], pl.DataFrame]:
     _, size, mean, std = EMBEDDERS[name]
-    device = compute.torch_device
 
     @functools.cache  # load only when something must be computed: a fully cached re-run never pays for it
     def model():
-        return LOADERS[name](sources).to(device)
+        return for_inference(LOADERS[name](sources), compute)
 
     def transform(img):
         return to_tensor(letterbox(img, size), mean, std)
@@ -176,8 +185,8 @@ def _embed_fn(name: str, sources: ModelSources, compute: Compute) -> Callable[[p
         for x, ok in image_batches(chunk["image_path"].to_list(), transform, compute):
             vecs = iter([])
             if x is not None:
-                with torch.inference_mode(), compute.autocast():
-                    vecs = iter(pooled_features(name, model(), x.to(device)).float().cpu().numpy())
+                with torch.inference_mode():
+                    vecs = iter(pooled_features(name, model(), cnn_batch(x, compute)).float().cpu().numpy())
             out.extend(next(vecs).tolist() if good else None for good in ok)
         return pl.DataFrame({name: pl.Series(out, dtype=VECTOR)})
 
@@ -203,7 +212,8 @@ def image_embeddings(
     for name in models:
         dim = EMBEDDERS[name][0]
         try:
-            identity = {"weights": sources.identity(name), "preprocess": PREPROCESS_VERSION, "dim": dim}
+            identity = {"weights": sources.identity(name), "preprocess": PREPROCESS_VERSION, "dim": dim,
+                        "dtype": str(compute.inference_dtype)}
         except ModelNotAvailable as e:
             info(f"image_embeddings: skipping {name}: {e}")
             out = out.with_columns(pl.lit(None, dtype=VECTOR).alias(name))
