@@ -31,14 +31,16 @@ def _budget(config: FeatureRunConfig) -> int | None:
 
 def _result(table: pl.DataFrame, stats: dict) -> dg.Output[pl.DataFrame]:
     """The table plus computed / reused / remaining / items_per_second per model, flattened for the UI."""
-    flat = {}
+    flat, per_model = {}, [v for v in stats.values() if isinstance(v, dict)]
     for key, value in stats.items():
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
             flat[key] = value
-    for total in ("computed", "reused", "remaining"):
-        flat[total] = sum(v for k, v in flat.items() if k.endswith(f".{total}") and isinstance(v, int))
+    if per_model:  # totals over the models (a single-model feature reports them directly)
+        for total in ("computed", "reused", "remaining"):
+            flat[total] = sum(m.get(total, 0) for m in per_model if isinstance(m.get(total, 0), int))
+    flat = {k: v for k, v in flat.items() if v is not None}  # e.g. items_per_second when nothing was computed
     return dg.Output(table, metadata={**plain(flat), "preview": table_preview(table, max_chars=40)})
 
 
