@@ -172,3 +172,17 @@ def test_registry_and_dataset_overrides():
     assert model.config.hidden_size == 16 and model.config.n_layers == SASRec.Config().n_layers
     with pytest.raises(ValueError, match="unknown config field"):
         build(SASRec, {}, {"hidden": 16})
+
+
+@pytest.mark.parametrize("cls", [GRU4Rec, SASRec], ids=lambda c: c.__name__)
+def test_default_config_reaches_one_and_a_half_times_popularity_on_sample(cls, sample_dataset):
+    """The issue's bar, with each model's default config: NDCG@10 on the sample's temporal test period
+    ≥ 1.5× that of (global) popularity."""
+    torch.set_num_threads(2)
+    pop = Popularity()
+    pop.fit(sample_dataset, None, Compute(device="cpu"))
+    model = cls(cls.Config())
+    model.fit(sample_dataset, None, Compute(device="cpu"))
+    ndcg = {name: headline(evaluate_model(m, sample_dataset, name, sampled=None)[0])["default"]
+            for name, m in (("popularity", pop), (cls.name, model))}
+    assert ndcg[cls.name] >= 1.5 * ndcg["popularity"], ndcg
