@@ -31,6 +31,9 @@ def extra_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
         for cfg in (models_dir / "lvlm_retrieval").glob("*/config.json"):
             captioners[cfg.parent.name] = json.loads(cfg.read_text())["extra"].get("captioner")
         table = strategy_table(metrics, captioners)
+        change = pl.col("vs title (%)").round(1)
+        table = table.with_columns(pl.format("{}{}%", pl.when(change >= 0).then(pl.lit("+")).otherwise(pl.lit("")),
+                                             change).alias("vs title (%)"))  # shown as the paper does: +12.3%
         note = ("Every strategy ranks the whole catalog for the same test users. Caption rows name the captioner "
                 "whose descriptions were used (`offline` = the packaged ImageNet CNN + colour + pattern captioner).")
         sections.append(("lvlm_retrieval: item-representation strategies", note + "\n\n" + md_table(table),

@@ -89,7 +89,7 @@ class BPRMF(Recommender):
         fold_in = self.config.user_vector == "history"
         for row, (user, h) in enumerate(zip(users, history)):
             if (fold_in or not self.trained_user[user]) and len(h):
-                u[row] = self.item_emb.weight[torch.as_tensor(h, dtype=torch.long)].mean(0)
+                u[row] = self.item_emb.weight[torch.tensor(h, dtype=torch.long)].mean(0)
         return u @ self.item_emb.weight.T + self.item_bias.detach()
 
     def state_dict(self):
