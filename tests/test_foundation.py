@@ -127,3 +127,19 @@ def test_hm_ingest_and_split_through_dagster(shared_data, tmp_path):
     assert len(checks) == 3 and all(c.passed for c in checks)
     meta = result.asset_materializations_for_node("split")[0].metadata
     assert meta["test_users_without_train_history"].value >= 0
+
+
+def test_compute_resource_sets_torch_threads_per_step():
+    """Steps that run side by side must not each spin up a thread per core (they slow each other several-fold)."""
+    import torch
+
+    from resources import CONCURRENT_STEPS, CORES, resources_for_env
+    from resources.compute import ComputeResource
+
+    before = torch.get_num_threads()
+    try:
+        with dg.build_resources({"compute": ComputeResource(cpu_threads=1)}):
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert resources_for_env("local")["compute"].cpu_threads == max(1, CORES // CONCURRENT_STEPS)
