@@ -143,3 +143,24 @@ def test_compute_resource_sets_torch_threads_per_step():
     finally:
         torch.set_num_threads(before)
     assert resources_for_env("local")["compute"].cpu_threads == max(1, CORES // CONCURRENT_STEPS)
+
+
+def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatch):
+    """Items without captions (a new catalog version, or a budget-limited backfill) → one features run for that
+    dataset; the same gap is not requested twice; no gap → no request."""
+    from mmrec_pipeline.automation import items_missing_features
+
+    monkeypatch.setenv("MMREC_HOME", str(tmp_path))
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    ids = ["a", "b", "c"]
+    write_parquet(pl.DataFrame({"item_id": ids, "image_sha256": ["x", "y", None]}), sample / "items.parquet")
+    write_parquet(pl.DataFrame({"item_id": ids, "caption_offline": ["red dress", None, None]}),
+                  sample / "captions.parquet")  # c has no image: not a gap
+
+    requests = list(items_missing_features(dg.build_sensor_context()))
+    assert [(r.partition_key, r.run_key) for r in requests] == [("sample", "sample:captions=1")]
+
+    write_parquet(pl.DataFrame({"item_id": ids, "caption_offline": ["red dress", "blue bag", None]}),
+                  sample / "captions.parquet")
+    assert list(items_missing_features(dg.build_sensor_context())) == []
