@@ -71,35 +71,34 @@ LORA_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"],
                             "out_proj", "fc1", "fc2"]}
 IGNORE = -100
 
+# What the three profiles share: features with their fallbacks, AdamW and the early-stopping loop.
+_SHARED = {"text_feature": "sbert_text|gpt2_bpe", "image_feature": "resnet18|efficientnet_lite0",
+           "weight_decay": 0.01, "max_grad_norm": 1.0, "epochs": 20, "eval_every": 1}
+_LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "auto"}
+
 PROFILES: dict[str, dict] = {
     # Scratch GPT-2 (2 layers x 64) on a CPU. On `sample` (2 cores, one torch thread) each variant takes
     # 10-30 CPU seconds and early-stops after 7-15 epochs; see benchmarks/results/mm_llmrec.json. Small
     # batches (more steps per epoch) and strong dropout suited the ~22k training interactions best.
     "demo": {
-        "backbone": SCRATCH, "n_layer": 2, "n_embd": 64, "n_head": 2, "dropout": 0.4, "use_id": True,
-        "text_feature": "sbert_text|gpt2_bpe", "image_feature": "resnet18|efficientnet_lite0",
-        "max_len": 50, "batch_size": 32, "grad_accum": 1, "lr": 2e-3, "weight_decay": 0.01, "warmup_steps": 20,
-        "max_grad_norm": 1.0, "epochs": 20, "patience": 3, "eval_every": 1, "quantization": "none",
+        **_SHARED, "backbone": SCRATCH, "n_layer": 2, "n_embd": 64, "n_head": 2, "dropout": 0.4, "use_id": True,
+        "max_len": 50, "batch_size": 32, "grad_accum": 1, "lr": 2e-3, "warmup_steps": 20, "patience": 3,
+        "quantization": "none",
         # Steps this small gain nothing from a second thread, and on a busy 2-core machine (Dagster running
         # other assets) two threads spin-wait on each other: 10x the wall time per epoch was measured.
         "threads": 1},
     # SmolLM2-135M-Instruct (packaged, the offline pretrained default), LoRA on attention + MLP; meant for a GPU.
     "pretrained": {
-        "backbone": "smollm2", "dropout": 0.1, "use_id": True,
-        "text_feature": "sbert_text|gpt2_bpe", "image_feature": "resnet18|efficientnet_lite0",
-        "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "auto",
-        "max_len": 50, "batch_size": 64, "grad_accum": 1, "lr": 5e-4, "weight_decay": 0.01, "warmup_steps": 100,
-        "max_grad_norm": 1.0, "epochs": 20, "patience": 3, "eval_every": 1},
+        **_SHARED, **_LORA, "backbone": "smollm2", "dropout": 0.1, "use_id": True,
+        "max_len": 50, "batch_size": 64, "grad_accum": 1, "lr": 5e-4, "warmup_steps": 100, "patience": 3},
     # The authors' configs/train_config.json: gpt2-medium, LoRA rank 16, sequence length 12, batch 16 with 2-step
     # gradient accumulation, weight decay 0.01, grad-norm 1.0, 200 warm-up steps, 20 epochs, patience 5; text =
     # GPT-2 BPE vectors, image = ResNet18. Their lr (1e-5) and lora_alpha (1.0, a 1/16 scaling) barely move the
     # freshly initialised projections, so alpha = 2r and lr 1e-4 here. For a GPU.
     "paper": {
-        "backbone": "gpt2-medium", "dropout": 0.1, "use_id": False,
-        "text_feature": "gpt2_bpe|sbert_text", "image_feature": "resnet18|efficientnet_lite0",
-        "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "auto",
-        "max_len": 12, "batch_size": 16, "grad_accum": 2, "lr": 1e-4, "weight_decay": 0.01, "warmup_steps": 200,
-        "max_grad_norm": 1.0, "epochs": 20, "patience": 5, "eval_every": 1},
+        **_SHARED, **_LORA, "backbone": "gpt2-medium", "dropout": 0.1, "use_id": False,
+        "text_feature": "gpt2_bpe|sbert_text",
+        "max_len": 12, "batch_size": 16, "grad_accum": 2, "lr": 1e-4, "warmup_steps": 200, "patience": 5},
 }
 
 
