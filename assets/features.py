@@ -4,7 +4,7 @@ key is missing (shared across datasets under `$MMREC_HOME/_cache/features`) and 
 import dagster as dg
 import polars as pl
 
-from assets import DATASETS
+from assets import DATASETS, GPU
 from assets.metadata import plain, table_preview
 from mmrec_pipeline.features.cache import default_cache_root
 from mmrec_pipeline.features.captions import available_caption_models
@@ -44,7 +44,7 @@ def _result(table: pl.DataFrame, stats: dict) -> dg.Output[pl.DataFrame]:
     return dg.Output(table, metadata={**plain(flat), "preview": table_preview(table, max_chars=40)})
 
 
-@dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool="gpu")
+@dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", **GPU)
 def image_embeddings(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
                      model_sources: ModelSourcesResource, items: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """Pooled CNN features per item image: EfficientNet-Lite0 (packaged) and ResNet18 (when its weights exist)."""
@@ -53,7 +53,7 @@ def image_embeddings(context: dg.AssetExecutionContext, config: FeatureRunConfig
     return _result(table, stats)
 
 
-@dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool="gpu")
+@dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", **GPU)
 def captions(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
              model_sources: ModelSourcesResource, items: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """Product-image descriptions: BLIP-2 and LLaVA-NeXT where their weights are found, and always the offline
@@ -65,7 +65,7 @@ def captions(context: dg.AssetExecutionContext, config: FeatureRunConfig, comput
     return _result(table, stats)
 
 
-@dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool="gpu")
+@dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", **GPU)
 def review_summaries(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
                      model_sources: ModelSourcesResource, items: pl.DataFrame,
                      interactions: pl.DataFrame) -> dg.Output[pl.DataFrame]:
@@ -90,7 +90,7 @@ def text_embeddings(context: dg.AssetExecutionContext, config: FeatureRunConfig,
     return _result(table, stats)
 
 
-@dg.asset(partitions_def=DATASETS, group_name="features", pool="gpu", deps=["items"])
+@dg.asset(partitions_def=DATASETS, group_name="features", **GPU, deps=["items"])
 def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
                  model_sources: ModelSourcesResource) -> dg.MaterializeResult:
     """A VQ-VAE trained on the dataset's own images (kept while its config is unchanged, so codes of existing items
@@ -108,7 +108,7 @@ def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
                                                                        if not isinstance(v, (list, dict))})})
 
 
-@dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool="gpu", deps=[vq_tokenizer])
+@dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", **GPU, deps=[vq_tokenizer])
 def vq_codes(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
              model_sources: ModelSourcesResource, items: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """256 image codes (16×16) per item: a pretrained VQGAN when configured, else the dataset's VQ-VAE."""

@@ -11,7 +11,7 @@ import sys
 import dagster as dg
 import polars as pl
 
-from assets import DATASETS
+from assets import DATASETS, GPU
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import headline
@@ -31,6 +31,7 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
     ins = {k: dg.AssetIn(k) for k in ("split", "items", *features)}
 
     @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=pool,
+              op_tags=GPU["op_tags"] if pool == GPU["pool"] else None,
               description=sys.modules[cls.__module__].__doc__.strip().split("\n\n")[0])
     def _train(context: dg.AssetExecutionContext, compute: ComputeResource, **tables: pl.DataFrame
                ) -> dg.Output[pl.DataFrame]:

@@ -11,23 +11,25 @@ import os
 import sys
 from pathlib import Path
 
+from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_database, instance_yaml, postgres_url
 from mmrec_pipeline.registry import RegistryError, lake_root, load_registry
-
-# GPU-heavy assets run in pool `gpu`; only they use a pool, so the default limit is the GPU's.
-INSTANCE_YAML = """telemetry:
-  enabled: false
-concurrency:
-  pools:
-    default_limit: 1
-"""
 
 
 def instance_home() -> Path:
-    """`DAGSTER_HOME` (default `$MMREC_HOME/dagster`), created with the project's instance settings."""
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(lake_root() / "dagster")))
+    """`DAGSTER_HOME` (default `$MMREC_HOME/dagster`, `dagster-<env>` for `deploy`/`k8s`), created with the
+    project's instance settings: SQLite, or PostgreSQL (database created if missing) for `deploy`/`k8s`."""
+    env = os.environ.get("MMREC_ENV", "local")
+    default = lake_root() / ("dagster" if env not in POSTGRES_ENVS else f"dagster-{env}")
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(default)))
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(INSTANCE_YAML)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(instance_yaml(env))
+    if env in POSTGRES_ENVS:
+        if "postgres" not in config.read_text():
+            raise InstanceError(f"{config} is an SQLite instance but MMREC_ENV={env} stores the instance in "
+                                f"PostgreSQL: point DAGSTER_HOME at an empty folder (e.g. {default})")
+        ensure_database(postgres_url())
     return home
 
 
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "ui":
             return ui(args.port)
         return datasets()
-    except RegistryError as e:
+    except (RegistryError, InstanceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -9,7 +9,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from assets import checks, evaluation, features, ingest, models, splits
 from mmrec_pipeline.automation import jobs, schedules, sensors
-from resources import CONCURRENT_STEPS, CORES, resources_for_env
+from resources import CORES, executor, resources_for_env
 
 all_assets = dg.load_assets_from_modules([ingest, splits, features, models, evaluation])
 all_checks = dg.load_asset_checks_from_modules([checks])
@@ -21,7 +21,7 @@ defs = dg.Definitions(
     jobs=jobs,
     schedules=schedules,
     sensors=sensors,
-    executor=dg.multiprocess_executor.configured({"max_concurrent": CONCURRENT_STEPS}),
+    executor=executor(),
 )
 
 

@@ -1,10 +1,17 @@
-"""Resources per environment (`MMREC_ENV` = local / gpu / test)."""
+"""Resources and executor per environment (`MMREC_ENV` = local / gpu / test / deploy / k8s).
+
+`deploy`: PostgreSQL instance, steps in Celery workers; `k8s`: PostgreSQL instance, one Kubernetes job per step
+(the instance itself is `dagster.yaml`, see mmrec_pipeline/instance.py and deploy/).
+"""
 
 from __future__ import annotations
 
 import os
 
+import dagster as dg
+
 from resources.compute import ComputeResource
+from resources.executors import executor_for_env
 from resources.models import ModelSourcesResource
 from resources.storage import LakeIOManager
 
@@ -17,12 +24,28 @@ COMPUTE = {
                              cpu_threads=max(1, CORES // CONCURRENT_STEPS)),
     "gpu": ComputeResource(device="cuda", dtype="bfloat16", batch_size=256, num_workers=4),
     "test": ComputeResource(device="cpu", dtype="float32", batch_size=16, num_workers=0),
+    # A Celery worker runs one step at a time; workers on one machine share its cores like the local executor's.
+    "deploy": ComputeResource(device="auto", batch_size=64, num_workers=1,
+                              cpu_threads=max(1, CORES // CONCURRENT_STEPS)),
+    # Each step has its own pod: GPU steps get a GPU (bf16 where supported), the others the pod's CPUs.
+    "k8s": ComputeResource(device="auto", dtype="auto", batch_size=256, num_workers=4),
 }
+ENVS = tuple(COMPUTE)
+
+
+def env_name(env: str | None = None) -> str:
+    env = env or os.environ.get("MMREC_ENV", "local")
+    if env not in ENVS:
+        raise ValueError(f"MMREC_ENV must be one of {', '.join(ENVS)}, got '{env}'")
+    return env
 
 
 def resources_for_env(env: str | None = None) -> dict:
-    env = env or os.environ.get("MMREC_ENV", "local")
-    if env not in ("local", "gpu", "test"):
-        raise ValueError(f"MMREC_ENV must be local, gpu or test, got '{env}'")
+    env = env_name(env)
     # Model sources are the same everywhere: env vars (MMREC_MODEL_<NAME>) or packaged/offline defaults.
     return {"lake": LakeIOManager(), "compute": COMPUTE[env], "model_sources": ModelSourcesResource()}
+
+
+def executor(env: str | None = None) -> dg.ExecutorDefinition:
+    """Multiprocess (`CONCURRENT_STEPS` at a time) locally, Celery for `deploy`, Kubernetes jobs for `k8s`."""
+    return executor_for_env(env_name(env), CONCURRENT_STEPS)

@@ -1,0 +1,62 @@
+"""Executors per environment: steps in local processes, in Celery workers (`deploy`) or in Kubernetes jobs (`k8s`).
+
+`deploy` runs each step as a Celery task in workers on any machine that shares the PostgreSQL instance, the broker
+and the lake. Celery rather than Dask: dagster-celery's orchestrator claims the instance's pool slots before it
+submits a step (`InstanceConcurrencyContext`), so the `gpu` pool limit holds across workers; dagster-dask submits
+every ready step to the cluster and ignores pools.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+K8S_EXECUTOR_YAML = Path(__file__).resolve().parents[1] / "deploy" / "k8s_executor.yaml"
+
+# Op tags of the `gpu`-pool assets. Kubernetes reads them (k8s_job_executor): one GPU per step pod, merged over the
+# CPU-only `step_k8s_config` of deploy/k8s_executor.yaml; every other executor ignores them.
+GPU_OP_TAGS = {"dagster-k8s/config": {
+    "container_config": {"resources": {"requests": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"},
+                                       "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"}}},
+    "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
+}}
+
+# Broker and result backend of the Celery workers: the machine's Redis by default (RabbitMQ works as well:
+# MMREC_CELERY_BROKER=pyamqp://guest@127.0.0.1:5672//). The key prefix keeps deployments that share one Redis
+# apart (each test session uses its own).
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+
+
+def celery_app_args() -> dict:
+    """What both the executor and the workers build their Celery app from (they must agree)."""
+    broker = os.environ.get("MMREC_CELERY_BROKER", DEFAULT_BROKER)
+    backend = os.environ.get("MMREC_CELERY_BACKEND", broker if broker.startswith("redis") else "rpc://")
+    prefix = os.environ.get("MMREC_CELERY_PREFIX", "mmrec:")
+    transport = {"global_keyprefix": prefix, "max_retries": 3, "interval_start": 0, "interval_step": 0.2,
+                 "interval_max": 0.5}
+    return {"broker": broker, "backend": backend, "include": [], "config_source": {
+        "broker_transport_options": transport, "result_backend_transport_options": {"global_keyprefix": prefix},
+        # One step at a time per worker process: a step takes seconds to hours, prefetching would only queue
+        # steps behind a busy worker while another is idle.
+        "worker_prefetch_multiplier": 1, "task_acks_late": True}}
+
+
+def k8s_executor_config() -> dict:
+    """deploy/k8s_executor.yaml: the `k8s_job_executor`'s config (namespace, env, CPU-only step resources)."""
+    return yaml.safe_load(K8S_EXECUTOR_YAML.read_text())
+
+
+def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
+    if env == "deploy":
+        from dagster_celery import celery_executor
+
+        args = celery_app_args()
+        return celery_executor.configured({k: args[k] for k in ("broker", "backend", "config_source")})
+    if env == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor.configured(k8s_executor_config())
+    return dg.multiprocess_executor.configured({"max_concurrent": concurrent_steps})
