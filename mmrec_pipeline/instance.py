@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from urllib.parse import urlsplit, urlunsplit
 
-# Trust auth on 127.0.0.1, as on this project's machines and CI; set MMREC_POSTGRES_URL elsewhere.
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/mmrec_dagster"
+# Trust auth on 127.0.0.1, as on this project's machines and CI; set MMREC_POSTGRES_URL elsewhere. The driver is
+# named because SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, while dagster-postgres installs psycopg2.
+DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/mmrec_dagster"
 POSTGRES_ENVS = ("deploy", "k8s")
 
 
@@ -52,7 +53,7 @@ def ensure_database(url: str) -> bool:
     import psycopg2
     from psycopg2 import sql
 
-    parts = urlsplit(url)
+    parts = urlsplit(url)._replace(scheme="postgresql")  # libpq's form of the SQLAlchemy URL
     name = parts.path.lstrip("/")
     if not name:
         raise ValueError(f"PostgreSQL URL {_redact(url)} names no database (expected postgresql://user@host:port/db)")

@@ -23,7 +23,7 @@ import yaml
 from mmrec_pipeline.instance import InstanceError, ensure_database, instance_yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PG_SERVER = "postgresql://postgres@127.0.0.1:5432"
+PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 REDIS = "redis://127.0.0.1:6379/0"
 STEP_TIMEOUT_S = 300  # one subprocess (a run, a worker start); every wait below is bounded
 
@@ -45,7 +45,7 @@ def pg_url():
     assert ensure_database(url) is True
     assert ensure_database(url) is False  # idempotent
     yield url
-    conn = psycopg2.connect(f"{PG_SERVER}/postgres")
+    conn = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres")
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(f'drop database if exists "{url.rsplit("/", 1)[1]}" with (force)')
@@ -191,11 +191,11 @@ def test_deploy_instance_is_postgres_default_stays_sqlite(instance, pg_url, tmp_
 
     # An unreachable server is an error naming the URL, not a hang or a silent fallback.
     with pytest.raises(InstanceError, match="127.0.0.1:1/postgres is unreachable"):
-        ensure_database("postgresql://postgres@127.0.0.1:1/mmrec_nowhere")
+        ensure_database("postgresql+psycopg2://postgres@127.0.0.1:1/mmrec_nowhere")
 
     # Runs written through the instance are rows in PostgreSQL.
     run = instance.create_run_for_job(dg.GraphDefinition("noop").to_job(), run_id=str(uuid.uuid4()))
-    with psycopg2.connect(pg_url) as conn, conn.cursor() as cur:
+    with psycopg2.connect(pg_url.replace("+psycopg2", "")) as conn, conn.cursor() as cur:
         cur.execute("select count(*) from runs where run_id = %s", (run.run_id,))
         assert cur.fetchone()[0] == 1
 
