@@ -10,12 +10,12 @@ import dagster as dg
 
 from resources.executors import executor_for_env
 
-STEP_SECONDS = 2.0
+STEP_SECONDS = 1.0
 
 
 def waiting_op(name: str, pool: str | None) -> dg.OpDefinition:
     @dg.op(name=name, pool=pool, out={})
-    def _wait() -> None:
+    def _wait():  # no outputs (`out={}`): nothing is stored
         time.sleep(STEP_SECONDS)
 
     return _wait
