@@ -201,10 +201,11 @@ def test_deploy_instance_is_postgres_default_stays_sqlite(instance, pg_url, tmp_
 
 
 def test_dataset_steps_run_in_celery_workers(instance, workers, deploy_env, shared_data):
-    """ml-100k ingest -> split (+ its blocking checks) through the project's `deploy` executor."""
-    proc = _launch(["asset", "materialize", "-m", "mmrec_pipeline.definitions", "--partition", "ml-100k",
-                    "--select", "items,users,interactions,split"], deploy_env)
-    _finish(proc)
+    """`mmrec run` of ml-100k ingest -> split (+ its blocking checks) under MMREC_ENV=deploy."""
+    proc = subprocess.Popen([sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "ml-100k",
+                             "--select", "group:ingest or group:splits"], cwd=REPO, env=deploy_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert "run succeeded for dataset 'ml-100k'" in _finish(proc)
     run = _latest_run(instance, "__ASSET_JOB")
     steps = _steps(instance, run.run_id)
     assert {"ingest", "split"} <= set(steps), steps
