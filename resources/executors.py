@@ -24,8 +24,8 @@ GPU_OP_TAGS = {"dagster-k8s/config": {
     "pod_spec_config": {"tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
 }}
 
-# Broker and result backend of the Celery workers: the machine's Redis by default (RabbitMQ works as well:
-# MMREC_CELERY_BROKER=pyamqp://guest@127.0.0.1:5672//). The key prefix keeps deployments that share one Redis
+# Broker and result backend of the Celery workers: the machine's Redis by default (RabbitMQ, dagster-celery's own
+# default, is MMREC_CELERY_BROKER=pyamqp://guest@127.0.0.1:5672// with the rpc:// backend; not run here). The key prefix keeps deployments that share one Redis
 # apart (each test session uses its own).
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
