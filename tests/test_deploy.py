@@ -61,14 +61,15 @@ def deploy_env(pg_url, tmp_path_factory):
     env = {"MMREC_ENV": "deploy", "DAGSTER_HOME": str(home), "MMREC_POSTGRES_URL": pg_url,
            "MMREC_HOME": str(tmp_path_factory.mktemp("deploy-lake")), "MMREC_CELERY_BROKER": REDIS,
            "MMREC_CELERY_PREFIX": f"mmrec-test-{uuid.uuid4().hex[:8]}:"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # this process opens the same instance to read the runs back
+    # This process opens the same instance to read the runs back; the rest stays in the children's environment
+    # (MMREC_ENV here would leak into later test modules' Definitions).
+    saved = os.environ.get("MMREC_POSTGRES_URL")
+    os.environ["MMREC_POSTGRES_URL"] = pg_url
     yield {**os.environ, **env, "PYTHONPATH": str(REPO)}
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    if saved is None:
+        os.environ.pop("MMREC_POSTGRES_URL", None)
+    else:
+        os.environ["MMREC_POSTGRES_URL"] = saved
 
 
 @pytest.fixture(scope="module")
