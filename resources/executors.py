@@ -17,7 +17,8 @@ import yaml
 K8S_EXECUTOR_YAML = Path(__file__).resolve().parents[1] / "deploy" / "k8s_executor.yaml"
 
 # Op tags of the `gpu`-pool assets. Kubernetes reads them (k8s_job_executor): one GPU per step pod, merged over the
-# CPU-only `step_k8s_config` of deploy/k8s_executor.yaml; every other executor ignores them.
+# CPU-only `step_k8s_config` of deploy/k8s_executor.yaml; every other executor ignores them. CPU and memory are
+# sized for the LVLM captioners (7B in 4 bits, image batches); they are requests to adjust per cluster, not measured.
 GPU_OP_TAGS = {"dagster-k8s/config": {
     "container_config": {"resources": {"requests": {"cpu": "4", "memory": "24Gi", "nvidia.com/gpu": "1"},
                                        "limits": {"memory": "48Gi", "nvidia.com/gpu": "1"}}},
@@ -25,8 +26,8 @@ GPU_OP_TAGS = {"dagster-k8s/config": {
 }}
 
 # Broker and result backend of the Celery workers: the machine's Redis by default (RabbitMQ, dagster-celery's own
-# default, is MMREC_CELERY_BROKER=pyamqp://guest@127.0.0.1:5672// with the rpc:// backend; not run here). The key prefix keeps deployments that share one Redis
-# apart (each test session uses its own).
+# default, is MMREC_CELERY_BROKER=pyamqp://guest@127.0.0.1:5672// with the rpc:// backend; not run here). The key
+# prefix keeps deployments that share one Redis apart (each test session uses its own).
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 
 
