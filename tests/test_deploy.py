@@ -66,6 +66,12 @@ def deploy_env(pg_url, tmp_path_factory):
     saved = os.environ.get("MMREC_POSTGRES_URL")
     os.environ["MMREC_POSTGRES_URL"] = pg_url
     yield {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    import redis  # the session's queue bindings and results: remove them from the shared Redis
+
+    client = redis.Redis.from_url(REDIS)
+    for key in client.scan_iter(match=env["MMREC_CELERY_PREFIX"] + "*"):
+        client.delete(key)
+    client.close()
     if saved is None:
         os.environ.pop("MMREC_POSTGRES_URL", None)
     else:
