@@ -46,6 +46,8 @@ class EvalInputs:
     history: per user, the input item indices in time order (what the model sees; masked from the
     ranking when ``exclude_history``). relevant: per user, the items that count as hits.
     candidates: if given, only these items are ranked for that user (the ``sampled:N`` protocol).
+    stage_users / dropped: the protocol's accounting, so that a report can say how many of the stage's users
+    were evaluated and why the others were not ({reason: count}; the users above are the evaluated ones).
     """
 
     n_items: int
@@ -54,6 +56,8 @@ class EvalInputs:
     relevant: list[np.ndarray]
     exclude_history: bool = True
     candidates: list[np.ndarray] | None = None
+    stage_users: int | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.users = np.asarray(self.users, dtype=np.int64)
@@ -417,8 +421,9 @@ def naive_evaluate(
 
 
 def sampled_candidates(inputs: EvalInputs, n_negatives: int, seed: int) -> list[np.ndarray]:
-    """Per user: the relevant items plus ``n_negatives`` items drawn uniformly without replacement
-    from the items outside history ∪ relevant (all of them if fewer remain). Sorted item indices.
+    """Per user: the relevant items plus ``n_negatives`` items *per relevant item* (RecBole's ``uni100``:
+    each positive draws its own negatives, a user's candidate set is their union) drawn uniformly without
+    replacement from the items outside history ∪ relevant (all of them if fewer remain). Sorted item indices.
 
     This is the ``sampled:N`` protocol; it exists only to show how sampling inflates the numbers.
     """
@@ -428,7 +433,7 @@ def sampled_candidates(inputs: EvalInputs, n_negatives: int, seed: int) -> list[
         rel = np.unique(np.asarray(rel, dtype=np.int64))
         excluded = np.union1d(np.asarray(hist, dtype=np.int64), rel)
         n_free = inputs.n_items - len(excluded)
-        ranks = np.sort(rng.choice(n_free, size=min(n_negatives, n_free), replace=False))
+        ranks = np.sort(rng.choice(n_free, size=min(n_negatives * max(len(rel), 1), n_free), replace=False))
         # Map the r-th free item to its index: add the number of excluded items at or before it.
         free_before = excluded - np.arange(len(excluded))
         negatives = ranks + np.searchsorted(free_before, ranks, side="right")
