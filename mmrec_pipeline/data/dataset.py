@@ -87,8 +87,9 @@ class RecDataset:
 
         - users without history cannot be scored by a history-based model: dropped (`no_history`);
         - without `repeats_relevant`, items already in the history are not relevant; a user left with none is
-          dropped (`all_repeats`), except under the `recbole` protocol, which keeps every item relevant and the
-          user in the average (a masked repeat scores 0 there, as in RecBole);
+          dropped (`all_repeats`), except under the `recbole` protocol, which keeps every item relevant and every
+          user in the average and, as RecBole's full-sort evaluator does, masks the history minus the user's
+          test items (a repeat can be hit);
         - `cold`: only items never seen in training are relevant (the cold-start protocol); a user with none is
           dropped (`no_cold_item`).
         """
@@ -121,8 +122,9 @@ class RecDataset:
             users.append(u)
             hist.append(history[u])
             rel.append(relevant)
+        mask = [np.setdiff1d(h, r) for h, r in zip(hist, rel)] if self.protocol == "recbole" else None
         return EvalInputs(n_items=self.n_items, users=np.asarray(users, dtype=np.int64), history=hist,
-                          relevant=rel, exclude_history=not self.repeats_relevant,
+                          relevant=rel, exclude_history=not self.repeats_relevant, mask=mask,
                           stage_users=sum(len(t) > 0 for t in target),
                           dropped={k: v for k, v in dropped.items() if v})
 

@@ -4,8 +4,9 @@ Every model goes through `evaluate_model`. Protocols, as written in the `protoco
 
 - `<split>` (`temporal`, `loo` or `recbole`): full-catalog ranking on the test stage; the headline numbers.
   Under `recbole` (5-core on users and items, pool remapped to the items left, leave-one-out) every test user is
-  kept, a relevant item that is a masked repeat scoring 0, and history is masked for general models but not for
-  sequential ones, as RecBole's full-sort evaluation does for each model type.
+  kept, repeats included, and the history minus the test items is masked for general models, nothing for
+  sequential ones, as RecBole 1.2.1's full-sort evaluation does for each model type (its FullSortEvalDataLoader
+  masks "used items - positive items", so a repeat stays rankable; it does not score it 0).
 - `<split>+cold`: only test items never seen in training are relevant, ranked among all items (cold start).
   A model that gives every unseen item the same score cannot rank them: its rows are NaN, never a silent 0
   (`COLD_UNSCORABLE` says why).
