@@ -11,7 +11,12 @@ import torch
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.filtering import user_item_core
 from mmrec_pipeline.data.splits import make_split
-from mmrec_pipeline.evaluation.protocols import COLD_UNSCORABLE, evaluate_model, per_user_table
+from mmrec_pipeline.evaluation.protocols import (
+    COLD_UNSCORABLE,
+    check_user_accounting,
+    evaluate_model,
+    per_user_table,
+)
 from mmrec_pipeline.evaluation.report import (
     build_report,
     cold_start_table,
@@ -107,6 +112,10 @@ def test_every_test_user_is_accounted_for():
     for protocol in ("temporal", "temporal+cold"):
         dropped = sum(v for (p, m), v in count.items() if p == protocol and m.startswith("users_dropped:"))
         assert count[(protocol, "users_total")] == count[(protocol, "users_evaluated")] + dropped == 4
+    assert check_user_accounting(table) == (True, {"checked": 2, "mismatches": []})
+    broken = table.with_columns(pl.when(pl.col("metric") == "users_evaluated").then(0.0).otherwise(pl.col("value"))
+                                .alias("value"))
+    assert not check_user_accounting(broken)[0]
 
 
 def test_cold_protocol_is_nan_for_a_model_that_scores_unseen_items_alike():

@@ -128,3 +128,15 @@ def headline(table: pl.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str
     """{variant: value} of one full-ranking metric, for asset metadata and logs."""
     t = table.filter((pl.col("metric") == metric) & (pl.col("k") == k) & is_main())
     return dict(zip(t["variant"].to_list(), t["value"].to_list()))
+
+
+def check_user_accounting(metrics: pl.DataFrame) -> tuple[bool, dict]:
+    """Every test user is accounted for: users_total = users_evaluated + the dropped counts, for every model,
+    variant and protocol that reports a total. Returns (ok, the rows where it does not hold)."""
+    t = metrics.filter(pl.col("metric").str.starts_with("users_") & pl.col("k").is_null())
+    sums = t.group_by(["model", "variant", "protocol"]).agg(
+        pl.col("value").filter(pl.col("metric") == "users_total").sum().alias("total"),
+        pl.col("value").filter(pl.col("metric") == "users_total").len().alias("has_total"),
+        pl.col("value").filter(pl.col("metric") != "users_total").sum().alias("accounted"))
+    bad = sums.filter((pl.col("has_total") > 0) & (pl.col("total") != pl.col("accounted")))
+    return bad.height == 0, {"checked": int((sums["has_total"] > 0).sum()), "mismatches": bad.drop("has_total").to_dicts()}
