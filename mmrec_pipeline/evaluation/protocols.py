@@ -86,7 +86,7 @@ def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "def
     full = evaluate(model.score, inputs, ks=KS, batch_size=batch_size, **extra)
     rows = [{"protocol": data.protocol, **r} for r in full.rows]
     rows += accounting_rows(inputs, data.protocol)
-    if cold:
+    if cold and stage == "test":  # the cold-start protocol reports test numbers; tuning on valid skips it
         rows += cold_rows(model, data, stage, batch_size)
     if sampled:
         cand = dataclasses.replace(inputs, candidates=sampled_candidates(inputs, sampled, seed=0))

@@ -281,7 +281,9 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
         h += ["<h2>Users accounted for</h2>", f"<p>{note}</p>", html_table(accounting)]
     if cold.height:
         note = (f"Protocol **{protocol}+cold**: only test items never seen in training are relevant, ranked among all "
-                "items (history masked). NaN = the model gives every unseen item the same score.")
+                "items (history masked). NaN = the model gives every unseen item the same score (no content "
+                "signal). A model with per-item ID embeddings scores unseen items with embeddings never trained as "
+                "positives, so its figure is measured, and near 0 is what it can do there.")
         md += ["## Cold start (K = 10)", note, md_table(cold)]
         h += ["<h2>Cold start (K = 10)</h2>", f"<p>{html.escape(note).replace('**', '')}</p>", html_table(cold)]
     md += ["## All metrics (K = 10)", md_table(board.drop("model", "variant"), digits=3),
