@@ -15,6 +15,7 @@ from mmrec_pipeline.evaluation.report import (
     leaderboard,
     md_table,
     qualitative_examples,
+    user_accounting,
 )
 from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.lvlm_retrieval import strategy_table
@@ -65,9 +66,11 @@ def metrics(**model_tables: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """The long table: model, variant, protocol, metric, k, value — every trained model of the dataset."""
     table = pl.concat(list(model_tables.values()))
     board = leaderboard(table)
+    accounting = user_accounting(table)  # test users total / evaluated / dropped by reason, per protocol
     return dg.Output(table, metadata={
         "models": table["model"].n_unique(), "variants": board.height,
-        "best": board["name"][0] if board.height else "", "best_ndcg@10": float(board["ndcg"][0]) if board.height else 0.0})
+        "best": board["name"][0] if board.height else "", "best_ndcg@10": float(board["ndcg"][0]) if board.height else 0.0,
+        "test_users": dg.MetadataValue.md(md_table(accounting)) if accounting.height else ""})
 
 
 @dg.asset(partitions_def=DATASETS, group_name="evaluation")
