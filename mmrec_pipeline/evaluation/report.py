@@ -1,5 +1,7 @@
-"""The per-dataset report: leaderboard, per-K curves and metric bars (matplotlib PNGs), dataset and split
-figures. Rendered once as Markdown (Dagster metadata) and once as a self-contained HTML file."""
+"""The per-dataset report: the leaderboard grouped by model family with bootstrap CIs and paired-test markers
+(significance.py), the accounting of test users, the cold-start table, the accuracy-coverage Pareto plot, per-K
+curves and metric bars (matplotlib PNGs), dataset and split figures. Rendered once as Markdown (Dagster metadata)
+and once as a self-contained HTML file."""
 
 from __future__ import annotations
 

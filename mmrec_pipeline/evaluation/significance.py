@@ -18,13 +18,14 @@ ALPHA = 0.05
 
 
 def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
-                 block: int = 100) -> tuple[float, float]:
-    """(low, high) percentile interval of the mean of `values` (NaNs ignored). Resamples run `block` at a
-    time, so memory is block x n_users indices whatever the number of resamples."""
+                 max_draws: int = 20_000_000) -> tuple[float, float]:
+    """(low, high) percentile interval of the mean of `values` (NaNs ignored). Resamples run in blocks of at
+    most `max_draws` indices (160 MB), whatever the number of users and resamples."""
     values = np.asarray(values, dtype=np.float64)
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return float("nan"), float("nan")
+    block = max(1, min(n_resamples, max_draws // len(values)))
     rng = np.random.default_rng(seed)
     means = np.concatenate([values[rng.integers(0, len(values), size=(min(block, n_resamples - lo), len(values)))]
                             .mean(axis=1) for lo in range(0, n_resamples, block)])
