@@ -1,10 +1,12 @@
-"""Blocking checks on `split`: a bad split stops everything downstream of it."""
+"""Blocking checks on `split`: a bad split stops everything downstream of it; a check that `metrics` accounts for
+every test user."""
 
 import dagster as dg
 import polars as pl
 
 from assets import DATASETS
 from mmrec_pipeline.data.splits import check_items_known, check_no_leak, check_temporal_shares
+from mmrec_pipeline.evaluation.protocols import check_user_accounting
 from mmrec_pipeline.registry import get_dataset
 
 
@@ -36,3 +38,10 @@ def split_items_in_catalog(split: pl.DataFrame, items: pl.DataFrame) -> dg.Asset
     """Every item in the split exists in the catalog."""
     ok, meta = check_items_known(split, items)
     return _result(ok, meta, "every split item is in items")
+
+
+@dg.asset_check(asset="metrics", partitions_def=DATASETS)
+def metrics_users_accounted(metrics: pl.DataFrame) -> dg.AssetCheckResult:
+    """Every test user is evaluated or dropped with a reason: total = evaluated + dropped, per model and protocol."""
+    ok, meta = check_user_accounting(metrics)
+    return _result(ok, meta, "test users total = evaluated + dropped (with reasons), for every model and protocol")

@@ -15,8 +15,9 @@ from mmrec_pipeline.evaluation.report import (
     leaderboard,
     md_table,
     qualitative_examples,
+    user_accounting,
 )
-from mmrec_pipeline.models import MM_LLMREC
+from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.lvlm_retrieval import strategy_table
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import dataset_dir, write_text
@@ -48,15 +49,28 @@ def extra_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
     return sections
 
 
+FAMILIES = {**{m: "classic" for m in CLASSIC}, **{m: "sequential" for m in SEQUENTIAL},
+            **{m: "mm_llmrec (MM-GPT2Rec)" for m in MM_LLMREC}, **{m: "lvlm_retrieval" for m in LVLM}}
+
+
+def read_per_user(dataset: str) -> pl.DataFrame | None:
+    """Every model's per-user test metrics (`<lake>/<dataset>/per_user/<model>.parquet`, written by the model
+    assets), or None before any model wrote them."""
+    files = sorted((dataset_dir(dataset) / "per_user").glob("*.parquet"))
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
+
+
 @dg.asset(partitions_def=DATASETS, group_name="evaluation", io_manager_key="lake",
           ins={name: dg.AssetIn(name) for name in all_model_names})
 def metrics(**model_tables: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """The long table: model, variant, protocol, metric, k, value — every trained model of the dataset."""
     table = pl.concat(list(model_tables.values()))
     board = leaderboard(table)
+    accounting = user_accounting(table)  # test users total / evaluated / dropped by reason, per protocol
     return dg.Output(table, metadata={
         "models": table["model"].n_unique(), "variants": board.height,
-        "best": board["name"][0] if board.height else "", "best_ndcg@10": float(board["ndcg"][0]) if board.height else 0.0})
+        "best": board["name"][0] if board.height else "", "best_ndcg@10": float(board["ndcg"][0]) if board.height else 0.0,
+        "test_users": dg.MetadataValue.md(md_table(accounting)) if accounting.height else ""})
 
 
 @dg.asset(partitions_def=DATASETS, group_name="evaluation")
@@ -67,9 +81,14 @@ def report(context: dg.AssetExecutionContext, metrics: pl.DataFrame, split: pl.D
     facts = {"items": items.height, "items_with_image": int(items["image_sha256"].is_not_null().sum()),
              "categories": items["category"].n_unique(), "interactions (raw)": interactions.height,
              "users (raw)": interactions["user_id"].n_unique(), **split_summary(split)}
-    page, md = build_report(spec.name, metrics, facts, spec.split, sections=extra_sections(spec, metrics, split, items))
+    per_user = read_per_user(spec.name)
+    if per_user is not None:  # only the models in `metrics`: a stale file of a removed model must not count
+        per_user = per_user.join(metrics.select("model", "variant").unique(), on=["model", "variant"], how="semi")
+    page, md = build_report(spec.name, metrics, facts, spec.split, sections=extra_sections(spec, metrics, split, items),
+                            per_user=per_user, families=FAMILIES)
     path = write_text(page, dataset_dir(spec.name) / "report.html")
-    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "report": dg.MetadataValue.md(md)})
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "report": dg.MetadataValue.md(md),
+                                          "per_user_rows": per_user.height if per_user is not None else 0})
 
 
 @dg.asset(name="leaderboard", group_name="evaluation", io_manager_key="lake",

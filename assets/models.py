@@ -20,7 +20,7 @@ from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.runner import train_variants
 from mmrec_pipeline.registry import get_dataset
-from mmrec_pipeline.storage import dataset_dir
+from mmrec_pipeline.storage import dataset_dir, write_parquet
 from resources.compute import ComputeResource
 
 DIVERSITY_VECTOR = "sbert_text"
@@ -46,6 +46,7 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
         if not runs:
             raise RuntimeError(f"{name}: no variant could train on {spec.name}: {skipped}")
         table = pl.concat([r.metrics for r in runs])
+        write_parquet(pl.concat([r.per_user for r in runs]), dataset_dir(spec.name) / "per_user" / f"{name}.parquet")
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
                 **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(table).items()}),
                 **plain({f"train_seconds {r.variant}": round(r.report["seconds"], 2) for r in runs}),

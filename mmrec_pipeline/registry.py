@@ -15,7 +15,7 @@ import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_KINDS = ("sample", "hm", "amazon", "recbole", "sequence")
-SPLIT_KINDS = ("temporal", "loo")
+SPLIT_KINDS = ("temporal", "loo", "recbole")
 
 
 class RegistryError(ValueError):

@@ -320,7 +320,7 @@ def test_sampled_candidates():
     for cand, hist, rel in zip(cands, data.history, data.relevant):
         assert set(rel) <= set(cand.tolist())
         negatives = set(cand.tolist()) - set(rel.tolist())
-        assert len(negatives) == 10 and not negatives & set(hist.tolist())
+        assert len(negatives) == 10 * len(rel) and not negatives & set(hist.tolist())  # per positive
         assert all(0 <= c < 50 for c in cand)
     again = sampled_candidates(data, n_negatives=10, seed=7)
     assert all((a == b).all() for a, b in zip(cands, again))

@@ -28,6 +28,10 @@ class RecDataset:
     @classmethod
     def from_tables(cls, name: str, split: pl.DataFrame, items: pl.DataFrame, protocol: str = "temporal",
                     repeats_relevant: bool = False) -> RecDataset:
+        """Under the `recbole` protocol the catalog is remapped to the items left in the (5-core) split, the
+        pool RecBole ranks; otherwise it is the whole catalog."""
+        if protocol == "recbole":
+            items = items.join(split.select("item_id").unique(), on="item_id", how="semi")
         items = items.sort("item_id")
         item_idx = pl.DataFrame({"item_id": items["item_id"], "item_idx": np.arange(items.height, dtype=np.int64)})
         user_ids = np.sort(split["user_id"].unique().to_numpy())
@@ -77,28 +81,52 @@ class RecDataset:
     def train_counts(self) -> np.ndarray:
         return np.bincount(self.train["item_idx"].to_numpy(), minlength=self.n_items).astype(np.float64)
 
-    def eval_inputs(self, stage: str = "test"):
+    def eval_inputs(self, stage: str = "test", cold: bool = False):
         """Inputs of the shared evaluator for `stage`: history = every interaction in earlier stages,
-        relevant = the user's items in `stage`. Users with no history or nothing relevant are left out
-        (and counted by the caller from `stage_users`)."""
+        relevant = the user's items in `stage`, with the accounting of the stage's users left out and why.
+
+        - users without history cannot be scored by a history-based model: dropped (`no_history`);
+        - without `repeats_relevant`, items already in the history are not relevant; a user left with none is
+          dropped (`all_repeats`), except under the `recbole` protocol, which keeps every item relevant and every
+          user in the average and, as RecBole's full-sort evaluator does, masks the history minus the user's
+          test items (a repeat can be hit);
+        - `cold`: only items never seen in training are relevant (the cold-start protocol); a user with none is
+          dropped (`no_cold_item`).
+        """
         from mmrec_pipeline.evaluation.metrics import EvalInputs
 
         before = SPLITS[: SPLITS.index(stage)]
         history = self.sequences(*before)
         target = self.sequences(stage)
+        unseen = self.train_counts() == 0
+        keep_repeats = self.repeats_relevant or self.protocol == "recbole"
         users, hist, rel = [], [], []
+        dropped = {"no_history": 0, "all_repeats": 0, "no_cold_item": 0}
         for u in range(self.n_users):
-            if len(target[u]) == 0 or len(history[u]) == 0:
+            if len(target[u]) == 0:
+                continue
+            if len(history[u]) == 0:
+                dropped["no_history"] += 1
                 continue
             relevant = np.unique(target[u])
-            if not self.repeats_relevant:
+            if not keep_repeats:
                 relevant = np.setdiff1d(relevant, history[u])
-            if len(relevant):
-                users.append(u)
-                hist.append(history[u])
-                rel.append(relevant)
+                if len(relevant) == 0:
+                    dropped["all_repeats"] += 1
+                    continue
+            if cold:
+                relevant = relevant[unseen[relevant]]
+                if len(relevant) == 0:
+                    dropped["no_cold_item"] += 1
+                    continue
+            users.append(u)
+            hist.append(history[u])
+            rel.append(relevant)
+        mask = [np.setdiff1d(h, r) for h, r in zip(hist, rel)] if self.protocol == "recbole" else None
         return EvalInputs(n_items=self.n_items, users=np.asarray(users, dtype=np.int64), history=hist,
-                          relevant=rel, exclude_history=not self.repeats_relevant)
+                          relevant=rel, exclude_history=not self.repeats_relevant, mask=mask,
+                          stage_users=sum(len(t) > 0 for t in target),
+                          dropped={k: v for k, v in dropped.items() if v})
 
     def stage_users(self, stage: str) -> int:
         return self.rows(stage)["user_idx"].n_unique()

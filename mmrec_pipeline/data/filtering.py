@@ -21,3 +21,22 @@ def user_core(interactions: pl.DataFrame, min_user_interactions: int, source: st
             f"({interactions.height} interactions, {counts.height} users before filtering); "
             "lower min_user_interactions for this dataset in datasets.yaml")
     return out
+
+
+def user_item_core(interactions: pl.DataFrame, k: int, source: str = "interactions") -> pl.DataFrame:
+    """Iterative k-core on users *and* items (RecBole's `user_inter_num_interval` / `item_inter_num_interval`
+    `[k,inf)`): drop users and items with fewer than `k` interactions, repeat until none is left to drop.
+    Used by the `recbole` protocol only, since it shrinks the catalog the evaluator ranks over."""
+    out = interactions
+    while True:
+        users = out.group_by("user_id").len().filter(pl.col("len") >= k).select("user_id")
+        items = out.group_by("item_id").len().filter(pl.col("len") >= k).select("item_id")
+        kept = (out.join(users, on="user_id", how="semi", maintain_order="left")
+                .join(items, on="item_id", how="semi", maintain_order="left"))
+        if kept.height == out.height:
+            break
+        out = kept
+    if out.height == 0:
+        raise DataError(f"{source}: the {k}-core on users and items is empty ({interactions.height} interactions "
+                        "before filtering); this dataset is too sparse for the recbole protocol")
+    return out

@@ -3,15 +3,19 @@
 - `temporal`: global cut points at the 75% and 90% timestamp quantiles. Rows at or after the first cut are
   valid, at or after the second are test, so no valid/test row is earlier than any train row.
 - `loo`: per user, the last interaction is test and the second last valid (ties in time keep file order).
+- `recbole`: RecBole's protocol for comparisons with it and with papers: 5-core on users and items, then `loo`
+  (RecDataset then ranks over the items left, keeps all-repeat users at 0; see evaluation/protocols.py).
 """
 
 from __future__ import annotations
 
 import polars as pl
 
+from mmrec_pipeline.data.filtering import user_item_core
 from mmrec_pipeline.data.schema import DataError
 
 TEMPORAL_SHARES = (0.75, 0.15, 0.10)
+RECBOLE_CORE = 5
 
 
 def temporal_cuts(ts: pl.Series) -> tuple:
@@ -41,8 +45,10 @@ def make_split(interactions: pl.DataFrame, kind: str) -> pl.DataFrame:
         out = split_temporal(interactions)
     elif kind == "loo":
         out = split_loo(interactions)
+    elif kind == "recbole":  # RecBole's protocol: 5-core on users and items first, then leave-one-out
+        out = split_loo(user_item_core(interactions, RECBOLE_CORE))
     else:
-        raise DataError(f"unknown split kind '{kind}'; expected 'temporal' or 'loo'")
+        raise DataError(f"unknown split kind '{kind}'; expected 'temporal', 'loo' or 'recbole'")
     counts = dict(out.group_by("split").len().iter_rows())
     missing = [s for s in ("train", "test") if not counts.get(s)]
     if missing:

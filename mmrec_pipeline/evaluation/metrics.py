@@ -46,6 +46,10 @@ class EvalInputs:
     history: per user, the input item indices in time order (what the model sees; masked from the
     ranking when ``exclude_history``). relevant: per user, the items that count as hits.
     candidates: if given, only these items are ranked for that user (the ``sampled:N`` protocol).
+    mask: if given, the items set to -inf for each user when ``exclude_history`` instead of the history
+    (RecBole masks the history minus the user's test items, so a repeat stays rankable).
+    stage_users / dropped: the protocol's accounting, so that a report can say how many of the stage's users
+    were evaluated and why the others were not ({reason: count}; the users above are the evaluated ones).
     """
 
     n_items: int
@@ -54,6 +58,9 @@ class EvalInputs:
     relevant: list[np.ndarray]
     exclude_history: bool = True
     candidates: list[np.ndarray] | None = None
+    mask: list[np.ndarray] | None = None
+    stage_users: int | None = None
+    dropped: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.users = np.asarray(self.users, dtype=np.int64)
@@ -62,6 +69,12 @@ class EvalInputs:
             raise ValueError("users, history and relevant must have the same length")
         if self.candidates is not None and len(self.candidates) != n:
             raise ValueError("candidates must have one entry per user")
+        if self.mask is not None and len(self.mask) != n:
+            raise ValueError("mask must have one entry per user")
+
+    def masked(self, i: int) -> np.ndarray:
+        """The items user i cannot be recommended when ``exclude_history``."""
+        return self.history[i] if self.mask is None else self.mask[i]
 
 
 @dataclass
@@ -149,7 +162,7 @@ def _masked_copy(raw: torch.Tensor, inputs: EvalInputs, sel: np.ndarray, buffer:
         flat.fill_(-math.inf)
         flat.index_copy_(0, keep, kept)
     if inputs.exclude_history:
-        masked = _flat_index([inputs.history[i] for i in sel], inputs.n_items, scores.device)
+        masked = _flat_index([inputs.masked(i) for i in sel], inputs.n_items, scores.device)
         flat.index_fill_(0, masked, -math.inf)
     return scores
 
@@ -365,7 +378,7 @@ def naive_evaluate(
             allowed[np.asarray(inputs.candidates[i], dtype=np.int64)] = True
             scores[~allowed] = -np.inf
         if inputs.exclude_history:
-            scores[np.asarray(inputs.history[i], dtype=np.int64)] = -np.inf
+            scores[np.asarray(inputs.masked(i), dtype=np.int64)] = -np.inf
         order = np.argsort(-scores, kind="stable")  # stable: equal scores keep catalog order
 
         for k in ks:
@@ -417,8 +430,9 @@ def naive_evaluate(
 
 
 def sampled_candidates(inputs: EvalInputs, n_negatives: int, seed: int) -> list[np.ndarray]:
-    """Per user: the relevant items plus ``n_negatives`` items drawn uniformly without replacement
-    from the items outside history ∪ relevant (all of them if fewer remain). Sorted item indices.
+    """Per user: the relevant items plus ``n_negatives`` items *per relevant item* (RecBole's ``uni100``:
+    each positive draws its own negatives, a user's candidate set is their union) drawn uniformly without
+    replacement from the items outside history ∪ relevant (all of them if fewer remain). Sorted item indices.
 
     This is the ``sampled:N`` protocol; it exists only to show how sampling inflates the numbers.
     """
@@ -428,7 +442,7 @@ def sampled_candidates(inputs: EvalInputs, n_negatives: int, seed: int) -> list[
         rel = np.unique(np.asarray(rel, dtype=np.int64))
         excluded = np.union1d(np.asarray(hist, dtype=np.int64), rel)
         n_free = inputs.n_items - len(excluded)
-        ranks = np.sort(rng.choice(n_free, size=min(n_negatives, n_free), replace=False))
+        ranks = np.sort(rng.choice(n_free, size=min(n_negatives * max(len(rel), 1), n_free), replace=False))
         # Map the r-th free item to its index: add the number of excluded items at or before it.
         free_before = excluded - np.arange(len(excluded))
         negatives = ranks + np.searchsorted(free_before, ranks, side="right")

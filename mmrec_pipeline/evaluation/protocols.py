@@ -1,7 +1,19 @@
 """Turn a trained model into rows of the long `metrics` table (DESIGN.md "Contract").
 
-Every model goes through `evaluate_model`: full-catalog ranking on the test stage under the dataset's split
-protocol, plus the `sampled:N` protocol only to show how sampling inflates numbers.
+Every model goes through `evaluate_model`. Protocols, as written in the `protocol` column of each row:
+
+- `<split>` (`temporal`, `loo` or `recbole`): full-catalog ranking on the test stage; the headline numbers.
+  Under `recbole` (5-core on users and items, pool remapped to the items left, leave-one-out) every test user is
+  kept, repeats included, and the history minus the test items is masked for general models, nothing for
+  sequential ones, as RecBole 1.2.1's full-sort evaluation does for each model type (its FullSortEvalDataLoader
+  masks "used items - positive items", so a repeat stays rankable; it does not score it 0).
+- `<split>+cold`: only test items never seen in training are relevant, ranked among all items (cold start).
+  A model that gives every unseen item the same score cannot rank them: its rows are NaN, never a silent 0
+  (`COLD_UNSCORABLE` says why).
+- `<split>+sampled:N`: N random negatives per relevant item; exists only to show how sampling inflates numbers.
+
+Accounting rows (k null) under each protocol: `users_total` (test-stage users) = `users_evaluated` + the
+`users_dropped:<reason>` rows (`no_history`, `all_repeats`, and under `+cold` `no_cold_item`).
 """
 
 from __future__ import annotations
@@ -10,14 +22,22 @@ import dataclasses
 
 import numpy as np
 import polars as pl
+import torch
 
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.metrics import EvalResult, evaluate, sampled_candidates
+from mmrec_pipeline.evaluation.metrics import EvalInputs, EvalResult, evaluate, sampled_candidates
 
 KS = (5, 10, 20)
 SAMPLED_NEGATIVES = 100
+PER_USER_METRICS = ("ndcg", "recall", "hr", "mrr")
+COLD_UNSCORABLE = "scores every item unseen in training alike, so it cannot rank cold items"
 METRICS_SCHEMA = {"model": pl.Utf8, "variant": pl.Utf8, "protocol": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64,
                   "value": pl.Float64}
+
+
+def is_main() -> pl.Expr:
+    """Rows of the headline protocol: not sampled, not cold, not another stage."""
+    return ~pl.col("protocol").str.contains("[+@]")
 
 
 def diversity_inputs(data: RecDataset, item_vectors: np.ndarray | None = None) -> dict:
@@ -26,15 +46,48 @@ def diversity_inputs(data: RecDataset, item_vectors: np.ndarray | None = None) -
     return {"item_vectors": item_vectors, "item_categories": cats, "train_counts": data.train_counts()}
 
 
+def is_sequential(model) -> bool:
+    from mmrec_pipeline.models.sequential import SequentialRecommender
+
+    return isinstance(model, SequentialRecommender)
+
+
+def accounting_rows(inputs: EvalInputs, protocol: str) -> list[dict]:
+    """users_total = users_evaluated + the users_dropped:<reason> rows (k null)."""
+    rows = []
+    if inputs.stage_users is not None:
+        rows.append({"protocol": protocol, "metric": "users_total", "k": None, "value": float(inputs.stage_users)})
+    rows.append({"protocol": protocol, "metric": "users_evaluated", "k": None, "value": float(len(inputs.users))})
+    rows += [{"protocol": protocol, "metric": f"users_dropped:{reason}", "k": None, "value": float(n)}
+             for reason, n in inputs.dropped.items()]
+    return rows
+
+
+def scores_cold_items(model, inputs: EvalInputs, unseen: np.ndarray, n_users: int = 64) -> bool:
+    """Whether the model tells unseen items apart for some of the first `n_users` users (more than one
+    distinct score among them); a model without content signal gives them all one score."""
+    cold = torch.as_tensor(np.flatnonzero(unseen))
+    if len(cold) < 2 or len(inputs.users) == 0:
+        return len(cold) >= 1
+    with torch.no_grad():
+        scores = torch.as_tensor(model.score(inputs.users[:n_users], inputs.history[:n_users]))[:, cold]
+    return bool((scores != scores[:, :1]).any())
+
+
 def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "default",
                    item_vectors: np.ndarray | None = None, sampled: int | None = SAMPLED_NEGATIVES,
-                   stage: str = "test", batch_size: int = 256) -> tuple[pl.DataFrame, EvalResult]:
-    """Metric rows for one trained model; also returns the full-ranking `EvalResult` for plots/tests."""
+                   stage: str = "test", batch_size: int = 256, cold: bool = True) -> tuple[pl.DataFrame, EvalResult]:
+    """Metric rows for one trained model; also returns the full-ranking `EvalResult` (per-user values for CIs
+    and paired tests, plots, tests)."""
     inputs = data.eval_inputs(stage)
+    if data.protocol == "recbole":
+        inputs.exclude_history = not is_sequential(model)
     extra = diversity_inputs(data, item_vectors)
     full = evaluate(model.score, inputs, ks=KS, batch_size=batch_size, **extra)
     rows = [{"protocol": data.protocol, **r} for r in full.rows]
-    rows.append({"protocol": data.protocol, "metric": "users_evaluated", "k": None, "value": float(full.n_users)})
+    rows += accounting_rows(inputs, data.protocol)
+    if cold and stage == "test":  # the cold-start protocol reports test numbers; tuning on valid skips it
+        rows += cold_rows(model, data, stage, batch_size)
     if sampled:
         cand = dataclasses.replace(inputs, candidates=sampled_candidates(inputs, sampled, seed=0))
         samp = evaluate(model.score, cand, ks=KS, batch_size=batch_size)
@@ -46,7 +99,44 @@ def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "def
     return table, full
 
 
+def cold_rows(model, data: RecDataset, stage: str = "test", batch_size: int = 256) -> list[dict]:
+    """The cold-start protocol's rows: accuracy metrics when the model can rank unseen items, else NaN."""
+    protocol = f"{data.protocol}+cold"
+    inputs = data.eval_inputs(stage, cold=True)
+    accounting = accounting_rows(inputs, protocol)
+    if len(inputs.users) == 0:
+        return accounting
+    if not scores_cold_items(model, inputs, data.train_counts() == 0):
+        return accounting + [{"protocol": protocol, "metric": m, "k": k, "value": float("nan")}
+                             for m in ("hr", "recall", "ndcg", "mrr") for k in KS]
+    result = evaluate(model.score, inputs, ks=KS, batch_size=batch_size)
+    return accounting + [{"protocol": protocol, **r} for r in result.rows
+                         if r["metric"] in ("hr", "recall", "ndcg", "mrr")]
+
+
+def per_user_table(result: EvalResult, data: RecDataset, model_name: str, variant: str, protocol: str,
+                   metrics: tuple[str, ...] = PER_USER_METRICS, k: int = 10) -> pl.DataFrame:
+    """One row per evaluated user: the per-user metric@k values behind the averages (for bootstrap CIs and
+    paired tests); `user_id` aligns rows of different models."""
+    cols = {f"{m}@{k}": result.per_user[f"{m}@{k}"] for m in metrics if f"{m}@{k}" in result.per_user}
+    return pl.DataFrame({"model": [model_name] * result.n_users, "variant": [variant] * result.n_users,
+                         "protocol": [protocol] * result.n_users,
+                         "user_id": [str(u) for u in data.user_ids[result.users]], **cols})
+
+
 def headline(table: pl.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, float]:
     """{variant: value} of one full-ranking metric, for asset metadata and logs."""
-    t = table.filter((pl.col("metric") == metric) & (pl.col("k") == k) & ~pl.col("protocol").str.contains("sampled"))
+    t = table.filter((pl.col("metric") == metric) & (pl.col("k") == k) & is_main())
     return dict(zip(t["variant"].to_list(), t["value"].to_list()))
+
+
+def check_user_accounting(metrics: pl.DataFrame) -> tuple[bool, dict]:
+    """Every test user is accounted for: users_total = users_evaluated + the dropped counts, for every model,
+    variant and protocol that reports a total. Returns (ok, the rows where it does not hold)."""
+    t = metrics.filter(pl.col("metric").str.starts_with("users_") & pl.col("k").is_null())
+    sums = t.group_by(["model", "variant", "protocol"]).agg(
+        pl.col("value").filter(pl.col("metric") == "users_total").sum().alias("total"),
+        pl.col("value").filter(pl.col("metric") == "users_total").len().alias("has_total"),
+        pl.col("value").filter(pl.col("metric") != "users_total").sum().alias("accounted"))
+    bad = sums.filter((pl.col("has_total") > 0) & (pl.col("total") != pl.col("accounted")))
+    return bad.height == 0, {"checked": int((sums["has_total"] > 0).sum()), "mismatches": bad.drop("has_total").to_dicts()}

@@ -11,7 +11,7 @@ import polars as pl
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.protocols import evaluate_model
+from mmrec_pipeline.evaluation.protocols import evaluate_model, per_user_table
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 
 
@@ -22,6 +22,7 @@ class VariantRun:
     report: dict
     metrics: pl.DataFrame
     eval_seconds: float
+    per_user: pl.DataFrame | None = None  # test metric@10 per evaluated user (for CIs and paired tests)
 
 
 def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: dict | None) -> Recommender:
@@ -54,6 +55,7 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
             continue
         model.save(Path(out_dir) / variant)
         start = time.perf_counter()
-        metrics, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
-        runs.append(VariantRun(variant, model, report, metrics, time.perf_counter() - start))
+        metrics, full = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
+        runs.append(VariantRun(variant, model, report, metrics, time.perf_counter() - start,
+                               per_user_table(full, data, name, variant, data.protocol)))
     return runs, skipped

@@ -1,0 +1,217 @@
+"""Comparisons a reader can trust: bootstrap CIs, paired tests with Holm, the Pareto front, the accounting of
+test users, the cold-start protocol, the `recbole` protocol's filtering and masking, and the report."""
+
+import datetime as dt
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.data.filtering import user_item_core
+from mmrec_pipeline.data.splits import make_split
+from mmrec_pipeline.evaluation.protocols import (
+    COLD_UNSCORABLE,
+    check_user_accounting,
+    evaluate_model,
+    per_user_table,
+)
+from mmrec_pipeline.evaluation.report import (
+    build_report,
+    cold_start_table,
+    leaderboard_with_ci,
+    user_accounting,
+)
+from mmrec_pipeline.evaluation.significance import bootstrap_ci, holm, paired_tests, pareto_front
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_brackets_the_mean_with_the_normal_width_and_is_seeded():
+    values = np.random.default_rng(0).normal(0.3, 0.2, size=2000)
+    lo, hi = bootstrap_ci(values)
+    assert lo < values.mean() < hi
+    half = 1.96 * values.std() / np.sqrt(len(values))  # the CLT interval the bootstrap should approximate
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
+    assert bootstrap_ci(values) == (lo, hi)  # seeded
+    assert bootstrap_ci(np.full(50, 0.5)) == (0.5, 0.5)
+    assert np.isnan(bootstrap_ci(np.array([np.nan]))[0])
+
+
+def test_holm_hand_example():
+    # sorted p 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1 = 0.04, 0.09, 0.08 -> 0.09 (monotone), 0.5
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.5]), [0.04, 0.09, 0.09, 0.5])
+    assert holm([0.9, 0.8]).max() == 1.0  # capped
+
+
+def _per_user(values: dict[str, np.ndarray]) -> pl.DataFrame:
+    return pl.concat([pl.DataFrame({"model": name.split("/")[0], "variant": name.split("/")[1],
+                                    "protocol": "temporal", "user_id": [str(u) for u in range(len(v))],
+                                    "ndcg@10": v, "recall@10": v}) for name, v in values.items()])
+
+
+def test_paired_tests_find_a_real_difference_and_not_a_tie():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0, 1, 300)
+    per_user = _per_user({"a/x": base, "b/x": base + rng.normal(0.05, 0.05, 300), "c/x": base.copy()})
+    out = {r["name"]: r for r in paired_tests(per_user, "ndcg@10", "a/x").iter_rows(named=True)}
+    assert out["b/x"]["p_holm"] < 1e-6 and out["b/x"]["diff"] > 0
+    assert out["c/x"]["p"] == 1.0 and out["c/x"]["diff"] == 0.0
+    assert out["b/x"]["p_holm"] >= out["b/x"]["p"]
+
+
+def test_pareto_front():
+    x = np.array([0.1, 0.5, 0.3, 0.9, 0.2])
+    y = np.array([0.9, 0.5, 0.4, 0.1, 0.9])  # (0.3, 0.4) is beaten by (0.5, 0.5); (0.1, 0.9) by (0.2, 0.9)
+    assert pareto_front(x, y).tolist() == [4, 1, 3]
+
+
+# --- a hand-made dataset ------------------------------------------------------------------------
+
+
+def _day(d: int) -> dt.datetime:
+    return dt.datetime(2024, 1, 1) + dt.timedelta(days=d)
+
+
+def tiny(protocol: str = "temporal") -> RecDataset:
+    """Items 0..5 ("i0".."i5"); i3 and i5 never occur in train (i3 nowhere). Test-period users:
+    u1 history [i0, i1], test [i2, i5] (i5 cold) | u2 no history, test [i0] | u3 history [i0], test [i0] (a repeat)
+    | u4 history [i1, i2], test [i4] (no cold item) | u5 train only."""
+    rows = [("u1", "i0", 0, "train"), ("u1", "i1", 1, "train"), ("u1", "i2", 9, "test"), ("u1", "i5", 9, "test"),
+            ("u2", "i0", 9, "test"), ("u3", "i0", 1, "train"), ("u3", "i0", 9, "test"),
+            ("u4", "i1", 2, "train"), ("u4", "i2", 3, "train"), ("u4", "i4", 9, "test"),
+            ("u5", "i4", 1, "train")]
+    split = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                          "ts": [_day(r[2]) for r in rows], "split": [r[3] for r in rows]})
+    items = pl.DataFrame({"item_id": [f"i{i}" for i in range(6)], "title": [f"t{i}" for i in range(6)],
+                          "description": [""] * 6, "category": ["a", "b", "a", "b", "a", "b"]})
+    return RecDataset.from_tables("tiny", split, items, protocol=protocol)
+
+
+class TableModel:
+    """Scores = a fixed per-item vector, the same for every user."""
+
+    def __init__(self, item_scores):
+        self.item_scores = torch.as_tensor(item_scores, dtype=torch.float32)
+
+    def score(self, users, history):
+        return self.item_scores.expand(len(users), -1).clone()
+
+
+def test_every_test_user_is_accounted_for():
+    data = tiny()
+    inputs = data.eval_inputs("test")
+    assert [data.user_ids[u] for u in inputs.users] == ["u1", "u4"]
+    assert inputs.stage_users == 4 and inputs.dropped == {"no_history": 1, "all_repeats": 1}
+    cold = data.eval_inputs("test", cold=True)
+    assert [data.user_ids[u] for u in cold.users] == ["u1"] and cold.relevant[0].tolist() == [5]
+    assert cold.dropped == {"no_history": 1, "all_repeats": 1, "no_cold_item": 1}
+    table, _ = evaluate_model(TableModel([6, 5, 4, 3, 2, 1]), data, "m", sampled=None)
+    count = {(r["protocol"], r["metric"]): r["value"] for r in table.filter(pl.col("k").is_null()).iter_rows(named=True)}
+    for protocol in ("temporal", "temporal+cold"):
+        dropped = sum(v for (p, m), v in count.items() if p == protocol and m.startswith("users_dropped:"))
+        assert count[(protocol, "users_total")] == count[(protocol, "users_evaluated")] + dropped == 4
+    assert check_user_accounting(table) == (True, {"checked": 2, "mismatches": []})
+    broken = table.with_columns(pl.when(pl.col("metric") == "users_evaluated").then(0.0).otherwise(pl.col("value"))
+                                .alias("value"))
+    assert not check_user_accounting(broken)[0]
+
+
+def test_cold_protocol_is_nan_for_a_model_that_scores_unseen_items_alike():
+    data = tiny()
+    popularity = TableModel([3, 2, 1, 0, 1, 0])  # the unseen i3 and i5 score alike
+    table, _ = evaluate_model(popularity, data, "pop", sampled=None)
+    cold = table.filter((pl.col("protocol") == "temporal+cold") & pl.col("k").is_not_null())
+    assert cold.height and cold["value"].is_nan().all()
+    # a content model tells unseen items apart: i5 first -> u1's cold item at rank 1
+    content = TableModel([0, 0, 0, 0, 0, 1])
+    table, _ = evaluate_model(content, data, "content", sampled=None)
+    ndcg = table.filter((pl.col("protocol") == "temporal+cold") & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
+    assert ndcg["value"].to_list() == [1.0]
+    shown = cold_start_table(pl.concat([evaluate_model(popularity, data, "pop", sampled=None)[0], table]))
+    assert shown.filter(pl.col("model") == "pop/default")["note"].to_list() == [COLD_UNSCORABLE]
+
+
+# --- the recbole protocol -----------------------------------------------------------------------
+
+
+def test_user_item_core_is_the_iterative_5_core():
+    # item "rare" has 4 interactions; removing it leaves user "c" with 4, who must then go too (a second round)
+    rows = [(u, f"i{j}") for u in "abdeg" for j in range(5)] + [("c", f"i{j}") for j in range(4)]
+    rows += [(u, "rare") for u in "cdef"]
+    df = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows]})
+    out = user_item_core(df, 5)
+    assert "rare" not in out["item_id"].to_list() and "c" not in out["user_id"].to_list()
+    assert out.group_by("user_id").len()["len"].min() >= 5 and out.group_by("item_id").len()["len"].min() >= 5
+    assert set(out["user_id"].unique().to_list()) == set("abdeg") and out.height == 25
+
+
+def test_recbole_split_remaps_the_pool_keeps_repeat_users_and_masks_by_model_type():
+    data = tiny("recbole")  # the catalog is remapped to the split's items: i3 goes; i0 i1 i2 i4 i5 -> 0..4
+    assert data.n_items == 5
+    inputs = data.eval_inputs("test")
+    ids = [data.user_ids[u] for u in inputs.users]
+    assert "u3" in ids and inputs.dropped == {"no_history": 1}  # the all-repeat user is kept
+    u3 = ids.index("u3")
+    assert inputs.relevant[u3].tolist() == [0] and inputs.mask[u3].tolist() == []  # RecBole: used - positives
+    # a general model that ranks i0 first hits u3's repeat (RecBole does not mask test items)
+    table, full = evaluate_model(TableModel([9, 0, 0, 0, 0]), data, "ease", sampled=None, cold=False)
+    assert full.per_user["hr@5"][u3] == 1.0
+    assert table["protocol"].unique().to_list() == ["recbole"]
+    pool = pl.DataFrame({"user_id": ["a"] * 3, "item_id": ["x", "y", "z"], "ts": [_day(d) for d in range(3)],
+                         "split": ["train", "valid", "test"]})
+    catalog = pl.DataFrame({"item_id": ["w", "x", "y", "z"], "category": ["c"] * 4})
+    assert RecDataset.from_tables("p", pool, catalog, protocol="recbole").n_items == 3
+    assert RecDataset.from_tables("p", pool, catalog, protocol="loo").n_items == 4
+
+
+def test_recbole_protocol_does_not_mask_history_for_sequential_models(monkeypatch):
+    from mmrec_pipeline.evaluation import protocols
+
+    data = tiny("recbole")
+    model = TableModel([0, 9, 0, 0, 0])  # i1, in u1's and u4's history, ranked first
+    monkeypatch.setattr(protocols, "is_sequential", lambda m: True)
+    _, seq = evaluate_model(model, data, "sasrec", sampled=None, cold=False)
+    monkeypatch.setattr(protocols, "is_sequential", lambda m: False)
+    _, gen = evaluate_model(model, data, "ease", sampled=None, cold=False)
+    assert seq.per_user["mrr@5"].sum() < gen.per_user["mrr@5"].sum()  # i1 takes rank 1 only when unmasked
+
+
+def test_make_split_recbole_is_loo_on_the_core():
+    rng = np.random.default_rng(0)
+    n = 400
+    df = pl.DataFrame({"user_id": rng.integers(0, 30, n).astype(str), "item_id": rng.integers(0, 40, n).astype(str),
+                       "ts": [_day(int(d)) for d in rng.integers(0, 300, n)]})
+    out = make_split(df, "recbole")
+    assert out.height == user_item_core(df, 5).height
+    assert (out.filter(pl.col("split") == "test").group_by("user_id").len()["len"] == 1).all()
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def test_report_shows_cis_markers_accounting_and_cold_start():
+    data = tiny()
+    models = {("popularity", "global"): [3, 2, 1, 0, 1, 0], ("content", "default"): [0, 0, 3, 2, 0, 1],
+              ("ease", "default"): [1, 2, 3, 4, 0, 0]}
+    tables, per_user = [], []
+    for (name, variant), scores in models.items():
+        table, full = evaluate_model(TableModel(scores), data, name, variant, sampled=2)
+        tables.append(table)
+        per_user.append(per_user_table(full, data, name, variant, data.protocol))
+    metrics, per_user = pl.concat(tables), pl.concat(per_user)
+    families = {"popularity": "classic", "ease": "classic", "content": "content"}
+    board = leaderboard_with_ci(metrics, per_user, families, n_resamples=200)
+    assert board["family"].to_list()[:2] == ["classic", "classic"]  # grouped, in the families' order
+    assert board.filter(pl.col("model") == "popularity/global")["vs popularity"].to_list() == ["reference"]
+    assert all("[" in v for v in board["NDCG@10 [95% CI]"].to_list())
+    assert "best" in board["vs best"].to_list() and set(board["seeds"].to_list()) == {1}
+    accounting = user_accounting(metrics)
+    assert accounting.filter((pl.col("protocol") == "temporal") & (pl.col("users") == "total"))["count"][0] == "4"
+    page, md = build_report("tiny", metrics, {"items": 6}, "temporal", per_user=per_user, families=families)
+    for text in ("Users accounted for", "dropped: no_history", "Cold start", "Wilcoxon", "Holm", "95%",
+                 "Accuracy vs coverage", COLD_UNSCORABLE):
+        assert text in md and (text in page or text.replace("%", "") in page), text
+    _, bare = build_report("tiny", metrics, {"items": 6}, "temporal")  # no per-user files: said plainly
+    assert "No per-user values were found" in bare
