@@ -15,7 +15,7 @@ from upath import UPath
 
 from mmrec_pipeline.lake import refresh_catalog
 from mmrec_pipeline.registry import lake_root
-from mmrec_pipeline.storage import write_parquet
+from mmrec_pipeline.storage import inside, write_parquet
 
 
 class LakeParquetIOManager(dg.UPathIOManager):
@@ -25,10 +25,20 @@ class LakeParquetIOManager(dg.UPathIOManager):
         # <root>/<asset>/<dataset> by default; the lake keeps one folder per dataset instead.
         return self.make_safe_partition_path(path.parent, partition) / path.name
 
+    def _inside_root(self, path: UPath) -> UPath:
+        """Refuse a table path outside the lake root (a partition key like '../x', an asset key with '..')."""
+        base = self._base_path
+        if base.protocol in ("", "file", "local"):
+            inside(Path(base.path), path.path)
+        elif ".." in path.path.split("/"):
+            raise ValueError(f"path {path} would leave the lake root {base}")
+        return path
+
     def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:
         if not isinstance(obj, pl.DataFrame):
             raise TypeError(f"asset {context.asset_key.to_user_string()} must return a polars DataFrame, "
                             f"got {type(obj).__name__}")
+        self._inside_root(path)
         if path.protocol in ("", "file", "local"):
             write_parquet(obj, Path(path.path))
             try:
@@ -40,6 +50,7 @@ class LakeParquetIOManager(dg.UPathIOManager):
                 obj.write_parquet(f, compression="zstd")
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame:
+        self._inside_root(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: materialize {context.upstream_output.asset_key.to_user_string()}"
                                     f" for this dataset first")
