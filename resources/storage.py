@@ -57,6 +57,15 @@ class LakeParquetIOManager(dg.UPathIOManager):
         with path.open("rb") as f:
             return pl.read_parquet(f)
 
+    def load_partitions(self, context: dg.InputContext):
+        # Dagster hands an unpartitioned consumer of *all* partitions a bare table, not {key: table}, when the
+        # registry has a single dataset; the leaderboard expects the mapping either way.
+        loaded = super().load_partitions(context)
+        keys = context.asset_partition_keys
+        if len(keys) == 1 and not context.has_partition_key and isinstance(loaded, pl.DataFrame):
+            return {keys[0]: loaded}
+        return loaded
+
     def get_metadata(self, context: dg.OutputContext, obj: pl.DataFrame) -> dict:
         return {"dagster/row_count": obj.height, "columns": ", ".join(obj.columns)}
 

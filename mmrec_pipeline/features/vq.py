@@ -37,6 +37,7 @@ from mmrec_pipeline.storage import atomic_write, write_json
 GRID = 16  # codes per side: 16 x 16 = 256 codes per image
 CODES = pl.List(pl.Int32)
 FORMAT = "mmrec-vqvae-v1"
+MIN_TRAIN_IMAGES = 32  # 16 held out for PSNR/SSIM, the rest to train on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,8 +252,8 @@ def train_vq_vae(images: Sequence[str], config: VQConfig, compute: Compute,
     and `seconds`.
     """
     paths = sorted(set(images))
-    if len(paths) < 32:
-        raise ValueError(f"train_vq_vae needs at least 32 images, got {len(paths)}")
+    if len(paths) < MIN_TRAIN_IMAGES:
+        raise ValueError(f"train_vq_vae needs at least {MIN_TRAIN_IMAGES} images, got {len(paths)}")
     gen = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(paths), generator=gen).tolist()
     n_hold = max(16, int(len(paths) * config.holdout))
@@ -386,8 +387,15 @@ def vq_codes(
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id`, `vq_codes` (256 codes, null without an image).
 
-    Uses the pretrained VQGAN when `sources` has one, else `vqvae` (a trained `VQVAE` or its folder).
+    Uses the pretrained VQGAN when `sources` has one, else `vqvae` (a trained `VQVAE` or its folder). A folder
+    without a model (a dataset with too few images to train one) gives all-null codes and a `skipped` reason.
     """
+    if not sources.available("vqgan") and isinstance(vqvae, (str, Path)) and \
+            not (Path(vqvae) / "config.json").exists():
+        empty = items.select("item_id", pl.lit(None, dtype=CODES).alias("vq_codes"))
+        return empty, {"skipped": f"no VQ-VAE in {vqvae} (vq_tokenizer trains one on datasets with at least "
+                                  f"{MIN_TRAIN_IMAGES} images) and no pretrained VQGAN configured",
+                       "computed": 0, "reused": 0, "remaining": 0}
     if sources.available("vqgan"):
         tokenizer = f"vqgan:{sources.identity('vqgan')}"
 
