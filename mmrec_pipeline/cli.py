@@ -57,7 +57,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
         print(f"marked run {run_id} failed: its process is gone (killed?)", file=sys.stderr)
     # SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does: Dagster raises in the running step, records
     # the step and the run as failed, and atomic writes leave every table as it was.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with contextlib.nullcontext() if verbose else brief_failures():
             ok, run_id, failures = materialize_dataset(dataset, select, tags=process_tags())
@@ -69,6 +69,8 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
             print(f"marked run {run_id} failed: interrupted", file=sys.stderr)
         print("interrupted: the run is recorded as failed; tables written before the stop are kept", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     root = lake_root()
     refresh_catalog_or_warn(root)
     print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {run_id})")

@@ -85,6 +85,9 @@ def step_failures(result: dg.ExecuteInProcessResult) -> list[str]:
         if error is None:
             lines.append(f"{event.step_key}: failed (no error recorded)")
             continue
+        if error.cls_name == "DagsterExecutionInterruptedError":
+            lines.append(f"{event.step_key}: interrupted (SIGINT/SIGTERM); tables written before the stop are kept")
+            continue
         message = error.message.strip()
         head, sep, rest = message.partition(": ")  # 'pkg.mod.DataError: text' -> 'text'
         if sep and head.rsplit(".", 1)[-1] == error.cls_name:

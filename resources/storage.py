@@ -23,7 +23,10 @@ class LakeParquetIOManager(dg.UPathIOManager):
 
     def get_path_for_partition(self, context, path: UPath, partition: str) -> UPath:
         # <root>/<asset>/<dataset> by default; the lake keeps one folder per dataset instead.
-        return self.make_safe_partition_path(path.parent, partition) / path.name
+        return self._inside_root(self.make_safe_partition_path(path.parent, partition) / path.name)
+
+    def make_directory(self, path: UPath) -> None:
+        super().make_directory(self._inside_root(path))
 
     def _inside_root(self, path: UPath) -> UPath:
         """Refuse a table path outside the lake root (a partition key like '../x', an asset key with '..')."""
