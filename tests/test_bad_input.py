@@ -267,3 +267,14 @@ def test_every_asset_runs_on_an_image_less_dataset_and_a_killed_run_recovers(tmp
     metrics = pl.read_parquet(lake / "tiny" / "metrics.parquet")
     assert metrics["model"].n_unique() >= 11  # every model asset trained and evaluated
     assert (lake / "tiny" / "report.html").exists() and (lake / "leaderboard.parquet").exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "1e30"])
+def test_recbole_timestamp_that_is_no_date_names_the_row(tmp_path, bad):
+    """Found by the fuzz tests: these overflowed inside polars instead of naming the row."""
+    from mmrec_pipeline.data.sources import recbole
+
+    (tmp_path / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t10\t881250949\n"
+                                      f"1\t11\t{bad}\n")
+    with pytest.raises(DataError, match=r"d.inter: column 'timestamp', data row 2: .* does not parse; expected Unix"):
+        recbole.read(tmp_path, {})

@@ -139,13 +139,20 @@ def parse_price(value: object) -> float | None:
     return price if math.isfinite(price) and price >= 0 else None
 
 
+def text_value(value: object) -> str | None:
+    """A field that should be text: a number is written out, anything else (a list, an object, true) is null."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value).strip() or None
+
+
 def text_list(value: object) -> list[str]:
-    """A field that should be a list of strings, tolerating a bare string or null."""
-    if value is None:
-        return []
+    """A field that should be a list of strings, tolerating a bare string; another type gives nothing."""
     if isinstance(value, str):
         value = [value]
-    return [str(v).strip() for v in value if v is not None and str(v).strip()]
+    if not isinstance(value, list):
+        return []
+    return [t for t in map(text_value, value) if t]
 
 
 def read_meta(file: Path, image_dir: Path, tables: SourceTables) -> pl.DataFrame:
@@ -161,10 +168,10 @@ def read_meta(file: Path, image_dir: Path, tables: SourceTables) -> pl.DataFrame
         asin = str(asin)
         categories = text_list(m.get("categories"))
         cols["item_id"].append(asin)
-        cols["title"].append(m.get("title") or None)
+        cols["title"].append(text_value(m.get("title")))
         cols["description"].append("\n".join(text_list(m.get("description")) + text_list(m.get("features")))
                                    or None)
-        cols["category"].append(categories[-1] if categories else (m.get("main_category") or None))
+        cols["category"].append(categories[-1] if categories else text_value(m.get("main_category")))
         cols["attributes"].append(meta_attributes(m, categories))
         cols["price"].append(parse_price(m.get("price")))
         cols["image_path"].append(images.get(asin))
@@ -176,7 +183,8 @@ def read_meta(file: Path, image_dir: Path, tables: SourceTables) -> pl.DataFrame
 
 def meta_attributes(m: dict, categories: list[str]) -> str:
     """Structured fields worth keeping; the first remote image URL lets a later step download it."""
-    first_image = next(iter(m.get("images") or []), None)
+    images = m.get("images")
+    first_image = images[0] if isinstance(images, list) and images else None
     url = (first_image.get("hi_res") or first_image.get("large")) if isinstance(first_image, dict) else None
     return to_json({
         "main_category": m.get("main_category"), "store": m.get("store"),
@@ -197,8 +205,8 @@ def read_reviews(file: Path, tables: SourceTables, unit: str = "auto") -> pl.Dat
         cols["item_id"].append(str(r["parent_asin"]))
         cols["ms"].append(timestamp_ms(r["timestamp"], file, number, unit))
         cols["rating"].append(rating(r.get("rating"), file, number))
-        cols["review_title"].append(r.get("title") or None)
-        cols["review_text"].append(r.get("text") or None)
+        cols["review_title"].append(text_value(r.get("title")))
+        cols["review_text"].append(text_value(r.get("text")))
     for field, n in missing.items():
         tables.skip(f"review lines missing '{field}' in {file.name}", n)
     df = pl.DataFrame(cols, schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "ms": pl.Int64, "rating": pl.Float64,
