@@ -128,7 +128,8 @@ class _BriefLogger(logging.Logger):
     instance (the UI, --verbose), and `mmrec run` prints the root cause at the end."""
 
     def handle(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR and isinstance(record.msg, str) and "\n" in record.msg:
+        if record.levelno >= logging.ERROR and getattr(record, "dagster_event", None) is not None \
+                and isinstance(record.msg, str) and "\n" in record.msg:
             record.msg = record.msg.split("\n", 1)[0] + " (cause at the end; --verbose for the trace)"
         super().handle(record)
 
