@@ -19,11 +19,15 @@ from mmrec_pipeline.registry import RegistryError, lake_root, load_registry
 from mmrec_pipeline.storage import pid_alive
 
 # GPU-heavy assets run in pool `gpu`; only they use a pool, so the default limit is the GPU's.
+# Run monitoring lets the daemon (`make ui`) mark runs whose worker died as failed; `mmrec run` does the
+# same for its own runs at start (fail_runs_of_dead_processes).
 INSTANCE_YAML = """telemetry:
   enabled: false
 concurrency:
   pools:
     default_limit: 1
+run_monitoring:
+  enabled: true
 """
 
 
