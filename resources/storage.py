@@ -32,7 +32,7 @@ class LakeParquetIOManager(dg.UPathIOManager):
         """Refuse a table path outside the lake root (a partition key like '../x', an asset key with '..')."""
         base = self._base_path
         if base.protocol in ("", "file", "local"):
-            inside(Path(base.path), path.path)
+            inside(Path(base.path), str(Path(path.path).resolve()))  # absolute, so joined as is
         elif ".." in path.path.split("/"):
             raise ValueError(f"path {path} would leave the lake root {base}")
         return path
