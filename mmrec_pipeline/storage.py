@@ -41,13 +41,20 @@ def pid_alive(pid: int) -> bool:
 
 
 def sweep_stale_temps(path: Path) -> list[Path]:
-    """Remove the temp files of `path` whose writer process is gone; a live writer's temp is left alone."""
+    """Remove the temp files of `path` whose writer process is gone; a live writer's temp is left alone.
+
+    Ours are `.<name>.<pid>.<random>.tmp` (mkstemp's random part has no dot); `.<name>.<random>.tmp` predates
+    the pid and is always stale. Anything else (the temp of `<name>.index.json`) belongs to another file.
+    """
+    path = Path(path)
     removed = []
-    for tmp in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and pid_alive(int(pid)):
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        parts = tmp.name[len(path.name) + 2:-len(".tmp")].split(".")
+        if len(parts) > 2 or (len(parts) == 2 and not parts[0].isdigit()):
             continue
-        tmp.unlink(missing_ok=True)  # a writer without a pid in the name predates this scheme
+        if len(parts) == 2 and pid_alive(int(parts[0])):
+            continue
+        tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 

@@ -168,10 +168,11 @@ def test_stale_temp_files_are_swept_at_the_next_write(tmp_path):
     legacy = tmp_path / ".items.parquet.k3j4h5g6.tmp"  # left by a version without the pid in the name
     live = tmp_path / f".items.parquet.{os.getpid()}.z9.tmp"  # a concurrent writer in this process
     other = tmp_path / ".users.parquet.1.a.tmp"
-    for p in (dead, legacy, live, other):
+    longer = tmp_path / f".items.parquet.index.json.{dead_pid()}.q1.tmp"  # the temp of another file
+    for p in (dead, legacy, live, other, longer):
         p.write_bytes(b"half a table")
     write_parquet(pl.DataFrame({"a": [1]}), path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name, longer.name])
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
