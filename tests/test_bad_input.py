@@ -279,3 +279,19 @@ def test_recbole_timestamp_that_is_no_date_names_the_row(tmp_path, bad):
                                       f"1\t11\t{bad}\n")
     with pytest.raises(DataError, match=r"d.inter: column 'timestamp', data row 2: .* does not parse; expected Unix"):
         recbole.read(tmp_path, {})
+
+
+def test_vq_codes_skip_without_images_and_refuse_an_untrained_tokenizer_with_images(tmp_path):
+    from mmrec_pipeline.compute import Compute
+    from mmrec_pipeline.features.sources import ModelSources
+    from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, vq_codes
+
+    def items(n_images: int) -> pl.DataFrame:
+        paths = [f"/img/{i}.jpg" for i in range(n_images)] + [None]
+        return pl.DataFrame({"item_id": [str(i) for i in range(len(paths))], "image_path": paths,
+                             "image_sha256": [None] * len(paths)}, schema_overrides={"image_sha256": pl.Utf8})
+
+    table, stats = vq_codes(items(0), ModelSources(), Compute(device="cpu"), tmp_path, vqvae=tmp_path / "vq")
+    assert table["vq_codes"].null_count() == 1 and "too few to train a VQ-VAE" in stats["skipped"]
+    with pytest.raises(ValueError, match="materialize vq_tokenizer first"):
+        vq_codes(items(MIN_TRAIN_IMAGES), ModelSources(), Compute(device="cpu"), tmp_path, vqvae=tmp_path / "vq")

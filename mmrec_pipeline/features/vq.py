@@ -387,15 +387,17 @@ def vq_codes(
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id`, `vq_codes` (256 codes, null without an image).
 
-    Uses the pretrained VQGAN when `sources` has one, else `vqvae` (a trained `VQVAE` or its folder). A folder
-    without a model (a dataset with too few images to train one) gives all-null codes and a `skipped` reason.
+    Uses the pretrained VQGAN when `sources` has one, else `vqvae` (a trained `VQVAE` or its folder). Items with
+    too few images to train a VQ-VAE (and no model in the folder) get null codes and a `skipped` reason.
     """
     if not sources.available("vqgan") and isinstance(vqvae, (str, Path)) and \
             not (Path(vqvae) / "config.json").exists():
+        images = items["image_path"].drop_nulls().n_unique()
+        if images >= MIN_TRAIN_IMAGES:
+            raise ValueError(f"vq_codes: no VQ-VAE in {vqvae} yet: materialize vq_tokenizer first")
         empty = items.select("item_id", pl.lit(None, dtype=CODES).alias("vq_codes"))
-        return empty, {"skipped": f"no VQ-VAE in {vqvae} (vq_tokenizer trains one on datasets with at least "
-                                  f"{MIN_TRAIN_IMAGES} images) and no pretrained VQGAN configured",
-                       "computed": 0, "reused": 0, "remaining": 0}
+        return empty, {"skipped": f"{images} item images, too few to train a VQ-VAE (at least {MIN_TRAIN_IMAGES}),"
+                                  " and no pretrained VQGAN configured", "computed": 0, "reused": 0, "remaining": 0}
     if sources.available("vqgan"):
         tokenizer = f"vqgan:{sources.identity('vqgan')}"
 
