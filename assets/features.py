@@ -13,7 +13,7 @@ from mmrec_pipeline.features.image import image_embeddings as embed_images
 from mmrec_pipeline.features.summaries import SummaryConfig
 from mmrec_pipeline.features.summaries import review_summaries as summarise_reviews
 from mmrec_pipeline.features.text import text_embeddings as embed_texts
-from mmrec_pipeline.features.vq import PROFILES, train_or_load_vq_vae
+from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, PROFILES, train_or_load_vq_vae
 from mmrec_pipeline.features.vq import vq_codes as encode_vq
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import dataset_dir
@@ -101,6 +101,11 @@ def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
     items = pl.read_parquet(dataset_dir(spec.name) / "items.parquet", columns=["image_path"])
     profile = spec.models.get("vq_vae", {}).get("profile", "demo")
     folder = dataset_dir(spec.name) / "models" / "vq_vae"
+    images = items["image_path"].drop_nulls().n_unique()
+    if images < MIN_TRAIN_IMAGES:  # e.g. MovieLens: no images; vq_codes then writes null codes
+        reason = f"{images} item images; a VQ-VAE needs at least {MIN_TRAIN_IMAGES}"
+        context.log.warning(f"vq_tokenizer skipped for {spec.name}: {reason}")
+        return dg.MaterializeResult(metadata={"skipped": reason, "images": images})
     _, report, trained = train_or_load_vq_vae(items["image_path"].drop_nulls().to_list(), folder, PROFILES[profile],
                                               compute.settings(), log=context.log)
     return dg.MaterializeResult(metadata={"folder": dg.MetadataValue.path(str(folder)), "trained_now": trained,

@@ -1,18 +1,23 @@
 """`mmrec`: run a dataset's assets through the project's Definitions, recorded in the Dagster instance.
 
-    mmrec run --dataset sample [--select group:ingest]
+    mmrec run --dataset sample [--select group:ingest] [--verbose]
     mmrec datasets
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
+import signal
+import socket
 import sys
 from pathlib import Path
 
 from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_database, instance_yaml, postgres_url
 from mmrec_pipeline.registry import RegistryError, lake_root, load_registry
+from mmrec_pipeline.storage import pid_alive
 
 
 def instance_home() -> Path:
@@ -42,32 +47,104 @@ def ui(port: int) -> int:
     os.execv(cmd[0], cmd)
 
 
-def run(dataset: str, select: str | None) -> int:
+def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     specs = load_registry()
     if dataset not in specs:
         print(f"error: unknown dataset '{dataset}'; known: {', '.join(specs)}", file=sys.stderr)
         return 2
     instance_home()
     from mmrec_pipeline.definitions import materialize_dataset
-    from mmrec_pipeline.lake import refresh_catalog
 
+    for run_id in fail_runs_of_dead_processes():
+        print(f"marked run {run_id} failed: its process is gone (killed?)", file=sys.stderr)
+    # SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does: Dagster raises in the running step, records
+    # the step and the run as failed, and atomic writes leave every table as it was.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        ok, run_id, failures = materialize_dataset(dataset, select)
+        with contextlib.nullcontext() if verbose else brief_failures():
+            ok, run_id, failures = materialize_dataset(dataset, select, tags=process_tags())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        for run_id in fail_runs_of_dead_processes(this_process=True):
+            print(f"marked run {run_id} failed: interrupted", file=sys.stderr)
+        print("interrupted: the run is recorded as failed; tables written before the stop are kept", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     root = lake_root()
-    if root.exists():
-        refresh_catalog(root)
+    refresh_catalog_or_warn(root)
     print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {run_id})")
     print(f"tables:  {root / dataset}/*.parquet   (DuckDB views: {root / 'lake.duckdb'})")
     report = root / dataset / "report.html"
     if report.exists():
         print(f"report:  {report}")
     print(f"UI:      make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    if failures and not verbose:
+        print("(full traces: mmrec run ... --verbose, or the run in the UI)", file=sys.stderr)
     for failure in failures:
         print(f"failed step {failure}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def refresh_catalog_or_warn(root: Path) -> None:
+    """The DuckDB views are a convenience: a failure to refresh them never fails a run whose steps succeeded."""
+    from mmrec_pipeline.lake import refresh_catalog
+
+    if not root.exists():
+        return
+    try:
+        refresh_catalog(root)
+    except Exception as e:  # noqa: BLE001 - any catalog problem is a warning
+        print(f"warning: DuckDB catalog not refreshed: {e}", file=sys.stderr)
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that let a later `mmrec run` tell whether this run's process is still alive."""
+    return {"mmrec/pid": str(os.getpid()), "mmrec/host": socket.gethostname()}
+
+
+def fail_runs_of_dead_processes(this_process: bool = False) -> list[str]:
+    """Mark STARTED runs of `mmrec run` processes on this host that no longer exist as failed (a kill -9 or a
+    lost machine leaves them STARTED forever). With `this_process`, this process's own unfinished runs."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.get()
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
+                                                   tags={"mmrec/host": socket.gethostname()}))
+    failed = []
+    for r in runs:
+        pid = r.tags.get("mmrec/pid", "")
+        mine = pid == str(os.getpid())
+        gone = mine if this_process else (pid.isdigit() and not mine and not pid_alive(int(pid)))
+        if not gone:
+            continue
+        instance.report_run_failed(r, f"mmrec run process {pid} on {r.tags['mmrec/host']} is gone")
+        failed.append(r.run_id)
+    return failed
+
+
+class _BriefLogger(logging.Logger):
+    """Dagster's console logger with failure events cut to their first line: the traceback stays in the
+    instance (the UI, --verbose), and `mmrec run` prints the root cause at the end."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR and getattr(record, "dagster_event", None) is not None \
+                and isinstance(record.msg, str) and "\n" in record.msg:
+            record.msg = record.msg.split("\n", 1)[0] + " (cause at the end; --verbose for the trace)"
+        super().handle(record)
+
+
+@contextlib.contextmanager
+def brief_failures():
+    # Dagster builds its console logger with logging.getLoggerClass() when a run starts.
+    previous = logging.getLoggerClass()
+    logging.setLoggerClass(_BriefLogger)
+    try:
+        yield
+    finally:
+        logging.setLoggerClass(previous)
 
 
 def datasets() -> int:
@@ -86,14 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="materialize a dataset's assets")
     p_run.add_argument("--dataset", required=True)
-    p_run.add_argument("--select", help="Dagster asset selection, e.g. 'group:ingest' or 'split+'")
+    p_run.add_argument("--select", help="Dagster asset selection, e.g. 'group:ingest', 'split+',\n"
+                       "'key:items or key:users'; commas make a union: 'items,users'")
+    p_run.add_argument("--verbose", action="store_true", help="print full tracebacks of failed steps")
     sub.add_parser("datasets", help="list the registry and each dataset's status")
     p_ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
     p_ui.add_argument("--port", type=int, default=3000)
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            return run(args.dataset, args.select)
+            return run(args.dataset, args.select, args.verbose)
         if args.command == "ui":
             return ui(args.port)
         return datasets()

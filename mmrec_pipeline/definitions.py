@@ -1,5 +1,7 @@
 """The Dagster code location: every asset, check, resource, job, schedule and sensor."""
 
+import functools
+import operator
 import warnings
 from pathlib import Path
 
@@ -8,6 +10,8 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 
 # Partitioned asset checks are a Dagster preview feature; the split checks rely on them deliberately.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+# Dagster's own selection parser calls a beta parameter; the warning would end up in every `mmrec run --select`.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from assets import checks, evaluation, features, ingest, models, splits
 from mmrec_pipeline.automation import jobs, schedules, sensors
@@ -27,29 +31,46 @@ defs = dg.Definitions(
 )
 
 
-def materialize_dataset(dataset: str, select: str | None = None) -> tuple[bool, str, list[str]]:
+def resolve_selection(select: str | None, graph) -> set[dg.AssetKey]:
+    """Asset keys of a selection string; commas separate a union of selections ('items,users' or
+    'group:ingest,group:splits'); a part of a multi-asset brings its siblings. Any problem is a ValueError of
+    one line."""
+    if not select:
+        return dg.AssetSelection.all().resolve(graph)
+    parts = [p.strip() for p in select.split(",")] if "(" not in select else [select.strip()]
+    try:
+        selection = functools.reduce(operator.or_, [dg.AssetSelection.from_string(p) for p in parts if p])
+        # `items` alone is a subset of the `ingest` multi-asset, which runs as a whole: select its siblings.
+        return selection.required_multi_asset_neighbors().resolve(graph)
+    except (dg.DagsterError, TypeError, ValueError) as e:
+        message = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+        raise ValueError(f"selection '{select}' is not valid: {message}. Examples: 'group:ingest', 'split+', "
+                         "'key:items or key:users', 'items,users'") from None
+
+
+def materialize_dataset(dataset: str, select: str | None = None,
+                        tags: dict[str, str] | None = None) -> tuple[bool, str, list[str]]:
     """Materialize one dataset's partition, recorded in the current instance (`mmrec run`).
 
     Locally the steps run one at a time in process, so each may use every core; under MMREC_ENV=deploy they go
     through the job's executor to the Celery workers. The unpartitioned assets in the selection (the
-    cross-dataset leaderboard) run after the partition succeeds. Returns (success, run id, step failures).
+    cross-dataset leaderboard) run after the partition succeeds. Returns (success, run id, one line per failed
+    step: its key and the root cause's message).
     """
     instance = dg.DagsterInstance.get()
-    selection = dg.AssetSelection.from_string(select) if select else dg.AssetSelection.all()
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
-    try:
-        selected = selection.resolve(graph)
-    except dg.DagsterInvalidSubsetError as e:
-        raise ValueError(f"selection '{select}' names no asset of this code location: {e}") from None
+    selected = resolve_selection(select, graph)
     keys = [k for k in selected if graph.get(k).partitions_def is not None]
     if not keys:
         raise ValueError(f"selection '{select}' matches no partitioned asset")
-    ok, run_id, events = _execute(job, instance, keys, dataset, tags={"mmrec/dataset": dataset})
+    tags = {**(tags or {}), "mmrec/dataset": dataset}
+    ok, run_id, events = _execute(job, instance, keys, dataset, tags=tags)
+    failures = step_failures(events)
     unpartitioned = [k for k in selected if graph.get(k).partitions_def is None]
     if ok and unpartitioned:
-        ok = _execute(job, instance, unpartitioned)[0]
-    failures = [f"{e.step_key}: {e.step_failure_data.error.message.strip()}" for e in events if e.is_step_failure]
+        ok, _, rest = _execute(job, instance, unpartitioned, tags=tags)
+        failures = step_failures(rest)
     return ok, run_id, failures
 
 
@@ -67,3 +88,28 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: list, pa
     with dg.execute_job(recon.get_reconstructable_job(job.name), instance, asset_selection=keys, tags=tags,
                         raise_on_error=False) as result:
         return result.success, result.run_id, result.all_events
+
+
+def step_failures(events: list) -> list[str]:
+    """'<step>: <ErrorClass>: <message>' per failed step, from the first error that is not Dagster's wrapper
+    ('Error occurred while executing op'): our DataError; newlines folded so each is one line."""
+    lines = []
+    for event in events:
+        if not event.is_step_failure:
+            continue
+        error = event.step_failure_data.error
+        while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+            error = error.cause
+        if error is None:
+            lines.append(f"{event.step_key}: failed (no error recorded)")
+            continue
+        if error.cls_name == "DagsterExecutionInterruptedError":
+            lines.append(f"{event.step_key}: interrupted (SIGINT/SIGTERM); tables written before the stop are kept")
+            continue
+        message = error.message.strip()
+        head, sep, rest = message.partition(": ")  # 'pkg.mod.DataError: text' -> 'text'
+        if sep and head.rsplit(".", 1)[-1] == error.cls_name:
+            message = rest
+        text = " | ".join(line.strip() for line in message.splitlines() if line.strip())
+        lines.append(f"{event.step_key}: {error.cls_name}: {text}" if error.cls_name else f"{event.step_key}: {text}")
+    return lines

@@ -20,11 +20,15 @@ class InstanceError(RuntimeError):
     """The Dagster instance cannot be set up (server unreachable, wrong kind of instance in DAGSTER_HOME)."""
 
 # GPU-heavy assets run in pool `gpu`; only they use a pool, so the default limit is the GPU's.
+# Run monitoring lets the daemon (`make ui`) mark runs whose worker died as failed; `mmrec run` does the
+# same for its own runs at start (fail_runs_of_dead_processes).
 _COMMON = """telemetry:
   enabled: false
 concurrency:
   pools:
     default_limit: 1
+run_monitoring:
+  enabled: true
 """
 
 # The URL is read from the environment by every process that opens the instance (launcher, workers, UI), so the

@@ -10,21 +10,39 @@ import duckdb
 CATALOG = "lake.duckdb"
 
 
+class CatalogError(RuntimeError):
+    """Some tables got no view (the rest of the catalog was refreshed)."""
+
+
+def quote(identifier: str) -> str:
+    """A DuckDB identifier in double quotes, embedded quotes doubled (so no folder name can break the SQL)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def refresh_catalog(root: Path, retries: int = 5) -> int:
     """(Re)create a view for every `<root>/<dataset>/<table>.parquet` and `<root>/<table>.parquet`.
 
     Several step processes may refresh at once; DuckDB allows one writer, so a locked file is retried.
+    The catalog is a convenience: callers warn on an error here and never fail a run for it.
     """
     root = Path(root)
     tables = sorted(root.glob("*/*.parquet")) + sorted(root.glob("*.parquet"))
     for attempt in range(retries):
         try:
+            bad = []
             with duckdb.connect(str(root / CATALOG)) as con:
                 for path in tables:
                     schema = path.parent.name if path.parent != root else "main"
-                    con.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                    con.execute(f'CREATE OR REPLACE VIEW "{schema}"."{path.stem}" AS '
-                                "SELECT * FROM read_parquet('" + path.as_posix().replace("'", "''") + "')")
+                    try:
+                        con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+                        con.execute(f"CREATE OR REPLACE VIEW {quote(schema)}.{quote(path.stem)} AS "
+                                    "SELECT * FROM read_parquet('" + path.as_posix().replace("'", "''") + "')")
+                    except duckdb.IOException:
+                        raise
+                    except duckdb.Error as e:  # one unreadable table must not hide the others
+                        bad.append(f"{path}: {str(e).splitlines()[0]}")
+            if bad:
+                raise CatalogError(f"no DuckDB view for {len(bad)} table(s): " + "; ".join(bad))
             return len(tables)
         except duckdb.IOException:
             if attempt == retries - 1:

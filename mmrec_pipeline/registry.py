@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
-from typing import Any
+import re
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
 
+import pydantic
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_KINDS = ("sample", "hm", "amazon", "recbole", "sequence")
 SPLIT_KINDS = ("temporal", "loo", "recbole")
+# Names become folders in the lake, DuckDB schemas and Dagster partition keys: keep them plain.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+NAME_RULE = "letters, digits, '-' and '_', starting with a letter or digit, at most 64 characters"
+RESERVED_NAMES = {"dagster", "main"}  # the instance folder in the lake; DuckDB's schema for root tables
 
 
 class RegistryError(ValueError):
@@ -38,7 +44,7 @@ def lake_root() -> Path:
 class DatasetSpec:
     name: str
     source: str
-    path: str | None = None  # relative to $MMREC_DATA; None for the generated sample
+    path: str | None = None  # relative to $MMREC_DATA (or absolute); None for the generated sample
     split: str = "temporal"
     min_user_interactions: int = 5
     repeats_relevant: bool = False
@@ -53,7 +59,54 @@ class DatasetSpec:
         return data_root() / self.path
 
 
+class _Entry(pydantic.BaseModel):
+    """The types a registry entry must have; mirrors DatasetSpec (which the rest of the code uses)."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    source: Literal[SOURCE_KINDS]
+    path: str | None = None
+    split: Literal[SPLIT_KINDS] = "temporal"
+    min_user_interactions: pydantic.PositiveInt = 5
+    repeats_relevant: bool = False
+    description: str = ""
+    obtain: str = ""
+    options: dict[str, Any] = {}
+    models: dict[str, dict[str, Any]] = {}
+
+
+def _entry_errors(name: str, entry: object) -> list[str]:
+    """One readable line per problem of one entry (empty if it is valid)."""
+    errors = []
+    if not NAME_PATTERN.fullmatch(name) or name in RESERVED_NAMES:
+        reserved = f" (and not {sorted(RESERVED_NAMES)})"
+        errors.append(f"dataset name {name!r} is not allowed: use {NAME_RULE}{reserved}")
+    if not isinstance(entry, dict):
+        got = "nothing" if entry is None else f"a {type(entry).__name__} ({entry!r:.60})"
+        return [*errors, f"dataset '{name}': expected a mapping of fields (source: ..., path: ...), got {got}"]
+    try:
+        _Entry.model_validate(entry)
+    except pydantic.ValidationError as e:
+        allowed = sorted(_Entry.model_fields)
+        for err in e.errors():
+            field = ".".join(str(part) for part in err["loc"])
+            if err["type"] == "extra_forbidden":
+                errors.append(f"dataset '{name}' has unknown field(s) ['{field}']; allowed: {allowed}")
+            elif err["type"] == "literal_error":
+                errors.append(f"dataset '{name}': {field} {err['input']!r} is not one of "
+                              f"{err['ctx']['expected']}")
+            else:
+                errors.append(f"dataset '{name}', field '{field}': {err['msg']} (got {err['input']!r:.60})")
+    path = entry.get("path")
+    if isinstance(path, str) and not PurePosixPath(path).is_absolute() and \
+            os.path.normpath(path).split(os.sep)[0] == "..":
+        errors.append(f"dataset '{name}', field 'path': {path!r} leaves $MMREC_DATA; write a path inside it, "
+                      "or an absolute path for data kept elsewhere")
+    return errors
+
+
 def load_registry(path: Path | None = None) -> dict[str, DatasetSpec]:
+    """Every entry, validated: all problems are reported at once, one line each naming dataset and field."""
     path = path or registry_path()
     try:
         raw = yaml.safe_load(Path(path).read_text())
@@ -61,23 +114,14 @@ def load_registry(path: Path | None = None) -> dict[str, DatasetSpec]:
         raise RegistryError(f"dataset registry not found at {path}") from e
     except yaml.YAMLError as e:
         raise RegistryError(f"{path}: not valid YAML: {e}") from e
-    entries = (raw or {}).get("datasets")
+    entries = raw.get("datasets") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise RegistryError(f"{path}: expected a top-level 'datasets:' mapping of name -> entry")
-    fields = {f.name for f in dataclasses.fields(DatasetSpec)} - {"name"}
-    specs = {}
-    for name, entry in entries.items():
-        unknown = set(entry or {}) - fields
-        if unknown:
-            raise RegistryError(f"{path}: dataset '{name}' has unknown field(s) {sorted(unknown)}; "
-                                f"allowed: {sorted(fields)}")
-        spec = DatasetSpec(name=str(name), **(entry or {}))
-        if spec.source not in SOURCE_KINDS:
-            raise RegistryError(f"{path}: dataset '{name}': source '{spec.source}' is not one of {SOURCE_KINDS}")
-        if spec.split not in SPLIT_KINDS:
-            raise RegistryError(f"{path}: dataset '{name}': split '{spec.split}' is not one of {SPLIT_KINDS}")
-        specs[spec.name] = spec
-    return specs
+    errors = [line for name, entry in entries.items() for line in _entry_errors(str(name), entry)]
+    if errors:
+        raise RegistryError("\n".join(f"{path}: {line}" for line in errors))
+    return {str(name): DatasetSpec(name=str(name), **_Entry.model_validate(entry).model_dump())
+            for name, entry in entries.items()}
 
 
 def get_dataset(name: str) -> DatasetSpec:

@@ -15,7 +15,7 @@ from upath import UPath
 
 from mmrec_pipeline.lake import refresh_catalog
 from mmrec_pipeline.registry import lake_root
-from mmrec_pipeline.storage import write_parquet
+from mmrec_pipeline.storage import inside, write_parquet
 
 
 class LakeParquetIOManager(dg.UPathIOManager):
@@ -23,12 +23,25 @@ class LakeParquetIOManager(dg.UPathIOManager):
 
     def get_path_for_partition(self, context, path: UPath, partition: str) -> UPath:
         # <root>/<asset>/<dataset> by default; the lake keeps one folder per dataset instead.
-        return self.make_safe_partition_path(path.parent, partition) / path.name
+        return self._inside_root(self.make_safe_partition_path(path.parent, partition) / path.name)
+
+    def make_directory(self, path: UPath) -> None:
+        super().make_directory(self._inside_root(path))
+
+    def _inside_root(self, path: UPath) -> UPath:
+        """Refuse a table path outside the lake root (a partition key like '../x', an asset key with '..')."""
+        base = self._base_path
+        if base.protocol in ("", "file", "local"):
+            inside(Path(base.path), str(Path(path.path).resolve()))  # absolute, so joined as is
+        elif ".." in path.path.split("/"):
+            raise ValueError(f"path {path} would leave the lake root {base}")
+        return path
 
     def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:
         if not isinstance(obj, pl.DataFrame):
             raise TypeError(f"asset {context.asset_key.to_user_string()} must return a polars DataFrame, "
                             f"got {type(obj).__name__}")
+        self._inside_root(path)
         if path.protocol in ("", "file", "local"):
             write_parquet(obj, Path(path.path))
             try:
@@ -40,11 +53,21 @@ class LakeParquetIOManager(dg.UPathIOManager):
                 obj.write_parquet(f, compression="zstd")
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame:
+        self._inside_root(path)
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: materialize {context.upstream_output.asset_key.to_user_string()}"
                                     f" for this dataset first")
         with path.open("rb") as f:
             return pl.read_parquet(f)
+
+    def load_partitions(self, context: dg.InputContext):
+        # Dagster hands an unpartitioned consumer of *all* partitions a bare table, not {key: table}, when the
+        # registry has a single dataset; the leaderboard expects the mapping either way.
+        loaded = super().load_partitions(context)
+        keys = context.asset_partition_keys
+        if len(keys) == 1 and not context.has_partition_key and isinstance(loaded, pl.DataFrame):
+            return {keys[0]: loaded}
+        return loaded
 
     def get_metadata(self, context: dg.OutputContext, obj: pl.DataFrame) -> dict:
         return {"dagster/row_count": obj.height, "columns": ", ".join(obj.columns)}

@@ -37,6 +37,7 @@ from mmrec_pipeline.storage import atomic_write, write_json
 GRID = 16  # codes per side: 16 x 16 = 256 codes per image
 CODES = pl.List(pl.Int32)
 FORMAT = "mmrec-vqvae-v1"
+MIN_TRAIN_IMAGES = 32  # 16 held out for PSNR/SSIM, the rest to train on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,8 +252,8 @@ def train_vq_vae(images: Sequence[str], config: VQConfig, compute: Compute,
     and `seconds`.
     """
     paths = sorted(set(images))
-    if len(paths) < 32:
-        raise ValueError(f"train_vq_vae needs at least 32 images, got {len(paths)}")
+    if len(paths) < MIN_TRAIN_IMAGES:
+        raise ValueError(f"train_vq_vae needs at least {MIN_TRAIN_IMAGES} images, got {len(paths)}")
     gen = torch.Generator().manual_seed(config.seed)
     order = torch.randperm(len(paths), generator=gen).tolist()
     n_hold = max(16, int(len(paths) * config.holdout))
@@ -386,8 +387,17 @@ def vq_codes(
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id`, `vq_codes` (256 codes, null without an image).
 
-    Uses the pretrained VQGAN when `sources` has one, else `vqvae` (a trained `VQVAE` or its folder).
+    Uses the pretrained VQGAN when `sources` has one, else `vqvae` (a trained `VQVAE` or its folder). Items with
+    too few images to train a VQ-VAE (and no model in the folder) get null codes and a `skipped` reason.
     """
+    if not sources.available("vqgan") and isinstance(vqvae, (str, Path)) and \
+            not (Path(vqvae) / "config.json").exists():
+        images = items["image_path"].drop_nulls().n_unique()
+        if images >= MIN_TRAIN_IMAGES:
+            raise ValueError(f"vq_codes: no VQ-VAE in {vqvae} yet: materialize vq_tokenizer first")
+        empty = items.select("item_id", pl.lit(None, dtype=CODES).alias("vq_codes"))
+        return empty, {"skipped": f"{images} item images, too few to train a VQ-VAE (at least {MIN_TRAIN_IMAGES}),"
+                                  " and no pretrained VQGAN configured", "computed": 0, "reused": 0, "remaining": 0}
     if sources.available("vqgan"):
         tokenizer = f"vqgan:{sources.identity('vqgan')}"
 

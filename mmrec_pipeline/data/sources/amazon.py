@@ -3,7 +3,7 @@
 Folder layout (`options["category"]` names the category; without it the single `meta_*.jsonl*` is used)::
 
     <Category>.jsonl[.gz]        reviews: rating, title, text, images, asin, parent_asin, user_id,
-                                 timestamp (Unix milliseconds), helpful_vote, verified_purchase
+                                 timestamp (Unix ms; seconds in older dumps), helpful_vote, verified_purchase
     meta_<Category>.jsonl[.gz]   items: main_category, title, average_rating, rating_number, features,
                                  description, price, images, videos, store, categories, details, parent_asin, ...
     images/**/<parent_asin>.{jpg,jpeg,png,webp}   optional local images
@@ -12,6 +12,11 @@ Items are keyed by `parent_asin` (reviews of colour/size variants belong to the 
 description = the description paragraphs followed by the feature bullets; category = the most specific entry
 of `categories`, else `main_category`; a price that is not a number ("—", "from 3.99") becomes null.
 
+Timestamps: the 2023 release uses Unix milliseconds, older dumps and hand exports seconds. The unit is read from
+each value's magnitude (below 1e11 is seconds: 1e11 ms is 1973, 1e11 s the year 5138), or fixed with
+`options: {timestamp_unit: s | ms}`. A time before TIMESTAMP_FLOOR (Amazon did not exist) or in the future is
+an error naming the line, not a silent 1970 date.
+
 The files are GBs, so they are streamed line by line into column lists. A line that is not JSON, or a review
 without user_id / parent_asin / timestamp, is skipped and counted; more than 1% bad lines (and more than 10)
 means the file is not what we think it is and raises.
@@ -19,8 +24,10 @@ means the file is not what we think it is and raises.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +47,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     _JSON_ERRORS = (json.JSONDecodeError, UnicodeDecodeError)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+TIMESTAMP_UNITS = ("auto", "s", "ms")
+SECONDS_BELOW = 10**11  # auto: smaller values are seconds
+TIMESTAMP_FLOOR = dt.datetime(1994, 7, 1, tzinfo=dt.UTC)  # Amazon's founding
 REVIEW_REQUIRED = ("user_id", "parent_asin", "timestamp")
 MAX_BAD_FRACTION, MAX_BAD_FREE = 0.01, 10
 
@@ -53,7 +63,10 @@ def read(path: Path, options: dict) -> SourceTables:
     for reason, n in image_counts.items():
         tables.skip(reason, n)
     tables.items = items
-    tables.interactions = read_reviews(review_file, tables)
+    unit = options.get("timestamp_unit", "auto")
+    if unit not in TIMESTAMP_UNITS:
+        raise DataError(f"option timestamp_unit = {unit!r}; expected one of {TIMESTAMP_UNITS}")
+    tables.interactions = read_reviews(review_file, tables, unit)
     tables.users = tables.interactions.select("user_id").unique(maintain_order=True)
     return tables
 
@@ -126,13 +139,20 @@ def parse_price(value: object) -> float | None:
     return price if math.isfinite(price) and price >= 0 else None
 
 
+def text_value(value: object) -> str | None:
+    """A field that should be text: a number is written out, anything else (a list, an object, true) is null."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    return str(value).strip() or None
+
+
 def text_list(value: object) -> list[str]:
-    """A field that should be a list of strings, tolerating a bare string or null."""
-    if value is None:
-        return []
+    """A field that should be a list of strings, tolerating a bare string; another type gives nothing."""
     if isinstance(value, str):
         value = [value]
-    return [str(v).strip() for v in value if v is not None and str(v).strip()]
+    if not isinstance(value, list):
+        return []
+    return [t for t in map(text_value, value) if t]
 
 
 def read_meta(file: Path, image_dir: Path, tables: SourceTables) -> pl.DataFrame:
@@ -148,10 +168,10 @@ def read_meta(file: Path, image_dir: Path, tables: SourceTables) -> pl.DataFrame
         asin = str(asin)
         categories = text_list(m.get("categories"))
         cols["item_id"].append(asin)
-        cols["title"].append(m.get("title") or None)
+        cols["title"].append(text_value(m.get("title")))
         cols["description"].append("\n".join(text_list(m.get("description")) + text_list(m.get("features")))
                                    or None)
-        cols["category"].append(categories[-1] if categories else (m.get("main_category") or None))
+        cols["category"].append(categories[-1] if categories else text_value(m.get("main_category")))
         cols["attributes"].append(meta_attributes(m, categories))
         cols["price"].append(parse_price(m.get("price")))
         cols["image_path"].append(images.get(asin))
@@ -163,7 +183,8 @@ def read_meta(file: Path, image_dir: Path, tables: SourceTables) -> pl.DataFrame
 
 def meta_attributes(m: dict, categories: list[str]) -> str:
     """Structured fields worth keeping; the first remote image URL lets a later step download it."""
-    first_image = next(iter(m.get("images") or []), None)
+    images = m.get("images")
+    first_image = images[0] if isinstance(images, list) and images else None
     url = (first_image.get("hi_res") or first_image.get("large")) if isinstance(first_image, dict) else None
     return to_json({
         "main_category": m.get("main_category"), "store": m.get("store"),
@@ -172,7 +193,7 @@ def meta_attributes(m: dict, categories: list[str]) -> str:
     })
 
 
-def read_reviews(file: Path, tables: SourceTables) -> pl.DataFrame:
+def read_reviews(file: Path, tables: SourceTables, unit: str = "auto") -> pl.DataFrame:
     cols: dict[str, list] = {k: [] for k in ("user_id", "item_id", "ms", "rating", "review_title", "review_text")}
     missing = dict.fromkeys(REVIEW_REQUIRED, 0)
     for number, r in json_lines(file, tables):
@@ -182,10 +203,10 @@ def read_reviews(file: Path, tables: SourceTables) -> pl.DataFrame:
             continue
         cols["user_id"].append(str(r["user_id"]))
         cols["item_id"].append(str(r["parent_asin"]))
-        cols["ms"].append(timestamp_ms(r["timestamp"], file, number))
+        cols["ms"].append(timestamp_ms(r["timestamp"], file, number, unit))
         cols["rating"].append(rating(r.get("rating"), file, number))
-        cols["review_title"].append(r.get("title") or None)
-        cols["review_text"].append(r.get("text") or None)
+        cols["review_title"].append(text_value(r.get("title")))
+        cols["review_text"].append(text_value(r.get("text")))
     for field, n in missing.items():
         tables.skip(f"review lines missing '{field}' in {file.name}", n)
     df = pl.DataFrame(cols, schema={"user_id": pl.Utf8, "item_id": pl.Utf8, "ms": pl.Int64, "rating": pl.Float64,
@@ -194,20 +215,29 @@ def read_reviews(file: Path, tables: SourceTables) -> pl.DataFrame:
                      "review_title", "review_text", pl.lit("review").alias("event"))
 
 
-def timestamp_ms(value: object, file: Path, line: int) -> int:
+def timestamp_ms(value: object, file: Path, line: int, unit: str = "auto") -> int:
+    """Unix milliseconds of a review's timestamp (ms or s, see the module notes), checked to be plausible."""
     # A timestamp that is present but unreadable is an error, not a skip: silently dropping it would hide a
-    # format change (e.g. seconds or ISO dates) that affects every row.
-    ms = None
+    # format change (e.g. ISO dates) that affects every row.
+    number = None
     if isinstance(value, int) and not isinstance(value, bool):
-        ms = value
+        number = value
     elif isinstance(value, float | str):
         try:
-            ms = int(float(value))
+            number = int(float(value))
         except (ValueError, OverflowError):  # "yesterday", "nan", "inf"
             pass
-    if ms is None:
+    if number is None:
         raise DataError(f"{file}: line {line}: field 'timestamp' = {value!r} does not parse; expected Unix "
-                        f"time in milliseconds (an integer like 1588687728923)")
+                        f"time in milliseconds (an integer like 1588687728923) or seconds (like 1588687728)")
+    seconds = unit == "s" or (unit == "auto" and abs(number) < SECONDS_BELOW)
+    ms = number * 1000 if seconds else number
+    floor_ms, now_ms = int(TIMESTAMP_FLOOR.timestamp() * 1000), int(time.time() * 1000) + 86_400_000
+    if not floor_ms <= ms <= now_ms:
+        when = "before " + TIMESTAMP_FLOOR.date().isoformat() if ms < floor_ms else "in the future"
+        raise DataError(f"{file}: line {line}: field 'timestamp' = {value!r} read as {'seconds' if seconds else 'ms'} "
+                        f"is {when}; expected a review time in Unix ms or seconds (set the dataset option "
+                        f"timestamp_unit: s or ms if the unit was misread)")
     return ms
 
 

@@ -79,6 +79,8 @@ def read_transactions(file: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     try:
         df = lazy.collect(engine="streaming")
     except pl.exceptions.PolarsError as e:
+        if has_price:
+            report_bad_prices(file, header)
         raise csv_error(file, e) from None
     if df["t_dat"].null_count():
         report_bad_dates(file, overrides)
@@ -103,6 +105,16 @@ def report_bad_dates(file: Path, overrides: dict) -> None:
     df = pl.scan_csv(file, schema_overrides=overrides).select("t_dat", parse_date().alias("_date")).collect()
     check_parsed(df, "t_dat", "_date", file, "a date like 2020-09-22 (YYYY-MM-DD)")
     check_not_null(df, ["t_dat"], file)
+
+
+def report_bad_prices(file: Path, header: list[str]) -> None:
+    """Error path only: read the prices as text to name the first one that is not a number, and its row."""
+    try:
+        df = pl.read_csv(file, schema_overrides={c: pl.Utf8 for c in header}, columns=["price"])
+    except pl.exceptions.PolarsError:
+        return  # not a price problem (e.g. a malformed row): csv_error names it
+    df = df.with_columns(pl.col("price").str.strip_chars().cast(pl.Float64, strict=False).alias("_price"))
+    check_parsed(df, "price", "_price", file, "a number like 0.0508")
 
 
 def read_articles(file: Path, image_dir: Path, prices: pl.DataFrame) -> pl.DataFrame:

@@ -42,6 +42,7 @@ FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 TITLE_NAMES = ("title", "movie_title", "item_name", "name", "product_name")
 CATEGORY_NAMES = ("class", "categories", "category", "genre", "genres")
 DESCRIPTION_NAMES = ("description", "desc", "overview")
+MAX_SECONDS = 1e11  # the year 5138: anything larger is not Unix seconds
 log = logging.getLogger(__name__)
 
 
@@ -95,6 +96,10 @@ def read_inter(file: Path, user_field: str, item_field: str, options: dict) -> p
     rating_field, time_field = options.get("rating_field", "rating"), options.get("time_field", "timestamp")
     if time_field in df.columns:
         check_not_null(df, [time_field], file)
+        # NaN, inf or 1e30 would overflow the conversion to a date: name the row instead.
+        checked = df.select(time_field, pl.when(pl.col(time_field).abs() < MAX_SECONDS).then(pl.col(time_field))
+                            .alias("_checked"))
+        check_parsed(checked, time_field, "_checked", file, "Unix time in seconds (a finite number below 1e11)")
         ts = epoch_to_utc(pl.col(time_field), "s").alias("ts")
     else:
         ts = synthetic_ts("user_id")

@@ -1,0 +1,297 @@
+"""Bad input and faults (issue 19): names and paths that would leave the lake, timestamps in the wrong unit,
+identifiers that break the catalog, errors a user can read, registry types, debris of killed runs, file modes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from mmrec_pipeline.data.schema import DataError
+from mmrec_pipeline.data.sources import amazon, hm
+from mmrec_pipeline.registry import RegistryError, load_registry
+from mmrec_pipeline.storage import write_parquet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def registry(tmp_path: Path, text: str, monkeypatch) -> Path:
+    path = tmp_path / "datasets.yaml"
+    path.write_text(text)
+    monkeypatch.setenv("MMREC_DATASETS", str(path))
+    return path
+
+
+# ---------------------------------------------------------------- 1, 3, 6: the registry
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", 'q"x', "dagster", ".hidden"])
+def test_registry_rejects_unsafe_dataset_names(tmp_path, monkeypatch, name):
+    registry(tmp_path, f"datasets:\n  '{name}': {{source: sample}}\n", monkeypatch)
+    with pytest.raises(RegistryError, match=r"dataset name .* is not allowed: use letters, digits, '-' and '_'"):
+        load_registry()
+
+
+def test_registry_path_outside_data_root_must_be_absolute(tmp_path, monkeypatch):
+    registry(tmp_path, "datasets:\n  x: {source: hm, path: ../../hm}\n", monkeypatch)
+    with pytest.raises(RegistryError, match=r"dataset 'x', field 'path': '../../hm' leaves \$MMREC_DATA"):
+        load_registry()
+    registry(tmp_path, f"datasets:\n  x: {{source: hm, path: {tmp_path / 'hm'}}}\n", monkeypatch)
+    assert load_registry()["x"].data_dir() == tmp_path / "hm"
+
+
+def test_registry_types_checked_at_load_one_line_each(tmp_path, monkeypatch):
+    registry(tmp_path, "datasets:\n"
+                       "  k: {source: hm, min_user_interactions: five, options: category=Toys}\n"
+                       "  l: [source, hm]\n"
+                       "  s: '-ab'\n"
+                       "  ok: {source: hm, min_user_interactions: '3'}\n", monkeypatch)
+    with pytest.raises(RegistryError) as e:
+        load_registry()
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4, lines
+    assert "dataset 'k', field 'min_user_interactions'" in lines[0] and "'five'" in lines[0]
+    assert "dataset 'k', field 'options': Input should be a valid dictionary" in lines[1]
+    assert "dataset 'l': expected a mapping of fields" in lines[2] and "got a list" in lines[2]
+    assert "dataset 's': expected a mapping of fields" in lines[3] and "got a str" in lines[3]
+
+
+def test_io_manager_refuses_a_partition_outside_the_lake(tmp_path):
+    from resources.storage import LakeIOManager
+
+    @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["../escape"]), io_manager_key="lake")
+    def items() -> pl.DataFrame:
+        return pl.DataFrame({"item_id": ["a"]})
+
+    root = tmp_path / "lake"
+    result = dg.materialize([items], partition_key="../escape", raise_on_error=False,
+                            resources={"lake": LakeIOManager(root=str(root))})
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    assert "would leave the lake root" in (error.cause or error).message
+    assert not (tmp_path / "escape").exists() and not list(tmp_path.rglob("*.parquet"))
+
+
+def test_catalog_quotes_identifiers_and_skips_an_unreadable_table(tmp_path):
+    import duckdb
+
+    from mmrec_pipeline.cli import refresh_catalog_or_warn
+    from mmrec_pipeline.lake import CATALOG, CatalogError, refresh_catalog
+
+    write_parquet(pl.DataFrame({"a": [1]}), tmp_path / 'q"x' / "items.parquet")
+    write_parquet(pl.DataFrame({"a": [2]}), tmp_path / "good" / "items.parquet")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "items.parquet").write_bytes(b"not parquet")
+    with pytest.raises(CatalogError, match="broken/items.parquet"):
+        refresh_catalog(tmp_path)
+    with duckdb.connect(str(tmp_path / CATALOG)) as con:
+        assert con.execute('select a from "q""x".items').fetchall() == [(1,)]
+        assert con.execute("select a from good.items").fetchall() == [(2,)]
+    refresh_catalog_or_warn(tmp_path)  # warns, never raises
+
+
+# ---------------------------------------------------------------- 2: Amazon timestamps
+
+
+def test_amazon_timestamp_unit_and_plausibility(tmp_path):
+    meta = tmp_path / "meta_Tools.jsonl"
+    meta.write_text(json.dumps({"parent_asin": "P1", "title": "Drill"}) + "\n")
+
+    def read(stamps, options=None):
+        lines = [json.dumps({"user_id": f"U{i}", "parent_asin": "P1", "timestamp": t}) for i, t in enumerate(stamps)]
+        (tmp_path / "Tools.jsonl").write_text("\n".join(lines) + "\n")
+        return amazon.read(tmp_path, {"category": "Tools", **(options or {})}).interactions["ts"]
+
+    ts = read([1588687728, 1588687728000, "1588687728"])  # seconds, milliseconds, seconds as text
+    assert ts.cast(pl.Int64).to_list() == [1588687728_000_000] * 3  # microseconds: 2020-05-05 14:08:48 UTC
+    assert read([1588687728000], {"timestamp_unit": "ms"}).dt.year().to_list() == [2020]
+    with pytest.raises(DataError, match=r"Tools.jsonl: line 2: field 'timestamp' = 5 read as seconds is before"):
+        read([1588687728, 5])
+    with pytest.raises(DataError, match=r"line 1: .* read as seconds is in the future"):
+        read([1588687728000], {"timestamp_unit": "s"})
+    with pytest.raises(DataError, match="option timestamp_unit = 'hours'"):
+        read([1588687728], {"timestamp_unit": "hours"})
+
+
+# ---------------------------------------------------------------- 4, 5: what `mmrec run` prints
+
+
+def test_mmrec_run_ends_with_the_root_cause_per_failed_step(tmp_path, monkeypatch, capsys):
+    from mmrec_pipeline import cli
+
+    monkeypatch.setenv("MMREC_DATA", str(tmp_path))  # no amazon/Gift_Cards folder there
+    assert cli.main(["run", "--dataset", "amazon-gift-cards", "--select", "items,users"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("failed step ingest: DataError: dataset 'amazon-gift-cards': expected its amazon")
+    assert not any("Stack Trace" in line or "DagsterExecutionStepExecutionError" in line for line in err)
+
+
+@pytest.mark.parametrize("select", ["nope", "items or users", "group:ingest,,(", "group:nothing"])
+def test_mmrec_run_selection_errors_are_one_line(monkeypatch, capsys, select):
+    from mmrec_pipeline import cli
+
+    assert cli.main(["run", "--dataset", "sample", "--select", select]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: selection '{select}'"), err
+
+
+def test_comma_selection_is_a_union():
+    from mmrec_pipeline.definitions import defs, resolve_selection
+
+    graph = defs.resolve_asset_graph()
+    names = {k.to_user_string() for k in resolve_selection("group:ingest,group:splits", graph)}
+    assert names == {"items", "users", "interactions", "split"}
+    assert {k.to_user_string() for k in resolve_selection("items", graph)} == {"items", "users", "interactions"}
+
+
+# ---------------------------------------------------------------- 7, 9: debris, dead runs, file modes
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_stale_temp_files_are_swept_at_the_next_write(tmp_path):
+    path = tmp_path / "items.parquet"
+    dead = tmp_path / f".items.parquet.{dead_pid()}.x1y2.tmp"
+    legacy = tmp_path / ".items.parquet.k3j4h5g6.tmp"  # left by a version without the pid in the name
+    live = tmp_path / f".items.parquet.{os.getpid()}.z9.tmp"  # a concurrent writer in this process
+    other = tmp_path / ".users.parquet.1.a.tmp"
+    longer = tmp_path / f".items.parquet.index.json.{dead_pid()}.q1.tmp"  # the temp of another file
+    for p in (dead, legacy, live, other, longer):
+        p.write_bytes(b"half a table")
+    write_parquet(pl.DataFrame({"a": [1]}), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, live.name, other.name, longer.name])
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        path = write_parquet(pl.DataFrame({"a": [1]}), tmp_path / "t.parquet")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+def test_runs_of_dead_processes_are_marked_failed():
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from mmrec_pipeline.cli import fail_runs_of_dead_processes, instance_home
+
+    instance_home()
+    instance = dg.DagsterInstance.get()
+    host = socket.gethostname()
+    dead = DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                      tags={"mmrec/pid": str(dead_pid()), "mmrec/host": host})
+    alive = DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                       tags={"mmrec/pid": str(os.getppid()), "mmrec/host": host})
+    for run in (dead, alive):
+        instance.add_run(run)
+    assert dead.run_id in fail_runs_of_dead_processes() and alive.run_id not in fail_runs_of_dead_processes()
+    assert instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert instance.get_run_by_id(alive.run_id).status == dg.DagsterRunStatus.STARTED
+    instance.delete_run(alive.run_id)
+
+
+def test_hm_text_price_names_the_row(tmp_path):
+    from test_sources import TRANSACTIONS, hm_folder
+
+    rows = [*TRANSACTIONS, "2018-09-23,c2,0108775044,cheap,1"]
+    with pytest.raises(DataError, match=r"transactions_train.csv: column 'price', data row 5: 'cheap' does not"):
+        hm.read(hm_folder(tmp_path, transactions=rows), {})
+
+
+# ---------------------------------------------------------------- 7, 8: end to end on an image-less dataset
+
+
+TINY_MODELS = ("{sasrec: {epochs: 2}, gru4rec: {epochs: 2}, bert4rec: {epochs: 2}, bpr_mf: {epochs: 2}, "
+               "hybrid: {mf_epochs: 2}, lvlm_retrieval: {epochs: 2}, mm_llmrec: {epochs: 1}}")
+
+
+def tiny_recbole(folder: Path) -> None:
+    """24 titled movies without images, 30 users x 7 ratings (RecBole atomic files, like ml-100k)."""
+    folder.mkdir(parents=True)
+    genres = ["Action", "Comedy", "Drama"]
+    items = [f"{i}\tMovie {i} {genres[i % 3]} story\t{genres[i % 3]}" for i in range(24)]
+    (folder / "tiny.item").write_text("item_id:token\tmovie_title:token_seq\tclass:token_seq\n" + "\n".join(items))
+    inter = [f"{u}\t{(u * 5 + j * (1 + (u + j) % 3)) % 24}\t{1 + (u + j) % 5}\t{881250949 + u * 1000 + j * 100}"
+             for u in range(30) for j in range(7)]
+    (folder / "tiny.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                       + "\n".join(inter))
+
+
+def test_every_asset_runs_on_an_image_less_dataset_and_a_killed_run_recovers(tmp_path):
+    """`mmrec run` of every asset exits 0 on a dataset without images (VQ features skip with a reason), after a
+    first run stopped by SIGTERM is recorded as failed and leaves no temp files."""
+    tiny_recbole(tmp_path / "data" / "tiny")
+    (tmp_path / "datasets.yaml").write_text(
+        f"datasets:\n  tiny:\n    source: recbole\n    path: tiny\n    split: loo\n    models: {TINY_MODELS}\n")
+    lake = tmp_path / "lake"
+    env = {**os.environ, "MMREC_DATA": str(tmp_path / "data"), "MMREC_DATASETS": str(tmp_path / "datasets.yaml"),
+           "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "test"}
+    cmd = [sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "tiny"]
+
+    # First run: SIGTERM as soon as the first model step starts.
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None and "bert4rec - STEP_START" not in log.read_text():
+                time.sleep(0.2)
+            proc.terminate()
+            assert proc.wait(timeout=60) != 0
+        finally:
+            proc.kill()
+    assert "failed step bert4rec: interrupted" in log.read_text(), log.read_text()[-3000:]
+
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    code = "import dagster as dg; print([r.status.value for r in dg.DagsterInstance.get().get_runs()])"
+    statuses = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=120, check=False).stdout
+    assert "STARTED" not in statuses and "FAILURE" in statuses and "SUCCESS" in statuses, statuses
+    assert not list(lake.rglob("*.tmp"))
+    vq = pl.read_parquet(lake / "tiny" / "vq_codes.parquet")
+    assert vq.height == 24 and vq["vq_codes"].null_count() == 24
+    metrics = pl.read_parquet(lake / "tiny" / "metrics.parquet")
+    assert metrics["model"].n_unique() >= 11  # every model asset trained and evaluated
+    assert (lake / "tiny" / "report.html").exists() and (lake / "leaderboard.parquet").exists()
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "1e30"])
+def test_recbole_timestamp_that_is_no_date_names_the_row(tmp_path, bad):
+    """Found by the fuzz tests: these overflowed inside polars instead of naming the row."""
+    from mmrec_pipeline.data.sources import recbole
+
+    (tmp_path / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t10\t881250949\n"
+                                      f"1\t11\t{bad}\n")
+    with pytest.raises(DataError, match=r"d.inter: column 'timestamp', data row 2: .* does not parse; expected Unix"):
+        recbole.read(tmp_path, {})
+
+
+def test_vq_codes_skip_without_images_and_refuse_an_untrained_tokenizer_with_images(tmp_path):
+    from mmrec_pipeline.compute import Compute
+    from mmrec_pipeline.features.sources import ModelSources
+    from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, vq_codes
+
+    def items(n_images: int) -> pl.DataFrame:
+        paths = [f"/img/{i}.jpg" for i in range(n_images)] + [None]
+        return pl.DataFrame({"item_id": [str(i) for i in range(len(paths))], "image_path": paths,
+                             "image_sha256": [None] * len(paths)}, schema_overrides={"image_sha256": pl.Utf8})
+
+    table, stats = vq_codes(items(0), ModelSources(), Compute(device="cpu"), tmp_path, vqvae=tmp_path / "vq")
+    assert table["vq_codes"].null_count() == 1 and "too few to train a VQ-VAE" in stats["skipped"]
+    with pytest.raises(ValueError, match="materialize vq_tokenizer first"):
+        vq_codes(items(MIN_TRAIN_IMAGES), ModelSources(), Compute(device="cpu"), tmp_path, vqvae=tmp_path / "vq")
