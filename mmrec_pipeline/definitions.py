@@ -1,4 +1,4 @@
-"""The Dagster code location: every asset, check, resource, job, schedule and sensor."""
+"""The Dagster code location: every asset, check, resource, job and sensor (refresh is declarative: automation.py)."""
 
 import warnings
 
@@ -7,11 +7,11 @@ import dagster as dg
 # Partitioned asset checks are a Dagster preview feature; the split checks rely on them deliberately.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from assets import checks, evaluation, features, ingest, models, splits
-from mmrec_pipeline.automation import jobs, schedules, sensors
+from assets import checks, evaluation, features, ingest, models, serving, splits
+from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
 from resources import CONCURRENT_STEPS, CORES, resources_for_env
 
-all_assets = dg.load_assets_from_modules([ingest, splits, features, models, evaluation])
+all_assets = with_refresh_policy(dg.load_assets_from_modules([ingest, splits, features, models, evaluation, serving]))
 all_checks = dg.load_asset_checks_from_modules([checks])
 
 defs = dg.Definitions(

@@ -47,6 +47,28 @@ def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "def
 
 
 def headline(table: pl.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, float]:
-    """{variant: value} of one full-ranking metric, for asset metadata and logs."""
-    t = table.filter((pl.col("metric") == metric) & (pl.col("k") == k) & ~pl.col("protocol").str.contains("sampled"))
+    """{variant: value} of one full-ranking test metric, for asset metadata and logs."""
+    t = table.filter((pl.col("metric") == metric) & (pl.col("k") == k) & ~pl.col("protocol").str.contains("sampled")
+                     & ~pl.col("protocol").str.contains("@"))
     return dict(zip(t["variant"].to_list(), t["value"].to_list()))
+
+
+def check_metrics(table: pl.DataFrame, protocol: str, ks: tuple[int, ...] = KS) -> tuple[bool, dict]:
+    """No NaN/null values; every variant of a model has NDCG at every K for each protocol the model claims
+    (any protocol one of its variants has), and every model has the test (`protocol`) and `protocol@valid` rows."""
+    bad = table.filter(pl.col("value").is_null() | pl.col("value").is_nan())
+    claimed = table.select("model", "protocol").unique()
+    required = table.select("model").unique().join(
+        pl.DataFrame({"protocol": [protocol, f"{protocol}@valid"]}), how="cross")
+    expected = (pl.concat([claimed, required]).unique()
+                .join(table.select("model", "variant").unique(), on="model")
+                .join(pl.DataFrame({"k": list(ks)}, schema={"k": pl.Int64}), how="cross"))
+    have = table.filter(pl.col("metric") == "ndcg").select("model", "variant", "protocol", "k").unique()
+    missing = expected.join(have, on=["model", "variant", "protocol", "k"], how="anti").sort(
+        "model", "variant", "protocol", "k")
+    examples = [f"{r['model']}/{r['variant']} {r['protocol']} ndcg@{r['k']}" for r in missing.head(5).iter_rows(named=True)]
+    nan_examples = [f"{r['model']}/{r['variant']} {r['protocol']} {r['metric']}@{r['k']}"
+                    for r in bad.head(5).iter_rows(named=True)]
+    return bad.height == 0 and missing.height == 0, {
+        "nan_or_null_values": bad.height, "nan_examples": nan_examples, "missing_rows": missing.height,
+        "missing_examples": examples, "models": table["model"].n_unique()}
