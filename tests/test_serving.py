@@ -152,3 +152,29 @@ def test_recommendations_exclude_history_and_cover_active_users(sample_tables, t
     bad = pl.concat([recs, pl.DataFrame({"user_id": [seen[0]], "rank": [21], "item_id": [seen[1]], "score": [0.0]},
                                         schema=recs.schema)])
     assert not serving.check_recommendations(bad, data, users, 20)["no_history_items"][0]
+
+
+def test_feature_check_passes_after_a_full_run_on_a_small_sample_catalog(sample_tables, tmp_path):
+    """`image_embeddings` computed for real (packaged EfficientNet-Lite0) on 8 sample items, then its check."""
+    import dagster as dg
+
+    from assets import checks, features, ingest
+    from mmrec_pipeline.lake import items_without_feature
+    from resources import resources_for_env
+    from resources.storage import LakeIOManager
+
+    items = sample_tables[0].items.head(8)
+    write_parquet(items, tmp_path / "sample" / "items.parquet")
+    check = next(c for c in checks.feature_checks if next(iter(c.check_keys)).name == "image_embeddings_complete")
+    result = dg.materialize(
+        [ingest.raw_files, ingest.ingest, features.image_embeddings, check],
+        selection=dg.AssetSelection.assets("image_embeddings") | dg.AssetSelection.checks(check),
+        partition_key="sample", instance=dg.DagsterInstance.ephemeral(),
+        resources={**resources_for_env("test"), "lake": LakeIOManager(root=str(tmp_path))})
+    evaluations = result.get_asset_check_evaluations()
+    assert [(e.asset_check_key.name, e.passed) for e in evaluations] == [("image_embeddings_complete", True)]
+    table = pl.read_parquet(tmp_path / "sample" / "image_embeddings.parquet")
+    vectors = [c for c in table.columns if c != "item_id"]
+    holed = table.with_columns([pl.when(pl.col("item_id") == items["item_id"][0]).then(None).otherwise(pl.col(c))
+                                .alias(c) for c in vectors])
+    assert items_without_feature(items, holed, needs_image=True)["item_id"].to_list() == [items["item_id"][0]]
