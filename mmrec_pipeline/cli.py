@@ -63,6 +63,12 @@ def run(dataset: str, select: str | None) -> int:
     if report.exists():
         print(f"report:  {report}")
     print(f"UI:      make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    recs = root / dataset / "recommendations.parquet"
+    if recs.exists():
+        from mmrec_pipeline.serving import example_lists
+
+        print(f"recommendations: {recs}\n  DuckDB: select * from \"{dataset}\".recommendations_readable where user_id = ...")
+        print(example_lists(root / dataset))
     for failure in failures:
         print(f"failed step {failure}", file=sys.stderr)
     return 0 if ok else 1

@@ -253,3 +253,18 @@ def beats_popularity(ranking: pl.DataFrame, champion: dict) -> tuple[bool, dict]
     return champion["valid_ndcg@10"] > best["valid"], {
         "champion": f"{champion['model']}/{champion['variant']}", "champion_valid_ndcg@10": champion["valid_ndcg@10"],
         "popularity": f"popularity/{best['variant']}", "popularity_valid_ndcg@10": best["valid"]}
+
+
+def example_lists(dataset_folder: Path, n_users: int = 3, top: int = 5) -> str:
+    """The first `n_users` users' top-`top` with titles, as text (printed at the end of `mmrec run`)."""
+    recs = pl.scan_parquet(Path(dataset_folder) / "recommendations.parquet")
+    users = recs.select("user_id").unique().sort("user_id").head(n_users).collect()["user_id"].to_list()
+    titles = pl.read_parquet(Path(dataset_folder) / "items.parquet", columns=["item_id", "title"])
+    rows = (recs.filter(pl.col("user_id").is_in(users) & (pl.col("rank") <= top)).collect()
+            .join(titles, on="item_id", how="left").sort("user_id", "rank"))
+    lines = []
+    for user in users:
+        lines.append(f"  user {user}:")
+        lines += [f"    {r['rank']}. {r['title'] or '(no title)'}  [{r['item_id']}, score {r['score']:.3f}]"
+                  for r in rows.filter(pl.col("user_id") == user).iter_rows(named=True)]
+    return "\n".join(lines)

@@ -131,6 +131,8 @@ def test_checks_registered_and_pass_on_sample(sample_lake, sample_dataset, lake)
         rows = con.execute('select rank, title from "sample".recommendations_readable where user_id = ? '
                            "order by rank limit 5", [user]).fetchall()
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5] and all(r[1] for r in rows)
+    printed = serving.example_lists(sample_lake)  # what `mmrec run` prints last
+    assert printed.count("  user ") == 3 and printed.count("\n    5. ") == 3
 
 
 def test_recommendations_exclude_history_and_cover_active_users(sample_tables, tmp_path):
