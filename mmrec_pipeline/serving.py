@@ -94,14 +94,18 @@ def all_interactions(split: pl.DataFrame, name: str, items: pl.DataFrame, protoc
 
 
 def retrain_config(cls: type[Recommender], checkpoint: Path) -> tuple[object, dict]:
-    """The champion's checkpointed config with its validation-chosen settings fixed; returns (config, fixed)."""
+    """The champion's checkpointed config with its validation-chosen settings fixed; returns (config, fixed).
+    A model that trained without epochs (EASE, a non-learned retrieval strategy) reports no best_epoch."""
     checkpoint = Path(checkpoint)
     try:
         meta = json.loads((checkpoint / "config.json").read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{checkpoint}/config.json not found: materialize the '{cls.name}' asset first")
     report_path = checkpoint / FIT_REPORT
-    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if not report_path.exists():
+        raise ValueError(f"{report_path} not found: re-materialize the '{cls.name}' asset so the settings chosen on "
+                         "validation (best_epoch) are known")
+    report = json.loads(report_path.read_text())
     cfg, fixed = dict(meta["config"]), {}
     if "epochs" in cfg and report.get("best_epoch", 0) > 0:
         fixed["epochs"] = report["best_epoch"]
@@ -109,9 +113,6 @@ def retrain_config(cls: type[Recommender], checkpoint: Path) -> tuple[object, di
         fixed["mf_epochs"] = report["mf"]["best_epoch"]
     if "alphas" in cfg and "alpha" in cfg:  # hybrid chose alpha on validation: keep it
         fixed["alphas"] = [cfg["alpha"]]
-    if any(k in cfg for k in ("epochs", "mf_epochs")) and not fixed.keys() & {"epochs", "mf_epochs"}:
-        raise ValueError(f"{report_path}: no best_epoch recorded for the iterative model '{cls.name}'; "
-                         "re-materialize its asset so the validation-chosen epoch count is known")
     return cls.Config(**{**cfg, **fixed}), fixed
 
 

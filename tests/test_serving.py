@@ -57,8 +57,10 @@ def test_retrain_uses_the_epochs_chosen_on_validation(tmp_path):
     cfg, fixed = serving.retrain_config(Hybrid, _checkpoint(tmp_path / "h", Hybrid, HybridConfig(alpha=0.2),
                                                             {"mf": {"best_epoch": 5}}))
     assert (cfg.mf_epochs, list(cfg.alphas)) == (5, [0.2])
-    with pytest.raises(ValueError, match="no best_epoch recorded"):
-        serving.retrain_config(BPRMF, _checkpoint(tmp_path / "x", BPRMF, BPRConfig(), {}))
+    assert serving.retrain_config(BPRMF, _checkpoint(tmp_path / "x", BPRMF, BPRConfig(), {}))[1] == {}
+    (tmp_path / "x" / "fit_report.json").unlink()  # a checkpoint from before fit reports were kept
+    with pytest.raises(ValueError, match="fit_report.json not found"):
+        serving.retrain_config(BPRMF, tmp_path / "x")
 
 
 def test_drift_between_runs():
