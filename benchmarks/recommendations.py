@@ -7,8 +7,8 @@
 2. The champion is the best on validation NDCG@10 (`serving.validation_ranking`), retrained on every interaction.
 3. Every user (active window 0 = all, to measure the most work) is scored and written, once per batch size, each
    in a fresh subprocess (the retrained model loaded from safetensors) so its peak RSS (`resource.getrusage`) is
-   its own; `scoring_peak_over_loaded_mb` is the peak above the RSS with the model and data loaded: what the batch
-   size bounds. Torch uses `--threads` threads (default 1: the machine is shared).
+   its own; the peak is reset (/proc/self/clear_refs) once the model and data are loaded, so
+   `scoring_peak_over_loaded_mb` is what scoring and writing add: what the batch size bounds. Torch uses `--threads` threads (default 1: the machine is shared).
 
 Results: `benchmarks/results/recommendations.json` (with the CPU model, flags and load of the machine).
 """
@@ -78,6 +78,20 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM), so the next reading covers only what follows (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _hwm_mb() -> float:
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
 def child(dataset: str, work: Path, model: str, variant: str, k: int, batch: int, threads: int) -> dict:
     """batch 0: retrain the champion on all interactions and save it; else: load it and write every user's top-K."""
     import polars as pl
@@ -103,12 +117,15 @@ def child(dataset: str, work: Path, model: str, variant: str, k: int, batch: int
         return {"phase": "retrain", "fixed": fixed, "seconds": round(time.perf_counter() - start, 3),
                 "rss_before_mb": round(rss_start, 1), "peak_rss_mb": round(_peak_mb(), 1)}
     trained = cls.load(work / "retrained")
-    rss_loaded = _rss_mb()
-    facts = write_top_k(trained, data, active_users(data, 0), work / f"recs-{batch}.parquet", k, batch)
+    users = active_users(data, 0)
+    rss_loaded, reset = _rss_mb(), _reset_peak()
+    facts = write_top_k(trained, data, users, work / f"recs-{batch}.parquet", k, batch)
+    scoring_peak = _hwm_mb()
     return {"phase": "score", "batch_users": batch, "users": facts["users"], "rows": facts["rows"],
             "scoring_seconds": round(facts["seconds"], 3), "users_per_second": round(facts["users_per_second"], 1),
-            "rss_model_loaded_mb": round(rss_loaded, 1), "peak_rss_mb": round(_peak_mb(), 1),
-            "scoring_peak_over_loaded_mb": round(_peak_mb() - rss_loaded, 1),
+            "rss_model_loaded_mb": round(rss_loaded, 1), "process_peak_rss_mb": round(_peak_mb(), 1),
+            "scoring_peak_rss_mb": round(scoring_peak, 1) if reset else None,
+            "scoring_peak_over_loaded_mb": round(scoring_peak - rss_loaded, 1) if reset else None,
             "file_mb": round((work / f"recs-{batch}.parquet").stat().st_size / 2**20, 2)}
 
 

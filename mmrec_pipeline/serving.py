@@ -100,7 +100,7 @@ def retrain_config(cls: type[Recommender], checkpoint: Path) -> tuple[object, di
     try:
         meta = json.loads((checkpoint / "config.json").read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{checkpoint}/config.json not found: materialize the '{cls.name}' asset first")
+        raise FileNotFoundError(f"{checkpoint}/config.json not found: materialize the '{cls.name}' asset first") from None
     report_path = checkpoint / FIT_REPORT
     if not report_path.exists():
         raise ValueError(f"{report_path} not found: re-materialize the '{cls.name}' asset so the settings chosen on "

@@ -182,3 +182,19 @@ def test_feature_check_passes_after_a_full_run_on_a_small_sample_catalog(sample_
     holed = table.with_columns([pl.when(pl.col("item_id") == items["item_id"][0]).then(None).otherwise(pl.col(c))
                                 .alias(c) for c in vectors])
     assert items_without_feature(items, holed, needs_image=True)["item_id"].to_list() == [items["item_id"][0]]
+
+
+def test_metrics_check_finds_nan_and_missing_protocol_rows():
+    from mmrec_pipeline.evaluation.protocols import check_metrics
+
+    rows = [(m, v, p, k) for m, v in (("ease", "default"), ("popularity", "global"), ("popularity", "recent"))
+            for p in ("temporal", "temporal@valid") for k in (5, 10, 20)]
+    table = pl.DataFrame([{"model": m, "variant": v, "protocol": p, "metric": "ndcg", "k": k, "value": 0.1}
+                          for m, v, p, k in rows])
+    assert check_metrics(table, "temporal")[0]
+    ok, meta = check_metrics(table.filter(~((pl.col("variant") == "recent") & (pl.col("protocol") == "temporal@valid"))),
+                             "temporal")
+    assert not ok and meta["missing_rows"] == 3 and meta["missing_examples"][0].startswith("popularity/recent")
+    ok, meta = check_metrics(table.with_columns(pl.when(pl.col("k") == 5).then(float("nan")).otherwise(pl.col("value"))
+                                                .alias("value")), "temporal")
+    assert not ok and meta["nan_or_null_values"] == 6
