@@ -198,3 +198,17 @@ def test_metrics_check_finds_nan_and_missing_protocol_rows():
     ok, meta = check_metrics(table.with_columns(pl.when(pl.col("k") == 5).then(float("nan")).otherwise(pl.col("value"))
                                                 .alias("value")), "temporal")
     assert not ok and meta["nan_or_null_values"] == 6
+
+
+def test_iterative_champion_retrains_with_its_best_epoch_and_no_validation(sample_tables, sample_dataset, tmp_path):
+    """BPR-MF (small) trained with early stopping on valid; `serve` retrains it on every interaction for exactly its
+    best epoch count (nothing left to validate on) and writes each active user's top-K."""
+    tables, split = sample_tables
+    runs, _ = train_variants("bpr_mf", BPRMF, {"default": {"dim": 16, "epochs": 3, "patience": 1}}, sample_dataset,
+                             ItemFeatures(), Compute(device="cpu"), tmp_path / "models" / "bpr_mf")
+    best_epoch = runs[0].report["best_epoch"]
+    assert runs[0].metrics.filter(pl.col("protocol") == "temporal@valid").height > 0
+    facts = serving.serve(BPRMF, tmp_path / "models" / "bpr_mf" / "default", split, tables.items, "sample",
+                          "temporal", False, {}, Compute(device="cpu"), tmp_path,
+                          serving.ServingConfig(k=10, active_days=28))
+    assert facts["fixed"] == {"epochs": best_epoch} and facts["rows"] == 10 * facts["active_users"] > 0
