@@ -1,12 +1,13 @@
-"""Blocking checks on `split`: a bad split stops everything downstream of it; a check that `metrics` accounts for
-every test user."""
+"""Blocking checks on `split` (a bad split stops everything downstream of it); checks on the feature tables
+and on `metrics` (complete, every test user accounted for)."""
 
 import dagster as dg
 import polars as pl
 
 from assets import DATASETS
 from mmrec_pipeline.data.splits import check_items_known, check_no_leak, check_temporal_shares
-from mmrec_pipeline.evaluation.protocols import check_user_accounting
+from mmrec_pipeline.evaluation.protocols import check_metrics, check_user_accounting
+from mmrec_pipeline.lake import FEATURE_TABLES, items_without_feature
 from mmrec_pipeline.registry import get_dataset
 
 
@@ -45,3 +46,45 @@ def metrics_users_accounted(metrics: pl.DataFrame) -> dg.AssetCheckResult:
     """Every test user is evaluated or dropped with a reason: total = evaluated + dropped, per model and protocol."""
     ok, meta = check_user_accounting(metrics)
     return _result(ok, meta, "test users total = evaluated + dropped (with reasons), for every model and protocol")
+
+
+# Checks on `features` and `metrics` (issue 13). A feature check fails as ERROR when items failed, and as WARN when
+# only a budget-limited run left items for later (the new-items sensor resumes the backfill).
+def _last_materialization(context: dg.AssetCheckExecutionContext, asset: str) -> dict:
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[context.partition_key]), limit=1).records
+    if not records:
+        return {}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def feature_check(table: str, needs_image: bool) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=table, name=f"{table}_complete", partitions_def=DATASETS,
+                    additional_ins={"items": dg.AssetIn("items")},
+                    description=f"No item failed and none remains without {table} after the run")
+    def _check(context: dg.AssetCheckExecutionContext, feature: pl.DataFrame, items: pl.DataFrame
+               ) -> dg.AssetCheckResult:
+        meta = _last_materialization(context, table)
+        failed = sum(int(v) for k, v in meta.items() if k == "failed" or k.endswith(".failed"))
+        missing = items_without_feature(items, feature, needs_image)
+        ok = failed == 0 and missing.height == 0
+        budget_left = int(meta.get("remaining", 0) or 0) > 0 and failed == 0
+        return dg.AssetCheckResult(
+            passed=ok, severity=dg.AssetCheckSeverity.WARN if budget_left else dg.AssetCheckSeverity.ERROR,
+            metadata={"failed": failed, "items_without_value": missing.height,
+                      "remaining_reported": int(meta.get("remaining", 0) or 0),
+                      "examples": dg.MetadataValue.json(missing["item_id"].head(5).to_list())},
+            description="complete" if ok else ("budget-limited run: the backfill continues" if budget_left
+                                               else "items failed or were left without a value"))
+
+    return _check
+
+
+feature_checks = [feature_check(t, needs_image) for t, needs_image in FEATURE_TABLES.items()]
+
+
+@dg.asset_check(asset="metrics", partitions_def=DATASETS)
+def metrics_complete(context: dg.AssetCheckExecutionContext, metrics: pl.DataFrame) -> dg.AssetCheckResult:
+    """No NaN; every variant has NDCG@5/10/20 for each protocol its model claims, plus test and @valid."""
+    ok, meta = check_metrics(metrics, get_dataset(context.partition_key).split)
+    return _result(ok, meta, "no NaN; every model has rows for every protocol it claims")

@@ -1,12 +1,39 @@
-"""`items`, `users`, `interactions`: one read of a dataset's source into the canonical tables."""
+"""`raw_files` (observed: a fingerprint of each dataset's raw files) and `items`, `users`, `interactions`: one
+read of a dataset's source into the canonical tables."""
 
 import dagster as dg
 import polars as pl
 
 from assets import DATASETS
 from assets.metadata import plain, table_preview
+from mmrec_pipeline.automation import OBSERVE_RAW
 from mmrec_pipeline.data.ingest import load_dataset
-from mmrec_pipeline.registry import get_dataset
+from mmrec_pipeline.data.synthetic import DEFAULT_SEED
+from mmrec_pipeline.data.synthetic import generate as generate_sample
+from mmrec_pipeline.registry import get_dataset, load_registry
+from mmrec_pipeline.versions import dataset_version
+
+
+@dg.observable_source_asset(partitions_def=DATASETS, group_name="ingest", automation_condition=OBSERVE_RAW)
+def raw_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
+    """The raw files of each dataset, versioned by a fingerprint of their paths, sizes and mtimes plus the dataset's
+    registry entry. A new version makes `ingest` and everything downstream refresh. Datasets whose files are absent
+    get no version (and so are never ingested automatically). The `sample` store is generated here if missing: it
+    stands in for an upstream system."""
+    specs = load_registry()
+    names = [context.partition_key] if context.has_partition_key else list(specs)
+    versions = {}
+    for name in names:
+        spec = specs[name]
+        if spec.source == "sample":
+            version = int(spec.options.get("version", 1))
+            generate_sample(spec.data_dir() / f"v{version}", version, int(spec.options.get("seed", DEFAULT_SEED)))
+        version = dataset_version(spec)
+        if version is None:
+            context.log.info(f"{name}: raw files absent at {spec.data_dir()}")
+        else:
+            versions[name] = version
+    return dg.DataVersionsByPartition(versions)
 
 
 @dg.multi_asset(
@@ -15,7 +42,7 @@ from mmrec_pipeline.registry import get_dataset
         "users": "Users and their optional attributes.",
         "interactions": "Every interaction (canonical, unfiltered), sorted by user and time.",
     }.items()},
-    partitions_def=DATASETS,
+    partitions_def=DATASETS, deps=[raw_files],
 )
 def ingest(context: dg.AssetExecutionContext):
     spec = get_dataset(context.partition_key)

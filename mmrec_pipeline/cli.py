@@ -81,6 +81,12 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     if report.exists():
         print(f"report:  {report}")
     print(f"UI:      make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    recs = root / dataset / "recommendations.parquet"
+    if recs.exists():
+        from mmrec_pipeline.serving import example_lists
+
+        print(f"recommendations: {recs}\n  DuckDB: select * from \"{dataset}\".recommendations_readable where user_id = ...")
+        print(example_lists(root / dataset))
     if failures and not verbose:
         print("(full traces: mmrec run ... --verbose, or the run in the UI)", file=sys.stderr)
     for failure in failures:

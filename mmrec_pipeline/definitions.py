@@ -1,4 +1,4 @@
-"""The Dagster code location: every asset, check, resource, job, schedule and sensor."""
+"""The Dagster code location: every asset, check, resource, job and sensor (refresh is declarative: automation.py)."""
 
 import functools
 import operator
@@ -13,11 +13,11 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 # Dagster's own selection parser calls a beta parameter; the warning would end up in every `mmrec run --select`.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from assets import checks, evaluation, features, ingest, models, splits
-from mmrec_pipeline.automation import jobs, schedules, sensors
+from assets import checks, evaluation, features, ingest, models, serving, splits
+from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
 from resources import CORES, env_name, executor, resources_for_env
 
-all_assets = dg.load_assets_from_modules([ingest, splits, features, models, evaluation])
+all_assets = with_refresh_policy(dg.load_assets_from_modules([ingest, splits, features, models, evaluation, serving]))
 all_checks = dg.load_asset_checks_from_modules([checks])
 
 defs = dg.Definitions(

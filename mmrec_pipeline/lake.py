@@ -1,4 +1,5 @@
-"""The DuckDB catalog at the lake root: one view per table and dataset, e.g. `"sample"."items"`."""
+"""The DuckDB catalog at the lake root: one view per table and dataset, e.g. `"sample"."items"`, and
+`"<dataset>".recommendations_readable` (recommendations joined with item titles)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ def refresh_catalog(root: Path, retries: int = 5) -> int:
                         raise
                     except duckdb.Error as e:  # one unreadable table must not hide the others
                         bad.append(f"{path}: {str(e).splitlines()[0]}")
+                for rec in (p for p in tables if p.name == "recommendations.parquet"):
+                    if (rec.parent / "items.parquet").exists():
+                        _readable_recommendations(con, rec.parent.name)
             if bad:
                 raise CatalogError(f"no DuckDB view for {len(bad)} table(s): " + "; ".join(bad))
             return len(tables)
@@ -49,6 +53,14 @@ def refresh_catalog(root: Path, retries: int = 5) -> int:
                 raise
             time.sleep(0.2 * (attempt + 1))
     return 0
+
+
+def _readable_recommendations(con, schema: str) -> None:
+    """`"<dataset>".recommendations_readable`: each user's top-K with the items' titles and categories."""
+    con.execute(f"CREATE OR REPLACE VIEW {quote(schema)}.recommendations_readable AS "
+                "SELECT r.user_id, r.rank, r.item_id, i.title, i.category, r.score "
+                f"FROM {quote(schema)}.recommendations r LEFT JOIN {quote(schema)}.items i USING (item_id) "
+                "ORDER BY r.user_id, r.rank")
 
 
 # Feature tables, and whether an item needs an image to have the feature.
@@ -70,9 +82,15 @@ def feature_gaps(dataset_dir: Path) -> dict[str, int]:
         path = Path(dataset_dir) / f"{table}.parquet"
         if not path.exists():
             continue
-        feats = pl.read_parquet(path)
-        values = [c for c in feats.columns if c != "item_id"]
-        have = feats.filter(pl.any_horizontal(pl.col(values).is_not_null())) if values else feats
-        eligible = items.filter(pl.col("image_sha256").is_not_null()) if needs_image else items
-        gaps[table] = eligible.join(have.select("item_id"), on="item_id", how="anti").height
+        gaps[table] = items_without_feature(items, pl.read_parquet(path), needs_image).height
     return gaps
+
+
+def items_without_feature(items, feats, needs_image: bool):
+    """Catalog items (with an image, when the feature needs one) that have no non-null value in `feats`."""
+    import polars as pl
+
+    values = [c for c in feats.columns if c != "item_id"]
+    have = feats.filter(pl.any_horizontal(pl.col(values).is_not_null())) if values else feats
+    eligible = items.filter(pl.col("image_sha256").is_not_null()) if needs_image else items
+    return eligible.join(have.select("item_id"), on="item_id", how="anti")

@@ -140,3 +140,24 @@ def check_user_accounting(metrics: pl.DataFrame) -> tuple[bool, dict]:
         pl.col("value").filter(pl.col("metric") != "users_total").sum().alias("accounted"))
     bad = sums.filter((pl.col("has_total") > 0) & (pl.col("total") != pl.col("accounted")))
     return bad.height == 0, {"checked": int((sums["has_total"] > 0).sum()), "mismatches": bad.drop("has_total").to_dicts()}
+
+
+def check_metrics(table: pl.DataFrame, protocol: str, ks: tuple[int, ...] = KS) -> tuple[bool, dict]:
+    """No NaN/null values; every variant of a model has NDCG at every K for each protocol the model claims
+    (any protocol one of its variants has), and every model has the test (`protocol`) and `protocol@valid` rows."""
+    bad = table.filter(pl.col("value").is_null() | pl.col("value").is_nan())
+    claimed = table.select("model", "protocol").unique()
+    required = table.select("model").unique().join(
+        pl.DataFrame({"protocol": [protocol, f"{protocol}@valid"]}), how="cross")
+    expected = (pl.concat([claimed, required]).unique()
+                .join(table.select("model", "variant").unique(), on="model")
+                .join(pl.DataFrame({"k": list(ks)}, schema={"k": pl.Int64}), how="cross"))
+    have = table.filter(pl.col("metric") == "ndcg").select("model", "variant", "protocol", "k").unique()
+    missing = expected.join(have, on=["model", "variant", "protocol", "k"], how="anti").sort(
+        "model", "variant", "protocol", "k")
+    examples = [f"{r['model']}/{r['variant']} {r['protocol']} ndcg@{r['k']}" for r in missing.head(5).iter_rows(named=True)]
+    nan_examples = [f"{r['model']}/{r['variant']} {r['protocol']} {r['metric']}@{r['k']}"
+                    for r in bad.head(5).iter_rows(named=True)]
+    return bad.height == 0 and missing.height == 0, {
+        "nan_or_null_values": bad.height, "nan_examples": nan_examples, "missing_rows": missing.height,
+        "missing_examples": examples, "models": table["model"].n_unique()}

@@ -358,3 +358,18 @@ def qualitative_examples(model, data, title: str, n_users: int = 3, recent: int 
         h.append(f"<p><b>user {html.escape(str(data.user_ids[user[0]]))}</b>: {recent} most recent items (blue), "
                  f"top-{top} recommendations (green = bought in the test period)</p><table><tr>{''.join(cells)}</tr></table>")
     return title, "\n\n".join(md), "".join(h)
+
+
+def plot_drift(history: list[dict]) -> bytes:
+    """Recommendations run to run: mean Jaccard@K with the previous run, share of changed top-10, coverage."""
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    runs = list(range(1, len(history) + 1))
+    for key, label in (("mean_jaccard", "mean Jaccard@K vs previous"), ("top10_changed_share", "top-10 changed"),
+                       ("coverage", "catalog coverage")):
+        ax.plot(runs, [h.get(key) if h.get(key) is not None else float("nan") for h in history], marker="o",
+                label=label)
+    ax.set_xlabel("materialization")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title("recommendations drift")
+    return _png(fig)

@@ -1,4 +1,5 @@
-"""Train every variant of one model on one dataset, save its checkpoints, evaluate it on test."""
+"""Train every variant of one model on one dataset, save its checkpoints, evaluate it on test (and on valid,
+the rows the serving champion is chosen from)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import evaluate_model, per_user_table
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
+from mmrec_pipeline.storage import write_json
+
+FIT_REPORT = "fit_report.json"
 
 
 @dataclasses.dataclass
@@ -54,8 +58,18 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
                 log.warning(f"{name}/{variant} skipped: {e}")
             continue
         model.save(Path(out_dir) / variant)
+        # Beside the checkpoint: what retraining on all interactions needs (best_epoch chosen on valid).
+        write_json(fit_summary(report), Path(out_dir) / variant / FIT_REPORT)
         start = time.perf_counter()
         metrics, full = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
-        runs.append(VariantRun(variant, model, report, metrics, time.perf_counter() - start,
+        valid, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors, sampled=None, stage="valid")
+        runs.append(VariantRun(variant, model, report, pl.concat([metrics, valid]), time.perf_counter() - start,
                                per_user_table(full, data, name, variant, data.protocol)))
     return runs, skipped
+
+
+def fit_summary(report: dict) -> dict:
+    """The fit report without learning curves: plain numbers and strings, one level of nesting (hybrid's mf)."""
+    def plain(d: dict) -> dict:
+        return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    return {**plain(report), **{k: plain(v) for k, v in report.items() if isinstance(v, dict)}}

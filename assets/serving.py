@@ -1,0 +1,100 @@
+"""Group `serving`: the `champion` (best on validation) and its `recommendations` (top-K per active user), with
+their checks. Domain logic: `mmrec_pipeline/serving.py`."""
+
+import dagster as dg
+import polars as pl
+
+from assets import DATASETS
+from assets.metadata import plain, png_markdown, table_preview
+from assets.models import model_assets
+from mmrec_pipeline import serving
+from mmrec_pipeline.evaluation.report import md_table, plot_drift
+from mmrec_pipeline.lake import refresh_catalog
+from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
+from mmrec_pipeline.registry import get_dataset, lake_root
+from mmrec_pipeline.storage import dataset_dir
+from mmrec_pipeline.versions import code_version
+from resources.compute import ComputeResource
+
+MODELS = {name: cls for name, (cls, _) in {**CLASSIC, **SEQUENTIAL, **MM_LLMREC, **LVLM}.items()}
+# The feature tables each model asset reads (its inputs other than split and items).
+FEATURES_OF = {a.key.path[-1]: sorted(k.path[-1] for k in a.dependency_keys if k.path[-1] not in ("split", "items"))
+               for a in model_assets}
+FEATURE_TABLES = sorted({t for tables in FEATURES_OF.values() for t in tables})
+CHECKS = {
+    "k_items_per_active_user": "every active user has K recommendations",
+    "no_unknown_items": "every recommended item id is in the catalog",
+    "no_history_items": "no user is recommended an item from their history (unless the dataset counts repeats)",
+    "champion_beats_popularity": "the champion's validation NDCG@10 is above popularity's",
+    "drift_within_bound": "the share of users whose top-10 changed since the previous run is within the bound",
+}
+
+
+def _config(dataset: str) -> serving.ServingConfig:
+    return serving.ServingConfig.from_overrides(get_dataset(dataset).models.get("serving"))
+
+
+@dg.asset(partitions_def=DATASETS, group_name="serving", io_manager_key="lake",
+          code_version=code_version(serving.validation_ranking))
+def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+    """Every model/variant ranked by validation NDCG@10 (full ranking, `<protocol>@valid`), test next to it;
+    `champion` marks the best on validation, or the model pinned by `models.serving.champion`."""
+    spec = get_dataset(context.partition_key)
+    ranking = serving.validation_ranking(metrics, spec.split)
+    best = serving.choose_champion(ranking, _config(spec.name).champion)
+    table = ranking.with_columns(((pl.col("model") == best["model"]) & (pl.col("variant") == best["variant"]))
+                                 .alias("champion"))
+    return dg.Output(table, metadata={
+        "champion": f"{best['model']}/{best['variant']}", **plain({k: v for k, v in best.items()
+                                                                   if k not in ("model", "variant")}),
+        "ranking": dg.MetadataValue.md(f"NDCG@10, full-catalog ranking; chosen on `{spec.split}@valid`, "
+                                       f"`test` shown only for reference.\n\n" + md_table(table.head(20)))})
+
+
+@dg.asset(partitions_def=DATASETS, group_name="serving", deps=FEATURE_TABLES,
+          code_version=code_version(serving, serving.ServingConfig),
+          check_specs=[dg.AssetCheckSpec(name, asset="recommendations", description=d) for name, d in CHECKS.items()])
+def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource, champion: pl.DataFrame,
+                    split: pl.DataFrame, items: pl.DataFrame) -> dg.MaterializeResult:
+    """The champion retrained on every interaction (its validation-chosen epoch count), top-K items with score
+    and rank for every user active in the recent window: `recommendations.parquet`, DuckDB view
+    `"<dataset>".recommendations_readable` (with titles). Drift against the previous run in the metadata."""
+    spec = get_dataset(context.partition_key)
+    config = _config(spec.name)
+    best = champion.filter(pl.col("champion")).row(0, named=True)
+    folder = dataset_dir(spec.name)
+    # The feature tables the champion's asset reads; one it needs but lacks fails its fit with MissingFeature.
+    tables = {t: pl.read_parquet(folder / f"{t}.parquet") for t in FEATURES_OF[best["model"]]
+              if (folder / f"{t}.parquet").exists()}
+    facts = serving.serve(MODELS[best["model"]], folder / "models" / best["model"] / best["variant"], split, items,
+                          spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(), folder, config,
+                          log=context.log)
+    try:
+        refresh_catalog(lake_root())
+    except Exception as e:  # noqa: BLE001 - the catalog is a convenience; the table is written
+        context.log.warning(f"DuckDB catalog not refreshed: {e}")
+    recs, data = pl.read_parquet(facts["path"]), facts["data"]
+    change = serving.drift(recs, facts["previous"], data.n_items)
+    entry = {"champion": f"{best['model']}/{best['variant']}", "champion_valid_ndcg@10": best["valid"],
+             **change}
+    history = serving.append_history(folder / "serving" / "drift.json", entry)
+    checks = serving.check_recommendations(recs, data, serving.active_users(data, config.active_days), config.k)
+    checks["champion_beats_popularity"] = serving.beats_popularity(champion, {"valid_ndcg@10": best["valid"], **best})
+    share = change["top10_changed_share"]
+    checks["drift_within_bound"] = (share is None or share <= config.max_top10_changed,
+                                    {"top10_changed_share": share, "bound": config.max_top10_changed})
+    results = [dg.AssetCheckResult(check_name=name, passed=bool(ok), description=CHECKS[name],
+                                   severity=dg.AssetCheckSeverity.WARN if name == "drift_within_bound"
+                                   else dg.AssetCheckSeverity.ERROR, metadata=plain(meta))
+               for name, (ok, meta) in checks.items()]
+    previous = facts["previous"]
+    return dg.MaterializeResult(check_results=results, metadata={
+        "path": dg.MetadataValue.path(str(facts["path"])),
+        "query": f'select * from "{spec.name}".recommendations_readable where user_id = ...',
+        "champion": entry["champion"], **plain({k: v for k, v in facts.items() if k in (
+            "active_users", "users_total", "rows", "retrain_seconds", "users_per_second", "fixed")}),
+        "k": config.k, "active_days": config.active_days, "dagster/row_count": recs.height,
+        **plain({f"drift {k}": v for k, v in change.items()}),
+        "drift": png_markdown(plot_drift(history), "drift"),
+        "previous_rows": previous.height if previous is not None else 0,
+        "preview": table_preview(recs.head(10))})

@@ -1,0 +1,80 @@
+"""Declarative refresh on a temporary instance: a changed raw file of `sample` refreshes ingest and everything
+downstream; a night in which nothing changed requests only the recommendations refresh. Materializations are
+recorded as runless events (the heavy assets are not run: the assertions are about what gets requested)."""
+
+import datetime as dt
+import os
+
+import dagster as dg
+from dagster._core.definitions.observe import (
+    observe,  # runs the real observation (not re-exported by dagster)
+)
+
+from mmrec_pipeline.registry import get_dataset
+
+START = dt.datetime(2026, 3, 2, 10, 30, tzinfo=dt.UTC)
+
+
+def _requested(result) -> set[tuple[str, str | None]]:
+    out = set()
+    for r in result.results:
+        for ap in r.true_subset.expensively_compute_asset_partitions():
+            out.add((ap.asset_key.to_user_string(), ap.partition_key))
+    return out
+
+
+def _materialize_all(instance, graph, partition: str) -> None:
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if node.is_materializable:
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                key, partition=partition if node.partitions_def is not None else None))
+
+
+def test_changed_raw_file_refreshes_downstream_and_a_quiet_night_only_recommendations(sample_tables):
+    from assets.ingest import raw_files
+    from mmrec_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    partitioned = {(k.to_user_string(), "sample") for k in graph.materializable_asset_keys
+                   if graph.get(k).partitions_def is not None}
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(when, cursor):
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=when, cursor=cursor)
+        return _requested(result), result.cursor
+
+    requested, cursor = tick(START, None)
+    assert requested == set()  # nothing observed yet: nothing to ingest
+
+    observe([raw_files], instance=instance, partition_key="sample")
+    requested, cursor = tick(START + dt.timedelta(minutes=1), cursor)
+    assert requested == partitioned  # the cross-dataset leaderboard follows once `metrics` has updated
+
+    _materialize_all(instance, graph, "sample")
+    requested, cursor = tick(START + dt.timedelta(minutes=2), cursor)
+    assert requested == set()
+
+    # Same files observed again (the hourly observation): no new data version, nothing to do.
+    observe([raw_files], instance=instance, partition_key="sample")
+    requested, cursor = tick(START + dt.timedelta(minutes=3), cursor)
+    assert requested == set()
+
+    # The night: nothing changed, so only the scheduled refresh (and the hourly observation of the raw files).
+    night = START.replace(hour=2) + dt.timedelta(days=1)
+    requested, cursor = tick(night, cursor)
+    assert {r for r in requested if r[0] != "raw_files"} == {("recommendations", "sample")}
+    assert {r for r in requested if r[0] == "raw_files"} <= {("raw_files", p) for p in defs.resolve_asset_graph()
+                                                              .get(dg.AssetKey("raw_files")).partitions_def
+                                                              .get_partition_keys()}
+    instance.report_runless_asset_event(dg.AssetMaterialization("recommendations", partition="sample"))
+    requested, cursor = tick(night + dt.timedelta(minutes=1), cursor)  # the refresh ran: nothing more to do
+    assert {r for r in requested if r[0] != "raw_files"} == set()
+
+    # One raw file of `sample` changes: ingest and everything downstream of it refresh, for `sample` only.
+    raw = get_dataset("sample").data_dir() / "v1" / "users.parquet"
+    stat = raw.stat()
+    os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    observe([raw_files], instance=instance, partition_key="sample")
+    requested, cursor = tick(night + dt.timedelta(minutes=5), cursor)
+    assert requested == partitioned
