@@ -64,9 +64,14 @@ def test_image_variant_needs_vq_codes(sample_dataset):
         VQBart(use_image=True, **TINY).fit(sample_dataset, ItemFeatures(), Compute(device="cpu"))
 
 
-def test_tiny_fit_and_checkpoint_round_trip(sample_dataset, fake_codes, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_image_model(sample_dataset, fake_codes):
     model = VQBart(use_image=True, image_grid=2, **TINY)
-    report = model.fit(sample_dataset, fake_codes, Compute(device="cpu"))
+    return model, model.fit(sample_dataset, fake_codes, Compute(device="cpu"))
+
+
+def test_tiny_fit_and_checkpoint_round_trip(sample_dataset, fake_codes, tiny_image_model, tmp_path):
+    model, report = tiny_image_model
     assert report["epochs"] == 1 and report["image_tokens_per_item"] == 4 and np.isfinite(report["curve"][0]["loss"])
     # inputs hold the image tokens of every item that has an image, none for the others
     tok = model.item_tokens
@@ -88,3 +93,33 @@ def test_tiny_fit_and_checkpoint_round_trip(sample_dataset, fake_codes, tmp_path
     reranked = loaded.score(users[:2], history[:2])
     for r in range(2):
         assert set(torch.topk(reranked[r], 8).indices.tolist()) == set(torch.topk(scores[r], 8).indices.tolist())
+
+
+def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_image_model, tmp_path):
+    import polars as pl
+
+    from mmrec_pipeline.evaluation.protocols import evaluate_model
+    from mmrec_pipeline.models.popularity import Popularity
+    from mmrec_pipeline.models.vq_bart import generation_section
+
+    model, _ = tiny_image_model
+    popularity = Popularity()
+    popularity.fit(sample_dataset, ItemFeatures(), Compute(device="cpu"))
+    model.save(tmp_path / "vq_bart" / "image")
+    popularity.save(tmp_path / "popularity" / "global")
+    metrics = pl.concat([evaluate_model(model, sample_dataset, "vq_bart", "image", sampled=None)[0],
+                         evaluate_model(popularity, sample_dataset, "popularity", "global", sampled=None)[0]])
+    title, md, html = generation_section(metrics, sample_dataset, tmp_path, max_users=40)
+    assert "BERTScore" in title and "40 test users" in md and "LPIPS" in md
+    assert "| vq_bart/image |" in md and "| popularity/global |" in md and "<table" in html
+    assert md.count("→") >= 6  # three examples: history -> generated text -> top-5
+
+
+def test_bertscore_ranks_a_close_text_above_an_unrelated_one_and_empty_at_zero():
+    from mmrec_pipeline.models.vq_bart import bertscore
+
+    ref = ["Kestrel Green Ziggy Fedora. hats. cotton, premium"]
+    close = bertscore(["Kestrel Green Fedora. hats. cotton"], ref)["F1"]
+    far = bertscore(["Tidewell Bedside Lamp. lamps. rattan"], ref)["F1"]
+    assert 0 < far < close <= 1
+    assert bertscore([""], ref) == {"P": 0.0, "R": 0.0, "F1": 0.0}

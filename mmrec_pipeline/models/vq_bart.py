@@ -637,9 +637,15 @@ def bert_scorer():
 
 
 def bertscore(candidates: list[str], references: list[str]) -> dict[str, float]:
-    """Mean BERTScore precision, recall and F1 of candidate texts against their references."""
-    p, r, f = bert_scorer().score(candidates, references, batch_size=64)
-    return {"P": p.mean().item(), "R": r.mean().item(), "F1": f.mean().item()}
+    """Mean BERTScore precision, recall and F1 of candidate texts against their references; an empty candidate
+    scores 0 (as bert-score itself defines it; its tokenizer call fails on empty text with this transformers)."""
+    keep = [i for i, (c, r) in enumerate(zip(candidates, references, strict=True)) if c.strip() and r.strip()]
+    sums = np.zeros(3)
+    if keep:
+        p, r, f = bert_scorer().score([candidates[i] for i in keep], [references[i] for i in keep], batch_size=64)
+        sums = np.array([p.sum().item(), r.sum().item(), f.sum().item()])
+    mean = sums / max(len(candidates), 1)
+    return {"P": float(mean[0]), "R": float(mean[1]), "F1": float(mean[2])}
 
 
 def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
@@ -729,9 +735,9 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
         md.append(f"Examples (vq_bart/{variant}): last 5 items → generated text → top-5 (✓ = bought in test)")
         for i in pick:
             rel = set(inputs.relevant[i].tolist())
-            line = (f"**user {data.user_ids[inputs.users[i]]}**: " + "; ".join(titles[j] for j in inputs.history[i][-5:])
-                    + f" → _{generated[i] or '(empty)'}_ → "
-                    + "; ".join(("✓ " if j in rel else "") + titles[j] for j in top[i]))
-            md.append(line)
-            h.append(f"<p>{html.escape(line)}</p>")
+            user, recent = data.user_ids[inputs.users[i]], "; ".join(titles[j] for j in inputs.history[i][-5:])
+            recs = "; ".join(("✓ " if j in rel else "") + titles[j] for j in top[i])
+            md.append(f"**user {user}**: {recent} → _{generated[i] or '(empty)'}_ → {recs}")
+            h.append(f"<p><b>user {html.escape(str(user))}</b>: {html.escape(recent)} → "
+                     f"<i>{html.escape(generated[i] or '(empty)')}</i> → {html.escape(recs)}</p>")
     return "vq_bart: generated text (BERTScore) vs ranking", "\n\n".join(md), "".join(h)
