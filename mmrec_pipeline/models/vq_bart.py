@@ -659,7 +659,7 @@ def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
             scores = torch.as_tensor(model.score(inputs.users[s:s + batch_size], hist)).float().clone()
         if inputs.exclude_history:
             for r, h in enumerate(hist):
-                scores[r, torch.as_tensor(np.asarray(h, dtype=np.int64))] = -torch.inf
+                scores[r, torch.from_numpy(np.array(h, dtype=np.int64))] = -torch.inf  # a copy: h may be read-only
         out += deterministic_topk(scores, k)[0].tolist()
     return out
 
