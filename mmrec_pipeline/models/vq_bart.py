@@ -66,7 +66,7 @@ PROFILES: dict[str, dict] = {
     # benchmarks/results/vq_bart.json's seconds; settings chosen on validation NDCG@10.
     "demo": {**_SHARED, "backbone": SCRATCH, "d_model": 64, "layers": 2, "heads": 4, "ffn": 128, "dropout": 0.1,
              "max_item_tokens": 12, "max_target_tokens": 12, "batch_size": 64, "grad_accum": 1, "lr": 3e-3,
-             "warmup_steps": 30, "epochs": 6, "patience": 2, "examples_per_epoch": 4096, "valid_users": 300,
+             "warmup_steps": 30, "epochs": 6, "patience": 3, "examples_per_epoch": 4096, "valid_users": 300,
              "threads": 1},
     # The paper: pre-trained BART base, lr 5e-5, AdamW, effective batch 64 (4 x 4 x 4 GPUs; 16 x 4 here), 2 epochs
     # (an upper bound here: early stopping on validation).
