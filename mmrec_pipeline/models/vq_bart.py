@@ -145,8 +145,9 @@ def item_texts(items: pl.DataFrame) -> list[str]:
             values = json.loads(attrs) if attrs else {}
         except json.JSONDecodeError:
             values = {}
-        extra = [str(v) for k, v in values.items() if k != "brand" and isinstance(v, str) and v
-                 and v.lower() not in (title or "").lower()]
+        # string values not already in the title, each once (H&M repeats colours across its attribute columns)
+        extra = list(dict.fromkeys(v for k, v in values.items() if k != "brand" and isinstance(v, str) and v
+                                   and v.lower() not in (title or "").lower()))
         if extra:
             parts.append(", ".join(extra))
         out.append(". ".join(parts))
