@@ -19,6 +19,7 @@ from mmrec_pipeline.evaluation.report import (
 )
 from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.lvlm_retrieval import strategy_table
+from mmrec_pipeline.models.vq_bart import generation_section
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import dataset_dir, write_text
 
@@ -46,6 +47,9 @@ def extra_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
         model = cls.load(models_dir / "mm_llmrec" / variant)
         data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
         sections.append(qualitative_examples(model, data, f"mm_llmrec/{variant}: example recommendations"))
+    if metrics.filter(pl.col("model") == "vq_bart").height:  # BERTScore beside NDCG, next to GRU4Rec and popularity
+        data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
+        sections.append(generation_section(metrics, data, models_dir, models_dir / "vq_vae" / "report.json"))
     return sections
 
 

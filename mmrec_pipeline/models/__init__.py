@@ -15,6 +15,8 @@ from mmrec_pipeline.models.lvlm_retrieval import LVLMRetrieval
 from mmrec_pipeline.models.mm_llmrec import MMLLMRec
 from mmrec_pipeline.models.popularity import Popularity
 from mmrec_pipeline.models.sasrec import SASRec
+from mmrec_pipeline.models.vq_bart import VARIANTS as VQ_BART_VARIANTS
+from mmrec_pipeline.models.vq_bart import VQBart
 
 CLASSIC = {
     "popularity": (Popularity, {"global": {}, "recent": {"window_days": 30}}),
@@ -45,3 +47,7 @@ MM_LLMREC = {
 # all ranked on the same users and full-catalog pool. A variant whose feature is missing (no images, no captions)
 # cannot fit: `lvlm_retrieval.check_features` names the feature asset and column.
 LVLM = {"lvlm_retrieval": (LVLMRetrieval, LVLM_VARIANTS)}
+
+# The Columbia paper's VQGAN + BART system (vq_bart.py): BART generates the next item's text from the history (text,
+# plus VQ image codes in `image`), FAISS retrieves the nearest catalog items; BERTScore is reported beside ranking.
+VQ_BART = {"vq_bart": (VQBart, VQ_BART_VARIANTS)}
