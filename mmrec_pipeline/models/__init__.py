@@ -13,6 +13,8 @@ from mmrec_pipeline.models.item_knn import ItemKNN
 from mmrec_pipeline.models.lvlm_retrieval import VARIANTS as LVLM_VARIANTS
 from mmrec_pipeline.models.lvlm_retrieval import LVLMRetrieval
 from mmrec_pipeline.models.mm_llmrec import MMLLMRec
+from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS as MMREC_DLRM_VARIANTS
+from mmrec_pipeline.models.mmrec_dlrm import MMRecDLRM
 from mmrec_pipeline.models.popularity import Popularity
 from mmrec_pipeline.models.sasrec import SASRec
 
@@ -45,3 +47,7 @@ MM_LLMREC = {
 # all ranked on the same users and full-catalog pool. A variant whose feature is missing (no images, no captions)
 # cannot fit: `lvlm_retrieval.check_features` names the feature asset and column.
 LVLM = {"lvlm_retrieval": (LVLMRetrieval, LVLM_VARIANTS)}
+
+# MMREC (mmrec_dlrm.py): TorchRec DLRM over review summaries, captions and title/description vectors. The registry
+# holds the demo grid (six variants); the paper's full 12 (modalities x losses) run in benchmarks/mmrec_dlrm.py.
+MMREC_DLRM = {"mmrec_dlrm": (MMRecDLRM, MMREC_DLRM_VARIANTS)}

@@ -55,5 +55,7 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         model.save(Path(out_dir) / variant)
         start = time.perf_counter()
         metrics, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
+        if hasattr(model, "extra_metrics"):  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
+            metrics = pl.concat([metrics, model.extra_metrics(data, name, variant)])
         runs.append(VariantRun(variant, model, report, metrics, time.perf_counter() - start))
     return runs, skipped
