@@ -301,5 +301,6 @@ def raw_review_vectors(items: pl.DataFrame, split: pl.DataFrame, sources: ModelS
         sums /= np.bincount(inverse, minlength=len(uniq))[:, None]
         means = dict(zip(uniq.tolist(), sums.astype(np.float32), strict=True))
     out = items.select("item_id").with_columns(pl.Series(
-        "sbert_reviews", [means.get(i) for i in items["item_id"].to_list()], dtype=pl.List(pl.Float32)))
+        "sbert_reviews", [means[i].tolist() if i in means else None for i in items["item_id"].to_list()],
+        dtype=pl.List(pl.Float32)))
     return out, stats

@@ -322,7 +322,7 @@ class MMRecDLRM(Recommender):
         self.net = self._build(dropout)
         opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         stopper, curve, gen = EarlyStopping(cfg.patience), [], torch.Generator().manual_seed(cfg.seed)
-        u_all, i_all = torch.as_tensor(users, dtype=torch.long), torch.as_tensor(items, dtype=torch.long)
+        u_all, i_all = torch.tensor(users, dtype=torch.long), torch.tensor(items, dtype=torch.long)  # copies
         y_all, n = torch.as_tensor(labels), len(labels)
         seen, train_s = 0, 0.0
         for epoch in range(1, cfg.epochs + 1):
