@@ -5,6 +5,7 @@ import polars as pl
 
 from assets import DATASETS
 from mmrec_pipeline.data.splits import check_items_known, check_no_leak, check_temporal_shares
+from mmrec_pipeline.features.summaries import check_training_only
 from mmrec_pipeline.registry import get_dataset
 
 
@@ -36,3 +37,11 @@ def split_items_in_catalog(split: pl.DataFrame, items: pl.DataFrame) -> dg.Asset
     """Every item in the split exists in the catalog."""
     ok, meta = check_items_known(split, items)
     return _result(ok, meta, "every split item is in items")
+
+
+@dg.asset_check(asset="review_summaries", blocking=True, partitions_def=DATASETS,
+                additional_ins={"split": dg.AssetIn("split")})
+def review_summaries_training_only(review_summaries: pl.DataFrame, split: pl.DataFrame) -> dg.AssetCheckResult:
+    """Summaries count (and cover) only training-period reviews: the MMREC label is the review's own rating."""
+    ok, meta = check_training_only(review_summaries, split)
+    return _result(ok, meta, "every item's reviews counted from the split's train rows only")

@@ -57,6 +57,8 @@ def test_review_after_the_cut_never_reaches_a_summary(echo_summarizer, tmp_path,
     assert out["n_reviews"].to_list() == [2, 1, 0] and out["n_reviews_summarised"].to_list() == [2, 1, 0]
     assert out["summary_source"].to_list() == ["reviews", "reviews", "description"]
     assert stats["training_cut"] == _day(3).isoformat() and stats["computed"] == 2
+    assert summaries.check_training_only(out, split)[0]  # the asset check on review_summaries
+    assert not summaries.check_training_only(out.with_columns(pl.col("n_reviews") + 1), split)[0]
     # the raw-review vectors read the same training rows only: a fake encoder marks a leaked text with 1.0
     def fake_sbert(long, *args):
         vectors = [[1.0 if "LEAK" in t else 0.0, 1.0] for t in long["text"].to_list()]

@@ -304,3 +304,18 @@ def raw_review_vectors(items: pl.DataFrame, split: pl.DataFrame, sources: ModelS
         "sbert_reviews", [means[i].tolist() if i in means else None for i in items["item_id"].to_list()],
         dtype=pl.List(pl.Float32)))
     return out, stats
+
+
+def check_training_only(summaries: pl.DataFrame, split: pl.DataFrame) -> tuple[bool, dict]:
+    """Each item's `n_reviews` equals its count of training-period reviews in `split`, and no summary covers more
+    reviews than that (a summary that had read valid/test reviews would count them)."""
+    reviews = training_reviews(split).filter(
+        pl.concat_str([pl.col("review_title").fill_null(""), pl.col("review_text").fill_null("")])
+        .str.strip_chars().str.len_chars() > 0)
+    expected = reviews.group_by("item_id").len("expected")
+    joined = summaries.select("item_id", "n_reviews", "n_reviews_summarised").join(
+        expected, on="item_id", how="left").with_columns(pl.col("expected").fill_null(0))
+    bad = joined.filter((pl.col("n_reviews") != pl.col("expected"))
+                        | (pl.col("n_reviews_summarised") > pl.col("n_reviews")))
+    return bad.height == 0, {"items": summaries.height, "items_failing": bad.height,
+                             "examples": bad.head(5).to_dicts()}
