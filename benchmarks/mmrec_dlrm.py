@@ -1,7 +1,7 @@
 """Benchmark mmrec_dlrm (MMREC on TorchRec DLRM): summary re-run ratio, DLRM throughput, and the variant grid on
 `sample` under both protocols.
 
-    python benchmarks/mmrec_dlrm.py [--parts rerun,throughput,sample] [--grid demo|paper] [--lake DIR]
+    python benchmarks/mmrec_dlrm.py [--parts rerun,throughput,sample,hm] [--grid demo|paper] [--lake DIR]
 
 - `rerun`: how many review summaries a new catalog version re-computes. Sample version 1 and version 2 (+2%
   items, two more months) are generated in memory (no LLM runs: the summarizer's inputs are what decide), split
@@ -15,6 +15,8 @@
   (offline captions, SmolLM2 summaries of training reviews, all-MiniLM-L6-v2 vectors; cached under `--lake`,
   slow the first time on a CPU), then the paper's pointwise protocol (test-period observed reviews, label = rating
   >= 4) and full-catalog ranking (shared evaluator), with the dropout grid's validation AUCs.
+- `hm`: H&M from `$MMREC_DATA/hm` (no ratings, no reviews): the pointwise protocol is skipped, ranking runs
+  (the variants that need reviews or captions are skipped with their reason).
 
 Results: `benchmarks/results/mmrec_dlrm.json` (parts not run keep their previous values).
 """
@@ -184,6 +186,49 @@ def sample_grid(grid: str, lake: Path) -> dict:
             "eval_seconds": {r.variant: round(r.eval_seconds, 1) for r in runs}}
 
 
+def hm_ranking(lake: Path) -> dict:
+    """H&M (no ratings, no reviews): the pipeline's hm tables, title/description/summary vectors (the summary is
+    the description: no reviews), captions left out (the offline captioner needs ~1 s per image here)."""
+    import polars as pl
+
+    os.environ["MMREC_HOME"] = str(lake)
+    from mmrec_pipeline.compute import Compute
+    from mmrec_pipeline.data.dataset import RecDataset
+    from mmrec_pipeline.data.filtering import user_core
+    from mmrec_pipeline.data.ingest import load_dataset
+    from mmrec_pipeline.data.splits import make_split
+    from mmrec_pipeline.features.cache import default_cache_root
+    from mmrec_pipeline.features.sources import ModelSources
+    from mmrec_pipeline.features.summaries import review_summaries
+    from mmrec_pipeline.features.text import text_embeddings
+    from mmrec_pipeline.models.base import ItemFeatures
+    from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS, MMRecDLRM, report_note, report_table
+    from mmrec_pipeline.models.runner import train_variants
+    from mmrec_pipeline.registry import get_dataset
+
+    spec = get_dataset("hm")
+    tables = load_dataset(spec)
+    split = make_split(user_core(tables.interactions, spec.min_user_interactions), spec.split)
+    compute, sources, cache = Compute(device="cpu"), ModelSources(), default_cache_root(lake)
+    summ, _ = review_summaries(tables.items, split, sources, compute, cache)  # no reviews: descriptions, no LLM
+    text, _ = text_embeddings(tables.items, sources, compute, cache, summaries=summ, gpt2=False)
+    data = RecDataset.from_tables("hm", split, tables.items, spec.split, spec.repeats_relevant)
+    feats = ItemFeatures.from_table(data, text)
+    start = time.perf_counter()
+    runs, skipped = train_variants("mmrec_dlrm", MMRecDLRM, DEMO_VARIANTS, data, feats, compute, lake / "models",
+                                   item_vectors=feats.get("sbert_text"))
+    metrics = pl.concat([r.metrics for r in runs]) if runs else None
+    table = report_table(metrics, {r.variant: r.model.config.dropout for r in runs}) if runs else None
+    print(table)
+    return {"variants_run": [r.variant for r in runs], "skipped": skipped,
+            "seconds": round(time.perf_counter() - start, 1), "n_items": data.n_items, "n_users": data.n_users,
+            "train_rows": data.train.height, "note": report_note(table, None, "full catalog") if runs else None,
+            "table": table.to_dicts() if runs else [],
+            "pointwise_rows": metrics.filter(pl.col("protocol").str.starts_with("pointwise")).height if runs else 0,
+            "dropout_grid": {r.variant: [{k: t[k] for k in ("dropout", "valid", "best_epoch", "epochs")}
+                                         for t in r.report["dropout_grid"]] for r in runs}}
+
+
 def main() -> None:
     from evaluator import machine_info  # the benchmarks' shared machine description
 
@@ -201,6 +246,8 @@ def main() -> None:
         results["throughput"] = throughput()
     if "sample" in parts:
         results[f"sample_{args.grid}"] = sample_grid(args.grid, args.lake)
+    if "hm" in parts:
+        results["hm"] = hm_ranking(args.lake)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, default=str))

@@ -256,8 +256,8 @@ class MMRecDLRM(Recommender):
         self.net.eval()
         out = []
         for s in range(0, len(users), self.config.score_batch_pairs):
-            u = torch.as_tensor(users[s:s + self.config.score_batch_pairs], dtype=torch.long)
-            i = torch.as_tensor(items[s:s + self.config.score_batch_pairs], dtype=torch.long)
+            u = torch.tensor(users[s:s + self.config.score_batch_pairs], dtype=torch.long)  # copies
+            i = torch.tensor(items[s:s + self.config.score_batch_pairs], dtype=torch.long)
             out.append(torch.sigmoid(self.logits(u, i, [v[u] for v in user_vecs])))
         return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
