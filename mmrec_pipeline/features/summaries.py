@@ -43,8 +43,8 @@ from mmrec_pipeline.features.cache import (
 )
 from mmrec_pipeline.features.sources import ModelSources
 
-PROMPT_VERSION = "2"
-CACHE_VERSION = "train-only-1"  # the cache rows carry review ids and counts (the refresh policy reads them)  # bump with any change to how prompts are built, so summaries are recomputed
+PROMPT_VERSION = "2"  # bump with any change to how prompts are built, so summaries are recomputed
+CACHE_VERSION = "train-only-1"  # the cache rows carry review ids and counts (the refresh policy reads them)
 # Short on purpose: the prompt is read once per item and prefill dominates the cost on CPU (a 123-token prompt
 # ran at 3.5 items/s, this 86-token one at 6.7, with summaries of the same kind).
 SYSTEM = "Summarise product reviews in one sentence."
