@@ -149,7 +149,7 @@ def sample_grid(grid: str, lake: Path, summary_budget: int | None = None) -> dic
     from mmrec_pipeline.features.captions import captions
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import SummaryConfig, raw_review_vectors, review_summaries
-    from mmrec_pipeline.features.text import text_embeddings
+    from mmrec_pipeline.features.text import sbert_vectors, text_fields
     from mmrec_pipeline.models.base import ItemFeatures
     from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS, VARIANTS, MMRecDLRM, report_table
     from mmrec_pipeline.models.runner import train_variants
@@ -165,13 +165,21 @@ def sample_grid(grid: str, lake: Path, summary_budget: int | None = None) -> dic
     summ, summ_stats = review_summaries(tables.items, split, sources, compute, cache, config=cfg,
                                         max_items_per_run=summary_budget)
     raw, _ = raw_review_vectors(tables.items, split, sources, compute, cache, cfg.max_reviews)
-    text, _ = text_embeddings(tables.items, sources, compute, cache, captions=cap, summaries=summ, gpt2=False)
+    # Only the fields the model reads (the asset embeds a few more); the same text cache as `text_embeddings`.
+    fields = {k: v for k, v in text_fields(tables.items, cap, summ).items()
+              if k in ("title", "description", "caption_offline", "summary")}
+    long = pl.DataFrame({"item_id": pl.concat([tables.items["item_id"]] * len(fields)),
+                         "text": pl.Series([t for texts in fields.values() for t in texts], dtype=pl.Utf8)})
+    rows, _ = sbert_vectors(long, sources, compute, cache, None, None)
+    n = tables.items.height
+    text = tables.items.select("item_id").with_columns(
+        rows["vector"].slice(i * n, n).alias(f"sbert_{f}") for i, f in enumerate(fields))
     data = RecDataset.from_tables("sample", split, tables.items)
     feats = ItemFeatures.from_table(data, text).merge(ItemFeatures.from_table(data, raw))
     variants = VARIANTS if grid == "paper" else DEMO_VARIANTS
     start = time.perf_counter()
-    runs, skipped = train_variants("mmrec_dlrm", MMRecDLRM, variants, data, feats, compute, lake / "models",
-                                   item_vectors=feats.get("sbert_text"))
+    # diversity falls back to categories (no sbert_text vectors here)
+    runs, skipped = train_variants("mmrec_dlrm", MMRecDLRM, variants, data, feats, compute, lake / "models")
     metrics = pl.concat([r.metrics for r in runs])
     table = report_table(metrics, {r.variant: r.model.config.dropout for r in runs})
     print(table)
