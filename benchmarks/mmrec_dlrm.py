@@ -137,7 +137,8 @@ def throughput() -> dict:
                                   "384-d vectors), batch 512, embedding 16, 2 epochs, dropout 0.3"}
 
 
-def sample_grid(grid: str, lake: Path, summary_budget: int | None = None) -> dict:
+def sample_grid(grid: str, lake: Path, summary_budget: int | None = None, only: list[str] | None = None,
+                overrides: dict | None = None) -> dict:
     import polars as pl
 
     os.environ["MMREC_HOME"] = str(lake)
@@ -177,13 +178,15 @@ def sample_grid(grid: str, lake: Path, summary_budget: int | None = None) -> dic
     data = RecDataset.from_tables("sample", split, tables.items)
     feats = ItemFeatures.from_table(data, text).merge(ItemFeatures.from_table(data, raw))
     variants = VARIANTS if grid == "paper" else DEMO_VARIANTS
+    variants = {k: v for k, v in variants.items() if not only or k in only}
     start = time.perf_counter()
     # diversity falls back to categories (no sbert_text vectors here)
-    runs, skipped = train_variants("mmrec_dlrm", MMRecDLRM, variants, data, feats, compute, lake / "models")
+    runs, skipped = train_variants("mmrec_dlrm", MMRecDLRM, variants, data, feats, compute, lake / "models",
+                                   dataset_overrides=overrides)
     metrics = pl.concat([r.metrics for r in runs])
     table = report_table(metrics, {r.variant: r.model.config.dropout for r in runs})
     print(table)
-    return {"grid": grid, "variants": list(variants), "skipped": skipped, "seconds": round(time.perf_counter() - start, 1),
+    return {"grid": grid, "variants": list(variants), "config_overrides": overrides or {}, "skipped": skipped, "seconds": round(time.perf_counter() - start, 1),
             "summaries": {**{k: v for k, v in summ_stats.items() if k in ("computed", "reused", "kept_stale",
                                                                             "training_cut", "with_reviews")},
                           "items_with_review_summary": int((summ["summary_source"] == "reviews").sum())},
@@ -246,10 +249,14 @@ def main() -> None:
     parser.add_argument("--parts", default="rerun,throughput,sample")
     parser.add_argument("--grid", default="demo", choices=("demo", "paper"))
     parser.add_argument("--lake", type=Path, default=ROOT / "benchmarks" / ".work" / "mmrec_dlrm")
+    parser.add_argument("--variants", default="", help="comma-separated subset of the grid (default: all)")
+    parser.add_argument("--epochs", type=int, default=None, help="override the config's epoch cap")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file (parallel runs: one each)")
     parser.add_argument("--summary-budget", type=int, default=None,
                         help="summarise at most this many items this run (the rest keep no summary vector)")
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out = args.out
+    results = json.loads(out.read_text()) if out.exists() else {}
     results["machine"] = machine_info()
     parts = args.parts.split(",")
     if "rerun" in parts:
@@ -257,14 +264,16 @@ def main() -> None:
     if "throughput" in parts:
         results["throughput"] = throughput()
     if "sample" in parts:
-        results[f"sample_{args.grid}"] = sample_grid(args.grid, args.lake, args.summary_budget)
+        only = [v for v in args.variants.split(",") if v]
+        overrides = {"epochs": args.epochs} if args.epochs else None
+        results[f"sample_{args.grid}"] = sample_grid(args.grid, args.lake, args.summary_budget, only, overrides)
     if "hm" in parts:
         results["hm"] = hm_ranking(args.lake)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1, default=str))
-    tmp.replace(RESULTS)
-    print(f"saved {RESULTS.relative_to(ROOT)}")
+    tmp.replace(out)
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":
