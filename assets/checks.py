@@ -7,6 +7,7 @@ import polars as pl
 from assets import DATASETS
 from mmrec_pipeline.data.splits import check_items_known, check_no_leak, check_temporal_shares
 from mmrec_pipeline.evaluation.protocols import check_metrics, check_user_accounting
+from mmrec_pipeline.features.summaries import check_training_only
 from mmrec_pipeline.lake import FEATURE_TABLES, items_without_feature
 from mmrec_pipeline.registry import get_dataset
 
@@ -88,3 +89,11 @@ def metrics_complete(context: dg.AssetCheckExecutionContext, metrics: pl.DataFra
     """No NaN; every variant has NDCG@5/10/20 for each protocol its model claims, plus test and @valid."""
     ok, meta = check_metrics(metrics, get_dataset(context.partition_key).split)
     return _result(ok, meta, "no NaN; every model has rows for every protocol it claims")
+
+
+@dg.asset_check(asset="review_summaries", blocking=True, partitions_def=DATASETS,
+                additional_ins={"split": dg.AssetIn("split")})
+def review_summaries_training_only(review_summaries: pl.DataFrame, split: pl.DataFrame) -> dg.AssetCheckResult:
+    """Summaries count (and cover) only training-period reviews: the MMREC label is the review's own rating."""
+    ok, meta = check_training_only(review_summaries, split)
+    return _result(ok, meta, "every item's reviews counted from the split's train rows only")

@@ -19,6 +19,8 @@ from mmrec_pipeline.evaluation.report import (
 )
 from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.lvlm_retrieval import strategy_table
+from mmrec_pipeline.models.mmrec_dlrm import report_note
+from mmrec_pipeline.models.mmrec_dlrm import report_table as dlrm_table
 from mmrec_pipeline.models.vq_bart import generation_section
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import dataset_dir, write_text
@@ -50,6 +52,16 @@ def extra_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
     if metrics.filter(pl.col("model") == "vq_bart").height:  # BERTScore beside NDCG, next to GRU4Rec and popularity
         data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
         sections.append(generation_section(metrics, data, models_dir, models_dir / "vq_vae" / "report.json"))
+    if metrics.filter(pl.col("model") == "mmrec_dlrm").height:
+        configs = {c.parent.name: json.loads(c.read_text())["config"]
+                   for c in (models_dir / "mmrec_dlrm").glob("*/config.json")}
+        table = dlrm_table(metrics, {v: c["dropout"] for v, c in configs.items()})
+        pointwise = metrics.filter((pl.col("model") == "mmrec_dlrm") & pl.col("protocol").str.starts_with("pointwise"))
+        threshold = next(iter(configs.values()))["rating_threshold"] if pointwise.height and configs else None
+        note = report_note(table, threshold, "every catalog item scored by the DLRM for each test user (full "
+                           "catalog, the same users and evaluator as every other model); NDCG/recall @10")
+        sections.append(("mmrec_dlrm: the paper's pointwise protocol beside full-catalog ranking",
+                         note + "\n\n" + md_table(table), f"<p>{note}</p>" + html_table(table)))
     return sections
 
 

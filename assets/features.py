@@ -10,7 +10,7 @@ from mmrec_pipeline.features.cache import default_cache_root
 from mmrec_pipeline.features.captions import available_caption_models
 from mmrec_pipeline.features.captions import captions as caption_items
 from mmrec_pipeline.features.image import image_embeddings as embed_images
-from mmrec_pipeline.features.summaries import SummaryConfig
+from mmrec_pipeline.features.summaries import SummaryConfig, raw_review_vectors
 from mmrec_pipeline.features.summaries import review_summaries as summarise_reviews
 from mmrec_pipeline.features.text import text_embeddings as embed_texts
 from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, PROFILES, train_or_load_vq_vae
@@ -68,14 +68,18 @@ def captions(context: dg.AssetExecutionContext, config: FeatureRunConfig, comput
 @dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake", **GPU)
 def review_summaries(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
                      model_sources: ModelSourcesResource, items: pl.DataFrame,
-                     interactions: pl.DataFrame) -> dg.Output[pl.DataFrame]:
-    """One sentence per item summarising its reviews (instruct LM; packaged SmolLM2 offline); items without
-    reviews get their description."""
+                     split: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+    """One sentence per item summarising its training-period reviews only (instruct LM; packaged SmolLM2
+    offline); items without reviews get their description. Also `sbert_reviews`, the mean sentence vector of the
+    same raw reviews (the MMREC "no LLM summary" ablation)."""
     summary_config = SummaryConfig(**get_dataset(context.partition_key).models.get("review_summaries", {}))
-    table, stats = summarise_reviews(items, interactions, model_sources.sources(), compute.settings(),
-                                     default_cache_root(), config=summary_config, max_items_per_run=_budget(config),
-                                     log=context.log)
-    return _result(table, stats)
+    sources, settings = model_sources.sources(), compute.settings()
+    table, summary_stats = summarise_reviews(items, split, sources, settings, default_cache_root(),
+                                             config=summary_config, max_items_per_run=_budget(config), log=context.log)
+    stats = {"summaries": summary_stats}
+    raw, stats["raw_review_vectors"] = raw_review_vectors(items, split, sources, settings, default_cache_root(),
+                                                          summary_config.max_reviews, log=context.log)
+    return _result(table.join(raw, on="item_id", how="left", maintain_order="left"), stats)
 
 
 @dg.asset(partitions_def=DATASETS, group_name="features", io_manager_key="lake")

@@ -16,7 +16,7 @@ from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import headline
 from mmrec_pipeline.evaluation.report import plot_learning_curves
-from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL, VQ_BART
+from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, MMREC_DLRM, SEQUENTIAL, VQ_BART
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.runner import train_variants
 from mmrec_pipeline.registry import get_dataset
@@ -51,7 +51,8 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
                 **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(table).items()}),
                 **plain({f"train_seconds {r.variant}": round(r.report["seconds"], 2) for r in runs}),
                 **plain({f"eval_seconds {r.variant}": round(r.eval_seconds, 2) for r in runs}),
-                **plain({f"skipped {v}": reason for v, reason in skipped.items()})}
+                **plain({f"skipped {v}": reason for v, reason in skipped.items()}),
+                **plain({f"{k} {r.variant}": x for r in runs for k, x in r.report.get("metadata", {}).items()})}
         curves = {r.variant: r.report["curve"] for r in runs if r.report.get("curve")}
         if curves:
             meta["learning_curve"] = png_markdown(plot_learning_curves(curves, title=name), "learning curve")
@@ -67,5 +68,7 @@ model_assets = [
     *[model_asset(name, cls, variants, features=MULTIMODAL) for name, (cls, variants) in LVLM.items()],
     *[model_asset(name, cls, variants, features=("text_embeddings", "vq_codes"), pool="gpu")
       for name, (cls, variants) in VQ_BART.items()],
+    *[model_asset(name, cls, variants, features=("text_embeddings", "review_summaries"))
+      for name, (cls, variants) in MMREC_DLRM.items()],
 ]
 all_model_names = [a.key.path[-1] for a in model_assets]

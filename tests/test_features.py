@@ -274,7 +274,7 @@ def test_review_summaries_with_packaged_smollm2():
         "user_id": ["u1", "u2", "u3"], "item_id": ["A", "A", "B"],
         "review_title": ["Love it", "Too small", "Great mug"],
         "review_text": ["Lovely colour, soft cotton.", "Runs small, order a size up.", "Keeps coffee hot."],
-    }).with_columns(ts.alias("ts"))
+    }).with_columns(ts.alias("ts"), pl.lit("train").alias("split"))
     cfg = SummaryConfig(max_new_tokens=12)
     root = default_cache_root()  # the converted SmolLM2 is shared with other tests of this session
     out, s = review_summaries(items, inter, ModelSources(), CPU, root, config=cfg)

@@ -8,7 +8,14 @@ Model: `ModelSources.summarizer`, a Hugging Face instruct model folder/id, or a 
 default is the packaged SmolLM2-135M-Instruct GGUF: loading a GGUF de-quantizes it (~30 s), so the result is
 re-saved once as safetensors under `<lake>/_cache/models/` and later loads take well under a second.
 
-Cache key: the review texts used; the model key holds the weights, prompt, `PROMPT_VERSION` and budgets.
+Only training-period reviews are read (rows of `split` labelled train): the MMREC model predicts a review's own
+rating, so a summary that had read valid/test reviews would leak the label.
+
+Cache key: the review texts used and the training cut (the newest training timestamp); the model key holds the
+weights, prompt, `PROMPT_VERSION` and budgets. Refresh policy: a cached summary whose reviews are all still
+training reviews of the item is kept until the item's training review set has grown by `refresh_share` of the
+reviews it covers or by `refresh_reviews` reviews, so a new catalog version (a later cut) does not re-summarise
+every item that got one more review. Each summary records how many reviews it covers (`n_reviews_summarised`).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import torch
 
@@ -36,6 +44,7 @@ from mmrec_pipeline.features.cache import (
 from mmrec_pipeline.features.sources import ModelSources
 
 PROMPT_VERSION = "2"  # bump with any change to how prompts are built, so summaries are recomputed
+CACHE_VERSION = "train-only-1"  # the cache rows carry review ids and counts (the refresh policy reads them)
 # Short on purpose: the prompt is read once per item and prefill dominates the cost on CPU (a 123-token prompt
 # ran at 3.5 items/s, this 86-token one at 6.7, with summaries of the same kind).
 SYSTEM = "Summarise product reviews in one sentence."
@@ -50,21 +59,68 @@ class SummaryConfig:
     max_reviews: int = 4  # most recent first
     max_review_tokens: int = 96  # budget for the reviews in the prompt
     max_batch: int = 64  # measured on 2 cores, bf16: 5.9 / 6.7 / 7.4 items/s at batch 16 / 32 / 64
+    refresh_share: float = 0.2  # re-summarise when the training reviews grew by this share of those covered …
+    refresh_reviews: int = 5  # … or by this many reviews, whichever comes first
+
+
+def training_reviews(split: pl.DataFrame) -> pl.DataFrame:
+    """The rows of the `split` table labelled train: the only reviews a summary may read."""
+    if "split" not in split.columns:
+        raise ValueError("review summaries read the `split` table (column `split` = train/valid/test), got columns "
+                         f"{split.columns}: summarising unsplit interactions would leak valid/test reviews")
+    return split.filter(pl.col("split") == "train")
+
+
+def training_cut(train: pl.DataFrame) -> str:
+    """The newest training timestamp (ISO): part of each summary's cache key."""
+    return train["ts"].max().isoformat() if train.height else ""
 
 
 def item_reviews(items: pl.DataFrame, interactions: pl.DataFrame, max_reviews: int) -> pl.DataFrame:
-    """item_id, reviews (list[str], most recent first, at most `max_reviews`), n_reviews (all of them)."""
+    """item_id, reviews (list[str], most recent first, at most `max_reviews`), review_ids (theirs), all_ids (of
+    every review of the item), n_reviews (all of them). A review id hashes user, time and text."""
     reviews = (interactions
                .filter(pl.col("review_text").is_not_null() | pl.col("review_title").is_not_null())
                .with_columns(pl.concat_str([pl.col("review_title").fill_null(""), pl.col("review_text").fill_null("")],
                                            separator=": ").str.strip_chars(": ").alias("review"))
-               .filter(pl.col("review").str.len_chars() > 0)
+               .filter(pl.col("review").str.len_chars() > 0))
+    ids = [content_key(u, t.isoformat(), r)[:16] for u, t, r in reviews.select("user_id", "ts", "review").iter_rows()]
+    reviews = (reviews.with_columns(pl.Series("review_id", ids, dtype=pl.Utf8))
                .sort(["item_id", "ts", "user_id"], descending=[False, True, False])
                .group_by("item_id", maintain_order=True)
-               .agg(pl.col("review").head(max_reviews).alias("reviews"), pl.len().alias("n_reviews")))
+               .agg(pl.col("review").head(max_reviews).alias("reviews"),
+                    pl.col("review_id").head(max_reviews).alias("review_ids"),
+                    pl.col("review_id").alias("all_ids"), pl.len().alias("n_reviews")))
     return (items.select("item_id", "description")
             .join(reviews, on="item_id", how="left", maintain_order="left")
             .with_columns(pl.col("n_reviews").fill_null(0).cast(pl.Int64)))
+
+
+def plan_refresh(per_item: pl.DataFrame, keys: list[str | None], cached: pl.DataFrame,
+                 config: SummaryConfig) -> list[tuple[str, str | None]]:
+    """Per item (action, cache key to read): `exact` (cached under this key), `keep` (an older summary whose
+    reviews are all still training reviews of the item, and the set has not grown past the refresh thresholds),
+    `compute` (this key), or `none` (no reviews). `cached`: the store's rows (item_id, key, n_reviews, review_ids)."""
+    by_item: dict[str, list[tuple[str, int, set]]] = {}
+    for item_id, key, n, ids in cached.select("item_id", "key", "n_reviews", "review_ids").iter_rows():
+        by_item.setdefault(item_id, []).append((key, n, set(ids or ())))
+    plan = []
+    for row, key in zip(per_item.select("item_id", "n_reviews", "all_ids").iter_rows(named=True), keys, strict=True):
+        if key is None:
+            plan.append(("none", None))
+            continue
+        older = by_item.get(row["item_id"], [])
+        if any(k == key for k, _, _ in older):
+            plan.append(("exact", key))
+            continue
+        current = set(row["all_ids"] or ())
+        # only summaries of reviews that are training reviews now: never one that read a valid/test review
+        valid = [(n, k) for k, n, ids in older if ids <= current and n <= row["n_reviews"]]
+        covered, old_key = max(valid, default=(0, None))
+        grown = row["n_reviews"] - covered
+        fresh = covered > 0 and grown < config.refresh_reviews and grown < config.refresh_share * covered
+        plan.append(("keep", old_key) if fresh else ("compute", key))
+    return plan
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -160,7 +216,7 @@ def summarize(model, tokenizer, reviews: list[list[str]], config: SummaryConfig,
 
 def review_summaries(
     items: pl.DataFrame,
-    interactions: pl.DataFrame,
+    split: pl.DataFrame,
     sources: ModelSources,
     compute: Compute,
     cache_root: Path,
@@ -168,15 +224,24 @@ def review_summaries(
     max_items_per_run: int | None = None,
     log: logging.Logger | Callable | None = None,
 ) -> tuple[pl.DataFrame, dict]:
-    """One row per item: `item_id`, `summary`, `summary_source` (reviews | description | null), `n_reviews`.
+    """One row per item: `item_id`, `summary`, `summary_source` (reviews | description | null), `n_reviews` (the
+    item's training reviews), `n_reviews_summarised` (how many of them the summary covers; fewer when a cached
+    summary was kept under the refresh policy).
 
-    Items whose summary is left for a later run (`max_items_per_run`) have a null summary and source."""
-    per_item = item_reviews(items, interactions, config.max_reviews)
+    `split` is the split table; only its train rows are read. Items whose summary is left for a later run
+    (`max_items_per_run`) have a null summary and source."""
+    train = training_reviews(split)
+    cut = training_cut(train)
+    per_item = item_reviews(items, train, config.max_reviews)
     identity = {"weights": sources.identity("summarizer"), "prompt": config.prompt, "system": config.system,
                 "prompt_version": PROMPT_VERSION, "max_new_tokens": config.max_new_tokens,
                 "max_reviews": config.max_reviews, "max_review_tokens": config.max_review_tokens,
-                "dtype": str(compute.inference_dtype)}
-    cache = FeatureCache(cache_root, "summaries", "summarizer", identity, {"summary": pl.Utf8})
+                "dtype": str(compute.inference_dtype), "cache_version": CACHE_VERSION}
+    cache = FeatureCache(cache_root, "summaries", "summarizer", identity,
+                         {"summary": pl.Utf8, "n_reviews": pl.Int64, "review_ids": pl.List(pl.Utf8)})
+    keys = [content_key(r, cut) if r else None for r in per_item["reviews"].to_list()]
+    plan = plan_refresh(per_item, keys, cache.read(), config)
+    actions = [a for a, _ in plan]
 
     @functools.cache  # loaded only if something must be computed
     def lm():
@@ -185,24 +250,72 @@ def review_summaries(
     def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:
         model, tokenizer = lm()
         texts = summarize(model, tokenizer, chunk["reviews"].to_list(), config, compute)
-        return pl.DataFrame({"summary": pl.Series([t or None for t in texts], dtype=pl.Utf8)})
+        return pl.DataFrame({"summary": pl.Series([t or None for t in texts], dtype=pl.Utf8),
+                             "n_reviews": chunk["n_reviews"], "review_ids": chunk["review_ids"]})
 
-    def key_fn(row: dict) -> str | None:
-        return content_key(row["reviews"]) if row["reviews"] else None
-
-    rows, stats = compute_incremental(per_item.select("item_id", "reviews"), key_fn, compute_fn, cache,
-                                      chunk_size=config.max_batch * 4, max_items_per_run=max_items_per_run,
-                                      log=log, what="review summaries")
+    todo = per_item.with_columns(pl.Series("_key", [k for _, k in plan], dtype=pl.Utf8),
+                                 pl.Series("_compute", [a == "compute" for a in actions]))
+    rows, stats = compute_incremental(
+        todo.filter("_compute").select("item_id", "reviews", "review_ids", "n_reviews", "_key"),
+        lambda row: row["_key"], compute_fn, cache, chunk_size=config.max_batch * 4,
+        max_items_per_run=max_items_per_run, log=log, what="review summaries")
+    new = todo.filter("_compute").select("item_id", "_key").with_columns(rows["summary"], rows["n_reviews"])
+    stored = cache.read(todo.filter(~pl.col("_compute") & pl.col("_key").is_not_null())
+                        .select("item_id", pl.col("_key").alias("key"))).rename({"key": "_key"})
+    found = pl.concat([new, stored.select("item_id", "_key", "summary", "n_reviews")])
+    found = found.rename({"n_reviews": "n_reviews_summarised"})
+    per_item = todo.join(found.unique(["item_id", "_key"], keep="last"), on=["item_id", "_key"], how="left",
+                         maintain_order="left")
     has_reviews = per_item["n_reviews"] > 0
-    out = per_item.select("item_id", "n_reviews", "description").with_columns(
-        rows["summary"].alias("summary"), pl.Series("_has", has_reviews))
-    out = out.select(
+    out = per_item.with_columns(pl.Series("_has", has_reviews)).select(
         "item_id",
         pl.when(pl.col("_has")).then(pl.col("summary")).otherwise(pl.col("description")).alias("summary"),
         pl.when(pl.col("_has") & pl.col("summary").is_not_null()).then(pl.lit("reviews"))
         .when(~pl.col("_has") & pl.col("description").is_not_null()).then(pl.lit("description"))
         .otherwise(pl.lit(None, dtype=pl.Utf8)).alias("summary_source"),
-        "n_reviews")
+        "n_reviews",
+        pl.when(pl.col("summary").is_not_null()).then(pl.col("n_reviews_summarised")).otherwise(0)
+        .fill_null(0).cast(pl.Int64).alias("n_reviews_summarised"))
     stats.update({"items": items.height, "with_reviews": int(has_reviews.sum()),
-                  "from_description": int((~has_reviews).sum())})
+                  "from_description": int((~has_reviews).sum()), "training_cut": cut,
+                  "reused": actions.count("exact"), "kept_stale": actions.count("keep"),
+                  "training_reviews": int(per_item["n_reviews"].sum())})
     return out, stats
+
+
+def raw_review_vectors(items: pl.DataFrame, split: pl.DataFrame, sources: ModelSources, compute: Compute,
+                       cache_root: Path, max_reviews: int, log=None) -> tuple[pl.DataFrame, dict]:
+    """`item_id`, `sbert_reviews`: the mean all-MiniLM-L6-v2 vector of the same training reviews the summarizer
+    reads (the MMREC ablation "raw reviews, no LLM summary"); null for items without training reviews."""
+    from mmrec_pipeline.features.text import sbert_vectors
+
+    per_item = item_reviews(items, training_reviews(split), max_reviews)
+    long = per_item.select("item_id", pl.col("reviews").alias("text")).explode("text").drop_nulls("text")
+    rows, stats = sbert_vectors(long, sources, compute, cache_root, None, log)
+    vecs = long.select("item_id").with_columns(rows["vector"]).drop_nulls("vector")
+    means: dict[str, np.ndarray] = {}
+    if vecs.height:
+        uniq, inverse = np.unique(vecs["item_id"].to_numpy(), return_inverse=True)
+        sums = np.zeros((len(uniq), len(vecs["vector"][0])), dtype=np.float64)
+        np.add.at(sums, inverse, np.asarray(vecs["vector"].to_list(), dtype=np.float64))
+        sums /= np.bincount(inverse, minlength=len(uniq))[:, None]
+        means = dict(zip(uniq.tolist(), sums.astype(np.float32), strict=True))
+    out = items.select("item_id").with_columns(pl.Series(
+        "sbert_reviews", [means[i].tolist() if i in means else None for i in items["item_id"].to_list()],
+        dtype=pl.List(pl.Float32)))
+    return out, stats
+
+
+def check_training_only(summaries: pl.DataFrame, split: pl.DataFrame) -> tuple[bool, dict]:
+    """Each item's `n_reviews` equals its count of training-period reviews in `split`, and no summary covers more
+    reviews than that (a summary that had read valid/test reviews would count them)."""
+    reviews = training_reviews(split).filter(
+        pl.concat_str([pl.col("review_title").fill_null(""), pl.col("review_text").fill_null("")])
+        .str.strip_chars().str.len_chars() > 0)
+    expected = reviews.group_by("item_id").len("expected")
+    joined = summaries.select("item_id", "n_reviews", "n_reviews_summarised").join(
+        expected, on="item_id", how="left").with_columns(pl.col("expected").fill_null(0))
+    bad = joined.filter((pl.col("n_reviews") != pl.col("expected"))
+                        | (pl.col("n_reviews_summarised") > pl.col("n_reviews")))
+    return bad.height == 0, {"items": summaries.height, "items_failing": bad.height,
+                             "examples": bad.head(5).to_dicts()}

@@ -13,6 +13,8 @@ from mmrec_pipeline.models.item_knn import ItemKNN
 from mmrec_pipeline.models.lvlm_retrieval import VARIANTS as LVLM_VARIANTS
 from mmrec_pipeline.models.lvlm_retrieval import LVLMRetrieval
 from mmrec_pipeline.models.mm_llmrec import MMLLMRec
+from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS as MMREC_DLRM_VARIANTS
+from mmrec_pipeline.models.mmrec_dlrm import MMRecDLRM
 from mmrec_pipeline.models.popularity import Popularity
 from mmrec_pipeline.models.sasrec import SASRec
 from mmrec_pipeline.models.vq_bart import VARIANTS as VQ_BART_VARIANTS
@@ -51,3 +53,7 @@ LVLM = {"lvlm_retrieval": (LVLMRetrieval, LVLM_VARIANTS)}
 # The Columbia paper's VQGAN + BART system (vq_bart.py): BART generates the next item's text from the history (text,
 # plus VQ image codes in `image`), FAISS retrieves the nearest catalog items; BERTScore is reported beside ranking.
 VQ_BART = {"vq_bart": (VQBart, VQ_BART_VARIANTS)}
+
+# MMREC (mmrec_dlrm.py): TorchRec DLRM over review summaries, captions and title/description vectors. The registry
+# holds the demo grid (six variants); the paper's full 12 (modalities x losses) run in benchmarks/mmrec_dlrm.py.
+MMREC_DLRM = {"mmrec_dlrm": (MMRecDLRM, MMREC_DLRM_VARIANTS)}

@@ -63,7 +63,10 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         start = time.perf_counter()
         metrics, full = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
         valid, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors, sampled=None, stage="valid")
-        runs.append(VariantRun(variant, model, report, pl.concat([metrics, valid]), time.perf_counter() - start,
+        metrics = pl.concat([metrics, valid])
+        if hasattr(model, "extra_metrics"):  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
+            metrics = pl.concat([metrics, model.extra_metrics(data, name, variant)])
+        runs.append(VariantRun(variant, model, report, metrics, time.perf_counter() - start,
                                per_user_table(full, data, name, variant, data.protocol)))
     return runs, skipped
 
