@@ -15,7 +15,7 @@ from assets import DATASETS
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import headline
-from mmrec_pipeline.evaluation.report import plot_learning_curves
+from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
 from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.runner import train_variants
@@ -24,6 +24,17 @@ from mmrec_pipeline.storage import dataset_dir
 from resources.compute import ComputeResource
 
 DIVERSITY_VECTOR = "sbert_text"
+
+
+def grid_markdown(grid: list[dict], chosen: dict) -> str:
+    """The tuning grid as a table, one row per point with its validation NDCG@10; the chosen row marked."""
+    def shown(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    rows = [{"chosen": "✓" if all(g[k] == v for k, v in chosen.items()) else "",
+             **{k: shown(v) for k, v in g.items() if k not in ("valid_ndcg@10", "fit_seconds")},
+             "valid_ndcg@10": g["valid_ndcg@10"], "fit_seconds": g["fit_seconds"]} for g in grid]
+    return md_table(pl.DataFrame(rows)) if rows else "(no grid)"
 
 
 def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("text_embeddings",),
@@ -45,11 +56,16 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
         if not runs:
             raise RuntimeError(f"{name}: no variant could train on {spec.name}: {skipped}")
         table = pl.concat([r.metrics for r in runs])
+        test_rows = table.filter(~pl.col("protocol").str.contains("@"))  # not the `@valid` rows
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
-                **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(table).items()}),
+                **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(test_rows).items()}),
                 **plain({f"train_seconds {r.variant}": round(r.report["seconds"], 2) for r in runs}),
                 **plain({f"eval_seconds {r.variant}": round(r.eval_seconds, 2) for r in runs}),
-                **plain({f"skipped {v}": reason for v, reason in skipped.items()})}
+                **plain({f"skipped {v}": reason for v, reason in skipped.items()}),
+                # Each variant's validation grid (the chosen point ticked) and what the other points cost.
+                **{f"grid {r.variant}": dg.MetadataValue.md(grid_markdown(r.grid, r.chosen)) for r in runs},
+                **plain({f"tune_seconds {r.variant}": round(r.tune_seconds, 2) for r in runs}),
+                **plain({f"seeds {r.variant}": r.seeds for r in runs})}
         curves = {r.variant: r.report["curve"] for r in runs if r.report.get("curve")}
         if curves:
             meta["learning_curve"] = png_markdown(plot_learning_curves(curves, title=name), "learning curve")
