@@ -9,6 +9,7 @@ from assets import DATASETS
 from assets.models import all_model_names
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.splits import split_summary
+from mmrec_pipeline.evaluation.audit import audit_sections
 from mmrec_pipeline.evaluation.report import (
     build_report,
     html_table,
@@ -45,6 +46,7 @@ def extra_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
         model = cls.load(models_dir / "mm_llmrec" / variant)
         data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
         sections.append(qualitative_examples(model, data, f"mm_llmrec/{variant}: example recommendations"))
+    sections += audit_sections(metrics, spec.split)  # each published system's claim vs our numbers
     return sections
 
 

@@ -16,7 +16,7 @@ from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import headline
 from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
-from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
+from mmrec_pipeline.models import BASELINES, CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.runner import train_variants
 from mmrec_pipeline.registry import get_dataset
@@ -79,5 +79,7 @@ model_assets = [
     *[model_asset(name, cls, variants) for name, (cls, variants) in {**CLASSIC, **SEQUENTIAL}.items()],
     *[model_asset(name, cls, variants, features=MULTIMODAL, pool="gpu") for name, (cls, variants) in MM_LLMREC.items()],
     *[model_asset(name, cls, variants, features=MULTIMODAL) for name, (cls, variants) in LVLM.items()],
+    model_asset("vbpr", *BASELINES["vbpr"], features=MULTIMODAL),
+    model_asset("deepconn", *BASELINES["deepconn"]),
 ]
 all_model_names = [a.key.path[-1] for a in model_assets]

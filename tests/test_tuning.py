@@ -6,6 +6,7 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
@@ -17,6 +18,15 @@ from mmrec_pipeline.models.item_knn import ItemKNN
 from mmrec_pipeline.models.runner import grid_points, train_variants, tune_variant
 
 SPACE = {"neighbours": [5, 50], "shrink": [0.0, 50.0]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small CPU steps: on a shared 2-core machine two torch threads wait on each other (6x slower measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_grid_points_pins_what_the_dataset_sets():

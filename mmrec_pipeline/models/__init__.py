@@ -6,6 +6,7 @@ Each entry becomes one Dagster asset per dataset that trains and evaluates all i
 from mmrec_pipeline.models.bert4rec import BERT4Rec
 from mmrec_pipeline.models.bpr_mf import BPRMF
 from mmrec_pipeline.models.content import ContentBased
+from mmrec_pipeline.models.deepconn import DeepCoNN
 from mmrec_pipeline.models.ease import EASE
 from mmrec_pipeline.models.gru4rec import GRU4Rec
 from mmrec_pipeline.models.hybrid import Hybrid
@@ -15,6 +16,7 @@ from mmrec_pipeline.models.lvlm_retrieval import LVLMRetrieval
 from mmrec_pipeline.models.mm_llmrec import MMLLMRec
 from mmrec_pipeline.models.popularity import Popularity
 from mmrec_pipeline.models.sasrec import SASRec
+from mmrec_pipeline.models.vbpr import VBPR
 
 CLASSIC = {
     "popularity": (Popularity, {"global": {}, "recent": {"window_days": 30}}),
@@ -45,3 +47,7 @@ MM_LLMREC = {
 # all ranked on the same users and full-catalog pool. A variant whose feature is missing (no images, no captions)
 # cannot fit: `lvlm_retrieval.check_features` names the feature asset and column.
 LVLM = {"lvlm_retrieval": (LVLMRetrieval, LVLM_VARIANTS)}
+
+# The MM-GPT2Rec paper's multimodal baselines, trained here for real (its table filled them with random tensors):
+# VBPR reads the image vectors, DeepCoNN the training rows' review text.
+BASELINES = {"vbpr": (VBPR, {"default": {}}), "deepconn": (DeepCoNN, {"default": {}})}
