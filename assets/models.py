@@ -14,7 +14,7 @@ import polars as pl
 from assets import DATASETS
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.protocols import headline
+from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline
 from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
 from mmrec_pipeline.models import BASELINES, CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.base import ItemFeatures
@@ -53,8 +53,12 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
         out_dir = dataset_dir(spec.name) / "models" / name
         runs, skipped = train_variants(name, cls, variants, data, feats, compute.settings(), out_dir,
                               spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log)
-        if not runs:
-            raise RuntimeError(f"{name}: no variant could train on {spec.name}: {skipped}")
+        if not runs and not skipped:
+            raise RuntimeError(f"{name}: no variant could train on {spec.name}")
+        if not runs:  # every variant lacks a feature this dataset does not have (e.g. vbpr without images)
+            context.log.warning(f"{name}: no variant can run on {spec.name}: {skipped}")
+            return dg.Output(pl.DataFrame(schema=METRICS_SCHEMA),
+                             metadata=plain({f"skipped {v}": reason for v, reason in skipped.items()}))
         table = pl.concat([r.metrics for r in runs])
         test_rows = table.filter(~pl.col("protocol").str.contains("@"))  # not the `@valid` rows
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec_pipeline.models.base import Recommender
+from mmrec_pipeline.models.base import MissingFeature, Recommender
 from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
 
 WORD = re.compile(r"[a-z0-9']+")
@@ -125,10 +125,11 @@ class DeepCoNN(Recommender):
         train = data.train.with_columns(
             pl.concat_str([pl.col("review_title").fill_null(""), pl.col("review_text").fill_null("")],
                           separator=" ").alias("review"))
-        if train["rating"].null_count() == train.height:
-            raise ValueError(f"deepconn: dataset '{data.name}' has no ratings in its training rows (column "
-                             "`rating`), and DeepCoNN regresses ratings")
         train = train.filter(pl.col("rating").is_not_null())
+        if train.height == 0 or (train["review"].str.strip_chars() == "").all():
+            raise MissingFeature(f"deepconn: dataset '{data.name}' has no training rows with both a rating (column "
+                                 "`rating`) and review text (`review_title`/`review_text`); DeepCoNN regresses "
+                                 "ratings from reviews, so it cannot run on this dataset")
         counts = Counter(w for text in train["review"].to_list() for w in WORD.findall(text.lower()))
         vocab = {w: i + 2 for i, (w, _) in enumerate(counts.most_common(cfg.vocab))}
         self.n_items, self.n_words = data.n_items, len(vocab) + 2
