@@ -1,11 +1,14 @@
-"""Blocking checks on `split`: a bad split stops everything downstream of it."""
+"""Blocking checks on `split`: a bad split stops everything downstream of it. Checks on the model assets."""
 
 import dagster as dg
 import polars as pl
 
 from assets import DATASETS
+from assets.models import all_model_names
 from mmrec_pipeline.data.splits import check_items_known, check_no_leak, check_temporal_shares
+from mmrec_pipeline.models.runner import check_tuning_records
 from mmrec_pipeline.registry import get_dataset
+from mmrec_pipeline.storage import dataset_dir
 
 
 def _result(ok: bool, meta: dict, description: str) -> dg.AssetCheckResult:
@@ -36,3 +39,16 @@ def split_items_in_catalog(split: pl.DataFrame, items: pl.DataFrame) -> dg.Asset
     """Every item in the split exists in the catalog."""
     ok, meta = check_items_known(split, items)
     return _result(ok, meta, "every split item is in items")
+
+
+def tuning_check(model: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=model, name="tuned_on_validation", partitions_def=DATASETS)
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        """Each variant's checkpoint holds the point of its grid with the best validation NDCG@10."""
+        ok, meta = check_tuning_records(dataset_dir(context.partition_key) / "models" / model)
+        return _result(ok, meta, "every checkpoint is its grid's validation argmax")
+
+    return _check
+
+
+model_tuning_checks = [tuning_check(name) for name in all_model_names]

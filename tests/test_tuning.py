@@ -113,3 +113,17 @@ def test_unknown_override_names_the_runner_keys(sample_dataset, tmp_path):
     with pytest.raises(ValueError, match="runner keys"):
         train_variants("item_knn", ItemKNN, {"default": {}}, sample_dataset, ItemFeatures(), Compute(device="cpu"),
                        tmp_path, {"neighbors": 5})
+
+
+def test_tuning_check_reads_the_checkpoints(sample_dataset, tmp_path):
+    from mmrec_pipeline.models.runner import check_tuning_records
+
+    train_variants("item_knn", ItemKNN, {"default": {}}, sample_dataset, ItemFeatures(), Compute(device="cpu"),
+                   tmp_path, {"search_space": {"neighbours": [5, 50]}})
+    assert check_tuning_records(tmp_path) == (True, {"variants": 1, "failures": []})
+    path = tmp_path / "default" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["neighbours"] = 7  # a checkpoint that is not the chosen point
+    path.write_text(json.dumps(meta))
+    ok, info = check_tuning_records(tmp_path)
+    assert not ok and "validation argmax" in info["failures"][0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 import time
 from pathlib import Path
@@ -169,3 +170,19 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         runs.append(VariantRun(variant, model, report, metrics, eval_seconds, grid, chosen, len(tables),
                                tune_seconds))
     return runs, skipped
+
+
+def check_tuning_records(models_dir: Path) -> tuple[bool, dict]:
+    """Every variant checkpoint under `models_dir` holds its grid's validation argmax (asset check)."""
+    failures, variants = [], 0
+    for path in sorted(Path(models_dir).glob("*/config.json")):
+        meta, variants = json.loads(path.read_text()), variants + 1
+        tuning = meta.get("tuning")
+        if not tuning or not tuning.get("grid"):
+            failures.append(f"{path.parent.name}: no tuning record (trained before validation tuning?)")
+            continue
+        best = tuning["grid"][choose(tuning["grid"])]
+        chosen = tuning["chosen"]
+        if any(best[k] != v or meta["config"].get(k) != v for k, v in chosen.items()):
+            failures.append(f"{path.parent.name}: config {chosen}, validation argmax {best}")
+    return variants > 0 and not failures, {"variants": variants, "failures": failures}
