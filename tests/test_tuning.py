@@ -11,10 +11,11 @@ import torch
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import evaluate_model, headline
-from mmrec_pipeline.models import CLASSIC, SEQUENTIAL
+from mmrec_pipeline.models import BASELINES, CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.bpr_mf import BPRMF
 from mmrec_pipeline.models.item_knn import ItemKNN
+from mmrec_pipeline.models.lvlm_retrieval import FIXED
 from mmrec_pipeline.models.runner import grid_points, train_variants, tune_variant
 
 SPACE = {"neighbours": [5, 50], "shrink": [0.0, 50.0]}
@@ -38,12 +39,14 @@ def test_grid_points_pins_what_the_dataset_sets():
 
 
 def test_every_model_declares_a_small_grid_of_real_config_fields():
-    for name, (cls, variants) in {**CLASSIC, **SEQUENTIAL}.items():
-        for overrides in variants.values():
-            space = cls.search_space_for(cls.Config(**overrides))
-            fields = {f for f in cls.Config.__dataclass_fields__}
-            assert set(space) <= fields, name
-            assert len(grid_points(space)) <= (2 if name in SEQUENTIAL else 12), name
+    neural = {*SEQUENTIAL, *MM_LLMREC, "deepconn", "vbpr", "bpr_mf"}  # each point is a full training run
+    for name, (cls, variants) in {**CLASSIC, **SEQUENTIAL, **MM_LLMREC, **LVLM, **BASELINES}.items():
+        for variant, overrides in variants.items():
+            config = cls.Config(**overrides)
+            space = cls.search_space_for(config)
+            assert set(space) <= set(cls.Config.__dataclass_fields__), name
+            limit = 1 if name == "lvlm_retrieval" and config.strategy not in FIXED else 2 if name in neural else 12
+            assert len(grid_points(space)) <= limit, (name, variant)
 
 
 def test_chosen_point_is_the_validation_argmax(sample_dataset, tmp_path):
