@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from mm_llmrec import WORK, load_sample, machine_info, prepare_sample
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's package, installed or not
 RESULTS = ROOT / "benchmarks" / "results" / "tuning.json"
 CHEAP = ("popularity", "item_knn", "ease", "content", "bpr_mf", "lvlm_retrieval")
 
