@@ -59,20 +59,28 @@ def main() -> None:
     if not (WORK / "features.npz").exists():
         prepare_sample()
     data, feats = load_sample()
-    result = {"machine": machine_info(), "dataset": "sample (temporal split, full catalog)", "models": {}}
+    # Models measured by an earlier run (`--models` subsets) are kept; each model's entry says when it ran.
+    previous = json.loads(RESULTS.read_text())["models"] if RESULTS.exists() else {}
+    result = {"machine": machine_info(), "dataset": "sample (temporal split, full catalog)", "models": previous}
     for name in args.models.split(","):
         cls, variants = registry[name]
         default, tuned = run(name, cls, variants, data, feats, False), run(name, cls, variants, data, feats, True)
         added = round(tuned["wall_seconds"] - default["wall_seconds"], 2)
-        result["models"][name] = {"defaults": default, "tuned": tuned, "added_wall_seconds": added}
+        result["models"][name] = {"defaults": default, "tuned": tuned, "added_wall_seconds": added,
+                                  "load_average_1m_at_end": round(os.getloadavg()[0], 2)}
+        save(result)
         print(f"{name}: defaults {default['wall_seconds']}s, tuned {tuned['wall_seconds']}s (+{added}s); "
               + "; ".join(f"{v}: {tuned[v]['chosen']} valid {default[v]['valid_ndcg@10']} -> "
                           f"{tuned[v]['valid_ndcg@10']}" for v in variants if v in tuned), flush=True)
+    save(result)
+    print(f"added by the grids: {result['added_wall_seconds_total']}s wall; written {RESULTS}")
+
+
+def save(result: dict) -> None:
     result["added_wall_seconds_total"] = round(sum(m["added_wall_seconds"] for m in result["models"].values()), 2)
     result["machine"]["load_average_1m_5m_15m_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"added by the grids: {result['added_wall_seconds_total']}s wall; written {RESULTS}")
 
 
 if __name__ == "__main__":
