@@ -1,15 +1,18 @@
-"""Blocking checks on `split` (a bad split stops everything downstream of it); checks on the feature tables
-and on `metrics` (complete, every test user accounted for)."""
+"""Blocking checks on `split` (a bad split stops everything downstream of it); checks on the feature tables,
+the model assets (tuned on validation) and `metrics` (complete, every test user accounted for)."""
 
 import dagster as dg
 import polars as pl
 
 from assets import DATASETS
+from assets.models import all_model_names
 from mmrec_pipeline.data.splits import check_items_known, check_no_leak, check_temporal_shares
 from mmrec_pipeline.evaluation.protocols import check_metrics, check_user_accounting
 from mmrec_pipeline.features.summaries import check_training_only
 from mmrec_pipeline.lake import FEATURE_TABLES, items_without_feature
+from mmrec_pipeline.models.runner import check_tuning_records
 from mmrec_pipeline.registry import get_dataset
+from mmrec_pipeline.storage import dataset_dir
 
 
 def _result(ok: bool, meta: dict, description: str) -> dg.AssetCheckResult:
@@ -78,6 +81,17 @@ def feature_check(table: str, needs_image: bool) -> dg.AssetChecksDefinition:
             description="complete" if ok else ("budget-limited run: the backfill continues" if budget_left
                                                else "items failed or were left without a value"))
 
+
+    return _check
+
+
+def tuning_check(model: str) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=model, name="tuned_on_validation", partitions_def=DATASETS)
+    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        """Each variant's checkpoint holds the point of its grid with the best validation NDCG@10."""
+        ok, meta = check_tuning_records(dataset_dir(context.partition_key) / "models" / model)
+        return _result(ok, meta, "every checkpoint is its grid's validation argmax")
+
     return _check
 
 
@@ -97,3 +111,6 @@ def review_summaries_training_only(review_summaries: pl.DataFrame, split: pl.Dat
     """Summaries count (and cover) only training-period reviews: the MMREC label is the review's own rating."""
     ok, meta = check_training_only(review_summaries, split)
     return _result(ok, meta, "every item's reviews counted from the split's train rows only")
+
+
+model_tuning_checks = [tuning_check(name) for name in all_model_names]

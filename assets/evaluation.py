@@ -9,6 +9,7 @@ from assets import DATASETS
 from assets.models import all_model_names
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.splits import split_summary
+from mmrec_pipeline.evaluation.audit import audit_sections
 from mmrec_pipeline.evaluation.report import (
     build_report,
     html_table,
@@ -17,7 +18,7 @@ from mmrec_pipeline.evaluation.report import (
     qualitative_examples,
     user_accounting,
 )
-from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
+from mmrec_pipeline.models import FAMILIES, MM_LLMREC
 from mmrec_pipeline.models.lvlm_retrieval import strategy_table
 from mmrec_pipeline.models.mmrec_dlrm import report_note
 from mmrec_pipeline.models.mmrec_dlrm import report_table as dlrm_table
@@ -62,11 +63,11 @@ def extra_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
                            "catalog, the same users and evaluator as every other model); NDCG/recall @10")
         sections.append(("mmrec_dlrm: the paper's pointwise protocol beside full-catalog ranking",
                          note + "\n\n" + md_table(table), f"<p>{note}</p>" + html_table(table)))
+    sections += audit_sections(metrics, spec.split)  # each published system's claim vs our numbers
     return sections
 
 
-FAMILIES = {**{m: "classic" for m in CLASSIC}, **{m: "sequential" for m in SEQUENTIAL},
-            **{m: "mm_llmrec (MM-GPT2Rec)" for m in MM_LLMREC}, **{m: "lvlm_retrieval" for m in LVLM}}
+FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in group}
 
 
 def read_per_user(dataset: str) -> pl.DataFrame | None:
@@ -101,7 +102,7 @@ def report(context: dg.AssetExecutionContext, metrics: pl.DataFrame, split: pl.D
     if per_user is not None:  # only the models in `metrics`: a stale file of a removed model must not count
         per_user = per_user.join(metrics.select("model", "variant").unique(), on=["model", "variant"], how="semi")
     page, md = build_report(spec.name, metrics, facts, spec.split, sections=extra_sections(spec, metrics, split, items),
-                            per_user=per_user, families=FAMILIES)
+                            per_user=per_user, families=FAMILY_OF)
     path = write_text(page, dataset_dir(spec.name) / "report.html")
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "report": dg.MetadataValue.md(md),
                                           "per_user_rows": per_user.height if per_user is not None else 0})

@@ -14,9 +14,9 @@ import polars as pl
 from assets import DATASETS, GPU
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.protocols import headline
-from mmrec_pipeline.evaluation.report import plot_learning_curves
-from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, MMREC_DLRM, SEQUENTIAL, VQ_BART
+from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline
+from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
+from mmrec_pipeline.models import BASELINES, CLASSIC, LVLM, MM_LLMREC, MMREC_DLRM, SEQUENTIAL, VQ_BART
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.runner import train_variants
 from mmrec_pipeline.registry import get_dataset
@@ -24,6 +24,17 @@ from mmrec_pipeline.storage import dataset_dir, write_parquet
 from resources.compute import ComputeResource
 
 DIVERSITY_VECTOR = "sbert_text"
+
+
+def grid_markdown(grid: list[dict], chosen: dict) -> str:
+    """The tuning grid as a table, one row per point with its validation NDCG@10; the chosen row marked."""
+    def shown(v):
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    rows = [{"chosen": "✓" if all(g[k] == v for k, v in chosen.items()) else "",
+             **{k: shown(v) for k, v in g.items() if k not in ("valid_ndcg@10", "fit_seconds")},
+             "valid_ndcg@10": g["valid_ndcg@10"], "fit_seconds": g["fit_seconds"]} for g in grid]
+    return md_table(pl.DataFrame(rows)) if rows else "(no grid)"
 
 
 def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("text_embeddings",),
@@ -43,16 +54,25 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
         out_dir = dataset_dir(spec.name) / "models" / name
         runs, skipped = train_variants(name, cls, variants, data, feats, compute.settings(), out_dir,
                               spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log)
-        if not runs:
-            raise RuntimeError(f"{name}: no variant could train on {spec.name}: {skipped}")
+        if not runs and not skipped:
+            raise RuntimeError(f"{name}: no variant could train on {spec.name}")
+        if not runs:  # every variant lacks a feature this dataset does not have (e.g. vbpr without images)
+            context.log.warning(f"{name}: no variant can run on {spec.name}: {skipped}")
+            return dg.Output(pl.DataFrame(schema=METRICS_SCHEMA),
+                             metadata=plain({f"skipped {v}": reason for v, reason in skipped.items()}))
         table = pl.concat([r.metrics for r in runs])
         write_parquet(pl.concat([r.per_user for r in runs]), dataset_dir(spec.name) / "per_user" / f"{name}.parquet")
+        test_rows = table.filter(~pl.col("protocol").str.contains("@"))  # not the `@valid` rows
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
-                **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(table).items()}),
+                **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(test_rows).items()}),
                 **plain({f"train_seconds {r.variant}": round(r.report["seconds"], 2) for r in runs}),
                 **plain({f"eval_seconds {r.variant}": round(r.eval_seconds, 2) for r in runs}),
                 **plain({f"skipped {v}": reason for v, reason in skipped.items()}),
-                **plain({f"{k} {r.variant}": x for r in runs for k, x in r.report.get("metadata", {}).items()})}
+                **plain({f"{k} {r.variant}": x for r in runs for k, x in r.report.get("metadata", {}).items()}),
+                # Each variant's validation grid (the chosen point ticked) and what the other points cost.
+                **{f"grid {r.variant}": dg.MetadataValue.md(grid_markdown(r.grid, r.chosen)) for r in runs},
+                **plain({f"tune_seconds {r.variant}": round(r.tune_seconds, 2) for r in runs}),
+                **plain({f"seeds {r.variant}": r.seeds for r in runs})}
         curves = {r.variant: r.report["curve"] for r in runs if r.report.get("curve")}
         if curves:
             meta["learning_curve"] = png_markdown(plot_learning_curves(curves, title=name), "learning curve")
@@ -70,5 +90,7 @@ model_assets = [
       for name, (cls, variants) in VQ_BART.items()],
     *[model_asset(name, cls, variants, features=("text_embeddings", "review_summaries"))
       for name, (cls, variants) in MMREC_DLRM.items()],
+    model_asset("vbpr", *BASELINES["vbpr"], features=MULTIMODAL),
+    model_asset("deepconn", *BASELINES["deepconn"]),
 ]
 all_model_names = [a.key.path[-1] for a in model_assets]

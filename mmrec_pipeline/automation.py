@@ -17,7 +17,7 @@ import dagster as dg
 from assets import DATASETS
 from mmrec_pipeline.features import cache, captions, image, summaries, text, vq
 from mmrec_pipeline.lake import feature_gaps
-from mmrec_pipeline.models import CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
+from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.registry import available_datasets, lake_root
 from mmrec_pipeline.versions import code_version
 
@@ -53,7 +53,7 @@ def model_code_version(cls) -> str:
 
 CODE_VERSIONS = {**{name: code_version(*mods) for name, mods in FEATURE_CODE.items()},
                  **{name: model_code_version(cls)
-                    for name, (cls, _) in {**CLASSIC, **SEQUENTIAL, **MM_LLMREC, **LVLM}.items()}}
+                    for name, (cls, _) in MODELS.items()}}
 
 
 def condition_for(key: dg.AssetKey) -> dg.AutomationCondition:

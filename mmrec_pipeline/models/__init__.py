@@ -6,6 +6,7 @@ Each entry becomes one Dagster asset per dataset that trains and evaluates all i
 from mmrec_pipeline.models.bert4rec import BERT4Rec
 from mmrec_pipeline.models.bpr_mf import BPRMF
 from mmrec_pipeline.models.content import ContentBased
+from mmrec_pipeline.models.deepconn import DeepCoNN
 from mmrec_pipeline.models.ease import EASE
 from mmrec_pipeline.models.gru4rec import GRU4Rec
 from mmrec_pipeline.models.hybrid import Hybrid
@@ -17,6 +18,7 @@ from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS as MMREC_DLRM_VARIANT
 from mmrec_pipeline.models.mmrec_dlrm import MMRecDLRM
 from mmrec_pipeline.models.popularity import Popularity
 from mmrec_pipeline.models.sasrec import SASRec
+from mmrec_pipeline.models.vbpr import VBPR
 from mmrec_pipeline.models.vq_bart import VARIANTS as VQ_BART_VARIANTS
 from mmrec_pipeline.models.vq_bart import VQBart
 
@@ -57,3 +59,14 @@ VQ_BART = {"vq_bart": (VQBart, VQ_BART_VARIANTS)}
 # MMREC (mmrec_dlrm.py): TorchRec DLRM over review summaries, captions and title/description vectors. The registry
 # holds the demo grid (six variants); the paper's full 12 (modalities x losses) run in benchmarks/mmrec_dlrm.py.
 MMREC_DLRM = {"mmrec_dlrm": (MMRecDLRM, MMREC_DLRM_VARIANTS)}
+
+# The MM-GPT2Rec paper's multimodal baselines, trained here for real (its table filled them with random tensors):
+# VBPR reads the image vectors, DeepCoNN the training rows' review text.
+BASELINES = {"vbpr": (VBPR, {"default": {}}), "deepconn": (DeepCoNN, {"default": {}})}
+
+# Every model asset, by family: the report groups its leaderboard by these; serving and automation look models up
+# in `MODELS`.
+FAMILIES = {"classic": CLASSIC, "sequential": SEQUENTIAL, "mm_llmrec (MM-GPT2Rec)": MM_LLMREC,
+            "lvlm_retrieval": LVLM, "vq_bart (VQGAN + BART)": VQ_BART, "mmrec_dlrm (MMREC)": MMREC_DLRM,
+            "paper baselines": BASELINES}
+MODELS = {name: entry for family in FAMILIES.values() for name, entry in family.items()}

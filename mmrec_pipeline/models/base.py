@@ -64,11 +64,41 @@ class ItemFeatures:
         return self.vectors.get(name)
 
 
+@dataclasses.dataclass(frozen=True)
+class PaperClaim:
+    """A published system's headline claim, as its paper states it, for the report's seed audit.
+
+    `reproduce` maps a label (e.g. "sampled: 100 negatives per user") to the `protocol` value of our metrics
+    table whose rows come closest to the paper's protocol (`{protocol}` = the dataset's split protocol); the
+    audit reads `metric`@`k` under it and under our own full-catalog protocol. `baselines` names the model assets that stand for the paper's baselines."""
+
+    system: str  # the paper's name for it
+    source: str  # file under ../shared/papers/
+    claim: str  # the headline, quoted or closely paraphrased
+    protocol: str  # how the paper measured it
+    metric: str  # our metric name of the headline (hr, ndcg, recall, …)
+    k: int
+    value: float  # the paper's figure
+    variant: str = ""  # our variant that stands for the headline system; "" = the model's best on validation
+    reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
+    baselines: tuple[str, ...] = ()
+    notes: str = ""
+
+
 class Recommender(abc.ABC):
     """Subclasses set `name` and `Config` (a dataclass), and implement fit/score/state."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    # The grid the runner tunes on validation: {config field: (a few values)}. Empty = nothing to tune.
+    search_space: ClassVar[dict[str, tuple]] = {}
+    # Published systems only: what their paper claims and under which protocol (the report's seed audit).
+    paper: ClassVar[PaperClaim | None] = None
+
+    @classmethod
+    def search_space_for(cls, config) -> dict[str, tuple]:
+        """The grid for one variant's config; models whose grid depends on the variant override this."""
+        return dict(cls.search_space)
 
     def __init__(self, config: Any = None, **overrides):
         config = config or self.Config()
@@ -97,12 +127,15 @@ class Recommender(abc.ABC):
     def apply_extra_config(self, extra: dict) -> None:
         self.n_items = extra["n_items"]
 
-    def save(self, directory: Path) -> Path:
+    def save(self, directory: Path, tuning: dict | None = None) -> Path:
+        """`tuning`: the runner's validation grid and choice, kept beside the config it produced."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
         meta = {"model": self.name, "config": dataclasses.asdict(self.config), "extra": self.extra_config()}
+        if tuning is not None:
+            meta["tuning"] = tuning
         atomic_write(directory / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
         return directory
 

@@ -37,9 +37,14 @@ class BERT4RecConfig(SequentialConfig):
     patience: int = 8
 
 
+# The grid the runner tunes on validation (models/runner.py); two points, as each is a full training run.
+SEARCH_SPACE = {"lr": (1e-3, 2e-3)}
+
+
 class BERT4Rec(SequentialRecommender):
     name = "bert4rec"
     Config = BERT4RecConfig
+    search_space = SEARCH_SPACE
 
     @property
     def mask(self) -> int:

@@ -22,6 +22,10 @@ class ContentConfig:
     max_features: int = 20000
 
 
+# The grid the runner tunes on validation (models/runner.py).
+SEARCH_SPACE = {"recency_decay": (0.5, 0.8, 0.9, 1.0)}
+
+
 def user_profiles(vectors: torch.Tensor, history: list[np.ndarray], decay: float) -> torch.Tensor:
     """Recency-weighted mean of each history's item vectors (zeros for an empty history)."""
     out = torch.zeros(len(history), vectors.shape[1])
@@ -35,6 +39,7 @@ def user_profiles(vectors: torch.Tensor, history: list[np.ndarray], decay: float
 class ContentBased(Recommender):
     name = "content"
     Config = ContentConfig
+    search_space = SEARCH_SPACE
 
     def fit(self, data, features, compute, log=None) -> dict:
         start = time.perf_counter()

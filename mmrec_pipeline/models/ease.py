@@ -19,9 +19,14 @@ class EASEConfig:
     max_items: int = 30000  # (train items)² float32 must fit in memory
 
 
+# The grid the runner tunes on validation (models/runner.py).
+SEARCH_SPACE = {"l2": (50.0, 200.0, 500.0, 1000.0)}
+
+
 class EASE(Recommender):
     name = "ease"
     Config = EASEConfig
+    search_space = SEARCH_SPACE
 
     def fit(self, data, features, compute, log=None) -> dict:
         start = time.perf_counter()

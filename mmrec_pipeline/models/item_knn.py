@@ -20,9 +20,14 @@ class ItemKNNConfig:
     chunk: int = 2048  # items per block when computing similarities (bounds memory)
 
 
+# The grid the runner tunes on validation (models/runner.py).
+SEARCH_SPACE = {"neighbours": (20, 50, 100, 200), "shrink": (0.0, 10.0, 50.0)}
+
+
 class ItemKNN(Recommender):
     name = "item_knn"
     Config = ItemKNNConfig
+    search_space = SEARCH_SPACE
 
     def fit(self, data, features, compute, log=None) -> dict:
         start = time.perf_counter()

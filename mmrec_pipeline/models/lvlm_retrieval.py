@@ -31,7 +31,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
+from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.fusion import FUSIONS, knn_graph, max_graph
 from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
@@ -56,7 +56,7 @@ class LVLMConfig:
     center_vision: bool = True  # subtract the catalog mean of the image vectors before normalising (module doc)
     text_weight: float = 0.5  # naive_avg: weight of the text cosine
     # learned strategies
-    dim: int = 64  # 128 scores the same on `sample` at twice the cost
+    dim: int = 64  # 128 costs twice as much per step
     epochs: int = 30  # upper bound; early stopping ends sooner
     batch_size: int = 1024  # (history prefix, next item) examples per step; each step encodes the whole catalog
     lr: float = 5e-3
@@ -177,6 +177,25 @@ def profile_weights(prefixes: list[np.ndarray], n_items: int, decay: float) -> s
 class LVLMRetrieval(Recommender):
     name = "lvlm_retrieval"
     Config = LVLMConfig
+    paper = PaperClaim(
+        system="LVLM item descriptions for retrieval (Barlas et al., USC)", source="003_ae3403f8d99cb7e9.txt",
+        claim="LLaVA-NeXT captions as item text: Recall@10 = 0.3539, +54.9% over BERT text-only (0.2285)",
+        protocol="Kaggle Clothing, Shoes & Jewelry subset (4,708 items, 2,914 users); mean-of-history cosine "
+                 "retrieval; strategies ranked against different candidate pools, fusions trained on a constant loss",
+        metric="recall", k=10, value=0.3539, variant="caption_llava",
+        reproduce={"100 sampled negatives per user (a reduced candidate pool)": "{protocol}+sampled:100"},
+        notes="Our captions come from whichever captioner ran (the offline one without LVLM weights); every "
+              "strategy ranks the same full catalog for the same users.")
+
+    @classmethod
+    def search_space_for(cls, config) -> dict[str, tuple]:
+        # Fixed strategies cost one pass over the item vectors per point, so they get a real grid (1.0 = the
+        # paper's plain mean of the history); learned fusions are full training runs and are not tuned by
+        # default on `sample` (a dataset's `search_space` override can add a grid for them).
+        if config.strategy not in FIXED:
+            return {}
+        space = {"recency_decay": (1.0, 0.8, 0.5)}
+        return space | {"text_weight": (0.3, 0.5, 0.7)} if config.strategy == "naive_avg" else space
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)

@@ -22,6 +22,11 @@ class Popularity(Recommender):
     name = "popularity"
     Config = PopularityConfig
 
+    @classmethod
+    def search_space_for(cls, config) -> dict[str, tuple]:
+        # The recent variant's window is tuned on validation; the global variant has nothing to tune.
+        return {"window_days": (7.0, 14.0, 30.0, 90.0)} if config.window_days is not None else {}
+
     def fit(self, data, features, compute, log=None) -> dict:
         start = time.perf_counter()
         train = data.train

@@ -1,13 +1,32 @@
-"""Train every variant of one model on one dataset, save its checkpoints, evaluate it on test (and on valid,
-the rows the serving champion is chosen from)."""
+"""Train every variant of one model on one dataset: tune it on validation, save the chosen checkpoint, score
+test once with the chosen point (over several seeds when asked). The chosen point's valid rows are the ones
+the serving champion is chosen from.
+
+Tuning: each model declares a small search space next to its config (`Recommender.search_space_for`). For each
+point of the grid the variant is fitted on train and ranked on the valid stage by the shared evaluator
+(`evaluate_model(stage="valid")`, full catalog, NDCG@10); the best point (the first one on ties) is kept. Test
+rows never enter the choice: only the chosen model is evaluated on test, after the grid is done. The grid with
+each point's validation NDCG@10 goes into the checkpoint's config.json (`tuning`) and the asset's metadata, and
+the chosen point's validation rows into the metrics table as protocol `<protocol>@valid`.
+
+Runner keys of a dataset's model overrides (datasets.yaml `models: {<model>: {...}}`), beside config fields:
+- `search_space: {field: [values, ...]}` replaces the declared grid (a larger one for a real dataset; `{}` = none);
+- `seeds: N` refits the chosen point with seeds seed, seed+1, … seed+N-1 and reports the mean of every test
+  metric, with `<metric>_std` rows (sample std over seeds) and a `seeds` row (1 for single-seed rows). Models
+  without a `seed` field are deterministic and always run once.
+A config field the dataset sets explicitly is never tuned.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from mmrec_pipeline.compute import Compute
@@ -18,25 +37,103 @@ from mmrec_pipeline.storage import write_json
 
 FIT_REPORT = "fit_report.json"
 
+RUNNER_KEYS = ("search_space", "seeds")
+SELECTION_METRIC = ("ndcg", 10)  # chosen on the valid stage, full-catalog ranking
+
 
 @dataclasses.dataclass
 class VariantRun:
     variant: str
     model: Recommender
     report: dict
-    metrics: pl.DataFrame
+    metrics: pl.DataFrame  # test rows (mean over seeds) + the chosen point's `@valid` rows
     eval_seconds: float
+    grid: list[dict] = dataclasses.field(default_factory=list)  # {**point, "valid_ndcg@10", "fit_seconds"}
+    chosen: dict = dataclasses.field(default_factory=dict)
+    seeds: int = 1
+    tune_seconds: float = 0.0  # fitting + validating the points that were not chosen
     per_user: pl.DataFrame | None = None  # test metric@10 per evaluated user (for CIs and paired tests)
 
 
 def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: dict | None) -> Recommender:
     """Config = class defaults, then the registry variant, then the dataset's overrides from datasets.yaml."""
-    merged = {**variant_overrides, **(dataset_overrides or {})}
+    merged = {**variant_overrides, **{k: v for k, v in (dataset_overrides or {}).items() if k not in RUNNER_KEYS}}
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(merged) - fields
     if unknown:
-        raise ValueError(f"{cls.name}: unknown config field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+        raise ValueError(f"{cls.name}: unknown config field(s) {sorted(unknown)}; allowed: {sorted(fields)} "
+                         f"(and the runner keys {list(RUNNER_KEYS)})")
     return cls(cls.Config(**merged))
+
+
+def grid_points(space: dict[str, tuple | list], pinned=()) -> list[dict]:
+    """Every combination of the search space's values, in declaration order; keys in `pinned` are left out.
+    Always at least one point (the empty one: the config as it is)."""
+    keys = [k for k in space if k not in set(pinned)]
+    for k in keys:
+        if not isinstance(space[k], (list, tuple)) or not len(space[k]):
+            raise ValueError(f"search space '{k}' must be a non-empty list of values, got {space[k]!r}")
+    return [dict(zip(keys, values)) for values in itertools.product(*(space[k] for k in keys))]
+
+
+def selection_value(valid_table: pl.DataFrame) -> float:
+    metric, k = SELECTION_METRIC
+    t = valid_table.filter((pl.col("metric") == metric) & (pl.col("k") == k)
+                           & ~pl.col("protocol").str.contains("sampled"))
+    return float(t["value"][0]) if t.height else float("nan")
+
+
+def choose(grid: list[dict]) -> int:
+    """Index of the best validation value (the first on ties; NaN never wins unless every value is NaN)."""
+    values = np.array([g["valid_ndcg@10"] for g in grid], dtype=np.float64)
+    return 0 if np.isnan(values).all() else int(np.nanargmax(values))
+
+
+def seed_summary(tables: list[pl.DataFrame], protocol: str) -> pl.DataFrame:
+    """Mean of every row over the seeds' test tables, `<metric>_std` rows for the ranking metrics, `seeds` row."""
+    keys = ["model", "variant", "protocol", "metric", "k"]
+    stacked = pl.concat(tables)
+    mean = stacked.group_by(keys, maintain_order=True).agg(pl.col("value").mean())
+    rows = [mean]
+    if len(tables) > 1:
+        std = (stacked.filter(pl.col("k").is_not_null()).group_by(keys, maintain_order=True)
+               .agg(pl.col("value").std()).with_columns(pl.col("metric") + "_std"))
+        rows.append(std)
+    first = tables[0]
+    rows.append(pl.DataFrame({"model": first["model"][0], "variant": first["variant"][0], "protocol": protocol,
+                              "metric": "seeds", "k": None, "value": float(len(tables))}, schema=first.schema))
+    return pl.concat(rows).select(first.columns)
+
+
+def tune_variant(name: str, cls: type[Recommender], variant: str, overrides: dict, data: RecDataset,
+                 features: ItemFeatures, compute: Compute, dataset_overrides: dict | None, item_vectors=None,
+                 log: logging.Logger | None = None):
+    """(model, fit report, valid table, grid, chosen point, seconds spent on the other points) for one variant.
+    Only train rows (fit) and valid rows (choice) are read. Raises `MissingFeature` when the variant cannot fit."""
+    dataset_overrides = dataset_overrides or {}
+    base = build(cls, overrides, dataset_overrides)
+    space = dataset_overrides.get("search_space")
+    space = cls.search_space_for(base.config) if space is None else space
+    points = grid_points(space, pinned=[k for k in dataset_overrides if k not in RUNNER_KEYS]) or [{}]
+    grid, best, spent = [], None, []
+    for point in points:
+        model = build(cls, {**overrides, **point}, dataset_overrides)
+        start = time.perf_counter()
+        report = model.fit(data, features, compute, log)
+        valid, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors, sampled=None, stage="valid")
+        seconds = time.perf_counter() - start
+        grid.append({**point, "valid_ndcg@10": selection_value(valid), "fit_seconds": round(seconds, 2)})
+        spent.append(seconds)
+        if log and len(points) > 1:
+            log.info(f"{name}/{variant} grid point {len(grid)}/{len(points)} {point}: "
+                     f"valid NDCG@10 {grid[-1]['valid_ndcg@10']:.4f} ({seconds:.1f}s)")
+        if choose(grid) == len(grid) - 1:
+            best = (model, report, valid)
+    chosen = choose(grid)
+    model, report, valid = best
+    if log and len(points) > 1:
+        log.info(f"{name}/{variant}: chose {points[chosen]} on validation")
+    return model, report, valid, grid, points[chosen], sum(spent) - spent[chosen]
 
 
 def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict], data: RecDataset,
@@ -45,29 +142,43 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
     """Runs of the variants that could train, and {variant: reason} for those skipped for lack of a feature
     (e.g. image strategies on a dataset without images)."""
     runs, skipped = [], {}
+    n_seeds = int((dataset_overrides or {}).get("seeds", 1))
     for variant, overrides in variants.items():
-        model = build(cls, overrides, dataset_overrides)
         if log:
             log.info(f"{name}/{variant}: training on {data.train.height} interactions "
                      f"({data.n_users} users, {data.n_items} items)")
         try:
-            report = model.fit(data, features, compute, log)
+            model, report, valid, grid, chosen, tune_seconds = tune_variant(
+                name, cls, variant, overrides, data, features, compute, dataset_overrides, item_vectors, log)
         except MissingFeature as e:
             skipped[variant] = str(e)
             if log:
                 log.warning(f"{name}/{variant} skipped: {e}")
             continue
-        model.save(Path(out_dir) / variant)
+        seeded = n_seeds > 1 and hasattr(model.config, "seed")
+        if n_seeds > 1 and not seeded and log:
+            log.info(f"{name}: no `seed` field (deterministic), trained once instead of {n_seeds} times")
+        start = time.perf_counter()
+        first, full = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
+        tables = [first]
+        test_by_seed = [selection_value(tables[0])]
+        for s in range(1, n_seeds if seeded else 1):
+            other = build(cls, {**overrides, **chosen, "seed": model.config.seed + s},
+                          {k: v for k, v in (dataset_overrides or {}).items() if k != "seed"})
+            other.fit(data, features, compute, log)
+            tables.append(evaluate_model(other, data, name, variant, item_vectors=item_vectors)[0])
+            test_by_seed.append(selection_value(tables[-1]))
+        eval_seconds = time.perf_counter() - start
+        tuning = {"selected_on": f"{data.protocol}@valid ndcg@10 (full catalog)", "grid": grid, "chosen": chosen,
+                  "seeds": len(tables), "test_ndcg@10_by_seed": test_by_seed}
+        model.save(Path(out_dir) / variant, tuning=tuning)
         # Beside the checkpoint: what retraining on all interactions needs (best_epoch chosen on valid).
         write_json(fit_summary(report), Path(out_dir) / variant / FIT_REPORT)
-        start = time.perf_counter()
-        metrics, full = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
-        valid, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors, sampled=None, stage="valid")
-        metrics = pl.concat([metrics, valid])
+        metrics = pl.concat([seed_summary(tables, data.protocol), valid])
         if hasattr(model, "extra_metrics"):  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
             metrics = pl.concat([metrics, model.extra_metrics(data, name, variant)])
-        runs.append(VariantRun(variant, model, report, metrics, time.perf_counter() - start,
-                               per_user_table(full, data, name, variant, data.protocol)))
+        runs.append(VariantRun(variant, model, report, metrics, eval_seconds, grid, chosen, len(tables), tune_seconds,
+                               per_user=per_user_table(full, data, name, variant, data.protocol)))
     return runs, skipped
 
 
@@ -76,3 +187,19 @@ def fit_summary(report: dict) -> dict:
     def plain(d: dict) -> dict:
         return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool)) or v is None}
     return {**plain(report), **{k: plain(v) for k, v in report.items() if isinstance(v, dict)}}
+
+
+def check_tuning_records(models_dir: Path) -> tuple[bool, dict]:
+    """Every variant checkpoint under `models_dir` holds its grid's validation argmax (asset check)."""
+    failures, variants = [], 0
+    for path in sorted(Path(models_dir).glob("*/config.json")):
+        meta, variants = json.loads(path.read_text()), variants + 1
+        tuning = meta.get("tuning")
+        if not tuning or not tuning.get("grid"):
+            failures.append(f"{path.parent.name}: no tuning record (trained before validation tuning?)")
+            continue
+        best = tuning["grid"][choose(tuning["grid"])]
+        chosen = tuning["chosen"]
+        if any(best[k] != v or meta["config"].get(k) != v for k, v in chosen.items()):
+            failures.append(f"{path.parent.name}: config {chosen}, validation argmax {best}")
+    return variants > 0 and not failures, {"variants": variants, "failures": failures}

@@ -20,9 +20,14 @@ class SASRecConfig(SequentialConfig):
     dropout: float = 0.3
 
 
+# The grid the runner tunes on validation (models/runner.py); two points, as each is a full training run.
+SEARCH_SPACE = {"lr": (1e-3, 2e-3)}
+
+
 class SASRec(SequentialRecommender):
     name = "sasrec"
     Config = SASRecConfig
+    search_space = SEARCH_SPACE
 
     def build_network(self):
         c = self.config

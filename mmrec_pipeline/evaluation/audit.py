@@ -1,0 +1,77 @@
+"""The seed audit: for each published system we build, its paper's headline claim and protocol beside our numbers
+under the closest protocol we can reproduce and under our own (full-catalog ranking).
+
+A model takes part by setting `paper = PaperClaim(...)` on its `Recommender` class (models/base.py); nothing else
+is registered here. Its row is the claim's `variant`, or else the variant that scored best on validation (the
+`<protocol>@valid` rows), never the best on test. Baseline rows are the named model assets, trained here.
+"""
+
+from __future__ import annotations
+
+import html
+
+import polars as pl
+
+from mmrec_pipeline.evaluation.report import html_table, md_table
+from mmrec_pipeline.models.base import PaperClaim, Recommender
+
+
+def published_systems() -> dict[str, PaperClaim]:
+    """{model name: claim} of every imported `Recommender` subclass that declares a paper claim."""
+    out, todo = {}, list(Recommender.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        if getattr(cls, "paper", None) is not None and getattr(cls, "name", None):
+            out[cls.name] = cls.paper
+    return dict(sorted(out.items()))
+
+
+def value(metrics: pl.DataFrame, model: str, variant: str, protocol: str, metric: str, k: int) -> float | None:
+    t = metrics.filter((pl.col("model") == model) & (pl.col("variant") == variant) & (pl.col("protocol") == protocol)
+                       & (pl.col("metric") == metric) & (pl.col("k") == k))
+    return float(t["value"][0]) if t.height else None
+
+
+def validation_best(metrics: pl.DataFrame, model: str, protocol: str) -> str | None:
+    """The model's variant with the best validation NDCG@10 (the first variant when no validation rows exist)."""
+    rows = metrics.filter(pl.col("model") == model)
+    if rows.height == 0:
+        return None
+    valid = rows.filter((pl.col("protocol") == f"{protocol}@valid") & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
+    return valid.sort("value", descending=True)["variant"][0] if valid.height else rows["variant"][0]
+
+
+def audit_table(metrics: pl.DataFrame, model: str, claim: PaperClaim, protocol: str) -> pl.DataFrame | None:
+    variant = claim.variant if metrics.filter((pl.col("model") == model) & (pl.col("variant") == claim.variant)).height \
+        else validation_best(metrics, model, protocol)
+    if variant is None:
+        return None
+    name = f"{claim.metric}@{claim.k}"
+    rows = [{"row": f"paper: {claim.system}", "model": "(as published)", name: claim.value,
+             "protocol": claim.protocol}]
+    protocols = {label: p.format(protocol=protocol) for label, p in claim.reproduce.items()}
+    protocols[f"ours: {protocol} split, whole catalog ranked"] = protocol
+    for label, p in protocols.items():
+        for who in (model, *claim.baselines):
+            v = variant if who == model else validation_best(metrics, who, protocol)
+            if v is None:
+                continue
+            x = value(metrics, who, v, p, claim.metric, claim.k)
+            rows.append({"row": "ours" if who == model else "baseline (trained here)", "model": f"{who}/{v}",
+                         name: x, "protocol": f"{label} (`{p}`)" if x is not None
+                         else f"{label}: {claim.metric}@{claim.k} not computed under `{p}`"})
+    return pl.DataFrame(rows, schema={"row": pl.Utf8, "model": pl.Utf8, name: pl.Float64, "protocol": pl.Utf8})
+
+
+def audit_sections(metrics: pl.DataFrame, protocol: str) -> list[tuple[str, str, str]]:
+    """(title, markdown, html) per published system that has rows in `metrics`."""
+    sections = []
+    for model, claim in published_systems().items():
+        table = audit_table(metrics, model, claim, protocol)
+        if table is None:
+            continue
+        note = (f"Headline claim ({claim.source}): {claim.claim}. {claim.notes}").strip()
+        sections.append((f"Seed audit: {model}", note + "\n\n" + md_table(table),
+                         f"<p>{html.escape(note)}</p>" + html_table(table)))
+    return sections

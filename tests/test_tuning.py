@@ -1,0 +1,132 @@
+"""The runner's tuning on `sample`: the chosen point is the validation argmax, test rows never enter the
+choice, the grid is recorded in config.json, and `seeds: N` reports mean and std."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.evaluation.protocols import evaluate_model, headline
+from mmrec_pipeline.models import BASELINES, CLASSIC, LVLM, MM_LLMREC, SEQUENTIAL
+from mmrec_pipeline.models.base import ItemFeatures
+from mmrec_pipeline.models.bpr_mf import BPRMF
+from mmrec_pipeline.models.item_knn import ItemKNN
+from mmrec_pipeline.models.lvlm_retrieval import FIXED
+from mmrec_pipeline.models.runner import grid_points, train_variants, tune_variant
+
+SPACE = {"neighbours": [5, 50], "shrink": [0.0, 50.0]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Small CPU steps: on a shared 2-core machine two torch threads wait on each other (6x slower measured)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_grid_points_pins_what_the_dataset_sets():
+    assert grid_points({"a": (1, 2), "b": (3,)}) == [{"a": 1, "b": 3}, {"a": 2, "b": 3}]
+    assert grid_points({"a": (1, 2), "b": (3, 4)}, pinned=["a"]) == [{"b": 3}, {"b": 4}]
+    assert grid_points({}) == [{}]
+    with pytest.raises(ValueError, match="non-empty list"):
+        grid_points({"a": ()})
+
+
+def test_every_model_declares_a_small_grid_of_real_config_fields():
+    neural = {*SEQUENTIAL, *MM_LLMREC, "deepconn", "vbpr", "bpr_mf"}  # each point is a full training run
+    for name, (cls, variants) in {**CLASSIC, **SEQUENTIAL, **MM_LLMREC, **LVLM, **BASELINES}.items():
+        for variant, overrides in variants.items():
+            config = cls.Config(**overrides)
+            space = cls.search_space_for(config)
+            assert set(space) <= set(cls.Config.__dataclass_fields__), name
+            limit = 1 if name == "lvlm_retrieval" and config.strategy not in FIXED else 2 if name in neural else 12
+            assert len(grid_points(space)) <= limit, (name, variant)
+
+
+def test_chosen_point_is_the_validation_argmax(sample_dataset, tmp_path):
+    runs, _ = train_variants("item_knn", ItemKNN, {"default": {}}, sample_dataset, ItemFeatures(),
+                             Compute(device="cpu"), tmp_path, {"search_space": SPACE})
+    run = runs[0]
+    assert len(run.grid) == 4
+    # Each point's value is what that config scores on the valid stage, computed independently here.
+    for g in run.grid:
+        model = ItemKNN(ItemKNN.Config(neighbours=g["neighbours"], shrink=g["shrink"]))
+        model.fit(sample_dataset, ItemFeatures(), Compute(device="cpu"))
+        valid, _ = evaluate_model(model, sample_dataset, "item_knn", stage="valid", sampled=None)
+        assert g["valid_ndcg@10"] == pytest.approx(headline(valid)["default"], abs=1e-12)
+    values = [g["valid_ndcg@10"] for g in run.grid]
+    assert len(set(values)) > 1  # the grid matters, so the choice is a real one
+    best = run.grid[int(np.argmax(values))]
+    assert run.chosen == {"neighbours": best["neighbours"], "shrink": best["shrink"]}
+    assert (run.model.config.neighbours, run.model.config.shrink) == (best["neighbours"], best["shrink"])
+    # The metrics table: test rows plus the chosen point's `<protocol>@valid` rows.
+    valid_rows = run.metrics.filter((pl.col("protocol") == "temporal@valid") & (pl.col("metric") == "ndcg")
+                                    & (pl.col("k") == 10))
+    assert valid_rows["value"][0] == pytest.approx(max(values))
+    assert run.metrics.filter(pl.col("protocol") == "temporal").height > 0
+    saved = json.loads((tmp_path / "default" / "config.json").read_text())
+    assert saved["tuning"]["chosen"] == run.chosen and len(saved["tuning"]["grid"]) == 4
+    assert saved["config"]["neighbours"] == best["neighbours"]
+
+
+def test_test_rows_never_enter_the_choice(sample_tables, sample_dataset):
+    """Scrambling every test interaction's item changes the test score but not one validation figure."""
+    tables, split = sample_tables
+    catalog = tables.items["item_id"].to_numpy()
+    is_test = (split["split"] == "test").to_numpy()
+    scrambled = split["item_id"].to_numpy().copy()
+    scrambled[is_test] = np.random.default_rng(0).choice(catalog, int(is_test.sum()))
+    altered = RecDataset.from_tables("sample", split.with_columns(pl.Series("item_id", scrambled)), tables.items)
+
+    def tune(data):
+        _, _, _, grid, chosen, _ = tune_variant("item_knn", ItemKNN, "default", {}, data, ItemFeatures(),
+                                                Compute(device="cpu"), {"search_space": SPACE})
+        return grid, chosen
+
+    (grid, chosen), (grid_alt, chosen_alt) = tune(sample_dataset), tune(altered)
+    assert chosen == chosen_alt
+    assert [g["valid_ndcg@10"] for g in grid] == [g["valid_ndcg@10"] for g in grid_alt]
+    model = ItemKNN(ItemKNN.Config(**chosen))
+    model.fit(sample_dataset, ItemFeatures(), Compute(device="cpu"))
+    test = headline(evaluate_model(model, sample_dataset, "item_knn", sampled=None)[0])["default"]
+    test_alt = headline(evaluate_model(model, altered, "item_knn", sampled=None)[0])["default"]
+    assert test != pytest.approx(test_alt)  # the alteration is one the test stage sees
+
+
+def test_seeds_report_mean_and_std(sample_dataset, tmp_path):
+    tiny = {"dim": 8, "epochs": 1, "eval_every": 1}
+    runs, _ = train_variants("bpr_mf", BPRMF, {"default": tiny}, sample_dataset, ItemFeatures(),
+                             Compute(device="cpu"), tmp_path, {"search_space": {}, "seeds": 2})
+    run, t = runs[0], runs[0].metrics
+    by_seed = json.loads((tmp_path / "default" / "config.json").read_text())["tuning"]["test_ndcg@10_by_seed"]
+    assert run.seeds == 2 and len(by_seed) == 2 and by_seed[0] != by_seed[1]
+    row = t.filter((pl.col("protocol") == "temporal") & (pl.col("k") == 10))
+    assert row.filter(pl.col("metric") == "ndcg")["value"][0] == pytest.approx(np.mean(by_seed))
+    assert row.filter(pl.col("metric") == "ndcg_std")["value"][0] == pytest.approx(np.std(by_seed, ddof=1))
+    assert t.filter(pl.col("metric") == "seeds")["value"].to_list() == [2.0]
+
+
+def test_unknown_override_names_the_runner_keys(sample_dataset, tmp_path):
+    with pytest.raises(ValueError, match="runner keys"):
+        train_variants("item_knn", ItemKNN, {"default": {}}, sample_dataset, ItemFeatures(), Compute(device="cpu"),
+                       tmp_path, {"neighbors": 5})
+
+
+def test_tuning_check_reads_the_checkpoints(sample_dataset, tmp_path):
+    from mmrec_pipeline.models.runner import check_tuning_records
+
+    train_variants("item_knn", ItemKNN, {"default": {}}, sample_dataset, ItemFeatures(), Compute(device="cpu"),
+                   tmp_path, {"search_space": {"neighbours": [5, 50]}})
+    assert check_tuning_records(tmp_path) == (True, {"variants": 1, "failures": []})
+    path = tmp_path / "default" / "config.json"
+    meta = json.loads(path.read_text())
+    meta["config"]["neighbours"] = 7  # a checkpoint that is not the chosen point
+    path.write_text(json.dumps(meta))
+    ok, info = check_tuning_records(tmp_path)
+    assert not ok and "validation argmax" in info["failures"][0]
