@@ -17,7 +17,6 @@ from pathlib import Path
 
 from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_database, instance_yaml, postgres_url
 from mmrec_pipeline.registry import RegistryError, lake_root, load_registry
-from mmrec_pipeline.storage import pid_alive
 
 
 def instance_home() -> Path:
@@ -53,7 +52,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
         print(f"error: unknown dataset '{dataset}'; known: {', '.join(specs)}", file=sys.stderr)
         return 2
     instance_home()
-    from mmrec_pipeline.definitions import materialize_dataset
+    from mmrec_pipeline.definitions import fail_runs_of_dead_processes, materialize_dataset
 
     for run_id in fail_runs_of_dead_processes():
         print(f"marked run {run_id} failed: its process is gone (killed?)", file=sys.stderr)
@@ -109,26 +108,6 @@ def refresh_catalog_or_warn(root: Path) -> None:
 def process_tags() -> dict[str, str]:
     """Tags that let a later `mmrec run` tell whether this run's process is still alive."""
     return {"mmrec/pid": str(os.getpid()), "mmrec/host": socket.gethostname()}
-
-
-def fail_runs_of_dead_processes(this_process: bool = False) -> list[str]:
-    """Mark STARTED runs of `mmrec run` processes on this host that no longer exist as failed (a kill -9 or a
-    lost machine leaves them STARTED forever). With `this_process`, this process's own unfinished runs."""
-    import dagster as dg
-
-    instance = dg.DagsterInstance.get()
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
-                                                   tags={"mmrec/host": socket.gethostname()}))
-    failed = []
-    for r in runs:
-        pid = r.tags.get("mmrec/pid", "")
-        mine = pid == str(os.getpid())
-        gone = mine if this_process else (pid.isdigit() and not mine and not pid_alive(int(pid)))
-        if not gone:
-            continue
-        instance.report_run_failed(r, f"mmrec run process {pid} on {r.tags['mmrec/host']} is gone")
-        failed.append(r.run_id)
-    return failed
 
 
 class _BriefLogger(logging.Logger):

@@ -2,6 +2,8 @@
 
 import functools
 import operator
+import os
+import socket
 import warnings
 from pathlib import Path
 
@@ -15,6 +17,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from assets import checks, evaluation, features, ingest, models, serving, splits
 from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
+from mmrec_pipeline.storage import pid_alive
 from resources import CORES, env_name, executor, resources_for_env
 
 all_assets = with_refresh_policy(dg.load_assets_from_modules([ingest, splits, features, models, evaluation, serving]))
@@ -113,3 +116,21 @@ def step_failures(events: list) -> list[str]:
         text = " | ".join(line.strip() for line in message.splitlines() if line.strip())
         lines.append(f"{event.step_key}: {error.cls_name}: {text}" if error.cls_name else f"{event.step_key}: {text}")
     return lines
+
+
+def fail_runs_of_dead_processes(this_process: bool = False) -> list[str]:
+    """Mark STARTED runs of `mmrec run` processes on this host that no longer exist as failed (a kill -9 or a
+    lost machine leaves them STARTED forever). With `this_process`, this process's own unfinished runs."""
+    instance = dg.DagsterInstance.get()
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
+                                                   tags={"mmrec/host": socket.gethostname()}))
+    failed = []
+    for r in runs:
+        pid = r.tags.get("mmrec/pid", "")
+        mine = pid == str(os.getpid())
+        gone = mine if this_process else (pid.isdigit() and not mine and not pid_alive(int(pid)))
+        if not gone:
+            continue
+        instance.report_run_failed(r, f"mmrec run process {pid} on {r.tags['mmrec/host']} is gone")
+        failed.append(r.run_id)
+    return failed

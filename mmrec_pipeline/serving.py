@@ -228,11 +228,14 @@ def check_recommendations(recs: pl.DataFrame, data: RecDataset, users: np.ndarra
     """{check: (passed, metadata)} for the table just written: K items per active user, no unknown item ids,
     no history items (unless the dataset counts repeats)."""
     expected = pl.DataFrame({"user_id": data.user_ids[users].astype(str)})
-    counts = expected.join(recs.group_by("user_id").agg(pl.len().alias("n")), on="user_id", how="left").with_columns(
-        pl.col("n").fill_null(0))
-    short = counts.filter(pl.col("n") < min(k, data.n_items))
-    unknown = recs.select("item_id").unique().join(data.items.select("item_id"), on="item_id", how="anti")
     seen = data.split.select(pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8)).unique()
+    counts = (expected.join(recs.group_by("user_id").agg(pl.len().alias("n")), on="user_id", how="left")
+              .join(seen.group_by("user_id").agg(pl.len().alias("history")), on="user_id", how="left")
+              .with_columns(pl.col("n").fill_null(0), pl.col("history").fill_null(0)))
+    # K, or fewer when the catalog minus the user's (excluded) history is smaller than K.
+    available = pl.lit(data.n_items) - (0 if data.repeats_relevant else pl.col("history"))
+    short = counts.filter(pl.col("n") < pl.min_horizontal(pl.lit(k), available))
+    unknown = recs.select("item_id").unique().join(data.items.select("item_id"), on="item_id", how="anti")
     in_history = recs.join(seen, on=["user_id", "item_id"]).height
     return {
         "k_items_per_active_user": (short.height == 0, {"active_users": expected.height, "k": k,

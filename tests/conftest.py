@@ -66,3 +66,15 @@ def sample_features(sample_tables, sample_dataset, lake):
     text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
     features = ItemFeatures.from_table(sample_dataset, image).merge(ItemFeatures.from_table(sample_dataset, text))
     return {"image": image, "text": text, "features": features}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small CPU steps: on a shared 2-core machine two torch threads wait on each other (6x slower measured).
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -188,7 +188,8 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
 def test_runs_of_dead_processes_are_marked_failed():
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from mmrec_pipeline.cli import fail_runs_of_dead_processes, instance_home
+    from mmrec_pipeline.cli import instance_home
+    from mmrec_pipeline.definitions import fail_runs_of_dead_processes
 
     instance_home()
     instance = dg.DagsterInstance.get()

@@ -15,13 +15,7 @@ from mmrec_pipeline.models.vbpr import VBPR
 TINY_DEEPCONN = {"epochs": 2, "doc_len": 32, "word_dim": 16, "filters": 16, "vocab": 2000}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small CPU steps: on a shared 2-core machine two torch threads wait on each other (6x slower measured)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

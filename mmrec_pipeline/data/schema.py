@@ -1,4 +1,4 @@
-"""The canonical tables every source is read into (DESIGN.md "Data model").
+"""The canonical tables every source is read into (docs/ARCHITECTURE.md "Data model and lake").
 
 Tables are polars DataFrames. Every reader returns a `SourceTables`; `validate` is the one place that
 checks columns and types, so each reader only has to map its own format onto these names.

@@ -1,4 +1,4 @@
-"""Train/valid/test splits (DESIGN.md "Splits and protocols").
+"""Train/valid/test splits (docs/ARCHITECTURE.md "Protocols").
 
 - `temporal`: global cut points at the 75% and 90% timestamp quantiles. Rows at or after the first cut are
   valid, at or after the second are test, so no valid/test row is earlier than any train row.

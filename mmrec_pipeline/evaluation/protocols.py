@@ -1,4 +1,4 @@
-"""Turn a trained model into rows of the long `metrics` table (DESIGN.md "Contract").
+"""Turn a trained model into rows of the long `metrics` table (docs/ARCHITECTURE.md "Protocols").
 
 Every model goes through `evaluate_model`. Protocols, as written in the `protocol` column of each row:
 

@@ -154,6 +154,8 @@ def cold_start_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
         rows.append({"model": r["name"], "cold users": r["cold users"],
                      **{f"{m}@{k}": "NaN" if nan else f"{r[m.lower()]:.3f}" for m in ("NDCG", "Recall", "HR")},
                      "note": COLD_UNSCORABLE if nan else ""})
+    if not rows:  # no test user had a cold item: only the accounting rows exist
+        return pl.DataFrame()
     return pl.DataFrame(rows).sort(f"NDCG@{k}", descending=True)
 
 

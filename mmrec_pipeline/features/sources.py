@@ -1,4 +1,4 @@
-"""Where each logical model's weights come from (DESIGN.md "Models and weights").
+"""Where each logical model's weights come from (docs/ARCHITECTURE.md "Models").
 
 Every feature family asks `ModelSources` for a model by its logical name. A source is one of
 
@@ -85,6 +85,17 @@ def _downloads_allowed(flag: bool | None) -> bool:
 
 def _looks_local(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or Path(value).expanduser().exists()
+
+
+def backbone_source(name: str, hub_ids: dict[str, str], owner: str) -> str:
+    """A model's backbone: a local folder (which must exist) or a Hugging Face id, short names mapped through
+    `hub_ids` (read from the local cache unless downloads are allowed)."""
+    if _looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{owner}: backbone folder {path} does not exist")
+        return str(path.resolve())
+    return hub_ids.get(name, name)
 
 
 @dataclasses.dataclass(frozen=True)

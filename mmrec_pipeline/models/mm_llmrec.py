@@ -266,12 +266,9 @@ def backbone_source(name: str) -> str:
         from mmrec_pipeline.features.sources import ModelSources
 
         return ModelSources().resolve("summarizer")
-    path = Path(name).expanduser()
-    if name.startswith(("/", "./", "../", "~")) or path.exists():
-        if not path.exists():
-            raise FileNotFoundError(f"mm_llmrec: backbone folder {path} does not exist")
-        return str(path.resolve())
-    return HUB_IDS.get(name, name)
+    from mmrec_pipeline.features.sources import backbone_source as local_or_hub
+
+    return local_or_hub(name, HUB_IDS, "mm_llmrec")
 
 
 def fingerprint(source: str) -> str:

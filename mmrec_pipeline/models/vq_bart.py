@@ -217,12 +217,9 @@ class Vocabulary:
 
 
 def backbone_source(name: str) -> str:
-    path = Path(name).expanduser()
-    if name.startswith(("/", "./", "../", "~")) or path.exists():
-        if not path.exists():
-            raise FileNotFoundError(f"vq_bart: backbone folder {path} does not exist")
-        return str(path.resolve())
-    return HUB_IDS.get(name, name)
+    from mmrec_pipeline.features.sources import backbone_source as local_or_hub
+
+    return local_or_hub(name, HUB_IDS, "vq_bart")
 
 
 def pretrained_kwargs(source: str) -> dict:
