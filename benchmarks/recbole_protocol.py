@@ -134,13 +134,13 @@ def run_recbole(name: str, sequential: bool) -> dict:
 
         def __init__(self, config, data):
             super().__init__(config, data)
-            self.dummy = torch.nn.Parameter(torch.zeros(1))  # the Trainer builds an optimizer
+            self.unused_weight = torch.nn.Parameter(torch.zeros(1))  # RecBole's Trainer builds an optimizer
 
         def calculate_loss(self, interaction):
-            raise NotImplementedError
+            raise RuntimeError("Replay is never trained: it only replays the project's full-sort scores")
 
         def predict(self, interaction):
-            raise NotImplementedError
+            raise RuntimeError("Replay serves full-sort evaluation only (full_sort_predict)")
 
         def full_sort_predict(self, interaction):
             rows = torch.as_tensor([row_of[user_tokens[u]] for u in interaction[uid].tolist()])

@@ -56,7 +56,7 @@ from torch import nn
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.sequential import length_batches
-from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
+from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
 
 VARIANTS = ("id", "text", "image", "concat", "weighted", "attention")
 MODALITIES = {"id": (), "text": ("text",), "image": ("image",), "concat": ("text", "image"),
@@ -525,13 +525,7 @@ class MMLLMRec(Recommender):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with compute.autocast():
                     loss = self.loss(x, y)
-                (loss / cfg.grad_accum).backward()
-                if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
-                    if cfg.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
+                accumulate_step(loss, step, len(batches), cfg.grad_accum, params, cfg.max_grad_norm, opt, sched)
                 n = int((y != IGNORE).sum())
                 total, count = total + loss.item() * n, count + n
                 tokens_total += int((x != self.pad).sum())

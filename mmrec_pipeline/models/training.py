@@ -58,3 +58,16 @@ class EarlyStopping:
             return False
         self.bad += 1
         return self.bad >= self.patience
+
+
+def accumulate_step(loss: torch.Tensor, step: int, n_steps: int, grad_accum: int, params, max_grad_norm: float,
+                    optimizer, scheduler) -> None:
+    """Backward of one micro-batch; every `grad_accum` micro-batches (and after the last one) clip the gradient
+    norm, step the optimizer and the schedule, and reset the gradients."""
+    (loss / grad_accum).backward()
+    if (step + 1) % grad_accum == 0 or step + 1 == n_steps:
+        if max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)

@@ -49,7 +49,7 @@ import torch
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.mm_llmrec import torch_threads
-from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
+from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
 
 SCRATCH = "bart-scratch"
 HUB_IDS = {"bart-base": "facebook/bart-base"}
@@ -474,13 +474,7 @@ class VQBart(Recommender):
                 with compute.autocast():
                     out = self.bart(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
                                     labels=labels.to(self.device))
-                (out.loss / cfg.grad_accum).backward()
-                if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(batches):
-                    if cfg.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    opt.step()
-                    sched.step()
-                    opt.zero_grad(set_to_none=True)
+                accumulate_step(out.loss, step, len(batches), cfg.grad_accum, params, cfg.max_grad_norm, opt, sched)
                 n = int((labels != IGNORE).sum())
                 total, count = total + out.loss.item() * n, count + n
                 tokens_total += int(mask.sum()) + n
