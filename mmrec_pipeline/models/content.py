@@ -27,13 +27,19 @@ SEARCH_SPACE = {"recency_decay": (0.5, 0.8, 0.9, 1.0)}
 
 
 def user_profiles(vectors: torch.Tensor, history: list[np.ndarray], decay: float) -> torch.Tensor:
-    """Recency-weighted mean of each history's item vectors (zeros for an empty history)."""
+    """Recency-weighted mean of each history's item vectors (the last item weighs 1, the one before `decay`, …;
+    `decay` 1.0 = the plain mean), zeros for an empty history. One scatter-add over all histories."""
+    lengths = np.array([len(h) for h in history], dtype=np.int64)
     out = torch.zeros(len(history), vectors.shape[1])
-    for row, h in enumerate(history):
-        if len(h):
-            w = torch.tensor(decay ** np.arange(len(h))[::-1].copy(), dtype=torch.float32)
-            out[row] = (w[:, None] * vectors[torch.tensor(h, dtype=torch.long)]).sum(0) / w.sum()
-    return out
+    if not lengths.sum():
+        return out
+    rows = torch.as_tensor(np.repeat(np.arange(len(history)), lengths))
+    items = torch.as_tensor(np.concatenate(history), dtype=torch.long)
+    steps_back = np.concatenate([np.arange(n)[::-1] for n in lengths])
+    w = torch.as_tensor(decay ** steps_back, dtype=torch.float32)
+    out.index_add_(0, rows, w[:, None] * vectors[items].float())
+    total = torch.zeros(len(history)).index_add_(0, rows, w)
+    return out / total.clamp(min=1e-12)[:, None]
 
 
 class ContentBased(Recommender):

@@ -39,6 +39,7 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.metrics import auc_accuracy_fpr
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
+from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.mm_llmrec import _info, torch_threads
 from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
 
@@ -218,14 +219,7 @@ class MMRecDLRM(Recommender):
 
     def user_means(self, history: list[np.ndarray]) -> list[torch.Tensor]:
         """Each user's mean of every item vector over `history` (zeros for an empty history)."""
-        lengths = torch.as_tensor([len(h) for h in history], dtype=torch.long)
-        flat = torch.as_tensor(np.concatenate(history) if len(history) else np.zeros(0), dtype=torch.long)
-        rows = torch.repeat_interleave(torch.arange(len(history)), lengths)
-        out = []
-        for vec in self.item_vectors:
-            sums = torch.zeros(len(history), vec.shape[1]).index_add_(0, rows, vec[flat])
-            out.append(sums / lengths.clamp(min=1).unsqueeze(1))
-        return out
+        return [user_profiles(vec, history, decay=1.0) for vec in self.item_vectors]
 
     def sparse_ids(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return torch.cat([users.unsqueeze(1), items.unsqueeze(1), self.item_codes[items]], dim=1)
