@@ -46,7 +46,7 @@ def extra_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
     board = leaderboard(metrics).filter(pl.col("model") == "mm_llmrec")
     if board.height:
         variant = board["variant"][0]
-        cls = MM_LLMREC["mm_llmrec"][0]
+        cls = MM_LLMREC["mm_llmrec"]
         model = cls.load(models_dir / "mm_llmrec" / variant)
         data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
         sections.append(qualitative_examples(model, data, f"mm_llmrec/{variant}: example recommendations"))

@@ -10,13 +10,12 @@ from assets.models import model_assets
 from mmrec_pipeline import serving
 from mmrec_pipeline.evaluation.report import md_table, plot_drift
 from mmrec_pipeline.lake import refresh_catalog
-from mmrec_pipeline.models import MODELS as REGISTRY
+from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.registry import get_dataset, lake_root
 from mmrec_pipeline.storage import dataset_dir
 from mmrec_pipeline.versions import code_version
 from resources.compute import ComputeResource
 
-MODELS = {name: cls for name, (cls, _) in REGISTRY.items()}
 # The feature tables each model asset reads (its inputs other than split and items).
 FEATURES_OF = {a.key.path[-1]: sorted(k.path[-1] for k in a.dependency_keys if k.path[-1] not in ("split", "items"))
                for a in model_assets}

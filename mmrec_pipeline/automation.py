@@ -52,8 +52,7 @@ def model_code_version(cls) -> str:
 
 
 CODE_VERSIONS = {**{name: code_version(*mods) for name, mods in FEATURE_CODE.items()},
-                 **{name: model_code_version(cls)
-                    for name, (cls, _) in MODELS.items()}}
+                 **{name: model_code_version(cls) for name, cls in MODELS.items()}}
 
 
 def condition_for(key: dg.AssetKey) -> dg.AutomationCondition:

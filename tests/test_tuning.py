@@ -33,8 +33,8 @@ def test_grid_points_pins_what_the_dataset_sets():
 
 def test_every_model_declares_a_small_grid_of_real_config_fields():
     neural = {*SEQUENTIAL, *MM_LLMREC, "deepconn", "vbpr", "bpr_mf"}  # each point is a full training run
-    for name, (cls, variants) in {**CLASSIC, **SEQUENTIAL, **MM_LLMREC, **LVLM, **BASELINES}.items():
-        for variant, overrides in variants.items():
+    for name, cls in {**CLASSIC, **SEQUENTIAL, **MM_LLMREC, **LVLM, **BASELINES}.items():
+        for variant, overrides in cls.variants.items():
             config = cls.Config(**overrides)
             space = cls.search_space_for(config)
             assert set(space) <= set(cls.Config.__dataclass_fields__), name

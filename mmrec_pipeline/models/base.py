@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -94,6 +95,17 @@ class Recommender(abc.ABC):
     search_space: ClassVar[dict[str, tuple]] = {}
     # Published systems only: what their paper claims and under which protocol (the report's seed audit).
     paper: ClassVar[PaperClaim | None] = None
+    # What the model's asset is built from (assets/models.py reads these; the registry entry is all else it needs).
+    # The variants it trains: {variant: config overrides}.
+    variants: ClassVar[dict[str, dict]] = {"default": {}}
+    # The feature assets (tables) `fit` reads. `text_embeddings` is read for every model anyway: its sentence
+    # vectors define intra-list diversity for every row of the leaderboard.
+    feature_assets: ClassVar[tuple[str, ...]] = ()
+    # The Dagster pool of its asset: "gpu" (one step at a time per instance; a GPU per pod on Kubernetes) or None.
+    pool: ClassVar[str | None] = None
+    # The model's own section of the report, or None: `report_section(context) -> (title, html/markdown)` as a
+    # classmethod; evaluation/report.py calls it for every model with rows in `metrics`.
+    report_section: ClassVar[Callable | None] = None
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:

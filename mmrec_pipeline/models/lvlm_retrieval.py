@@ -75,6 +75,23 @@ class LVLMConfig:
     seed: int = 0
 
 
+# The model's variants: the paper's twelve item-representation strategies.
+VARIANTS: dict[str, dict] = {
+    "title": {"strategy": "text", "text": "title"},
+    "description": {"strategy": "text", "text": "description"},
+    "caption_llava": {"strategy": "text", "text": "caption", "captioner": "llava"},
+    "caption_blip2": {"strategy": "text", "text": "caption", "captioner": "blip2"},
+    "title_caption": {"strategy": "text", "text": "title_caption"},
+    "vision": {"strategy": "vision"},
+    "concat": {"strategy": "concat"},
+    "naive_avg": {"strategy": "naive_avg"},
+    "attention_fusion": {"strategy": "attention_fusion"},
+    "gating_fusion": {"strategy": "gating_fusion"},
+    "smore": {"strategy": "smore"},
+    "cross_attention": {"strategy": "cross_attention"},
+}
+
+
 # ------------------------------------------------------------------------------------------------------
 # which feature columns a strategy reads
 
@@ -177,6 +194,8 @@ def profile_weights(prefixes: list[np.ndarray], n_items: int, decay: float) -> s
 class LVLMRetrieval(Recommender):
     name = "lvlm_retrieval"
     Config = LVLMConfig
+    variants = VARIANTS
+    feature_assets = ("image_embeddings", "text_embeddings")
     paper = PaperClaim(
         system="LVLM item descriptions for retrieval (Barlas et al., USC)", source="003_ae3403f8d99cb7e9.txt",
         claim="LLaVA-NeXT captions as item text: Recall@10 = 0.3539, +54.9% over BERT text-only (0.2285)",
@@ -347,23 +366,8 @@ class LVLMRetrieval(Recommender):
 
 
 # ------------------------------------------------------------------------------------------------------
-# the registry's variants and the paper-shaped table
+# the paper-shaped table
 
-
-VARIANTS: dict[str, dict] = {
-    "title": {"strategy": "text", "text": "title"},
-    "description": {"strategy": "text", "text": "description"},
-    "caption_llava": {"strategy": "text", "text": "caption", "captioner": "llava"},
-    "caption_blip2": {"strategy": "text", "text": "caption", "captioner": "blip2"},
-    "title_caption": {"strategy": "text", "text": "title_caption"},
-    "vision": {"strategy": "vision"},
-    "concat": {"strategy": "concat"},
-    "naive_avg": {"strategy": "naive_avg"},
-    "attention_fusion": {"strategy": "attention_fusion"},
-    "gating_fusion": {"strategy": "gating_fusion"},
-    "smore": {"strategy": "smore"},
-    "cross_attention": {"strategy": "cross_attention"},
-}
 
 LABELS = {
     "title": "Title text (SBERT)", "description": "Description text (SBERT)",

@@ -58,7 +58,8 @@ from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim,
 from mmrec_pipeline.models.sequential import length_batches
 from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
 
-VARIANTS = ("id", "text", "image", "concat", "weighted", "attention")
+# The ablation, one variant per representation of the items: {variant: config overrides}.
+VARIANTS = {v: {"variant": v} for v in ("id", "text", "image", "concat", "weighted", "attention")}
 MODALITIES = {"id": (), "text": ("text",), "image": ("image",), "concat": ("text", "image"),
               "weighted": ("text", "image"), "attention": ("text", "image")}
 FEATURE_ASSET = {"text": "text_embeddings", "image": "image_embeddings"}
@@ -403,6 +404,9 @@ def right_windows(sequences: list[np.ndarray], length: int, pad: int) -> tuple[t
 class MMLLMRec(Recommender):
     name = "mm_llmrec"
     Config = MMLLMRecConfig
+    variants = VARIANTS
+    feature_assets = ("image_embeddings", "text_embeddings")
+    pool = "gpu"
     paper = PaperClaim(
         system="MM-GPT2Rec (Olaniyi, ISIR-eCom 2025)", source="000_52c1cc30431d2aa4.txt",
         claim="HR@5 = 0.833, 83% above the multimodal baselines (VBPR, DeepCoNN, SASRec: HR@5 ≈ 0.456)",

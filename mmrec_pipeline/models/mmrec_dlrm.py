@@ -202,6 +202,8 @@ class MMRecNet(nn.Module):
 class MMRecDLRM(Recommender):
     name = "mmrec_dlrm"
     Config = MMRecDLRMConfig
+    variants = DEMO_VARIANTS  # the paper's full 12 run in benchmarks/mmrec_dlrm.py
+    feature_assets = ("text_embeddings", "review_summaries")
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)

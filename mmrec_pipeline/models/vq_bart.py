@@ -347,6 +347,9 @@ def _info(log):
 class VQBart(Recommender):
     name = "vq_bart"
     Config = VQBartConfig
+    variants = VARIANTS
+    feature_assets = ("vq_codes",)
+    pool = "gpu"
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
@@ -698,7 +701,7 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
         if t.height == 0:
             continue
         variant = t.sort("value", descending=True)["variant"][0]
-        model = registry[name][0].load(Path(models_dir) / name / variant)
+        model = registry[name].load(Path(models_dir) / name / variant)
         top = top_items(model, inputs, 1)
         rows.append({"model": f"{name}/{variant}", "history": None, "image tokens/item": None,
                      "BERTScore F1 (generated)": None, "BERTScore P": None, "BERTScore R": None,
