@@ -23,6 +23,7 @@ from mmrec_pipeline.models.runner import train_variants
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import dataset_dir, write_parquet
 from resources.compute import ComputeResource
+from resources.models import ModelSourcesResource
 
 DIVERSITY_VECTOR = "sbert_text"
 DIVERSITY_TABLE = "text_embeddings"
@@ -47,8 +48,8 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
     @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=cls.pool,
               op_tags=GPU["op_tags"] if cls.pool == GPU["pool"] else None,
               description=(sys.modules[cls.__module__].__doc__ or cls.__doc__ or name).strip().split("\n\n")[0])
-    def _train(context: dg.AssetExecutionContext, compute: ComputeResource, **tables: pl.DataFrame
-               ) -> dg.Output[pl.DataFrame]:
+    def _train(context: dg.AssetExecutionContext, compute: ComputeResource, model_sources: ModelSourcesResource,
+               **tables: pl.DataFrame) -> dg.Output[pl.DataFrame]:
         spec = get_dataset(context.partition_key)
         data = RecDataset.from_tables(spec.name, tables["split"], tables["items"], spec.split, spec.repeats_relevant)
         feats = ItemFeatures()
@@ -56,7 +57,8 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
             feats = feats.merge(ItemFeatures.from_table(data, tables[f]))
         out_dir = dataset_dir(spec.name) / "models" / name
         runs, skipped = train_variants(name, cls, cls.variants, data, feats, compute.settings(), out_dir,
-                              spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log)
+                              spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log,
+                              sources=model_sources.sources())
         if not runs and not skipped:
             raise RuntimeError(f"{name}: no variant could train on {spec.name}")
         if not runs:  # every variant lacks a feature this dataset does not have (e.g. vbpr without images)

@@ -15,6 +15,7 @@ from mmrec_pipeline.registry import get_dataset, lake_root
 from mmrec_pipeline.storage import dataset_dir
 from mmrec_pipeline.versions import code_version
 from resources.compute import ComputeResource
+from resources.models import ModelSourcesResource
 
 # The feature tables each model asset reads (its inputs other than split and items).
 FEATURES_OF = {a.key.path[-1]: sorted(k.path[-1] for k in a.dependency_keys if k.path[-1] not in ("split", "items"))
@@ -53,7 +54,8 @@ def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Out
 @dg.asset(partitions_def=DATASETS, group_name="serving", deps=FEATURE_TABLES,
           code_version=code_version(serving, serving.ServingConfig),
           check_specs=[dg.AssetCheckSpec(name, asset="recommendations", description=d) for name, d in CHECKS.items()])
-def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource, champion: pl.DataFrame,
+def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
+                    model_sources: ModelSourcesResource, champion: pl.DataFrame,
                     split: pl.DataFrame, items: pl.DataFrame) -> dg.MaterializeResult:
     """The champion retrained on every interaction (its validation-chosen epoch count), top-K items with score
     and rank for every user active in the recent window: `recommendations.parquet`, DuckDB view
@@ -67,7 +69,7 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
               if (folder / f"{t}.parquet").exists()}
     facts = serving.serve(MODELS[best["model"]], folder / "models" / best["model"] / best["variant"], split, items,
                           spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(), folder, config,
-                          log=context.log)
+                          log=context.log, sources=model_sources.sources())
     try:
         refresh_catalog(lake_root())
     except Exception as e:  # noqa: BLE001 - the catalog is a convenience; the table is written

@@ -128,3 +128,30 @@ def test_a_toy_model_with_one_registry_entry_is_an_asset_with_metrics_and_a_repo
     hooked = any("report_section" in (REPO / p).read_text()
                  for p in ("assets/evaluation.py", "mmrec_pipeline/evaluation/report.py"))
     assert TOY_SECTION in report or not hooked
+
+
+def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path, monkeypatch):
+    """The ModelSourcesResource's settings hold in the models too: the runner and `load` hand them over, and
+    mm_llmrec resolves its `smollm2` backbone and vq_bart its hub backbones through them (backbones.py)."""
+    from mmrec_pipeline import backbones
+    from mmrec_pipeline.features.sources import ModelSources
+    from mmrec_pipeline.models.mm_llmrec import MMLLMRec, backbone_source
+    from mmrec_pipeline.models.runner import build
+
+    folder = tmp_path / "my-smollm2"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # (the test session's offline guard would veto any download flag)
+    sources = ModelSources(summarizer=str(folder), allow_download=True)
+    model = build(MMLLMRec, MMLLMRec.variants["text"], {"epochs": 1}, sources)
+    assert model.sources is sources and model.config.epochs == 1
+    assert backbone_source("smollm2", model.sources) == str(folder.resolve())
+    assert backbones.pretrained_kwargs("org/some-model", sources) == {"trust_remote_code": False,
+                                                                       "local_files_only": False}
+    assert backbones.pretrained_kwargs("org/some-model", ModelSources(allow_download=False))["local_files_only"]
+    assert backbones.pretrained_kwargs(str(folder), sources) == {"trust_remote_code": False}
+
+    toy = Toy()
+    toy.n_items, toy.counts = 3, torch.ones(3)
+    toy.save(tmp_path / "toy")
+    assert Toy.load(tmp_path / "toy", sources=sources).sources is sources

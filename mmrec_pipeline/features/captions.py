@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.features.cache import FeatureCache, compute_incremental, per_model
 from mmrec_pipeline.features.image import (
@@ -275,20 +276,15 @@ def load_vlm(kind: str, sources: ModelSources, compute: Compute, log=None):
     info = (log.info if hasattr(log, "info") else log) if log else logging.getLogger("mmrec_pipeline").info
     path = sources.resolve(kind)
     device = compute.torch_device
-    kwargs: dict = {"use_safetensors": True, "trust_remote_code": False, "dtype": compute.torch_dtype}
     quant = effective_quantization(compute)
     if compute.quantization != quant:
         info(f"captions/{kind}: {compute.quantization} quantization needs a CUDA device (bitsandbytes); "
              f"running unquantized in {compute.torch_dtype} on {device}")
-    if quant != "none":
-        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=quant == "4bit", load_in_8bit=quant == "8bit", bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=compute.torch_dtype)
-        kwargs["device_map"] = {"": device.index or 0}
-    model = getattr(transformers, VLM_CLASSES[kind]).from_pretrained(path, **kwargs).eval()
+    model = backbones.from_pretrained(getattr(transformers, VLM_CLASSES[kind]), path, sources, f"captions/{kind}",
+                                      dtype=compute.torch_dtype, **backbones.quantization_kwargs(quant, compute)).eval()
     if quant == "none":
         model = model.to(device)
-    processor = transformers.AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    processor = transformers.AutoProcessor.from_pretrained(path, **backbones.pretrained_kwargs(path, sources))
     processor.tokenizer.padding_side = "left"  # batched generation continues every row from its last token
     return model, processor
 

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import atomic_write
 
 
@@ -116,6 +117,9 @@ class Recommender(abc.ABC):
         config = config or self.Config()
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         self.n_items = 0
+        # Where pretrained weights come from: the environment's defaults, unless the runner or `load` passes the
+        # ModelSourcesResource's (backbones.py loads through them).
+        self.sources = ModelSources()
 
     @abc.abstractmethod
     def fit(self, data: RecDataset, features: ItemFeatures, compute: Compute, log=None) -> dict:
@@ -152,11 +156,12 @@ class Recommender(abc.ABC):
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> Recommender:
+    def load(cls, directory: Path, sources: ModelSources | None = None) -> Recommender:
         meta = json.loads((Path(directory) / "config.json").read_text())
         if meta["model"] != cls.name:
             raise ValueError(f"{directory} holds a '{meta['model']}' checkpoint, not '{cls.name}'")
         model = cls(cls.Config(**meta["config"]))
+        model.sources = sources or model.sources
         model.apply_extra_config(meta["extra"])
         model.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
         return model

@@ -46,7 +46,9 @@ import numpy as np
 import polars as pl
 import torch
 
+from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute, Progress
+from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.mm_llmrec import torch_threads
 from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
@@ -222,16 +224,8 @@ def backbone_source(name: str) -> str:
     return local_or_hub(name, HUB_IDS, "vq_bart")
 
 
-def pretrained_kwargs(source: str) -> dict:
-    kwargs: dict = {"trust_remote_code": False}
-    if not Path(source).exists():
-        from mmrec_pipeline.features.sources import ModelSources
-
-        kwargs["local_files_only"] = not ModelSources().downloads
-    return kwargs
-
-
-def build_bart(cfg: VQBartConfig, vocab: Vocabulary, source: str, load_weights: bool):
+def build_bart(cfg: VQBartConfig, vocab: Vocabulary, source: str, load_weights: bool,
+               sources: ModelSources | None = None):
     from transformers import BartConfig, BartForConditionalGeneration
 
     if cfg.backbone == SCRATCH:
@@ -243,19 +237,14 @@ def build_bart(cfg: VQBartConfig, vocab: Vocabulary, source: str, load_weights: 
                           eos_token_id=EOS, decoder_start_token_id=EOS, forced_bos_token_id=None,
                           forced_eos_token_id=None, scale_embedding=True)
         return BartForConditionalGeneration(conf)
+    sources = sources or ModelSources()
     if load_weights:
-        try:
-            model = BartForConditionalGeneration.from_pretrained(source, use_safetensors=True,
-                                                                 **pretrained_kwargs(source))
-        except OSError as e:
-            raise FileNotFoundError(
-                f"vq_bart: backbone '{cfg.backbone}' ({source}) is not available offline: {e}. Put a "
-                f"save_pretrained folder on disk and set backbone to its path, or allow downloads with "
-                f"MMREC_ALLOW_DOWNLOAD=1.") from e
+        model = backbones.from_pretrained(BartForConditionalGeneration, source, sources, f"vq_bart ({cfg.backbone})")
     else:  # a checkpoint's weights follow: only the architecture is needed
         from transformers import AutoConfig
 
-        model = BartForConditionalGeneration(AutoConfig.from_pretrained(source, **pretrained_kwargs(source)))
+        model = BartForConditionalGeneration(AutoConfig.from_pretrained(
+            source, **backbones.pretrained_kwargs(source, sources)))
     model.resize_token_embeddings(vocab.size)
     if model.config.max_position_embeddings < input_length(cfg):
         raise ValueError(f"vq_bart: an input of {input_length(cfg)} tokens exceeds the backbone's "
@@ -312,7 +301,6 @@ class VectorIndex:
 @functools.cache
 def sentence_encoder():
     """all-MiniLM-L6-v2 as `text_embeddings` loads it (packaged weights by default)."""
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import load_sbert
 
     return load_sbert(ModelSources(), torch.device("cpu"))
@@ -323,14 +311,13 @@ def embed_texts(texts: list[str]) -> np.ndarray:
                                      convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
 
-def catalog_vectors(items: pl.DataFrame, texts: list[str], log=None) -> np.ndarray:
+def catalog_vectors(items: pl.DataFrame, texts: list[str], sources: ModelSources, log=None) -> np.ndarray:
     """Sentence vectors of the item texts through the shared feature cache (computed once per text)."""
     from mmrec_pipeline.features.cache import default_cache_root
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import sbert_vectors
 
     long = pl.DataFrame({"item_id": items["item_id"], "text": pl.Series(texts, dtype=pl.Utf8)})
-    rows, _ = sbert_vectors(long, ModelSources(), Compute(device="cpu"), default_cache_root(), None, log)
+    rows, _ = sbert_vectors(long, sources, Compute(device="cpu"), default_cache_root(), None, log)
     return np.asarray(rows["vector"].to_list(), dtype=np.float32)
 
 
@@ -387,11 +374,11 @@ class VQBart(Recommender):
             from transformers import AutoTokenizer
 
             self.source = backbone_source(cfg.backbone)
-            tok = AutoTokenizer.from_pretrained(self.source, **pretrained_kwargs(self.source))
+            tok = AutoTokenizer.from_pretrained(self.source, **backbones.pretrained_kwargs(self.source, self.sources))
             self.vocab = Vocabulary(hf_tokenizer=tok, n_codes=n_codes)
         self.item_tokens, self.target_tokens = self.tokenize(texts, codes)
-        self.catalog = catalog_vectors(data.items, texts, log)
-        self.bart = build_bart(cfg, self.vocab, self.source, load_weights=True).to(self.device)
+        self.catalog = catalog_vectors(data.items, texts, self.sources, log)
+        self.bart = build_bart(cfg, self.vocab, self.source, load_weights=True, sources=self.sources).to(self.device)
 
     def tokenize(self, texts: list[str], codes: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per item: input tokens (text, image codes, separator) and target tokens (text, eos); pad-filled."""
@@ -601,10 +588,10 @@ class VQBart(Recommender):
         else:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(self.source, **pretrained_kwargs(self.source))
+            tok = AutoTokenizer.from_pretrained(self.source, **backbones.pretrained_kwargs(self.source, self.sources))
             self.vocab = Vocabulary(hf_tokenizer=tok, n_codes=self._n_codes)
         self.device = torch.device("cpu")
-        self.bart = build_bart(self.config, self.vocab, self.source, load_weights=False)
+        self.bart = build_bart(self.config, self.vocab, self.source, load_weights=False, sources=self.sources)
         self.bart.load_state_dict({k[len("bart."):]: v for k, v in state.items() if k.startswith("bart.")},
                                   strict=True)
         self.bart.eval()
@@ -625,8 +612,6 @@ def bert_scorer():
     """BERTScore with the sentence encoder of `text_embeddings` (packaged all-MiniLM-L6-v2, last layer, no idf,
     no baseline rescaling). The paper does not name its encoder; bert-score's English default is roberta-large."""
     from bert_score import BERTScorer
-
-    from mmrec_pipeline.features.sources import ModelSources
 
     return BERTScorer(model_type=ModelSources().resolve("sbert"), num_layers=BERTSCORE_LAYERS, device="cpu",
                       use_fast_tokenizer=True)
