@@ -215,3 +215,21 @@ def test_report_shows_cis_markers_accounting_and_cold_start():
         assert text in md and (text in page or text.replace("%", "") in page), text
     _, bare = build_report("tiny", metrics, {"items": 6}, "temporal")  # no per-user files: said plainly
     assert "No per-user values were found" in bare
+
+
+def test_report_escapes_every_text_from_the_data():
+    """Titles, generated text, model/variant names and user ids reach report.html escaped, never as markup."""
+    from mmrec_pipeline.evaluation.report import Section, qualitative_examples
+
+    attack = "<script>alert('x')</script>"
+    data = tiny()
+    data.items = data.items.with_columns(pl.lit(attack).alias("title"))
+    table, _ = evaluate_model(TableModel([6, 5, 4, 3, 2, 1]), data, "popularity", attack, sampled=None)
+    examples = qualitative_examples(TableModel([6, 5, 4, 3, 2, 1]), data, "examples")
+    examples.examples[0].generated = attack
+    custom = Section("a model's section", f"**note** with `{attack}`", [pl.DataFrame({"caption": [attack]})])
+    page, md = build_report("tiny", table, {"items": 6}, "temporal", sections=[examples, custom])
+    assert "<script>" not in page and "<script>" not in md
+    assert page.count("&lt;script&gt;") >= 4  # leaderboard row, example tiles, generated text, table cell
+    assert "<b>note</b>" in page and "<code>&lt;script&gt;" in page  # the note's own marks still render
+    assert "| popularity/&lt;script&gt;alert('x')&lt;/script&gt; |" in md

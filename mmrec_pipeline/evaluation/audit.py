@@ -8,11 +8,9 @@ is registered here. Its row is the claim's `variant`, or else the variant that s
 
 from __future__ import annotations
 
-import html
-
 import polars as pl
 
-from mmrec_pipeline.evaluation.report import html_table, md_table
+from mmrec_pipeline.evaluation.report import Section
 from mmrec_pipeline.models.base import PaperClaim, Recommender
 
 
@@ -64,14 +62,13 @@ def audit_table(metrics: pl.DataFrame, model: str, claim: PaperClaim, protocol: 
     return pl.DataFrame(rows, schema={"row": pl.Utf8, "model": pl.Utf8, name: pl.Float64, "protocol": pl.Utf8})
 
 
-def audit_sections(metrics: pl.DataFrame, protocol: str) -> list[tuple[str, str, str]]:
-    """(title, markdown, html) per published system that has rows in `metrics`."""
+def audit_sections(metrics: pl.DataFrame, protocol: str) -> list[Section]:
+    """One report section per published system that has rows in `metrics`."""
     sections = []
     for model, claim in published_systems().items():
         table = audit_table(metrics, model, claim, protocol)
         if table is None:
             continue
         note = (f"Headline claim ({claim.source}): {claim.claim}. {claim.notes}").strip()
-        sections.append((f"Seed audit: {model}", note + "\n\n" + md_table(table),
-                         f"<p>{html.escape(note)}</p>" + html_table(table)))
+        sections.append(Section(f"Seed audit: {model}", note, [table]))
     return sections

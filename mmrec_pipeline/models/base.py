@@ -11,7 +11,7 @@ import abc
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -21,6 +21,11 @@ from safetensors.torch import load_file, save_file
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.storage import atomic_write
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 
 class MissingFeature(ValueError):
@@ -94,6 +99,9 @@ class Recommender(abc.ABC):
     search_space: ClassVar[dict[str, tuple]] = {}
     # Published systems only: what their paper claims and under which protocol (the report's seed audit).
     paper: ClassVar[PaperClaim | None] = None
+    # The model's own block in the dataset's report (tables, examples), when the leaderboard rows are not enough: a
+    # classmethod `(ReportInputs) -> Section | None` (evaluation/report.py). None = the model adds no section.
+    report_section: ClassVar[Callable[[ReportInputs], Section | None] | None] = None
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -42,6 +43,9 @@ from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.mm_llmrec import _info, torch_threads
 from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
+
+if TYPE_CHECKING:
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 BASE = ("title", "description")
 MODALITIES = {"raw": ("reviews",), "summary": ("summary",), "raw_captions": ("reviews", "caption"),
@@ -202,6 +206,20 @@ class MMRecNet(nn.Module):
 class MMRecDLRM(Recommender):
     name = "mmrec_dlrm"
     Config = MMRecDLRMConfig
+
+    @classmethod
+    def report_section(cls, inputs: ReportInputs) -> Section:
+        """The paper's pointwise table beside full-catalog ranking, one row per variant."""
+        from mmrec_pipeline.evaluation.report import Section
+
+        configs = {c.parent.name: json.loads(c.read_text())["config"]
+                   for c in (inputs.models_dir / cls.name).glob("*/config.json")}
+        table = report_table(inputs.metrics, {v: c["dropout"] for v, c in configs.items()})
+        pointwise = inputs.metrics.filter((pl.col("model") == cls.name) & pl.col("protocol").str.starts_with("pointwise"))
+        threshold = next(iter(configs.values()))["rating_threshold"] if pointwise.height and configs else None
+        note = report_note(table, threshold, "every catalog item scored by the DLRM for each test user (full "
+                           "catalog, the same users and evaluator as every other model); NDCG/recall @10")
+        return Section("mmrec_dlrm: the paper's pointwise protocol beside full-catalog ranking", note, [table])
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
