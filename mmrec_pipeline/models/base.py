@@ -81,8 +81,8 @@ class PaperClaim:
     source: str  # file under ../shared/papers/
     claim: str  # the headline, quoted or closely paraphrased
     protocol: str  # how the paper measured it
-    metric: str  # our metric name of the headline (hr, ndcg, recall, …)
-    k: int
+    metric: str  # our metric name of the headline (hr, ndcg, recall, fpr, …)
+    k: int | None  # None: a metric without a cut-off (pointwise classification)
     value: float  # the paper's figure
     variant: str = ""  # our variant that stands for the headline system; "" = the model's best on validation
     reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
