@@ -112,6 +112,14 @@ def test_unknown_override_names_the_runner_keys(sample_dataset, tmp_path):
                        tmp_path, {"neighbors": 5})
 
 
+def test_dataset_variants_key_trains_only_the_named_variants(sample_dataset, tmp_path):
+    from mmrec_pipeline.models.popularity import Popularity
+
+    runs, skipped = train_variants("popularity", Popularity, CLASSIC["popularity"][1], sample_dataset,
+                                   ItemFeatures(), Compute(device="cpu"), tmp_path, {"variants": ["global"]})
+    assert [r.variant for r in runs] == ["global"] and "not in this dataset's `variants`" in skipped["recent"]
+
+
 def test_tuning_check_reads_the_checkpoints(sample_dataset, tmp_path):
     from mmrec_pipeline.models.runner import check_tuning_records
 

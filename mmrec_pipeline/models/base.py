@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -23,6 +23,9 @@ from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import atomic_write
+
+if TYPE_CHECKING:
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 
 class MissingFeature(ValueError):
@@ -78,8 +81,8 @@ class PaperClaim:
     source: str  # file under ../shared/papers/
     claim: str  # the headline, quoted or closely paraphrased
     protocol: str  # how the paper measured it
-    metric: str  # our metric name of the headline (hr, ndcg, recall, …)
-    k: int
+    metric: str  # our metric name of the headline (hr, ndcg, recall, fpr, …)
+    k: int | None  # None: a metric without a cut-off (pointwise classification)
     value: float  # the paper's figure
     variant: str = ""  # our variant that stands for the headline system; "" = the model's best on validation
     reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -104,9 +107,9 @@ class Recommender(abc.ABC):
     feature_assets: ClassVar[tuple[str, ...]] = ()
     # The Dagster pool of its asset: "gpu" (one step at a time per instance; a GPU per pod on Kubernetes) or None.
     pool: ClassVar[str | None] = None
-    # The model's own section of the report, or None: `report_section(context) -> (title, html/markdown)` as a
-    # classmethod; evaluation/report.py calls it for every model with rows in `metrics`.
-    report_section: ClassVar[Callable | None] = None
+    # The model's own block in the dataset's report (tables, examples), when the leaderboard rows are not enough: a
+    # classmethod `(ReportInputs) -> Section | None` (evaluation/report.py). None = the model adds no section.
+    report_section: ClassVar[Callable[[ReportInputs], Section | None] | None] = None
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:

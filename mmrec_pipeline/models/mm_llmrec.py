@@ -47,6 +47,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.sequential import length_batches
 from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
+
+if TYPE_CHECKING:
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 # The ablation, one variant per representation of the items: {variant: config overrides}.
 VARIANTS = {v: {"variant": v} for v in ("id", "text", "image", "concat", "weighted", "attention")}
@@ -398,6 +402,20 @@ class MMLLMRec(Recommender):
         baselines=("vbpr", "deepconn", "sasrec"),
         notes="End-of-sequence-as-hit is not reproduced: it is an artefact of the authors' generation code, not a "
               "ranking protocol; the sampled row shows how far a candidate protocol alone inflates HR@5.")
+
+    @classmethod
+    def report_section(cls, inputs: ReportInputs) -> Section | None:
+        """Example recommendations of the variant that leads the leaderboard."""
+        import polars as pl
+
+        from mmrec_pipeline.evaluation.report import leaderboard, qualitative_examples
+
+        board = leaderboard(inputs.metrics).filter(pl.col("model") == cls.name)
+        if board.height == 0:
+            return None
+        variant = board["variant"][0]
+        return qualitative_examples(cls.load(inputs.models_dir / cls.name / variant), inputs.data,
+                                    f"{cls.name}/{variant}: example recommendations")
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:

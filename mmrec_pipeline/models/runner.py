@@ -13,7 +13,8 @@ Runner keys of a dataset's model overrides (datasets.yaml `models: {<model>: {..
 - `search_space: {field: [values, ...]}` replaces the declared grid (a larger one for a real dataset; `{}` = none);
 - `seeds: N` refits the chosen point with seeds seed, seed+1, … seed+N-1 and reports the mean of every test
   metric, with `<metric>_std` rows (sample std over seeds) and a `seeds` row (1 for single-seed rows). Models
-  without a `seed` field are deterministic and always run once.
+  without a `seed` field are deterministic and always run once;
+- `variants: [name, ...]` trains only those of the model's variants (the others are reported as skipped).
 A config field the dataset sets explicitly is never tuned.
 """
 
@@ -38,7 +39,7 @@ from mmrec_pipeline.storage import write_json
 
 FIT_REPORT = "fit_report.json"
 
-RUNNER_KEYS = ("search_space", "seeds")
+RUNNER_KEYS = ("search_space", "seeds", "variants")
 SELECTION_METRIC = ("ndcg", 10)  # chosen on the valid stage, full-catalog ranking
 
 
@@ -149,7 +150,11 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
     (e.g. image strategies on a dataset without images)."""
     runs, skipped = [], {}
     n_seeds = int((dataset_overrides or {}).get("seeds", 1))
+    chosen_variants = (dataset_overrides or {}).get("variants")
     for variant, overrides in variants.items():
+        if chosen_variants is not None and variant not in chosen_variants:
+            skipped[variant] = f"not in this dataset's `variants` for {name} ({', '.join(chosen_variants)})"
+            continue
         if log:
             log.info(f"{name}/{variant}: training on {data.train.height} interactions "
                      f"({data.n_users} users, {data.n_items} items)")

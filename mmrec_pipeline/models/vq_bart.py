@@ -36,11 +36,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -52,6 +52,9 @@ from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.mm_llmrec import torch_threads
 from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
+
+if TYPE_CHECKING:
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 SCRATCH = "bart-scratch"
 HUB_IDS = {"bart-base": "facebook/bart-base"}
@@ -337,6 +340,12 @@ class VQBart(Recommender):
     variants = VARIANTS
     feature_assets = ("vq_codes",)
     pool = "gpu"
+
+    @classmethod
+    def report_section(cls, inputs: ReportInputs) -> Section:
+        """BERTScore beside NDCG, next to GRU4Rec and popularity, with the VQ tokenizer's quality."""
+        return generation_section(inputs.metrics, inputs.data, inputs.models_dir,
+                                  inputs.models_dir / "vq_vae" / "report.json")
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
@@ -629,28 +638,12 @@ def bertscore(candidates: list[str], references: list[str]) -> dict[str, float]:
     return {"P": float(mean[0]), "R": float(mean[1]), "F1": float(mean[2])}
 
 
-def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
-    """Each user's top-k items as the evaluator ranks them (history masked when the protocol masks it)."""
-    from mmrec_pipeline.evaluation.metrics import deterministic_topk
-
-    out = []
-    for s in range(0, len(inputs.users), batch_size):
-        hist = inputs.history[s:s + batch_size]
-        with torch.no_grad():
-            scores = torch.as_tensor(model.score(inputs.users[s:s + batch_size], hist)).float().clone()
-        if inputs.exclude_history:
-            for r, h in enumerate(hist):
-                scores[r, torch.from_numpy(np.array(h, dtype=np.int64))] = -torch.inf  # a copy: h may be read-only
-        out += deterministic_topk(scores, k)[0].tolist()
-    return out
-
-
 def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report: Path | None = None,
-                       max_users: int = 500, n_examples: int = 3, seed: int = 0) -> tuple[str, str, str]:
-    """(title, markdown, html): BERTScore of the generated next-item text next to the ranking metrics, for every
-    vq_bart variant and the GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the
-    BERTScore of the top-1 recommended item's text), VQ tokenizer quality, and qualitative examples."""
-    from mmrec_pipeline.evaluation.report import full_ranking, html_table, md_table
+                       max_users: int = 500, n_examples: int = 3, seed: int = 0) -> Section:
+    """BERTScore of the generated next-item text next to the ranking metrics, for every vq_bart variant and the
+    GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the BERTScore of the top-1
+    recommended item's text), VQ tokenizer quality, and qualitative examples."""
+    from mmrec_pipeline.evaluation.report import EXAMPLES_NOTE, Section, full_ranking, top_items, user_example
     from mmrec_pipeline.models import CLASSIC, SEQUENTIAL
     from mmrec_pipeline.models.training import subsample
 
@@ -707,18 +700,12 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
             f"codes: {tokenizer}; LPIPS is not reported (the `lpips` package's VGG/AlexNet weights cannot be "
             f"downloaded here). A high text BERTScore with a low NDCG is the paper's audit point: the generated text "
             f"resembles the next item without identifying it.")
-    md, h = [note, md_table(table)], [f"<p>{note}</p>", html_table(table)]
+    section = Section("vq_bart: generated text (BERTScore) vs ranking", note, [table])
     if examples is not None:
         variant, generated, top = examples
-        titles = data.items["title"].fill_null("").to_list()
         pick = sorted(np.random.default_rng(seed).choice(len(inputs.users), min(n_examples, len(inputs.users)),
                                                          replace=False))
-        md.append(f"Examples (vq_bart/{variant}): last 5 items → generated text → top-5 (✓ = bought in test)")
-        for i in pick:
-            rel = set(inputs.relevant[i].tolist())
-            user, recent = data.user_ids[inputs.users[i]], "; ".join(titles[j] for j in inputs.history[i][-5:])
-            recs = "; ".join(("✓ " if j in rel else "") + titles[j] for j in top[i])
-            md.append(f"**user {user}**: {recent} → _{generated[i] or '(empty)'}_ → {recs}")
-            h.append(f"<p><b>user {html.escape(str(user))}</b>: {html.escape(recent)} → "
-                     f"<i>{html.escape(generated[i] or '(empty)')}</i> → {html.escape(recs)}</p>")
-    return "vq_bart: generated text (BERTScore) vs ranking", "\n\n".join(md), "".join(h)
+        section.examples = [user_example(data, inputs.users[i], inputs.history[i], top[i],
+                                         set(inputs.relevant[i].tolist()), generated[i]) for i in pick]
+        section.examples_note = f"vq_bart/{variant}: the generated text for the next item; " + EXAMPLES_NOTE
+    return section
