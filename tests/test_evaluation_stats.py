@@ -255,7 +255,7 @@ def test_each_model_that_ran_adds_its_own_report_section(monkeypatch, tmp_path):
         report_section = None
 
     monkeypatch.setenv("MMREC_HOME", str(tmp_path))
-    monkeypatch.setattr(ev, "MODELS", {"toy": (Toy, {}), "silent": (Silent, {}), "not_run": (Toy, {})})
+    monkeypatch.setattr(ev, "MODELS", {"toy": Toy, "silent": Silent, "not_run": Toy})
     data, (split, items) = tiny(), tiny_tables()
     metrics = pl.concat([evaluate_model(TableModel([6, 5, 4, 3, 2, 1]), data, m, "default", sampled=None)[0]
                          for m in ("toy", "silent")])
