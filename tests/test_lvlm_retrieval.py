@@ -28,7 +28,7 @@ CPU = Compute(device="cpu")
 CAPTION_VARIANTS = ("caption_llava", "caption_blip2", "title_caption")
 # The offline captioner costs ~0.2 s of CPU per image, so the tests caption the first items of the catalog only
 # (the caption strategies then see partial coverage, which they must handle anyway); `make demo` captions all.
-CAPTIONED_ITEMS = 100
+CAPTIONED_ITEMS = 40
 
 
 @pytest.fixture(scope="module")
