@@ -29,6 +29,9 @@ CAPTION_VARIANTS = ("caption_llava", "caption_blip2", "title_caption")
 # The offline captioner costs ~0.2 s of CPU per image, so the tests caption the first items of the catalog only
 # (the caption strategies then see partial coverage, which they must handle anyway); `make demo` captions all.
 CAPTIONED_ITEMS = 40
+# The learned fusions train for this many epochs here (on `sample` early stopping ends them after 8-18): by then
+# their loss has fallen and their validation NDCG@10 beats naive 50/50 by a wide margin (seeds 0 and 1 checked).
+LEARNED_EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +52,13 @@ def features(sample_tables, sample_dataset, sample_features, lake):
 
 @pytest.fixture(scope="module")
 def trained(sample_dataset, features):
-    """Every registry variant fitted and evaluated on test (full catalog, the runner's evaluate_model)."""
+    """Every registry variant fitted (the learned ones for LEARNED_EPOCHS) and evaluated on test (full catalog,
+    the runner's evaluate_model)."""
     cls, variants = LVLM["lvlm_retrieval"]
     out = {}
     for variant, overrides in variants.items():
+        if overrides["strategy"] in LEARNED:
+            overrides = {**overrides, "epochs": LEARNED_EPOCHS}
         model = cls(cls.Config(**overrides))
         report = model.fit(sample_dataset, features, CPU)
         table, _ = evaluate_model(model, sample_dataset, "lvlm_retrieval", variant, sampled=None)

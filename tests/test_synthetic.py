@@ -56,18 +56,18 @@ def test_generation_writes_a_manifest_and_is_idempotent(store):
     m = json.loads((store["root"] / "v1" / "manifest.json").read_text())
     assert (m["version"], m["seed"], m["generator"]) == (1, 7, synthetic.GENERATOR_VERSION)
     assert m["counts"]["images"] == m["counts"]["items"]
-    t0 = time.perf_counter()  # idempotent: a matching manifest means nothing to do
+    t0 = time.process_time()  # idempotent: a matching manifest means nothing to do
     synthetic.generate(store["root"] / "v1", version=1, seed=7)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     assert json.loads((store["root"] / "v1" / "manifest.json").read_text()) == m
 
 
 def test_same_seed_same_store_and_an_interrupted_run_is_redone(store, tmp_path):
     first = store["root"] / "v1"
-    t0 = time.perf_counter()
+    t0 = time.process_time()  # CPU seconds: wall time on a machine shared with other jobs says nothing
     again = synthetic.generate(tmp_path / "v1", version=1, seed=7)
-    seconds = time.perf_counter() - t0
-    print(f"\ngenerate(version=1) took {seconds:.2f} s")
+    seconds = time.process_time() - t0
+    print(f"\ngenerate(version=1) took {seconds:.2f} CPU s")
     assert seconds < 30
     _same_tables(_tables(first), _tables(again))
     assert _image_hashes(first) == _image_hashes(again)
