@@ -168,10 +168,12 @@ def test_qlora_on_cpu_falls_back_with_a_logged_reason(tiny_lm_folders):
 
 
 def test_fused_variant_beats_text_and_popularity_on_sample(sample_dataset, sample_features):
-    """The demo profile on real cached features: images carry the pattern that titles never name."""
+    """The demo profile on real cached features: images carry the pattern that titles never name. `concat`, the
+    cheapest fusion, stands for the fused variants (weighted and attention fit on `sample` in the checkpoint
+    tests above; all three beat `text` in benchmarks/results/mm_llmrec.json)."""
     features = sample_features["features"]
     ndcg = {}
-    for variant in ("text", "concat", "weighted", "attention"):
+    for variant in ("text", "concat"):
         model = MMLLMRec(MMLLMRecConfig(variant=variant, profile="demo"))
         model.fit(sample_dataset, features, CPU)
         ndcg[variant] = headline(evaluate_model(model, sample_dataset, "mm_llmrec", variant, sampled=None)[0])[variant]
@@ -179,5 +181,4 @@ def test_fused_variant_beats_text_and_popularity_on_sample(sample_dataset, sampl
     popularity.fit(sample_dataset, features, CPU)
     ndcg["popularity"] = headline(evaluate_model(popularity, sample_dataset, "popularity", "global",
                                                  sampled=None)[0])["global"]
-    fused = max(ndcg["concat"], ndcg["weighted"], ndcg["attention"])
-    assert fused > ndcg["text"] and fused > ndcg["popularity"], ndcg
+    assert ndcg["concat"] > ndcg["text"] and ndcg["concat"] > ndcg["popularity"], ndcg

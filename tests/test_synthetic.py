@@ -24,14 +24,13 @@ PATTERN_WORDS = re.compile(r"\b(solid|strip\w*|dot|dots|dotted|polka|check|check
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("sample")
-    t0 = time.perf_counter()
+def store(lake) -> dict:
+    """The session's sample store (the one `sample_tables` and the feature tests read), generated once per
+    session; `test_same_seed_same_store...` generates a fresh copy and times it."""
+    root = lake / "sample" / "raw"
     synthetic.generate(root / "v1", version=1, seed=7)
-    seconds = time.perf_counter() - t0
-    print(f"\ngenerate(version=1) took {seconds:.2f} s")
     synthetic.generate(root / "v2", version=2, seed=7)
-    return {"root": root, "seconds": seconds}
+    return {"root": root}
 
 
 def _tables(folder: Path) -> dict[str, pl.DataFrame]:
@@ -53,20 +52,23 @@ def _same_tables(a: dict, b: dict) -> None:
 # --- generation -------------------------------------------------------------------------------------
 
 
-def test_generation_is_fast_and_writes_a_manifest(store):
-    assert store["seconds"] < 30
+def test_generation_writes_a_manifest_and_is_idempotent(store):
     m = json.loads((store["root"] / "v1" / "manifest.json").read_text())
     assert (m["version"], m["seed"], m["generator"]) == (1, 7, synthetic.GENERATOR_VERSION)
     assert m["counts"]["images"] == m["counts"]["items"]
-    t0 = time.perf_counter()  # idempotent: a matching manifest means nothing to do
+    t0 = time.process_time()  # idempotent: a matching manifest means nothing to do
     synthetic.generate(store["root"] / "v1", version=1, seed=7)
-    assert time.perf_counter() - t0 < 1.0
+    assert time.process_time() - t0 < 1.0
     assert json.loads((store["root"] / "v1" / "manifest.json").read_text()) == m
 
 
 def test_same_seed_same_store_and_an_interrupted_run_is_redone(store, tmp_path):
     first = store["root"] / "v1"
+    t0 = time.process_time()  # CPU seconds: wall time on a machine shared with other jobs says nothing
     again = synthetic.generate(tmp_path / "v1", version=1, seed=7)
+    seconds = time.process_time() - t0
+    print(f"\ngenerate(version=1) took {seconds:.2f} CPU s")
+    assert seconds < 30
     _same_tables(_tables(first), _tables(again))
     assert _image_hashes(first) == _image_hashes(again)
     # A crash leaves no manifest (it is written last): the next read regenerates the whole store.
