@@ -8,7 +8,6 @@ import hashlib
 import itertools
 import json
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -56,19 +55,16 @@ def test_generation_writes_a_manifest_and_is_idempotent(store):
     m = json.loads((store["root"] / "v1" / "manifest.json").read_text())
     assert (m["version"], m["seed"], m["generator"]) == (1, 7, synthetic.GENERATOR_VERSION)
     assert m["counts"]["images"] == m["counts"]["items"]
-    t0 = time.process_time()  # idempotent: a matching manifest means nothing to do
+    before = {f: f.stat().st_mtime_ns for f in (store["root"] / "v1").rglob("*")}
     synthetic.generate(store["root"] / "v1", version=1, seed=7)
-    assert time.process_time() - t0 < 1.0
+    # idempotent: a matching manifest means nothing to do, so no file is rewritten
+    assert {f: f.stat().st_mtime_ns for f in (store["root"] / "v1").rglob("*")} == before
     assert json.loads((store["root"] / "v1" / "manifest.json").read_text()) == m
 
 
 def test_same_seed_same_store_and_an_interrupted_run_is_redone(store, tmp_path):
     first = store["root"] / "v1"
-    t0 = time.process_time()  # CPU seconds: wall time on a machine shared with other jobs says nothing
     again = synthetic.generate(tmp_path / "v1", version=1, seed=7)
-    seconds = time.process_time() - t0
-    print(f"\ngenerate(version=1) took {seconds:.2f} CPU s")
-    assert seconds < 30
     _same_tables(_tables(first), _tables(again))
     assert _image_hashes(first) == _image_hashes(again)
     # A crash leaves no manifest (it is written last): the next read regenerates the whole store.
