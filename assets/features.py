@@ -25,8 +25,10 @@ class FeatureRunConfig(dg.Config):
     max_items_per_run: int = 0  # 0 = no limit; otherwise the rest is left for the next run (the sensor resumes)
 
 
-def _budget(config: FeatureRunConfig) -> int | None:
-    return config.max_items_per_run or None
+def _budget(config: FeatureRunConfig, overrides: dict | None = None) -> int | None:
+    """Run config first, else the dataset's `models: {<feature asset>: {max_items_per_run: N}}` (e.g. `sample`'s
+    demo budget on review summaries; the `items_missing_features` sensor runs the rest later)."""
+    return config.max_items_per_run or (overrides or {}).get("max_items_per_run") or None
 
 
 def _result(table: pl.DataFrame, stats: dict) -> dg.Output[pl.DataFrame]:
@@ -72,10 +74,12 @@ def review_summaries(context: dg.AssetExecutionContext, config: FeatureRunConfig
     """One sentence per item summarising its training-period reviews only (instruct LM; packaged SmolLM2
     offline); items without reviews get their description. Also `sbert_reviews`, the mean sentence vector of the
     same raw reviews (the MMREC "no LLM summary" ablation)."""
-    summary_config = SummaryConfig(**get_dataset(context.partition_key).models.get("review_summaries", {}))
+    overrides = get_dataset(context.partition_key).models.get("review_summaries", {})
+    summary_config = SummaryConfig(**{k: v for k, v in overrides.items() if k != "max_items_per_run"})
     sources, settings = model_sources.sources(), compute.settings()
     table, summary_stats = summarise_reviews(items, split, sources, settings, default_cache_root(),
-                                             config=summary_config, max_items_per_run=_budget(config), log=context.log)
+                                             config=summary_config, max_items_per_run=_budget(config, overrides),
+                                             log=context.log)
     stats = {"summaries": summary_stats}
     raw, stats["raw_review_vectors"] = raw_review_vectors(items, split, sources, settings, default_cache_root(),
                                                           summary_config.max_reviews, log=context.log)
