@@ -9,7 +9,7 @@ from assets.models import all_model_names
 from mmrec_pipeline.data.splits import check_items_known, check_no_leak, check_temporal_shares
 from mmrec_pipeline.evaluation.protocols import check_metrics, check_user_accounting
 from mmrec_pipeline.features.summaries import check_training_only
-from mmrec_pipeline.lake import FEATURE_TABLES, items_without_feature
+from mmrec_pipeline.lake import FEATURE_TABLES, VALUE_COLUMNS, items_without_feature
 from mmrec_pipeline.models.runner import check_tuning_records
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import dataset_dir
@@ -70,7 +70,7 @@ def feature_check(table: str, needs_image: bool) -> dg.AssetChecksDefinition:
                ) -> dg.AssetCheckResult:
         meta = _last_materialization(context, table)
         failed = sum(int(v) for k, v in meta.items() if k == "failed" or k.endswith(".failed"))
-        missing = items_without_feature(items, feature, needs_image)
+        missing = items_without_feature(items, feature, needs_image, VALUE_COLUMNS.get(table))
         ok = failed == 0 and missing.height == 0
         budget_left = int(meta.get("remaining", 0) or 0) > 0 and failed == 0
         return dg.AssetCheckResult(

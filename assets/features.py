@@ -45,8 +45,11 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
     def _feature(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
                  model_sources: ModelSourcesResource, **inputs: pl.DataFrame) -> dg.Output[pl.DataFrame]:
         spec = get_dataset(context.partition_key)
+        # The run's budget, else the dataset's (`models: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
+        # budget on review summaries; the `items_missing_features` sensor runs the rest later).
+        budget = config.max_items_per_run or spec.models.get(feature.name, {}).get("max_items_per_run")
         run = FeatureRun(model_sources.sources(), compute.settings(), default_cache_root(), dataset_dir(spec.name),
-                         spec.models, config.max_items_per_run or None, context.log)
+                         spec.models, budget or None, context.log)
         return _result(*feature.compute(run, **inputs))
 
     return _feature

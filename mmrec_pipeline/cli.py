@@ -52,7 +52,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
         print(f"error: unknown dataset '{dataset}'; known: {', '.join(specs)}", file=sys.stderr)
         return 2
     instance_home()
-    from mmrec_pipeline.definitions import fail_runs_of_dead_processes, materialize_dataset
+    from mmrec_pipeline.definitions import fail_runs_of_dead_processes, materialize_dataset, timing_table
 
     for run_id in fail_runs_of_dead_processes():
         print(f"marked run {run_id} failed: its process is gone (killed?)", file=sys.stderr)
@@ -61,7 +61,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with contextlib.nullcontext() if verbose else brief_failures():
-            ok, run_id, failures = materialize_dataset(dataset, select, tags=process_tags())
+            outcome = materialize_dataset(dataset, select, tags=process_tags())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -72,8 +72,12 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    ok, run_id, failures = outcome.ok, outcome.run_id, outcome.failures
     root = lake_root()
     refresh_catalog_or_warn(root)
+    if outcome.steps:
+        print(f"\ntime per step (CPU s: this process, every thread; on a shared machine wall s grows with the load)\n"
+              f"{timing_table(outcome.steps)}")
     print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {run_id})")
     print(f"tables:  {root / dataset}/*.parquet   (DuckDB views: {root / 'lake.duckdb'})")
     report = root / dataset / "report.html"

@@ -1,9 +1,12 @@
 """The Dagster code location: every asset, check, resource, job and sensor (refresh is declarative: automation.py)."""
 
+import dataclasses
 import functools
+import logging
 import operator
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +23,38 @@ from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_pol
 from mmrec_pipeline.storage import pid_alive
 from resources import CORES, env_name, executor, resources_for_env
 
+# (run id, step key) -> CPU seconds of the steps that ran in this process (`mmrec run` locally runs them here).
+STEP_CPU_SECONDS: dict[tuple[str, str], float] = {}
+
+
+class _StepCpuClock(logging.Handler):
+    """This process's CPU time (every thread) between a step's start and end events. Steps of an in-process run
+    execute one at a time, so the difference is the step's own CPU time, which a shared machine's load does not
+    inflate as it does wall time."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.started: dict[tuple[str, str], float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "dagster_event", None)
+        if event is None or not event.step_key:
+            return
+        key = (record.dagster_meta["run_id"], event.step_key)
+        if event.is_step_start:
+            self.started[key] = time.process_time()
+        elif (event.is_step_success or event.is_step_failure) and key in self.started:
+            STEP_CPU_SECONDS[key] = time.process_time() - self.started.pop(key)
+
+
+@dg.logger(description="Records each step's CPU seconds for the timing table that `mmrec run` prints.")
+def step_cpu_clock(_context) -> logging.Logger:
+    # A logger of its own per run, outside the logging tree (as Dagster's console logger): nothing propagates.
+    clock = logging.Logger("mmrec.step_cpu_clock", logging.DEBUG)  # noqa: LOG001
+    clock.addHandler(_StepCpuClock())
+    return clock
+
+
 all_assets = with_refresh_policy(dg.load_assets_from_modules([ingest, splits, features, models, evaluation, serving]))
 all_checks = dg.load_asset_checks_from_modules([checks])
 
@@ -31,6 +66,7 @@ defs = dg.Definitions(
     schedules=schedules,
     sensors=sensors,
     executor=executor(),
+    loggers={"console": dg.colored_console_logger, "step_cpu_clock": step_cpu_clock},
 )
 
 
@@ -51,14 +87,29 @@ def resolve_selection(select: str | None, graph) -> set[dg.AssetKey]:
                          "'key:items or key:users', 'items,users'") from None
 
 
+@dataclasses.dataclass
+class StepTiming:
+    step: str
+    wall_seconds: float
+    cpu_seconds: float | None  # None where the step ran in another process (deploy/k8s)
+    ok: bool
+
+
+@dataclasses.dataclass
+class RunOutcome:
+    ok: bool
+    run_id: str
+    failures: list[str]  # one line per failed step: its key and the root cause's message
+    steps: list[StepTiming]  # every step of the run(s), in the order they finished
+
+
 def materialize_dataset(dataset: str, select: str | None = None,
-                        tags: dict[str, str] | None = None) -> tuple[bool, str, list[str]]:
+                        tags: dict[str, str] | None = None) -> RunOutcome:
     """Materialize one dataset's partition, recorded in the current instance (`mmrec run`).
 
     Locally the steps run one at a time in process, so each may use every core; under MMREC_ENV=deploy they go
     through the job's executor to the Celery workers. The unpartitioned assets in the selection (the
-    cross-dataset leaderboard) run after the partition succeeds. Returns (success, run id, one line per failed
-    step: its key and the root cause's message).
+    cross-dataset leaderboard) run after the partition succeeds.
     """
     instance = dg.DagsterInstance.get()
     job = defs.resolve_implicit_global_asset_job_def()
@@ -69,18 +120,54 @@ def materialize_dataset(dataset: str, select: str | None = None,
         raise ValueError(f"selection '{select}' matches no partitioned asset")
     tags = {**(tags or {}), "mmrec/dataset": dataset}
     ok, run_id, events = _execute(job, instance, keys, dataset, tags=tags)
-    failures = step_failures(events)
+    failures, steps = step_failures(events), step_timings(instance, run_id)
     unpartitioned = [k for k in selected if graph.get(k).partitions_def is None]
     if ok and unpartitioned:
-        ok, _, rest = _execute(job, instance, unpartitioned, tags=tags)
-        failures = step_failures(rest)
-    return ok, run_id, failures
+        ok, second_id, rest = _execute(job, instance, unpartitioned, tags=tags)
+        failures, steps = step_failures(rest), steps + step_timings(instance, second_id)
+    return RunOutcome(ok, run_id, failures, steps)
+
+
+def step_timings(instance: dg.DagsterInstance, run_id: str) -> list[StepTiming]:
+    """Wall seconds of each step of a run from the instance's event log (start to success/failure), with the
+    CPU seconds `step_cpu_clock` recorded for the steps that ran in this process."""
+    ends = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+    started, out = {}, []
+    for entry in instance.all_logs(run_id, of_type={dg.DagsterEventType.STEP_START, *ends}):
+        if entry.dagster_event_type == dg.DagsterEventType.STEP_START:
+            started[entry.step_key] = entry.timestamp
+        elif entry.step_key in started:
+            out.append(StepTiming(entry.step_key, entry.timestamp - started.pop(entry.step_key),
+                                  STEP_CPU_SECONDS.pop((run_id, entry.step_key), None),
+                                  entry.dagster_event_type == dg.DagsterEventType.STEP_SUCCESS))
+    return out
+
+
+def timing_table(steps: list[StepTiming], min_seconds: float = 1.0) -> str:
+    """The steps by wall time, longest first; those under `min_seconds` folded into one line; a total."""
+    def row(name: str, wall: float, cpu: float | None) -> str:
+        return f"{name:<40} {wall:>9.1f} {'-' if cpu is None else f'{cpu:.1f}':>9}"
+
+    def cpu_sum(group: list[StepTiming]) -> float | None:
+        return None if any(s.cpu_seconds is None for s in group) else sum(s.cpu_seconds for s in group)
+
+    long = sorted((s for s in steps if s.wall_seconds >= min_seconds), key=lambda s: -s.wall_seconds)
+    short = [s for s in steps if s.wall_seconds < min_seconds]
+    lines = [f"{'step':<40} {'wall s':>9} {'CPU s':>9}"]
+    lines += [row(s.step + ("" if s.ok else " (failed)"), s.wall_seconds, s.cpu_seconds) for s in long]
+    if short:
+        lines.append(row(f"{len(short)} steps under {min_seconds:g} s", sum(s.wall_seconds for s in short),
+                         cpu_sum(short)))
+    lines.append(row("total (steps)", sum(s.wall_seconds for s in steps), cpu_sum(steps)))
+    return "\n".join(lines)
 
 
 def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: list, partition: str | None = None,
              tags: dict | None = None) -> tuple[bool, str, list]:
     if env_name() != "deploy":
-        run_config = {"resources": {"compute": {"config": {"cpu_threads": CORES}}}}
+        # Loggers named in run config replace Dagster's default console logger: name it, at the instance's level.
+        loggers = {"console": {"config": {"log_level": instance.python_log_level or "DEBUG"}}, "step_cpu_clock": {}}
+        run_config = {"resources": {"compute": {"config": {"cpu_threads": CORES}}}, "loggers": loggers}
         result = job.execute_in_process(instance=instance, partition_key=partition, asset_selection=keys,
                                         run_config=run_config, raise_on_error=False, tags=tags)
         return result.success, result.run_id, result.all_events

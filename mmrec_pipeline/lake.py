@@ -67,6 +67,9 @@ def _readable_recommendations(con, schema: str) -> None:
 
 # Feature tables (the feature registry's entries), and whether an item needs an image to have the feature.
 FEATURE_TABLES = {name: feature.needs_image for name, feature in FEATURES.items()}
+# Where a table's value is one column (the entry's `value_columns`): review_summaries also holds counts and raw-review
+# vectors, which every item has before its summary is written (a budget-limited run leaves `summary` null).
+VALUE_COLUMNS = {name: feature.value_columns for name, feature in FEATURES.items() if feature.value_columns}
 
 
 def feature_gaps(dataset_dir: Path) -> dict[str, int]:
@@ -83,15 +86,16 @@ def feature_gaps(dataset_dir: Path) -> dict[str, int]:
         path = Path(dataset_dir) / f"{table}.parquet"
         if not path.exists():
             continue
-        gaps[table] = items_without_feature(items, pl.read_parquet(path), needs_image).height
+        gaps[table] = items_without_feature(items, pl.read_parquet(path), needs_image, VALUE_COLUMNS.get(table)).height
     return gaps
 
 
-def items_without_feature(items, feats, needs_image: bool):
-    """Catalog items (with an image, when the feature needs one) that have no non-null value in `feats`."""
+def items_without_feature(items, feats, needs_image: bool, value_columns: tuple[str, ...] | None = None):
+    """Catalog items (with an image, when the feature needs one) that have no non-null value in `feats` (in
+    `value_columns`, default every column)."""
     import polars as pl
 
-    values = [c for c in feats.columns if c != "item_id"]
+    values = list(value_columns or [c for c in feats.columns if c != "item_id"])
     have = feats.filter(pl.any_horizontal(pl.col(values).is_not_null())) if values else feats
     eligible = items.filter(pl.col("image_sha256").is_not_null()) if needs_image else items
     return eligible.join(have.select("item_id"), on="item_id", how="anti")

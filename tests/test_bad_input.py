@@ -130,9 +130,15 @@ def test_mmrec_run_ends_with_the_root_cause_per_failed_step(tmp_path, monkeypatc
 
     monkeypatch.setenv("MMREC_DATA", str(tmp_path))  # no amazon/Gift_Cards folder there
     assert cli.main(["run", "--dataset", "amazon-gift-cards", "--select", "items,users"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    printed = capsys.readouterr()
+    err = printed.err.strip().splitlines()
     assert err[-1].startswith("failed step ingest: DataError: dataset 'amazon-gift-cards': expected its amazon")
     assert not any("Stack Trace" in line or "DagsterExecutionStepExecutionError" in line for line in err)
+    # the per-step timing table: the failed step with its wall and CPU seconds (it ran in this process), a total
+    table = printed.out[printed.out.index("time per step"):].splitlines()
+    step = next(line for line in table if line.startswith("ingest (failed)") or "under 1 s" in line).split()
+    assert float(step[-1]) >= 0 and float(step[-2]) >= 0
+    assert any(line.startswith("total (steps)") for line in table)
 
 
 @pytest.mark.parametrize("select", ["nope", "items or users", "group:ingest,,(", "group:nothing"])

@@ -28,6 +28,7 @@ from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
 from mmrec_pipeline.features.summaries import SummaryConfig, review_summaries
 from mmrec_pipeline.features.text import text_embeddings
 from mmrec_pipeline.features.vq import VQVAE, VQConfig, psnr, ssim, train_vq_vae, vq_codes
+from mmrec_pipeline.storage import write_parquet
 
 CPU = Compute(device="cpu", batch_size=8)
 BG = (233, 231, 226)
@@ -315,6 +316,23 @@ def test_review_summaries_with_packaged_smollm2():
     more = pl.concat([inter, inter.head(1).with_columns(pl.lit("u9").alias("user_id"), pl.lit("B").alias("item_id"))])
     _, s = review_summaries(items, more, ModelSources(), CPU, root, config=cfg, max_items_per_run=0)
     assert (s["computed"], s["reused"], s["remaining"]) == (0, 1, 1)
+
+
+def test_summaries_left_for_a_later_run_are_gaps_the_backfill_sensor_sees(tmp_path):
+    """A budget-limited `review_summaries` run writes counts and raw-review vectors for every item but no summary
+    for the items left for later: `feature_gaps` (the `items_missing_features` sensor) counts exactly those."""
+    from mmrec_pipeline.lake import feature_gaps
+
+    items = pl.DataFrame({"item_id": ["A", "B", "C"], "image_sha256": [None, None, None]}, schema_overrides={
+        "image_sha256": pl.Utf8})
+    table = pl.DataFrame({"item_id": ["A", "B", "C"], "summary": ["Loved.", None, "Plain lamp."],
+                          "summary_source": ["reviews", None, "description"], "n_reviews": [2, 1, 0],
+                          "n_reviews_summarised": [2, 0, 0], "sbert_reviews": [[0.1], [0.2], None]})
+    write_parquet(items, tmp_path / "items.parquet")
+    write_parquet(table, tmp_path / "review_summaries.parquet")
+    assert feature_gaps(tmp_path) == {"review_summaries": 1}
+    write_parquet(table.with_columns(pl.col("summary").fill_null("Fine.")), tmp_path / "review_summaries.parquet")
+    assert feature_gaps(tmp_path) == {"review_summaries": 0}
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -143,6 +143,8 @@ def test_tiny_dlrm_trains_ranks_and_round_trips_its_checkpoint(tmp_path):
     assert [t["dropout"] for t in report["dropout_grid"]] == [0.1, 0.5]
     assert model.config.dropout in (0.1, 0.5) and report["criterion"] == "valid_auc"
     assert report["sparse_features"] == ["user", "item", "category", "attr_colour"]
+    # the metadata says how many items have each vector read (a budget-limited summary run leaves fewer)
+    assert report["metadata"]["items with sbert_summary"] == f"{data.n_items} of {data.n_items}"
     curve = report["curve"]
     assert curve[-1]["loss"] < curve[0]["loss"]  # it learns
     # the pointwise protocol: the paper's metrics, as rows of the long metrics table

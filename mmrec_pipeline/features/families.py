@@ -48,6 +48,7 @@ class Feature:
     after: tuple[str, ...] = ()  # assets that must run first without being read as tables
     pool: str | None = "gpu"  # "gpu": one step at a time per instance, a GPU per pod on Kubernetes
     needs_image: bool = False  # an item without an image cannot have it (gap counts and checks skip such items)
+    value_columns: tuple[str, ...] = ()  # the columns whose null means "not computed yet" (default: every column)
 
     def code(self) -> tuple[ModuleType, ...]:
         return tuple(importlib.import_module(m) for m in (*self.modules, "mmrec_pipeline.features.cache"))
@@ -70,7 +71,8 @@ def _captions(run: FeatureRun, items: pl.DataFrame):
 def _review_summaries(run: FeatureRun, items: pl.DataFrame, split: pl.DataFrame):
     from mmrec_pipeline.features.summaries import SummaryConfig, raw_review_vectors, review_summaries
 
-    config = SummaryConfig(**run.overrides.get("review_summaries", {}))
+    config = SummaryConfig(**{k: v for k, v in run.overrides.get("review_summaries", {}).items()
+                              if k != "max_items_per_run"})  # the budget is the run's, not the summarizer's
     table, summary_stats = review_summaries(items, split, run.sources, run.compute, run.cache_root, config=config,
                                             max_items_per_run=run.max_items_per_run, log=run.log)
     raw, raw_stats = raw_review_vectors(items, split, run.sources, run.compute, run.cache_root, config.max_reviews,
@@ -104,6 +106,7 @@ FEATURES: dict[str, Feature] = {f.name: f for f in (
                         "stores, so the CNN runs once per image, + dominant colours + pattern). Budget-limited runs "
                         "resume where they stopped."),
     Feature("review_summaries", ("mmrec_pipeline.features.summaries",), _review_summaries, inputs=("items", "split"),
+            value_columns=("summary",),
             description="One sentence per item summarising its training-period reviews only (instruct LM; packaged "
                         "SmolLM2 offline); items without reviews get their description. Also `sbert_reviews`, the "
                         "mean sentence vector of the same raw reviews (the MMREC \"no LLM summary\" ablation)."),

@@ -120,6 +120,13 @@ def feature_columns(modalities: str, features: ItemFeatures) -> dict[str, str]:
     return out
 
 
+def feature_coverage(columns: dict[str, str], features: ItemFeatures) -> dict[str, str]:
+    """'items with <column>': how many catalog items have each vector the variant reads (the others read zeros),
+    e.g. review summaries while a budget-limited backfill is still running."""
+    return {f"items with {col}": f"{int(features.present[col].sum())} of {len(features.present[col])}"
+            for col in columns.values()}
+
+
 def item_categoricals(items: pl.DataFrame, max_values: int) -> tuple[list[str], np.ndarray, list[int]]:
     """Sparse item features besides the id: category and the JSON attributes with few distinct values.
     Returns (names, codes [n_items, n_features] with 0 = missing, table sizes)."""
@@ -336,6 +343,7 @@ class MMRecDLRM(Recommender):
                        "examples_per_second": best["examples_per_second"]}
         self.report["metadata"] = {f"{criterion} dropout={t['dropout']}": round(t["valid"], 4) for t in tried}
         self.report["metadata"]["chosen dropout"] = best["dropout"]
+        self.report["metadata"].update(feature_coverage(self.columns, features))
         return self.report
 
     def _build(self, dropout: float) -> MMRecNet:
