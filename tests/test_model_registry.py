@@ -76,7 +76,8 @@ from mmrec_pipeline.definitions import defs, materialize_dataset
 graph = defs.resolve_asset_graph()
 toy = graph.get(dg.AssetKey("toy"))
 checks = [k.name for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key == dg.AssetKey("toy")]
-ok, run_id, failures = materialize_dataset("sample", select="toy,metrics,report")
+outcome = materialize_dataset("sample", select="toy,metrics,report")
+ok, failures = outcome.ok, outcome.failures
 print("RESULT " + json.dumps({{
     "group": toy.group_name, "parents": sorted(k.to_user_string() for k in toy.parent_keys),
     "metrics_reads_toy": dg.AssetKey("toy") in graph.get(dg.AssetKey("metrics")).parent_keys,
