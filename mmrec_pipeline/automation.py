@@ -18,7 +18,8 @@ from assets import DATASETS
 from mmrec_pipeline.features import cache, captions, image, summaries, text, vq
 from mmrec_pipeline.lake import feature_gaps
 from mmrec_pipeline.models import MODELS
-from mmrec_pipeline.registry import available_datasets, lake_root
+from mmrec_pipeline.registry import available_datasets
+from mmrec_pipeline.storage import Lake
 from mmrec_pipeline.versions import code_version
 
 NIGHTLY = "0 2 * * *"
@@ -98,8 +99,9 @@ def items_missing_features(context: dg.SensorEvaluationContext):
 
     The run key is the set of gaps, so an unchanged gap (e.g. a caption backfill still in progress) is
     requested once, and a new catalog version or a finished budget-limited run makes a new request."""
+    lake = Lake()  # the same MMREC_HOME as the code location's LakeResource
     for name in available_datasets():
-        gaps = {t: n for t, n in feature_gaps(lake_root() / name).items() if n}
+        gaps = {t: n for t, n in feature_gaps(lake.dataset(name)).items() if n}
         if gaps:
             key = f"{name}:" + ",".join(f"{t}={n}" for t, n in sorted(gaps.items()))
             yield dg.RunRequest(run_key=key, partition_key=name, tags={"mmrec/feature_gaps": key})

@@ -36,10 +36,6 @@ def data_root() -> Path:
     return Path(os.environ.get("MMREC_DATA", "./data")).expanduser().resolve()
 
 
-def lake_root() -> Path:
-    return Path(os.environ.get("MMREC_HOME", "./.mmrec")).expanduser().resolve()
-
-
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -55,7 +51,9 @@ class DatasetSpec:
 
     def data_dir(self) -> Path:
         if self.path is None:
-            return lake_root() / self.name / "raw"
+            from mmrec_pipeline.storage import Lake  # storage never imports the registry; this stays one-way
+
+            return Lake().sample_raw(self.name)
         return data_root() / self.path
 
 

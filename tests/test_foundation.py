@@ -98,11 +98,11 @@ def test_atomic_write_keeps_old_table_on_failure(tmp_path):
 
 def test_missing_dataset_fails_with_how_to_obtain(tmp_path, monkeypatch):
     from assets.ingest import ingest
-    from resources.storage import LakeIOManager
+    from resources.storage import LakeIOManager, LakeResource
 
     monkeypatch.setenv("MMREC_DATA", str(tmp_path))
     result = dg.materialize([ingest], partition_key="amazon-gift-cards", raise_on_error=False,
-                            resources={"lake": LakeIOManager(root=str(tmp_path / "lake"))})
+                            resources={"lake": LakeIOManager(lake=LakeResource(root=str(tmp_path / "lake")))})
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else \
@@ -114,11 +114,11 @@ def test_hm_ingest_and_split_through_dagster(shared_data, tmp_path):
     from assets.checks import split_items_in_catalog, split_no_leak, split_shares
     from assets.ingest import ingest
     from assets.splits import split
-    from resources.storage import LakeIOManager
+    from resources.storage import LakeIOManager, LakeResource
 
     root = tmp_path / "lake"
     result = dg.materialize([ingest, split, split_shares, split_no_leak, split_items_in_catalog],
-                            partition_key="hm", resources={"lake": LakeIOManager(root=str(root))})
+                            partition_key="hm", resources={"lake": LakeIOManager(lake=LakeResource(root=str(root)))})
     assert result.success
     inter = pl.read_parquet(root / "hm" / "interactions.parquet")
     assert (inter.height, inter["user_id"].n_unique()) == (9925, 1037)

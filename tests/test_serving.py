@@ -165,7 +165,7 @@ def test_feature_check_passes_after_a_full_run_on_a_small_sample_catalog(sample_
     from assets import checks, features, ingest
     from mmrec_pipeline.lake import items_without_feature
     from resources import resources_for_env
-    from resources.storage import LakeIOManager
+    from resources.storage import LakeIOManager, LakeResource
 
     items = sample_tables[0].items.head(8)
     write_parquet(items, tmp_path / "sample" / "items.parquet")
@@ -174,7 +174,7 @@ def test_feature_check_passes_after_a_full_run_on_a_small_sample_catalog(sample_
         [ingest.raw_files, ingest.ingest, features.image_embeddings, check],
         selection=dg.AssetSelection.assets("image_embeddings") | dg.AssetSelection.checks(check),
         partition_key="sample", instance=dg.DagsterInstance.ephemeral(),
-        resources={**resources_for_env("test"), "lake": LakeIOManager(root=str(tmp_path))})
+        resources={**resources_for_env("test"), "lake": LakeIOManager(lake=LakeResource(root=str(tmp_path)))})
     evaluations = result.get_asset_check_evaluations()
     assert [(e.asset_check_key.name, e.passed) for e in evaluations] == [("image_embeddings_complete", True)]
     table = pl.read_parquet(tmp_path / "sample" / "image_embeddings.parquet")
