@@ -19,8 +19,8 @@ from mmrec_pipeline.features import cache, captions, image, summaries, text, vq
 from mmrec_pipeline.lake import feature_gaps
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.registry import available_datasets
-from mmrec_pipeline.storage import Lake
 from mmrec_pipeline.versions import code_version
+from resources.storage import LakeResource
 
 NIGHTLY = "0 2 * * *"
 OBSERVE = "0 * * * *"
@@ -94,12 +94,12 @@ features_job = dg.define_asset_job(
 
 
 @dg.sensor(job=features_job, minimum_interval_seconds=600, default_status=dg.DefaultSensorStatus.RUNNING)
-def items_missing_features(context: dg.SensorEvaluationContext):
+def items_missing_features(context: dg.SensorEvaluationContext, lake_store: LakeResource):
     """Request a features run for every dataset whose catalog has items without features or captions.
 
     The run key is the set of gaps, so an unchanged gap (e.g. a caption backfill still in progress) is
     requested once, and a new catalog version or a finished budget-limited run makes a new request."""
-    lake = Lake()  # the same MMREC_HOME as the code location's LakeResource
+    lake = lake_store.lake()
     for name in available_datasets():
         gaps = {t: n for t, n in feature_gaps(lake.dataset(name)).items() if n}
         if gaps:

@@ -149,6 +149,7 @@ def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatc
     """Items without captions (a new catalog version, or a budget-limited backfill) → one features run for that
     dataset; the same gap is not requested twice; no gap → no request."""
     from mmrec_pipeline.automation import items_missing_features
+    from resources.storage import LakeResource
 
     monkeypatch.setenv("MMREC_HOME", str(tmp_path))
     sample = tmp_path / "sample"
@@ -158,9 +159,10 @@ def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatc
     write_parquet(pl.DataFrame({"item_id": ids, "caption_offline": ["red dress", None, None]}),
                   sample / "captions.parquet")  # c has no image: not a gap
 
-    requests = list(items_missing_features(dg.build_sensor_context()))
+    context = dg.build_sensor_context(resources={"lake_store": LakeResource(root=str(tmp_path))})
+    requests = list(items_missing_features(context))
     assert [(r.partition_key, r.run_key) for r in requests] == [("sample", "sample:captions=1")]
 
     write_parquet(pl.DataFrame({"item_id": ids, "caption_offline": ["red dress", "blue bag", None]}),
                   sample / "captions.parquet")
-    assert list(items_missing_features(dg.build_sensor_context())) == []
+    assert list(items_missing_features(context)) == []
