@@ -15,6 +15,8 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from mmrec_pipeline.storage import Lake
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_KINDS = ("sample", "hm", "amazon", "recbole", "sequence")
 SPLIT_KINDS = ("temporal", "loo", "recbole")
@@ -51,8 +53,6 @@ class DatasetSpec:
 
     def data_dir(self) -> Path:
         if self.path is None:
-            from mmrec_pipeline.storage import Lake  # storage never imports the registry; this stays one-way
-
             return Lake().sample_raw(self.name)
         return data_root() / self.path
 
