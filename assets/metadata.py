@@ -7,6 +7,8 @@ import base64
 import dagster as dg
 import polars as pl
 
+from mmrec_pipeline.evaluation.report import md_table
+
 
 def table_preview(df: pl.DataFrame, n: int = 5, max_chars: int = 60) -> dg.MetadataValue:
     """The first rows as a Markdown table, long strings shortened."""
@@ -16,11 +18,7 @@ def table_preview(df: pl.DataFrame, n: int = 5, max_chars: int = 60) -> dg.Metad
                 pl.lit(f"[{df.schema[c].size} values]")
         return pl.col(c).cast(pl.Utf8).str.slice(0, max_chars)
 
-    head = df.head(n).with_columns([shown(c).alias(c) for c in df.columns])
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    lines += ["| " + " | ".join("" if v is None else str(v).replace("|", "/") for v in row) + " |"
-              for row in head.iter_rows()]
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(md_table(df.head(n).with_columns([shown(c).alias(c) for c in df.columns])))
 
 
 def png_markdown(png: bytes, alt: str = "plot") -> dg.MetadataValue:

@@ -1,9 +1,10 @@
 """One asset per recommender and dataset: train every variant, checkpoint it, evaluate it on test.
 
-The asset's table is the model's rows of the long metrics table; checkpoints go to
-`$MMREC_HOME/<dataset>/models/<model>/<variant>/` (config.json + model.safetensors). Every model reads
-`text_embeddings`, whose sentence vectors also define intra-list diversity, so that metric is computed
-the same way for every row of a dataset's leaderboard.
+Built from the registry (`mmrec_pipeline.models.MODELS`) alone: each class declares its variants, the feature
+assets it reads and its pool. The asset's table is the model's rows of the long metrics table; checkpoints go to
+`$MMREC_HOME/<dataset>/models/<model>/<variant>/` (config.json + model.safetensors). Every model also reads
+`text_embeddings`, whose sentence vectors define intra-list diversity, so that metric is computed the same way
+for every row of a dataset's leaderboard.
 """
 
 import sys
@@ -16,15 +17,17 @@ from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline
 from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
-from mmrec_pipeline.models import BASELINES, CLASSIC, LVLM, MM_LLMREC, MMREC_DLRM, SEQUENTIAL, VQ_BART
-from mmrec_pipeline.models.base import ItemFeatures
+from mmrec_pipeline.models import MODELS
+from mmrec_pipeline.models.base import ItemFeatures, Recommender
 from mmrec_pipeline.models.runner import train_variants
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import write_parquet
 from resources.compute import ComputeResource
+from resources.models import ModelSourcesResource
 from resources.storage import LakeResource
 
 DIVERSITY_VECTOR = "sbert_text"
+DIVERSITY_TABLE = "text_embeddings"
 
 
 def grid_markdown(grid: list[dict], chosen: dict) -> str:
@@ -38,14 +41,16 @@ def grid_markdown(grid: list[dict], chosen: dict) -> str:
     return md_table(pl.DataFrame(rows)) if rows else "(no grid)"
 
 
-def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("text_embeddings",),
-                pool: str | None = None) -> dg.AssetsDefinition:
+def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
+    """The asset of one registry entry: trains `cls.variants` on the tables `cls.feature_assets` names."""
+    features = tuple(dict.fromkeys((DIVERSITY_TABLE, *cls.feature_assets)))
     ins = {k: dg.AssetIn(k) for k in ("split", "items", *features)}
 
-    @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=pool,
-              op_tags=GPU["op_tags"] if pool == GPU["pool"] else None,
-              description=sys.modules[cls.__module__].__doc__.strip().split("\n\n")[0])
-    def _train(context: dg.AssetExecutionContext, compute: ComputeResource, lake_store: LakeResource,
+    @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=cls.pool,
+              op_tags=GPU["op_tags"] if cls.pool == GPU["pool"] else None,
+              description=(sys.modules[cls.__module__].__doc__ or cls.__doc__ or name).strip().split("\n\n")[0])
+    def _train(context: dg.AssetExecutionContext, compute: ComputeResource, model_sources: ModelSourcesResource,
+               lake_store: LakeResource,
                **tables: pl.DataFrame) -> dg.Output[pl.DataFrame]:
         spec = get_dataset(context.partition_key)
         data = RecDataset.from_tables(spec.name, tables["split"], tables["items"], spec.split, spec.repeats_relevant)
@@ -54,8 +59,9 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
             feats = feats.merge(ItemFeatures.from_table(data, tables[f]))
         lake = lake_store.lake()
         out_dir = lake.models(spec.name, name)
-        runs, skipped = train_variants(name, cls, variants, data, feats, compute.settings(), out_dir,
-                              spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log)
+        runs, skipped = train_variants(name, cls, cls.variants, data, feats, compute.settings(), out_dir,
+                              spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log,
+                              sources=model_sources.sources())
         if not runs and not skipped:
             raise RuntimeError(f"{name}: no variant could train on {spec.name}")
         if not runs:  # every variant lacks a feature this dataset does not have (e.g. vbpr without images)
@@ -83,16 +89,5 @@ def model_asset(name: str, cls, variants: dict, features: tuple[str, ...] = ("te
     return _train
 
 
-MULTIMODAL = ("image_embeddings", "text_embeddings")
-model_assets = [
-    *[model_asset(name, cls, variants) for name, (cls, variants) in {**CLASSIC, **SEQUENTIAL}.items()],
-    *[model_asset(name, cls, variants, features=MULTIMODAL, pool="gpu") for name, (cls, variants) in MM_LLMREC.items()],
-    *[model_asset(name, cls, variants, features=MULTIMODAL) for name, (cls, variants) in LVLM.items()],
-    *[model_asset(name, cls, variants, features=("text_embeddings", "vq_codes"), pool="gpu")
-      for name, (cls, variants) in VQ_BART.items()],
-    *[model_asset(name, cls, variants, features=("text_embeddings", "review_summaries"))
-      for name, (cls, variants) in MMREC_DLRM.items()],
-    model_asset("vbpr", *BASELINES["vbpr"], features=MULTIMODAL),
-    model_asset("deepconn", *BASELINES["deepconn"]),
-]
+model_assets = [model_asset(name, cls) for name, cls in MODELS.items()]
 all_model_names = [a.key.path[-1] for a in model_assets]

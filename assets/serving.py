@@ -10,14 +10,14 @@ from assets.models import model_assets
 from mmrec_pipeline import serving
 from mmrec_pipeline.evaluation.report import md_table, plot_drift
 from mmrec_pipeline.lake import refresh_catalog
-from mmrec_pipeline.models import MODELS as REGISTRY
+from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import read_parquet
 from mmrec_pipeline.versions import code_version
 from resources.compute import ComputeResource
+from resources.models import ModelSourcesResource
 from resources.storage import LakeResource
 
-MODELS = {name: cls for name, (cls, _) in REGISTRY.items()}
 # The feature tables each model asset reads (its inputs other than split and items).
 FEATURES_OF = {a.key.path[-1]: sorted(k.path[-1] for k in a.dependency_keys if k.path[-1] not in ("split", "items"))
                for a in model_assets}
@@ -56,7 +56,7 @@ def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Out
           code_version=code_version(serving, serving.ServingConfig),
           check_specs=[dg.AssetCheckSpec(name, asset="recommendations", description=d) for name, d in CHECKS.items()])
 def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource, lake_store: LakeResource,
-                    champion: pl.DataFrame,
+                    model_sources: ModelSourcesResource, champion: pl.DataFrame,
                     split: pl.DataFrame, items: pl.DataFrame) -> dg.MaterializeResult:
     """The champion retrained on every interaction (its validation-chosen epoch count), top-K items with score
     and rank for every user active in the recent window: `recommendations.parquet`, DuckDB view
@@ -70,7 +70,7 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
               if lake.table(spec.name, t).exists()}
     facts = serving.serve(MODELS[best["model"]], lake.models(spec.name, best["model"], best["variant"]), split, items,
                           spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(),
-                          lake.dataset(spec.name), config, log=context.log)
+                          lake.dataset(spec.name), config, log=context.log, sources=model_sources.sources())
     if lake.local:  # no DuckDB catalog on a remote lake (DuckDB's httpfs is not installed)
         try:
             refresh_catalog(lake.root)

@@ -59,8 +59,8 @@ def prepare(dataset: str, work: Path) -> dict:
     data = RecDataset.from_tables(spec.name, split, tables.items, spec.split, spec.repeats_relevant)
     runs = []
     for name in CANDIDATES:
-        cls, variants = CLASSIC[name]
-        runs += train_variants(name, cls, variants, data, ItemFeatures(), Compute(device="cpu"),
+        cls = CLASSIC[name]
+        runs += train_variants(name, cls, cls.variants, data, ItemFeatures(), Compute(device="cpu"),
                                work / "models" / name)[0]
     ranking = validation_ranking(pl.concat([r.metrics for r in runs]), spec.split)
     best = choose_champion(ranking)
@@ -104,7 +104,7 @@ def child(dataset: str, work: Path, model: str, variant: str, k: int, batch: int
     from mmrec_pipeline.serving import active_users, all_interactions, retrain_config, write_top_k
 
     torch.set_num_threads(threads)
-    spec, cls = get_dataset(dataset), CLASSIC[model][0]
+    spec, cls = get_dataset(dataset), CLASSIC[model]
     split, items = pl.read_parquet(work / "split.parquet"), pl.read_parquet(work / "items.parquet")
     data = all_interactions(split, spec.name, items, spec.split, spec.repeats_relevant)
     rss_start = _rss_mb()

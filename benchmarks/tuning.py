@@ -63,7 +63,8 @@ def main() -> None:
     previous = json.loads(RESULTS.read_text())["models"] if RESULTS.exists() else {}
     result = {"machine": machine_info(), "dataset": "sample (temporal split, full catalog)", "models": previous}
     for name in args.models.split(","):
-        cls, variants = registry[name]
+        cls = registry[name]
+        variants = cls.variants
         default, tuned = run(name, cls, variants, data, feats, False), run(name, cls, variants, data, feats, True)
         added = round(tuned["wall_seconds"] - default["wall_seconds"], 2)
         result["models"][name] = {"defaults": default, "tuned": tuned, "added_wall_seconds": added,

@@ -15,7 +15,8 @@ import sys
 import dagster as dg
 
 from assets import DATASETS
-from mmrec_pipeline.features import cache, captions, image, summaries, text, vq
+from mmrec_pipeline.features import vq
+from mmrec_pipeline.features.families import FEATURES
 from mmrec_pipeline.lake import feature_gaps
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.registry import available_datasets
@@ -36,8 +37,7 @@ NIGHTLY_REFRESH = (REFRESH | (AC.cron_tick_passed(NIGHTLY).since_last_handled() 
 ACROSS_DATASETS = (AC.any_deps_updated().since_last_handled() & GUARDS).with_label("any dataset updated")
 OBSERVE_RAW = AC.cron_tick_passed(OBSERVE).since_last_handled().with_label(f"observe ({OBSERVE})")
 
-FEATURE_CODE = {"image_embeddings": (image, cache), "captions": (captions, cache), "text_embeddings": (text, cache),
-                "review_summaries": (summaries, cache), "vq_tokenizer": (vq,), "vq_codes": (vq, cache)}
+FEATURE_CODE = {**{name: feature.code() for name, feature in FEATURES.items()}, "vq_tokenizer": (vq,)}
 
 
 def model_code_version(cls) -> str:
@@ -53,8 +53,7 @@ def model_code_version(cls) -> str:
 
 
 CODE_VERSIONS = {**{name: code_version(*mods) for name, mods in FEATURE_CODE.items()},
-                 **{name: model_code_version(cls)
-                    for name, (cls, _) in MODELS.items()}}
+                 **{name: model_code_version(cls) for name, cls in MODELS.items()}}
 
 
 def condition_for(key: dg.AssetKey) -> dg.AutomationCondition:

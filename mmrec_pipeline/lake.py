@@ -8,6 +8,8 @@ from pathlib import Path
 
 import duckdb
 
+from mmrec_pipeline.features.families import FEATURES
+
 CATALOG = "lake.duckdb"
 
 
@@ -63,9 +65,8 @@ def _readable_recommendations(con, schema: str) -> None:
                 "ORDER BY r.user_id, r.rank")
 
 
-# Feature tables, and whether an item needs an image to have the feature.
-FEATURE_TABLES = {"image_embeddings": True, "vq_codes": True, "captions": True, "text_embeddings": False,
-                  "review_summaries": False}
+# Feature tables (the feature registry's entries), and whether an item needs an image to have the feature.
+FEATURE_TABLES = {name: feature.needs_image for name, feature in FEATURES.items()}
 
 
 def feature_gaps(dataset_dir: Path) -> dict[str, int]:

@@ -26,6 +26,7 @@ import torch
 
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
 from mmrec_pipeline.models.runner import FIT_REPORT
 from mmrec_pipeline.storage import atomic_write, is_local, read_parquet, to_path, write_json
@@ -207,7 +208,8 @@ def append_history(path: Path, entry: dict, keep: int = 100) -> list[dict]:
 
 def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: pl.DataFrame, name: str,
           protocol: str, repeats_relevant: bool, feature_tables: dict[str, pl.DataFrame], compute: Compute,
-          out_dir: Path, config: ServingConfig, log: logging.Logger | None = None) -> dict:
+          out_dir: Path, config: ServingConfig, log: logging.Logger | None = None,
+          sources: ModelSources | None = None) -> dict:
     """Retrain the champion on all interactions and write `out_dir/recommendations.parquet`; returns facts."""
     data = all_interactions(split, name, items, protocol, repeats_relevant)
     features = ItemFeatures()
@@ -215,6 +217,7 @@ def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: 
         features = features.merge(ItemFeatures.from_table(data, table))
     model_config, fixed = retrain_config(cls, checkpoint)
     model = cls(model_config)
+    model.sources = sources or model.sources
     if log:
         log.info(f"retraining {cls.name} on all {data.train.height} interactions with {fixed or 'its config'}")
     report = model.fit(data, features, compute, log)

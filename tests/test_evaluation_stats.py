@@ -75,7 +75,11 @@ def _day(d: int) -> dt.datetime:
 
 
 def tiny(protocol: str = "temporal") -> RecDataset:
-    """Items 0..5 ("i0".."i5"); i3 and i5 never occur in train (i3 nowhere). Test-period users:
+    return RecDataset.from_tables("tiny", *tiny_tables(), protocol=protocol)
+
+
+def tiny_tables() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(split, items): Items 0..5 ("i0".."i5"); i3 and i5 never occur in train (i3 nowhere). Test-period users:
     u1 history [i0, i1], test [i2, i5] (i5 cold) | u2 no history, test [i0] | u3 history [i0], test [i0] (a repeat)
     | u4 history [i1, i2], test [i4] (no cold item) | u5 train only."""
     rows = [("u1", "i0", 0, "train"), ("u1", "i1", 1, "train"), ("u1", "i2", 9, "test"), ("u1", "i5", 9, "test"),
@@ -86,7 +90,7 @@ def tiny(protocol: str = "temporal") -> RecDataset:
                           "ts": [_day(r[2]) for r in rows], "split": [r[3] for r in rows]})
     items = pl.DataFrame({"item_id": [f"i{i}" for i in range(6)], "title": [f"t{i}" for i in range(6)],
                           "description": [""] * 6, "category": ["a", "b", "a", "b", "a", "b"]})
-    return RecDataset.from_tables("tiny", split, items, protocol=protocol)
+    return split, items
 
 
 class TableModel:
@@ -215,3 +219,46 @@ def test_report_shows_cis_markers_accounting_and_cold_start():
         assert text in md and (text in page or text.replace("%", "") in page), text
     _, bare = build_report("tiny", metrics, {"items": 6}, "temporal")  # no per-user files: said plainly
     assert "No per-user values were found" in bare
+
+
+def test_report_escapes_every_text_from_the_data():
+    """Titles, generated text, model/variant names and user ids reach report.html escaped, never as markup."""
+    from mmrec_pipeline.evaluation.report import Section, qualitative_examples
+
+    attack = "<script>alert('x')</script>"
+    data = tiny()
+    data.items = data.items.with_columns(pl.lit(attack).alias("title"))
+    table, _ = evaluate_model(TableModel([6, 5, 4, 3, 2, 1]), data, "popularity", attack, sampled=None)
+    examples = qualitative_examples(TableModel([6, 5, 4, 3, 2, 1]), data, "examples")
+    examples.examples[0].generated = attack
+    custom = Section("a model's section", f"**note** with `{attack}`", [pl.DataFrame({"caption": [attack]})])
+    page, md = build_report("tiny", table, {"items": 6}, "temporal", sections=[examples, custom])
+    assert "<script>" not in page and "<script>" not in md
+    assert page.count("&lt;script&gt;") >= 4  # leaderboard row, example tiles, generated text, table cell
+    assert "<b>note</b>" in page and "<code>&lt;script&gt;" in page  # the note's own marks still render
+    assert "| popularity/&lt;script&gt;alert('x')&lt;/script&gt; |" in md
+
+
+def test_each_model_that_ran_adds_its_own_report_section(monkeypatch, tmp_path):
+    """assets/evaluation asks every model with rows for its `report_section`; none of them is hard-coded."""
+    import types
+
+    import assets.evaluation as ev
+    from mmrec_pipeline.evaluation.report import Section
+
+    class Toy:
+        @classmethod
+        def report_section(cls, inputs):
+            return Section("toy: its own table", f"{inputs.data.n_items} items", [inputs.metrics.head(1)])
+
+    class Silent:
+        report_section = None
+
+    monkeypatch.setenv("MMREC_HOME", str(tmp_path))
+    monkeypatch.setattr(ev, "MODELS", {"toy": (Toy, {}), "silent": (Silent, {}), "not_run": (Toy, {})})
+    data, (split, items) = tiny(), tiny_tables()
+    metrics = pl.concat([evaluate_model(TableModel([6, 5, 4, 3, 2, 1]), data, m, "default", sampled=None)[0]
+                         for m in ("toy", "silent")])
+    spec = types.SimpleNamespace(name="tiny", split="temporal", repeats_relevant=False)
+    sections = ev.model_sections(spec, metrics, split, items)
+    assert [s.title for s in sections] == ["toy: its own table"] and sections[0].note == "6 items"

@@ -235,6 +235,34 @@ def test_image_embeddings_and_offline_captions(items, tmp_path):
     assert s["offline"]["computed"] == 1 and "yellow" in caps["caption_offline"][0]
 
 
+def test_offline_captions_reuse_the_image_embeddings_cnn_pass(items, tmp_path, monkeypatch):
+    """Captions first: the CNN runs once per image and image_embeddings then reuses every vector; the labels are
+    the classifier's top-3 of a full forward pass."""
+    from mmrec_pipeline.features import image
+
+    root = tmp_path / "cache"
+    caps, _ = cap.captions(items, ModelSources(), CPU, root, models=("offline",))
+    _, s = image_embeddings(items, ModelSources(), CPU, root, models=("efficientnet_lite0",))
+    assert s["efficientnet_lite0"]["computed"] == 0 and s["efficientnet_lite0"]["reused"] == 3
+
+    model = image.load_efficientnet_lite0(ModelSources()).eval()
+    x = image.to_tensor(image.letterbox(image.load_rgb(items["image_path"][0]), 224), (0.5,) * 3, (0.5,) * 3)
+    with torch.inference_mode():
+        top = model(x[None]).topk(3).indices[0].tolist()
+    labels = cap.imagenet_labels()
+    assert caps["caption_offline"][0].split(",")[0].endswith(labels[top[0]]), (caps["caption_offline"][0], top)
+    assert all(labels[i] in caps["caption_offline"][0] for i in top[1:])
+
+    # Embeddings first (a new image): captions run no CNN at all.
+    draw_item("yellow").save(items["image_path"][0])
+    changed = items.with_columns(pl.Series("image_sha256", [
+        hashlib.sha256(Path(p).read_bytes()).hexdigest() if p else None for p in items["image_path"]]))
+    image_embeddings(changed, ModelSources(), CPU, root, models=("efficientnet_lite0",))
+    monkeypatch.setattr(image, "pooled_features", lambda *a: pytest.fail("the CNN ran twice for one image"))
+    caps, s = cap.captions(changed, ModelSources(), CPU, root, models=("offline",))
+    assert s["offline"]["computed"] == 1 and "yellow" in caps["caption_offline"][0]
+
+
 def test_pattern_detector_on_drawn_patterns():
     for pattern, expected in (("solid", "solid"), ("stripes", "stripes")):
         arr = np.asarray(draw_item("blue", pattern, size=128), dtype=np.uint8)

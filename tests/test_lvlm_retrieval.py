@@ -50,9 +50,9 @@ def features(sample_tables, sample_dataset, sample_features, lake):
 @pytest.fixture(scope="module")
 def trained(sample_dataset, features):
     """Every registry variant fitted and evaluated on test (full catalog, the runner's evaluate_model)."""
-    cls, variants = LVLM["lvlm_retrieval"]
+    cls = LVLM["lvlm_retrieval"]
     out = {}
-    for variant, overrides in variants.items():
+    for variant, overrides in cls.variants.items():
         model = cls(cls.Config(**overrides))
         report = model.fit(sample_dataset, features, CPU)
         table, _ = evaluate_model(model, sample_dataset, "lvlm_retrieval", variant, sampled=None)
@@ -61,7 +61,8 @@ def trained(sample_dataset, features):
 
 
 def test_registry_has_the_twelve_strategies():
-    cls, variants = LVLM["lvlm_retrieval"]
+    cls = LVLM["lvlm_retrieval"]
+    variants = cls.variants
     assert cls is LVLMRetrieval and len(variants) == 12 and set(variants) == set(VARIANTS)
     assert set(LEARNED) <= {o["strategy"] for o in variants.values()}
 

@@ -152,9 +152,8 @@ def test_missing_image_feature_names_the_asset_and_can_be_skipped(sample_dataset
     features = random_features(sample_dataset.n_items, image=False)
     with pytest.raises(MissingFeature, match="image_embeddings"):
         MMLLMRec(MMLLMRecConfig(variant="concat", **TINY)).fit(sample_dataset, features, CPU)
-    _, variants = MM_LLMREC["mm_llmrec"]
     with caplog.at_level(logging.WARNING, logger="mmrec_pipeline"):
-        keep = runnable_variants(variants, features)
+        keep = runnable_variants(MM_LLMREC["mm_llmrec"].variants, features)
     assert set(keep) == {"id", "text"}
     assert "image_embeddings" in caplog.text
 

@@ -194,3 +194,18 @@ def test_report_table_and_note_compare_full_with_raw_reviews():
     note = report_note(table, 4.0, "full catalog")
     assert "training-period reviews only" in note
     assert "full-sqrt vs raw-sqrt: FPR 0.3000 vs 0.4000, AUC 0.7200 vs 0.7000: lower FPR" in note
+
+
+def test_seed_audit_puts_the_papers_fpr_beside_our_pointwise_row_and_says_where_it_has_none():
+    from mmrec_pipeline.evaluation.audit import audit_table
+
+    rows = [("mmrec_dlrm", "full-sqrt", "pointwise:rating>=4", "fpr", None, 0.5),
+            ("mmrec_dlrm", "full-sqrt", "temporal", "ndcg", 10, 0.05),
+            ("mmrec_dlrm", "full-sqrt", "temporal@valid", "ndcg", 10, 0.06)]
+    metrics = pl.DataFrame(rows, schema=["model", "variant", "protocol", "metric", "k", "value"], orient="row")
+    table = audit_table(metrics, "mmrec_dlrm", MMRecDLRM.paper, "temporal")
+    assert table["fpr"].to_list() == [0.1816, 0.5, None]  # paper, ours (pointwise), ours (ranking: no FPR)
+    assert "fpr not computed under `temporal`" in table["protocol"][2]
+    no_ratings = audit_table(metrics.filter(pl.col("protocol") != "pointwise:rating>=4"), "mmrec_dlrm",
+                             MMRecDLRM.paper, "temporal")
+    assert no_ratings["fpr"].to_list() == [0.1816, None, None]

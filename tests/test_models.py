@@ -14,8 +14,8 @@ from mmrec_pipeline.models.base import ItemFeatures
 @pytest.fixture(scope="module")
 def trained(sample_dataset, tmp_path_factory):
     out = {}
-    for name, (cls, variants) in CLASSIC.items():
-        for variant, overrides in variants.items():
+    for name, cls in CLASSIC.items():
+        for variant, overrides in cls.variants.items():
             model = cls(cls.Config(**overrides))
             model.fit(sample_dataset, ItemFeatures(), Compute(device="cpu"))
             table, _ = evaluate_model(model, sample_dataset, name, variant, sampled=None)

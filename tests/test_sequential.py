@@ -165,10 +165,10 @@ def test_progress_is_logged(walk, caplog):
 
 def test_registry_and_dataset_overrides():
     assert set(SEQUENTIAL) == {"gru4rec", "sasrec", "bert4rec"}
-    for name, (cls, variants) in SEQUENTIAL.items():
-        assert cls.name == name and variants
+    for name, cls in SEQUENTIAL.items():
+        assert cls.name == name and cls.variants
         assert dataclasses.is_dataclass(cls.Config)
-    model = build(SASRec, SEQUENTIAL["sasrec"][1]["default"], {"hidden_size": 16, "n_heads": 1})
+    model = build(SASRec, SEQUENTIAL["sasrec"].variants["default"], {"hidden_size": 16, "n_heads": 1})
     assert model.config.hidden_size == 16 and model.config.n_layers == SASRec.Config().n_layers
     with pytest.raises(ValueError, match="unknown config field"):
         build(SASRec, {}, {"hidden": 16})

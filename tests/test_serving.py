@@ -83,8 +83,8 @@ def sample_lake(sample_tables, sample_dataset, lake):
     write_parquet(tables.items, folder / "items.parquet")
     runs = []
     for name in ("popularity", "ease"):
-        cls, variants = CLASSIC[name]
-        runs += train_variants(name, cls, variants, sample_dataset, ItemFeatures(), Compute(device="cpu"),
+        cls = CLASSIC[name]
+        runs += train_variants(name, cls, cls.variants, sample_dataset, ItemFeatures(), Compute(device="cpu"),
                                folder / "models" / name)[0]
     write_parquet(pl.concat([r.metrics for r in runs]), folder / "metrics.parquet")
     return folder
@@ -140,7 +140,7 @@ def test_checks_registered_and_pass_on_sample(sample_lake, sample_dataset, lake)
 def test_recommendations_exclude_history_and_cover_active_users(sample_tables, tmp_path):
     tables, split = sample_tables
     data = serving.all_interactions(split, "sample", tables.items, "temporal", repeats_relevant=False)
-    model = CLASSIC["popularity"][0]()
+    model = CLASSIC["popularity"]()
     model.fit(data, ItemFeatures(), Compute(device="cpu"))
     users = serving.active_users(data, 28)
     assert 0 < len(users) < data.n_users

@@ -33,8 +33,8 @@ def test_grid_points_pins_what_the_dataset_sets():
 
 def test_every_model_declares_a_small_grid_of_real_config_fields():
     neural = {*SEQUENTIAL, *MM_LLMREC, "deepconn", "vbpr", "bpr_mf"}  # each point is a full training run
-    for name, (cls, variants) in {**CLASSIC, **SEQUENTIAL, **MM_LLMREC, **LVLM, **BASELINES}.items():
-        for variant, overrides in variants.items():
+    for name, cls in {**CLASSIC, **SEQUENTIAL, **MM_LLMREC, **LVLM, **BASELINES}.items():
+        for variant, overrides in cls.variants.items():
             config = cls.Config(**overrides)
             space = cls.search_space_for(config)
             assert set(space) <= set(cls.Config.__dataclass_fields__), name
@@ -110,6 +110,14 @@ def test_unknown_override_names_the_runner_keys(sample_dataset, tmp_path):
     with pytest.raises(ValueError, match="runner keys"):
         train_variants("item_knn", ItemKNN, {"default": {}}, sample_dataset, ItemFeatures(), Compute(device="cpu"),
                        tmp_path, {"neighbors": 5})
+
+
+def test_dataset_variants_key_trains_only_the_named_variants(sample_dataset, tmp_path):
+    from mmrec_pipeline.models.popularity import Popularity
+
+    runs, skipped = train_variants("popularity", Popularity, CLASSIC["popularity"][1], sample_dataset,
+                                   ItemFeatures(), Compute(device="cpu"), tmp_path, {"variants": ["global"]})
+    assert [r.variant for r in runs] == ["global"] and "not in this dataset's `variants`" in skipped["recent"]
 
 
 def test_tuning_check_reads_the_checkpoints(sample_dataset, tmp_path):

@@ -99,6 +99,7 @@ def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_i
     import polars as pl
 
     from mmrec_pipeline.evaluation.protocols import evaluate_model
+    from mmrec_pipeline.evaluation.report import build_report
     from mmrec_pipeline.models.popularity import Popularity
     from mmrec_pipeline.models.vq_bart import generation_section
 
@@ -109,10 +110,14 @@ def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_i
     popularity.save(tmp_path / "popularity" / "global")
     metrics = pl.concat([evaluate_model(model, sample_dataset, "vq_bart", "image", sampled=None)[0],
                          evaluate_model(popularity, sample_dataset, "popularity", "global", sampled=None)[0]])
-    title, md, html = generation_section(metrics, sample_dataset, tmp_path, max_users=40)
-    assert "BERTScore" in title and "40 test users" in md and "LPIPS" in md
-    assert "| vq_bart/image |" in md and "| popularity/global |" in md and "<table" in html
-    assert md.count("→") >= 6  # three examples: history -> generated text -> top-5
+    section = generation_section(metrics, sample_dataset, tmp_path, max_users=40)
+    assert "BERTScore" in section.title and "40 test users" in section.note and "LPIPS" in section.note
+    assert section.tables[0]["model"].to_list() == ["vq_bart/image", "popularity/global"]
+    assert len(section.examples) == 3  # history -> generated text -> top-5
+    assert all(len(e.recommended) == 5 and e.generated is not None and e.recent for e in section.examples)
+    page, md = build_report("sample", metrics, {}, "temporal", sections=[section])
+    assert "| vq_bart/image |" in md and "| popularity/global |" in md and md.count("→ generated:") == 3
+    assert "vq_bart: generated text (BERTScore) vs ranking</h2>" in page and "<i>" in page
 
 
 def test_bertscore_ranks_a_close_text_above_an_unrelated_one_and_empty_at_zero():

@@ -8,11 +8,9 @@ is registered here. Its row is the claim's `variant`, or else the variant that s
 
 from __future__ import annotations
 
-import html
-
 import polars as pl
 
-from mmrec_pipeline.evaluation.report import html_table, md_table
+from mmrec_pipeline.evaluation.report import Section
 from mmrec_pipeline.models.base import PaperClaim, Recommender
 
 
@@ -27,9 +25,10 @@ def published_systems() -> dict[str, PaperClaim]:
     return dict(sorted(out.items()))
 
 
-def value(metrics: pl.DataFrame, model: str, variant: str, protocol: str, metric: str, k: int) -> float | None:
+def value(metrics: pl.DataFrame, model: str, variant: str, protocol: str, metric: str, k: int | None) -> float | None:
+    """`k` None: a metric without a cut-off (e.g. the pointwise protocol's FPR)."""
     t = metrics.filter((pl.col("model") == model) & (pl.col("variant") == variant) & (pl.col("protocol") == protocol)
-                       & (pl.col("metric") == metric) & (pl.col("k") == k))
+                       & (pl.col("metric") == metric) & (pl.col("k").is_null() if k is None else pl.col("k") == k))
     return float(t["value"][0]) if t.height else None
 
 
@@ -47,7 +46,7 @@ def audit_table(metrics: pl.DataFrame, model: str, claim: PaperClaim, protocol: 
         else validation_best(metrics, model, protocol)
     if variant is None:
         return None
-    name = f"{claim.metric}@{claim.k}"
+    name = claim.metric if claim.k is None else f"{claim.metric}@{claim.k}"
     rows = [{"row": f"paper: {claim.system}", "model": "(as published)", name: claim.value,
              "protocol": claim.protocol}]
     protocols = {label: p.format(protocol=protocol) for label, p in claim.reproduce.items()}
@@ -60,18 +59,17 @@ def audit_table(metrics: pl.DataFrame, model: str, claim: PaperClaim, protocol: 
             x = value(metrics, who, v, p, claim.metric, claim.k)
             rows.append({"row": "ours" if who == model else "baseline (trained here)", "model": f"{who}/{v}",
                          name: x, "protocol": f"{label} (`{p}`)" if x is not None
-                         else f"{label}: {claim.metric}@{claim.k} not computed under `{p}`"})
+                         else f"{label}: {name} not computed under `{p}`"})
     return pl.DataFrame(rows, schema={"row": pl.Utf8, "model": pl.Utf8, name: pl.Float64, "protocol": pl.Utf8})
 
 
-def audit_sections(metrics: pl.DataFrame, protocol: str) -> list[tuple[str, str, str]]:
-    """(title, markdown, html) per published system that has rows in `metrics`."""
+def audit_sections(metrics: pl.DataFrame, protocol: str) -> list[Section]:
+    """One report section per published system that has rows in `metrics`."""
     sections = []
     for model, claim in published_systems().items():
         table = audit_table(metrics, model, claim, protocol)
         if table is None:
             continue
         note = (f"Headline claim ({claim.source}): {claim.claim}. {claim.notes}").strip()
-        sections.append((f"Seed audit: {model}", note + "\n\n" + md_table(table),
-                         f"<p>{html.escape(note)}</p>" + html_table(table)))
+        sections.append(Section(f"Seed audit: {model}", note, [table]))
     return sections

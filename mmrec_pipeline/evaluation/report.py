@@ -1,15 +1,22 @@
 """The per-dataset report: the leaderboard grouped by model family with bootstrap CIs and paired-test markers
 (significance.py), the accounting of test users, the cold-start table, the accuracy-coverage Pareto plot, per-K
-curves and metric bars (matplotlib PNGs), dataset and split figures. Rendered once as Markdown (Dagster metadata)
-and once as a self-contained HTML file."""
+curves and metric bars (matplotlib PNGs), dataset and split figures, then the sections each model adds through its
+`report_section` hook. Everything is a list of `Section`s, rendered once as a self-contained HTML file from the
+autoescaping Jinja template `templates/report.html.j2` and once as Markdown (Dagster metadata)."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import jinja2
 import matplotlib
+from markupsafe import Markup, escape
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -18,6 +25,9 @@ import polars as pl
 
 from mmrec_pipeline.evaluation.protocols import COLD_UNSCORABLE, is_main
 from mmrec_pipeline.evaluation.significance import ALPHA, bootstrap_ci, paired_tests, pareto_front
+
+if TYPE_CHECKING:
+    from mmrec_pipeline.data.dataset import RecDataset
 
 LEADERBOARD_METRICS = ["ndcg", "hr", "recall", "precision", "mrr", "map", "coverage", "diversity", "novelty"]
 
@@ -223,31 +233,120 @@ def plot_learning_curves(curves: dict[str, list[dict]], title: str) -> bytes:
     return _png(fig)
 
 
+def cell(value, digits: int = 4) -> str:
+    """A table cell as text: floats to `digits` decimals, None empty (the one formatting of both renderings)."""
+    if value is None:
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _md_text(text: str) -> str:
+    """Data text inside Markdown: HTML-escaped (Markdown passes raw HTML through), on one line, no cell breaks."""
+    return html.escape(str(text), quote=False).replace("\n", " ").replace("|", "\\|")
+
+
 def md_table(df: pl.DataFrame, digits: int = 4) -> str:
-    fmt = [(lambda v: "" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v)))]
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt[0](v) for v in row) + " |" for row in df.iter_rows()]
+    """The one Markdown table builder (report, Dagster metadata): every cell escaped by `_md_text`."""
+    lines = ["| " + " | ".join(_md_text(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(_md_text(cell(v, digits)) for v in row) + " |" for row in df.iter_rows()]
     return "\n".join(lines)
-
-
-def html_table(df: pl.DataFrame, digits: int = 4) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(
-        f"<td>{'' if v is None else (f'{v:.{digits}f}' if isinstance(v, float) else html.escape(str(v)))}</td>"
-        for v in row) + "</tr>" for row in df.iter_rows())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _img(png: bytes) -> str:
     return f"data:image/png;base64,{base64.b64encode(png).decode()}"
 
 
+@dataclasses.dataclass
+class Tile:
+    """One item of an example row: its title, whether the user bought it in the test period, a thumbnail."""
+
+    title: str
+    hit: bool = False
+    thumbnail: str | None = None  # a data: URI
+
+
+@dataclasses.dataclass
+class Example:
+    """One test user: their most recent items (newest first), the model's top items, and, for a generative
+    model, the text it generated for the next item."""
+
+    user: str
+    recent: list[Tile]
+    recommended: list[Tile]
+    generated: str | None = None
+
+
+@dataclasses.dataclass
+class Section:
+    """One titled block of the report. `note` is short Markdown (**bold** and `code` only); tables, images and
+    examples hold the data as they are: the template escapes them."""
+
+    title: str
+    note: str = ""
+    tables: list[pl.DataFrame] = dataclasses.field(default_factory=list)
+    digits: int = 4
+    images: dict[str, str] = dataclasses.field(default_factory=dict)  # alt text -> data: URI of a PNG
+    examples: list[Example] = dataclasses.field(default_factory=list)
+    examples_note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportInputs:
+    """What a model's `report_section` hook reads: the dataset's metrics table, the dataset, and
+    `<lake>/<dataset>/models` (every model's checkpoints, `<model>/<variant>/`)."""
+
+    metrics: pl.DataFrame
+    data: RecDataset
+    models_dir: Path
+
+
+def _inline(text: str) -> Markup:
+    """A note for HTML: escaped, then its Markdown **bold** and `code` marks as tags."""
+    escaped = str(escape(text))
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return Markup(re.sub(r"`([^`]+)`", r"<code>\1</code>", escaped))
+
+
+_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                                autoescape=True, trim_blocks=True, lstrip_blocks=True,
+                                undefined=jinja2.StrictUndefined)
+_TEMPLATES.filters["inline"] = _inline
+_TEMPLATES.globals["cell"] = cell
+
+
+def render_html(dataset: str, intro: str, sections: list[Section]) -> str:
+    return _TEMPLATES.get_template("report.html.j2").render(dataset=dataset, intro=intro, sections=sections)
+
+
+def _md_tiles(tiles: list[Tile]) -> str:
+    return "; ".join(("✓ " if t.hit else "") + _md_text(t.title) for t in tiles)
+
+
+def render_markdown(dataset: str, intro: str, sections: list[Section]) -> str:
+    """The same report as Markdown (Dagster metadata): images inline, data text escaped by `_md_text`, notes
+    HTML-escaped (their Markdown marks kept)."""
+    def note(text: str) -> str:
+        return html.escape(text, quote=False)
+
+    md = [f"# {_md_text(dataset)}: evaluation report", note(intro)]
+    for s in sections:
+        md += [f"## {_md_text(s.title)}", *([note(s.note)] if s.note else []),
+               *[md_table(t, s.digits) for t in s.tables]]
+        md += [f"![{_md_text(alt)}]({uri})" for alt, uri in s.images.items()]
+        md += [note(s.examples_note)] if s.examples else []
+        for ex in s.examples:
+            generated = f" → generated: _{_md_text(ex.generated or '(empty)')}_" if ex.generated is not None else ""
+            md.append(f"**user {_md_text(ex.user)}** — recent: {_md_tiles(ex.recent)}{generated} → recommended: "
+                      f"{_md_tiles(ex.recommended)}")
+    return "\n\n".join(md)
+
+
 def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str,
-                 sections: list[tuple[str, str, str]] | None = None, per_user: pl.DataFrame | None = None,
+                 sections: list[Section] | None = None, per_user: pl.DataFrame | None = None,
                  families: dict[str, str] | None = None) -> tuple[str, str]:
-    """(html, markdown) for one dataset. `facts`: dataset and split figures; `sections`: extra
-    (title, markdown, html) blocks that other stages add (e.g. strategy tables, qualitative examples);
-    `per_user`: the models' per-user test metrics (CIs and paired tests); `families`: {model: family}."""
+    """(html, markdown) for one dataset. `facts`: dataset and split figures; `sections`: the blocks the models
+    add (their `report_section`) and the seed audit; `per_user`: the models' per-user test metrics (CIs and paired
+    tests); `families`: {model: family}."""
     board = leaderboard(metrics)
     ranked = leaderboard_with_ci(metrics, per_user, families)
     plots = {"NDCG@10 by model": plot_bars(board, "ndcg", f"{dataset}: NDCG@10 (full catalog)")}
@@ -276,37 +375,23 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
                   "(1 = single-seed).")
     if per_user is None or not per_user.height:
         stats_note += " No per-user values were found, so no CI or test is shown (n/a)."
-    md = [f"# {dataset}: evaluation report", intro, "## Leaderboard (K = 10)", stats_note, md_table(ranked)]
-    h = [f"<h1>{html.escape(dataset)}: evaluation report</h1><p>{html.escape(intro).replace('**', '')}</p>",
-         "<h2>Leaderboard (K = 10)</h2>", f"<p>{html.escape(stats_note).replace('**', '')}</p>", html_table(ranked)]
+    blocks = [Section("Leaderboard (K = 10)", stats_note, [ranked])]
     if accounting.height:
-        note = "Test users: total in the test period, evaluated, and dropped with the reason, per protocol."
-        md += ["## Users accounted for", note, md_table(accounting)]
-        h += ["<h2>Users accounted for</h2>", f"<p>{note}</p>", html_table(accounting)]
+        blocks.append(Section("Users accounted for", "Test users: total in the test period, evaluated, and dropped "
+                              "with the reason, per protocol.", [accounting]))
     if cold.height:
-        note = (f"Protocol **{protocol}+cold**: only test items never seen in training are relevant, ranked among all "
-                "items (history masked). NaN = the model gives every unseen item the same score (no content "
-                "signal). A model with per-item ID embeddings scores unseen items with embeddings never trained as "
-                "positives, so its figure is measured, and near 0 is what it can do there.")
-        md += ["## Cold start (K = 10)", note, md_table(cold)]
-        h += ["<h2>Cold start (K = 10)</h2>", f"<p>{html.escape(note).replace('**', '')}</p>", html_table(cold)]
-    md += ["## All metrics (K = 10)", md_table(board.drop("model", "variant"), digits=3),
-           "## Dataset and split", md_table(facts_df)]
-    h += ["<h2>All metrics (K = 10)</h2>", html_table(board.drop("model", "variant"), digits=3),
-          "<h2>Dataset and split</h2>", html_table(facts_df)]
-    md += [f"## {t}\n![{t}]({_img(p)})" for t, p in plots.items()]
-    h += [f"<h2>{html.escape(t)}</h2><img src='{_img(p)}' alt='{html.escape(t)}'>" for t, p in plots.items()]
+        blocks.append(Section("Cold start (K = 10)", (
+            f"Protocol **{protocol}+cold**: only test items never seen in training are relevant, ranked among all "
+            "items (history masked). NaN = the model gives every unseen item the same score (no content "
+            "signal). A model with per-item ID embeddings scores unseen items with embeddings never trained as "
+            "positives, so its figure is measured, and near 0 is what it can do there."), [cold]))
+    blocks += [Section("All metrics (K = 10)", tables=[board.drop("model", "variant")], digits=3),
+               Section("Dataset and split", tables=[facts_df])]
+    blocks += [Section(title, images={title: _img(png)}) for title, png in plots.items()]
     if sampled.height:
-        md += ["## Full ranking vs sampled (HR@10)", md_table(sampled)]
-        h += ["<h2>Full ranking vs sampled (HR@10)</h2>", html_table(sampled)]
-    for title, smd, shtml in sections or []:
-        md += [f"## {title}", smd]
-        h += [f"<h2>{html.escape(title)}</h2>", shtml]
-    style = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}</style>")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(dataset)} report</title>{style}" \
-           f"</head><body>{''.join(h)}</body></html>"
-    return page, "\n\n".join(md)
+        blocks.append(Section("Full ranking vs sampled (HR@10)", tables=[sampled]))
+    blocks += sections or []
+    return render_html(dataset, intro, blocks), render_markdown(dataset, intro, blocks)
 
 
 def _thumbnail(path: str | None, size: int = 64) -> str | None:
@@ -326,40 +411,53 @@ def _thumbnail(path: str | None, size: int = 64) -> str | None:
     return _img(buf.getvalue())
 
 
-def qualitative_examples(model, data, title: str, n_users: int = 3, recent: int = 5, top: int = 5,
-                         seed: int = 0) -> tuple[str, str, str]:
-    """(title, markdown, html): for a few test users, their most recent items and the model's top
-    recommendations (✓ marks a test-period item), with titles and thumbnails."""
-    import numpy as np
+def user_example(data: RecDataset, user: int, history: np.ndarray, recommended: list[int], relevant: set[int],
+                 generated: str | None = None, recent: int = 5) -> Example:
+    """One test user's example row: their `recent` latest items (newest first) and the recommended ones, with
+    titles and thumbnails; ✓ / green = an item they bought in the test period."""
+    titles = data.items["title"].fill_null("").to_list()
+    paths = data.items["image_path"].to_list() if "image_path" in data.items.columns else [None] * len(titles)
+
+    def tile(j: int, hit: bool = False) -> Tile:
+        return Tile(titles[j], hit, _thumbnail(paths[j]))
+
+    return Example(str(data.user_ids[user]), [tile(j) for j in list(history[-recent:])[::-1]],
+                   [tile(j, j in relevant) for j in recommended], generated)
+
+
+EXAMPLES_NOTE = ("Each row: the user's most recent items, newest first (blue), then the top recommendations "
+                 "(green / ✓ = bought in the test period).")
+
+
+def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
+    """Each user's top-k items as the evaluator ranks them (history masked when the protocol masks it)."""
     import torch
 
-    inputs = data.eval_inputs("test")
-    if len(inputs.users) == 0:
-        return title, "_no test users_", "<p>no test users</p>"
-    pick = np.random.default_rng(seed).choice(len(inputs.users), min(n_users, len(inputs.users)), replace=False)
-    titles = data.items["title"].fill_null("").to_list()
-    paths = data.items["image_path"].to_list()
-    md, h = [], []
-    for i in sorted(pick):
-        user, hist, rel = inputs.users[i:i + 1], inputs.history[i], set(inputs.relevant[i].tolist())
+    from mmrec_pipeline.evaluation.metrics import deterministic_topk
+
+    out = []
+    for s in range(0, len(inputs.users), batch_size):
+        hist = inputs.history[s:s + batch_size]
         with torch.no_grad():
-            scores = model.score(user, [hist])[0].float()
+            scores = torch.as_tensor(model.score(inputs.users[s:s + batch_size], hist)).float().clone()
         if inputs.exclude_history:
-            scores[torch.as_tensor(hist, dtype=torch.long)] = -torch.inf
-        recs = torch.topk(scores, top).indices.tolist()
-        rows = [("recent", j, False) for j in hist[-recent:][::-1]] + [("recommended", j, j in rel) for j in recs]
-        md.append(f"**user {data.user_ids[user[0]]}** — recent: " + "; ".join(titles[j] for j in hist[-recent:][::-1])
-                  + " → recommended: " + "; ".join(("✓ " if j in rel else "") + titles[j] for j in recs))
-        cells = []
-        for kind, j, hit in rows:
-            thumb = _thumbnail(paths[j])
-            img = f"<img src='{thumb}' width=64><br>" if thumb else ""
-            colour = "#d4f4d4" if hit else ("#eef" if kind == "recent" else "#fff")
-            cells.append(f"<td style='background:{colour};text-align:center;width:90px'>{img}"
-                         f"<small>{html.escape(titles[j][:40])}</small></td>")
-        h.append(f"<p><b>user {html.escape(str(data.user_ids[user[0]]))}</b>: {recent} most recent items (blue), "
-                 f"top-{top} recommendations (green = bought in the test period)</p><table><tr>{''.join(cells)}</tr></table>")
-    return title, "\n\n".join(md), "".join(h)
+            for r, h in enumerate(hist):
+                scores[r, torch.from_numpy(np.array(h, dtype=np.int64))] = -torch.inf  # a copy: h may be read-only
+        out += deterministic_topk(scores, k)[0].tolist()
+    return out
+
+
+def qualitative_examples(model, data: RecDataset, title: str, n_users: int = 3, top: int = 5,
+                         seed: int = 0) -> Section:
+    """A few seeded test users with their most recent items and the model's top recommendations."""
+    from mmrec_pipeline.models.training import subsample
+
+    picked = subsample(data.eval_inputs("test"), n_users, seed)
+    if len(picked.users) == 0:
+        return Section(title, "No test users.")
+    examples = [user_example(data, picked.users[r], picked.history[r], recs, set(picked.relevant[r].tolist()))
+                for r, recs in enumerate(top_items(model, picked, top))]
+    return Section(title, examples=examples, examples_note=EXAMPLES_NOTE)
 
 
 def plot_drift(history: list[dict]) -> bytes:

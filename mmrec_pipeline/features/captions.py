@@ -26,23 +26,23 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute
-from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
+from mmrec_pipeline.features.cache import FeatureCache, compute_incremental, per_model
 from mmrec_pipeline.features.image import (
-    cnn_batch,
-    for_inference,
+    embed_incremental,
     image_batches,
     image_key,
     letterbox,
     load_efficientnet_lite0,
-    to_tensor,
 )
-from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
+from mmrec_pipeline.features.sources import ModelSources
 
 LVLM_PROMPT = ("Describe this product image in detail, focusing on visual attributes like color, style, material, "
                "and what occasion it might be suitable for.")
 PROMPT_VERSION = "1"  # bump with any change to how prompts are built, so captions are recomputed
-OFFLINE_VERSION = "1"  # bump when the offline captioner's analysis or wording changes
+OFFLINE_VERSION = "2"  # bump when the offline captioner's analysis or wording changes (2: labels from the stored
+# pooled features, head in float32)
 CAPTION_MODELS = ("offline", "blip2", "llava")
 
 
@@ -228,22 +228,33 @@ def describe(labels: Sequence[str], colours: Sequence[str], pattern: str) -> str
 
 
 class OfflineCaptioner:
-    def __init__(self, sources: ModelSources, compute: Compute):
-        self.compute = compute
-        self.model = for_inference(load_efficientnet_lite0(sources), compute)
+    """Labels from EfficientNet-Lite0's classifier head applied to the pooled features `image_embeddings` stores
+    (the CNN runs once per image for both features), colours and pattern from the image itself."""
+
+    def __init__(self, sources: ModelSources, compute: Compute, cache_root: Path, log=None):
+        self.sources, self.compute, self.cache_root, self.log = sources, compute, cache_root, log
+        self.head = load_efficientnet_lite0(sources)._fc.float()  # the ImageNet classifier on pooled features
         self.labels = imagenet_labels()
 
     @torch.inference_mode()
-    def __call__(self, images: Sequence[Image.Image]) -> list[str]:
-        x = torch.stack([to_tensor(letterbox(im, 224), (0.5,) * 3, (0.5,) * 3) for im in images])
-        top = self.model(cnn_batch(x, self.compute)).float().topk(3, dim=1).indices.cpu().tolist()
-        out = []
-        for im, idx in zip(images, top, strict=True):
-            arr = np.asarray(letterbox(im, 128), dtype=np.uint8)
-            mask = foreground_mask(arr)
-            out.append(describe([self.labels[i] for i in idx], dominant_colours(arr, mask),
-                                detect_pattern(arr, mask)))
+    def __call__(self, chunk: pl.DataFrame) -> list[str | None]:
+        pooled, _ = embed_incremental(chunk, "efficientnet_lite0", self.sources, self.compute, self.cache_root,
+                                      log=self.log)
+        pooled = pooled.to_list()
+        out: list[str | None] = []
+        rows = iter(range(chunk.height))
+        for images, ok in image_batches(chunk["image_path"].to_list(), lambda im: im, self.compute):
+            decoded = iter(images or [])
+            for good in ok:
+                vector, image = pooled[next(rows)], next(decoded) if good else None
+                out.append(self.caption(image, vector) if image is not None and vector is not None else None)
         return out
+
+    def caption(self, image: Image.Image, pooled: list[float]) -> str:
+        top = self.head(torch.tensor(pooled, dtype=torch.float32)).topk(3).indices.tolist()
+        arr = np.asarray(letterbox(image, 128), dtype=np.uint8)
+        mask = foreground_mask(arr)
+        return describe([self.labels[i] for i in top], dominant_colours(arr, mask), detect_pattern(arr, mask))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -265,20 +276,15 @@ def load_vlm(kind: str, sources: ModelSources, compute: Compute, log=None):
     info = (log.info if hasattr(log, "info") else log) if log else logging.getLogger("mmrec_pipeline").info
     path = sources.resolve(kind)
     device = compute.torch_device
-    kwargs: dict = {"use_safetensors": True, "trust_remote_code": False, "dtype": compute.torch_dtype}
     quant = effective_quantization(compute)
     if compute.quantization != quant:
         info(f"captions/{kind}: {compute.quantization} quantization needs a CUDA device (bitsandbytes); "
              f"running unquantized in {compute.torch_dtype} on {device}")
-    if quant != "none":
-        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=quant == "4bit", load_in_8bit=quant == "8bit", bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=compute.torch_dtype)
-        kwargs["device_map"] = {"": device.index or 0}
-    model = getattr(transformers, VLM_CLASSES[kind]).from_pretrained(path, **kwargs).eval()
+    model = backbones.from_pretrained(getattr(transformers, VLM_CLASSES[kind]), path, sources, f"captions/{kind}",
+                                      dtype=compute.torch_dtype, **backbones.quantization_kwargs(quant, compute)).eval()
     if quant == "none":
         model = model.to(device)
-    processor = transformers.AutoProcessor.from_pretrained(path, trust_remote_code=False)
+    processor = transformers.AutoProcessor.from_pretrained(path, **backbones.pretrained_kwargs(path, sources))
     processor.tokenizer.padding_side = "left"  # batched generation continues every row from its last token
     return model, processor
 
@@ -315,19 +321,20 @@ def _identity(kind: str, sources: ModelSources, compute: Compute, config: Captio
             "max_new_tokens": config.max_new_tokens, "quantization": effective_quantization(compute)}
 
 
-def _caption_fn(kind: str, sources: ModelSources, compute: Compute, config: CaptionConfig, log):
+def _caption_fn(kind: str, sources: ModelSources, compute: Compute, config: CaptionConfig, cache_root: Path, log):
     @functools.cache  # loaded only if something must be computed
     def captioner() -> Callable[[list[Image.Image]], list[str]]:
-        if kind == "offline":
-            return OfflineCaptioner(sources, compute)
         model, processor = load_vlm(kind, sources, compute, log)
         return lambda images: vlm_generate(kind, model, processor, images, config, compute)
 
-    batch = compute.batch_size if kind == "offline" else min(compute.batch_size, config.max_batch)
+    if kind == "offline":
+        offline = functools.cache(lambda: OfflineCaptioner(sources, compute, cache_root, log))
+        return lambda chunk: pl.DataFrame({"caption": pl.Series(offline()(chunk), dtype=pl.Utf8)})
 
     def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:
         out: list[str | None] = []
-        for images, ok in image_batches(chunk["image_path"].to_list(), lambda im: im, compute, batch):
+        for images, ok in image_batches(chunk["image_path"].to_list(), lambda im: im, compute,
+                                        min(compute.batch_size, config.max_batch)):
             texts = iter(captioner()(images) if images else [])
             out.extend(next(texts) if good else None for good in ok)
         return pl.DataFrame({"caption": pl.Series(out, dtype=pl.Utf8)})
@@ -348,29 +355,22 @@ def captions(
     """One row per item: `item_id` + `caption_<model>` per model (null: no image, model unavailable, or left
     for a later run by `max_items_per_run`). A model whose weights are missing is skipped with the reason in
     its stats."""
-    log = log or logging.getLogger("mmrec_pipeline")
-    info = log.info if hasattr(log, "info") else log
-    out = items.select("item_id")
-    stats: dict = {"items": items.height}
-    for kind in models:
-        if kind not in CAPTION_MODELS:
-            raise ValueError(f"unknown caption model '{kind}'; known: {', '.join(CAPTION_MODELS)}")
-        col = f"caption_{kind}"
-        try:
-            identity = _identity(kind, sources, compute, config)
-        except ModelNotAvailable as e:
-            info(f"captions: skipping {kind}: {e}")
-            out = out.with_columns(pl.lit(None, dtype=pl.Utf8).alias(col))
-            stats[kind] = {"skipped": str(e)}
-            continue
-        cache = FeatureCache(cache_root, "captions", kind, identity, {"caption": pl.Utf8})
+    unknown = [kind for kind in models if kind not in CAPTION_MODELS]
+    if unknown:
+        raise ValueError(f"unknown caption model '{unknown[0]}'; known: {', '.join(CAPTION_MODELS)}")
+
+    def caption(kind: str) -> tuple[pl.Series, dict]:
+        cache = FeatureCache(cache_root, "captions", kind, _identity(kind, sources, compute, config), {"caption": pl.Utf8})
         chunk = max(64, compute.batch_size * 2) if kind == "offline" else max(16, config.max_batch * 4)
-        rows, stats[kind] = compute_incremental(
+        rows, stats = compute_incremental(
             items.select("item_id", "image_path", "image_sha256"), image_key,
-            _caption_fn(kind, sources, compute, config, log), cache, chunk_size=chunk,
+            _caption_fn(kind, sources, compute, config, cache_root, log), cache, chunk_size=chunk,
             max_items_per_run=max_items_per_run, log=log, what=f"captions ({kind})")
-        out = out.with_columns(rows["caption"].alias(col))
-    return out, stats
+        return rows["caption"], stats
+
+    out, stats = per_model(items, models, caption, column=lambda kind: f"caption_{kind}", dtype=pl.Utf8,
+                           what="captions", log=log)
+    return out, {"items": items.height, **stats}
 
 
 def available_caption_models(sources: ModelSources) -> tuple[str, ...]:

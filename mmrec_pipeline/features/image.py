@@ -24,8 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from mmrec_pipeline.compute import Compute
-from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental
-from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
+from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental, per_model
+from mmrec_pipeline.features.sources import ModelSources
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,6 +193,21 @@ def _embed_fn(name: str, sources: ModelSources, compute: Compute) -> Callable[[p
     return compute_fn
 
 
+def embed_incremental(items: pl.DataFrame, name: str, sources: ModelSources, compute: Compute, cache_root: Path,
+                      max_items_per_run: int | None = None, log=None) -> tuple[pl.Series, dict]:
+    """Pooled `name` features of the items' images (aligned with `items`, null without an image), computing only
+    those the cache lacks. The offline captioner reads EfficientNet-Lite0's from here too, so whichever of the two
+    features runs first pays for the CNN and the other reuses its output."""
+    identity = {"weights": sources.identity(name), "preprocess": PREPROCESS_VERSION, "dim": EMBEDDERS[name][0],
+                "dtype": str(compute.inference_dtype)}
+    cache = FeatureCache(cache_root, "image", name, identity, {name: VECTOR})
+    rows, stats = compute_incremental(
+        items.select("item_id", "image_path", "image_sha256"), image_key, _embed_fn(name, sources, compute), cache,
+        chunk_size=max(256, compute.batch_size * 4), max_items_per_run=max_items_per_run, log=log,
+        what=f"image embeddings ({name})")
+    return rows[name], stats
+
+
 def image_embeddings(
     items: pl.DataFrame,
     sources: ModelSources,
@@ -204,26 +219,10 @@ def image_embeddings(
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id` + one list[float32] column per model (null: no image, model unavailable,
     or left for the next run by `max_items_per_run`). Stats per model plus `items` and `without_image`."""
-    log = log or logging.getLogger("mmrec_pipeline")
-    info = log.info if hasattr(log, "info") else log
-    out = items.select("item_id")
-    stats: dict = {"items": items.height,
-                   "without_image": int(sum(image_key(r) is None for r in items.iter_rows(named=True)))}
-    for name in models:
-        dim = EMBEDDERS[name][0]
-        try:
-            identity = {"weights": sources.identity(name), "preprocess": PREPROCESS_VERSION, "dim": dim,
-                        "dtype": str(compute.inference_dtype)}
-        except ModelNotAvailable as e:
-            info(f"image_embeddings: skipping {name}: {e}")
-            out = out.with_columns(pl.lit(None, dtype=VECTOR).alias(name))
-            stats[name] = {"skipped": str(e)}
-            continue
-        cache = FeatureCache(cache_root, "image", name, identity, {name: VECTOR})
-        rows, s = compute_incremental(
-            items.select("item_id", "image_path", "image_sha256"), image_key, _embed_fn(name, sources, compute),
-            cache, chunk_size=max(256, compute.batch_size * 4), max_items_per_run=max_items_per_run,
-            log=log, what=f"image embeddings ({name})")
-        out = out.with_columns(rows[name])
-        stats[name] = s
-    return out, stats
+    def embed(name: str) -> tuple[pl.Series, dict]:
+        return embed_incremental(items, name, sources, compute, cache_root, max_items_per_run, log)
+
+    out, stats = per_model(items, models, embed, column=lambda name: name, dtype=VECTOR, what="image_embeddings",
+                           log=log)
+    return out, {"items": items.height,
+                 "without_image": int(sum(image_key(r) is None for r in items.iter_rows(named=True))), **stats}

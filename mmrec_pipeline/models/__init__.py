@@ -1,8 +1,13 @@
-"""The model registry: asset name -> (Recommender class, {variant: config overrides}).
+"""The model registry: asset name -> Recommender class, grouped by family.
 
-Each entry becomes one Dagster asset per dataset that trains and evaluates all its variants.
+Each entry becomes one Dagster asset per dataset that trains and evaluates all its variants; the class declares
+everything the asset needs (`variants`, `feature_assets`, `pool`, `report_section`: models/base.py). Adding a model
+is its module plus one line here.
 """
 
+from collections.abc import Iterator, Mapping
+
+from mmrec_pipeline.models.base import Recommender
 from mmrec_pipeline.models.bert4rec import BERT4Rec
 from mmrec_pipeline.models.bpr_mf import BPRMF
 from mmrec_pipeline.models.content import ContentBased
@@ -11,62 +16,63 @@ from mmrec_pipeline.models.ease import EASE
 from mmrec_pipeline.models.gru4rec import GRU4Rec
 from mmrec_pipeline.models.hybrid import Hybrid
 from mmrec_pipeline.models.item_knn import ItemKNN
-from mmrec_pipeline.models.lvlm_retrieval import VARIANTS as LVLM_VARIANTS
 from mmrec_pipeline.models.lvlm_retrieval import LVLMRetrieval
 from mmrec_pipeline.models.mm_llmrec import MMLLMRec
-from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS as MMREC_DLRM_VARIANTS
 from mmrec_pipeline.models.mmrec_dlrm import MMRecDLRM
 from mmrec_pipeline.models.popularity import Popularity
 from mmrec_pipeline.models.sasrec import SASRec
 from mmrec_pipeline.models.vbpr import VBPR
-from mmrec_pipeline.models.vq_bart import VARIANTS as VQ_BART_VARIANTS
 from mmrec_pipeline.models.vq_bart import VQBart
 
-CLASSIC = {
-    "popularity": (Popularity, {"global": {}, "recent": {"window_days": 30}}),
-    "item_knn": (ItemKNN, {"default": {}}),
-    "bpr_mf": (BPRMF, {"default": {}}),
-    "ease": (EASE, {"default": {}}),
-    "content": (ContentBased, {"default": {}, "tfidf": {"vector": "tfidf"}}),
-    "hybrid": (Hybrid, {"default": {}}),
-}
+CLASSIC = {"popularity": Popularity, "item_knn": ItemKNN, "bpr_mf": BPRMF, "ease": EASE, "content": ContentBased,
+           "hybrid": Hybrid}
 
 # Sequence models read each user's history in time order (sequential.py). Variants stay few: `make demo`
 # trains all of them on `sample` within its time budget.
-SEQUENTIAL = {
-    "gru4rec": (GRU4Rec, {"default": {}}),
-    "sasrec": (SASRec, {"default": {}}),
-    "bert4rec": (BERT4Rec, {"default": {}}),
-}
+SEQUENTIAL = {"gru4rec": GRU4Rec, "sasrec": SASRec, "bert4rec": BERT4Rec}
 
 # MM-GPT2Rec (mm_llmrec.py): the paper's ablation, extended. The profile (demo | pretrained | paper) comes
 # from the dataset's `models: {mm_llmrec: {profile: ...}}` overrides; demo by default.
-MM_LLMREC = {
-    "mm_llmrec": (MMLLMRec, {"id": {"variant": "id"}, "text": {"variant": "text"}, "image": {"variant": "image"},
-                             "concat": {"variant": "concat"}, "weighted": {"variant": "weighted"},
-                             "attention": {"variant": "attention"}}),
-}
+MM_LLMREC = {"mm_llmrec": MMLLMRec}
 
 # The LVLM paper's retrieval system (lvlm_retrieval.py): twelve item-representation strategies, one variant each,
 # all ranked on the same users and full-catalog pool. A variant whose feature is missing (no images, no captions)
 # cannot fit: `lvlm_retrieval.check_features` names the feature asset and column.
-LVLM = {"lvlm_retrieval": (LVLMRetrieval, LVLM_VARIANTS)}
+LVLM = {"lvlm_retrieval": LVLMRetrieval}
 
 # The Columbia paper's VQGAN + BART system (vq_bart.py): BART generates the next item's text from the history (text,
 # plus VQ image codes in `image`), FAISS retrieves the nearest catalog items; BERTScore is reported beside ranking.
-VQ_BART = {"vq_bart": (VQBart, VQ_BART_VARIANTS)}
+VQ_BART = {"vq_bart": VQBart}
 
-# MMREC (mmrec_dlrm.py): TorchRec DLRM over review summaries, captions and title/description vectors. The registry
+# MMREC (mmrec_dlrm.py): TorchRec DLRM over review summaries, captions and title/description vectors. The class
 # holds the demo grid (six variants); the paper's full 12 (modalities x losses) run in benchmarks/mmrec_dlrm.py.
-MMREC_DLRM = {"mmrec_dlrm": (MMRecDLRM, MMREC_DLRM_VARIANTS)}
+MMREC_DLRM = {"mmrec_dlrm": MMRecDLRM}
 
 # The MM-GPT2Rec paper's multimodal baselines, trained here for real (its table filled them with random tensors):
 # VBPR reads the image vectors, DeepCoNN the training rows' review text.
-BASELINES = {"vbpr": (VBPR, {"default": {}}), "deepconn": (DeepCoNN, {"default": {}})}
+BASELINES = {"vbpr": VBPR, "deepconn": DeepCoNN}
 
-# Every model asset, by family: the report groups its leaderboard by these; serving and automation look models up
-# in `MODELS`.
+# Every model asset, by family: the report groups its leaderboard by these.
 FAMILIES = {"classic": CLASSIC, "sequential": SEQUENTIAL, "mm_llmrec (MM-GPT2Rec)": MM_LLMREC,
             "lvlm_retrieval": LVLM, "vq_bart (VQGAN + BART)": VQ_BART, "mmrec_dlrm (MMREC)": MMREC_DLRM,
             "paper baselines": BASELINES}
-MODELS = {name: entry for family in FAMILIES.values() for name, entry in family.items()}
+
+
+class _AllModels(Mapping):
+    """Every registered model by asset name, read from `FAMILIES` on each access, so an entry added to a family
+    (or a family added) is seen everywhere, as assets, serving and automation look models up here."""
+
+    def __getitem__(self, name: str) -> type[Recommender]:
+        for family in FAMILIES.values():
+            if name in family:
+                return family[name]
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({name: None for family in FAMILIES.values() for name in family})
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+MODELS: Mapping[str, type[Recommender]] = _AllModels()

@@ -10,8 +10,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -20,7 +21,11 @@ from safetensors.torch import load, load_file, save_file
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import atomic_write, is_local, to_path
+
+if TYPE_CHECKING:
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 
 class MissingFeature(ValueError):
@@ -76,8 +81,8 @@ class PaperClaim:
     source: str  # file under ../shared/papers/
     claim: str  # the headline, quoted or closely paraphrased
     protocol: str  # how the paper measured it
-    metric: str  # our metric name of the headline (hr, ndcg, recall, …)
-    k: int
+    metric: str  # our metric name of the headline (hr, ndcg, recall, fpr, …)
+    k: int | None  # None: a metric without a cut-off (pointwise classification)
     value: float  # the paper's figure
     variant: str = ""  # our variant that stands for the headline system; "" = the model's best on validation
     reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -94,6 +99,17 @@ class Recommender(abc.ABC):
     search_space: ClassVar[dict[str, tuple]] = {}
     # Published systems only: what their paper claims and under which protocol (the report's seed audit).
     paper: ClassVar[PaperClaim | None] = None
+    # What the model's asset is built from (assets/models.py reads these; the registry entry is all else it needs).
+    # The variants it trains: {variant: config overrides}.
+    variants: ClassVar[dict[str, dict]] = {"default": {}}
+    # The feature assets (tables) `fit` reads. `text_embeddings` is read for every model anyway: its sentence
+    # vectors define intra-list diversity for every row of the leaderboard.
+    feature_assets: ClassVar[tuple[str, ...]] = ()
+    # The Dagster pool of its asset: "gpu" (one step at a time per instance; a GPU per pod on Kubernetes) or None.
+    pool: ClassVar[str | None] = None
+    # The model's own block in the dataset's report (tables, examples), when the leaderboard rows are not enough: a
+    # classmethod `(ReportInputs) -> Section | None` (evaluation/report.py). None = the model adds no section.
+    report_section: ClassVar[Callable[[ReportInputs], Section | None] | None] = None
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:
@@ -104,6 +120,9 @@ class Recommender(abc.ABC):
         config = config or self.Config()
         self.config = dataclasses.replace(config, **overrides) if overrides else config
         self.n_items = 0
+        # Where pretrained weights come from: the environment's defaults, unless the runner or `load` passes the
+        # ModelSourcesResource's (backbones.py loads through them).
+        self.sources = ModelSources()
 
     @abc.abstractmethod
     def fit(self, data: RecDataset, features: ItemFeatures, compute: Compute, log=None) -> dict:
@@ -139,12 +158,13 @@ class Recommender(abc.ABC):
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> Recommender:
+    def load(cls, directory: Path, sources: ModelSources | None = None) -> Recommender:
         directory = to_path(directory)
         meta = json.loads((directory / "config.json").read_text())
         if meta["model"] != cls.name:
             raise ValueError(f"{directory} holds a '{meta['model']}' checkpoint, not '{cls.name}'")
         model = cls(cls.Config(**meta["config"]))
+        model.sources = sources or model.sources
         model.apply_extra_config(meta["extra"])
         weights = directory / "model.safetensors"
         model.load_state_dict(load_file(str(weights)) if is_local(weights) else load(weights.read_bytes()))

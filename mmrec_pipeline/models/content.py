@@ -42,9 +42,14 @@ def user_profiles(vectors: torch.Tensor, history: list[np.ndarray], decay: float
     return out / total.clamp(min=1e-12)[:, None]
 
 
+VARIANTS = {"default": {}, "tfidf": {"vector": "tfidf"}}
+
+
 class ContentBased(Recommender):
     name = "content"
     Config = ContentConfig
+    variants = VARIANTS
+    feature_assets = ("text_embeddings",)
     search_space = SEARCH_SPACE
 
     def fit(self, data, features, compute, log=None) -> dict:

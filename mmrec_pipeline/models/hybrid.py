@@ -31,6 +31,7 @@ def standardise(scores: torch.Tensor) -> torch.Tensor:
 class Hybrid(Recommender):
     name = "hybrid"
     Config = HybridConfig
+    feature_assets = ("text_embeddings",)
 
     def _parts(self):
         c = self.config

@@ -47,18 +47,25 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute, Progress
+from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.sequential import length_batches
 from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
 
-VARIANTS = ("id", "text", "image", "concat", "weighted", "attention")
+if TYPE_CHECKING:
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
+
+# The ablation, one variant per representation of the items: {variant: config overrides}.
+VARIANTS = {v: {"variant": v} for v in ("id", "text", "image", "concat", "weighted", "attention")}
 MODALITIES = {"id": (), "text": ("text",), "image": ("image",), "concat": ("text", "image"),
               "weighted": ("text", "image"), "attention": ("text", "image")}
 FEATURE_ASSET = {"text": "text_embeddings", "image": "image_embeddings"}
@@ -260,12 +267,10 @@ def scratch_backbone(cfg: MMLLMRecConfig) -> nn.Module:
     return GPT2Model(conf)
 
 
-def backbone_source(name: str) -> str:
+def backbone_source(name: str, sources: ModelSources) -> str:
     """A local folder/file, or a Hugging Face id (read from the local cache unless downloads are allowed)."""
     if name == "smollm2":
-        from mmrec_pipeline.features.sources import ModelSources
-
-        return ModelSources().resolve("summarizer")
+        return sources.resolve("summarizer")
     from mmrec_pipeline.features.sources import backbone_source as local_or_hub
 
     return local_or_hub(name, HUB_IDS, "mm_llmrec")
@@ -280,33 +285,19 @@ def fingerprint(source: str) -> str:
     return ";".join(f"{f.name}:{f.stat().st_size}" for f in files if f.suffix in (".safetensors", ".gguf", ".json"))
 
 
-def load_causal_lm(cfg: MMLLMRecConfig, source: str, compute: Compute, quantization: str):
-    """The pretrained causal LM behind `source` (safetensors only, no remote code)."""
+def load_causal_lm(cfg: MMLLMRecConfig, source: str, sources: ModelSources, compute: Compute, quantization: str):
+    """The pretrained causal LM behind `source` (backbones.py: safetensors only, no remote code)."""
     import transformers
 
     if cfg.backbone == "smollm2":
         from mmrec_pipeline.features.summaries import load_summarizer_model  # the features' GGUF loader
 
-        return load_summarizer_model(compute=compute)
-    kwargs: dict = {"use_safetensors": True, "trust_remote_code": False}
-    if not Path(source).exists():
-        from mmrec_pipeline.features.sources import ModelSources
-
-        kwargs["local_files_only"] = not ModelSources().downloads
-    if quantization != "none":
-        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
-            load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit", bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute.torch_dtype)
-        kwargs["device_map"] = {"": compute.torch_device.index or 0}
-    elif compute.torch_device.type == "cuda":
+        return load_summarizer_model(sources, compute=compute)
+    kwargs = backbones.quantization_kwargs(quantization, compute, double_quant=True)
+    if quantization == "none" and compute.torch_device.type == "cuda":
         kwargs["dtype"] = compute.torch_dtype
-    try:
-        return transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as e:
-        raise FileNotFoundError(
-            f"mm_llmrec: backbone '{cfg.backbone}' ({source}) is not available offline: {e}. Put a "
-            f"save_pretrained folder (config.json + *.safetensors) on disk and set backbone to its path, or allow "
-            f"downloads with MMREC_ALLOW_DOWNLOAD=1 on a machine with internet access.") from e
+    return backbones.from_pretrained(transformers.AutoModelForCausalLM, source, sources,
+                                     f"mm_llmrec ({cfg.backbone})", **kwargs)
 
 
 def effective_quantization(cfg: MMLLMRecConfig, compute: Compute, log=None) -> str:
@@ -329,12 +320,7 @@ def effective_quantization(cfg: MMLLMRecConfig, compute: Compute, log=None) -> s
 
 def lora_backbone(cfg: MMLLMRecConfig, lm, quantization: str, log=None) -> nn.Module:
     """The base model of `lm` (no LM head) with LoRA adapters; everything else frozen."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if quantization != "none":
-        lm = prepare_model_for_kbit_training(lm, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        lm.gradient_checkpointing_enable()
+    lm = backbones.prepare_for_training(lm, quantization != "none", cfg.gradient_checkpointing)
     base = lm.base_model  # e.g. GPT2Model / LlamaModel: final hidden states, no LM head
     family = "gpt2" if base.config.model_type == "gpt2" else "default"
     targets = LORA_TARGETS[family] if cfg.lora_targets == "auto" else \
@@ -344,9 +330,8 @@ def lora_backbone(cfg: MMLLMRecConfig, lm, quantization: str, log=None) -> nn.Mo
         raise ValueError(f"mm_llmrec: none of the LoRA targets {targets} is a module of {type(base).__name__}; "
                          f"set lora_targets (e.g. 'q_proj,v_proj')")
     targets = [t for t in targets if t in present]
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, fan_in_fan_out=family == "gpt2", bias="none")
-    model = get_peft_model(base, lora)
+    model = backbones.with_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets,
+                                fan_in_fan_out=family == "gpt2")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     _info(log)(f"mm_llmrec: LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {targets}: "
@@ -403,6 +388,9 @@ def right_windows(sequences: list[np.ndarray], length: int, pad: int) -> tuple[t
 class MMLLMRec(Recommender):
     name = "mm_llmrec"
     Config = MMLLMRecConfig
+    variants = VARIANTS
+    feature_assets = ("image_embeddings", "text_embeddings")
+    pool = "gpu"
     paper = PaperClaim(
         system="MM-GPT2Rec (Olaniyi, ISIR-eCom 2025)", source="000_52c1cc30431d2aa4.txt",
         claim="HR@5 = 0.833, 83% above the multimodal baselines (VBPR, DeepCoNN, SASRec: HR@5 ≈ 0.456)",
@@ -414,6 +402,20 @@ class MMLLMRec(Recommender):
         baselines=("vbpr", "deepconn", "sasrec"),
         notes="End-of-sequence-as-hit is not reproduced: it is an artefact of the authors' generation code, not a "
               "ranking protocol; the sampled row shows how far a candidate protocol alone inflates HR@5.")
+
+    @classmethod
+    def report_section(cls, inputs: ReportInputs) -> Section | None:
+        """Example recommendations of the variant that leads the leaderboard."""
+        import polars as pl
+
+        from mmrec_pipeline.evaluation.report import leaderboard, qualitative_examples
+
+        board = leaderboard(inputs.metrics).filter(pl.col("model") == cls.name)
+        if board.height == 0:
+            return None
+        variant = board["variant"][0]
+        return qualitative_examples(cls.load(inputs.models_dir / cls.name / variant), inputs.data,
+                                    f"{cls.name}/{variant}: example recommendations")
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:
@@ -448,8 +450,8 @@ class MMLLMRec(Recommender):
     def build(self, compute: Compute, log=None) -> None:
         cfg = self.config
         if self.pretrained:
-            self.source = self.source or backbone_source(cfg.backbone)
-            lm = load_causal_lm(cfg, self.source, compute, self.quant)
+            self.source = self.source or backbone_source(cfg.backbone, self.sources)
+            lm = load_causal_lm(cfg, self.source, self.sources, compute, self.quant)
             self.backbone = lora_backbone(cfg, lm, self.quant, log)
         else:
             self.backbone = scratch_backbone(cfg)

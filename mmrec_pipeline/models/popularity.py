@@ -18,9 +18,13 @@ class PopularityConfig:
     window_days: float | None = None  # None = global counts
 
 
+VARIANTS = {"global": {}, "recent": {"window_days": 30}}
+
+
 class Popularity(Recommender):
     name = "popularity"
     Config = PopularityConfig
+    variants = VARIANTS
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:

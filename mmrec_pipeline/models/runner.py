@@ -13,7 +13,8 @@ Runner keys of a dataset's model overrides (datasets.yaml `models: {<model>: {..
 - `search_space: {field: [values, ...]}` replaces the declared grid (a larger one for a real dataset; `{}` = none);
 - `seeds: N` refits the chosen point with seeds seed, seed+1, … seed+N-1 and reports the mean of every test
   metric, with `<metric>_std` rows (sample std over seeds) and a `seeds` row (1 for single-seed rows). Models
-  without a `seed` field are deterministic and always run once.
+  without a `seed` field are deterministic and always run once;
+- `variants: [name, ...]` trains only those of the model's variants (the others are reported as skipped).
 A config field the dataset sets explicitly is never tuned.
 """
 
@@ -32,12 +33,13 @@ import polars as pl
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import evaluate_model, per_user_table
+from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.storage import to_path, write_json
 
 FIT_REPORT = "fit_report.json"
 
-RUNNER_KEYS = ("search_space", "seeds")
+RUNNER_KEYS = ("search_space", "seeds", "variants")
 SELECTION_METRIC = ("ndcg", 10)  # chosen on the valid stage, full-catalog ranking
 
 
@@ -55,15 +57,19 @@ class VariantRun:
     per_user: pl.DataFrame | None = None  # test metric@10 per evaluated user (for CIs and paired tests)
 
 
-def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: dict | None) -> Recommender:
-    """Config = class defaults, then the registry variant, then the dataset's overrides from datasets.yaml."""
+def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: dict | None,
+          sources: ModelSources | None = None) -> Recommender:
+    """Config = class defaults, then the registry variant, then the dataset's overrides from datasets.yaml;
+    pretrained weights from `sources` (default: the environment's)."""
     merged = {**variant_overrides, **{k: v for k, v in (dataset_overrides or {}).items() if k not in RUNNER_KEYS}}
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(merged) - fields
     if unknown:
         raise ValueError(f"{cls.name}: unknown config field(s) {sorted(unknown)}; allowed: {sorted(fields)} "
                          f"(and the runner keys {list(RUNNER_KEYS)})")
-    return cls(cls.Config(**merged))
+    model = cls(cls.Config(**merged))
+    model.sources = sources or model.sources
+    return model
 
 
 def grid_points(space: dict[str, tuple | list], pinned=()) -> list[dict]:
@@ -107,17 +113,17 @@ def seed_summary(tables: list[pl.DataFrame], protocol: str) -> pl.DataFrame:
 
 def tune_variant(name: str, cls: type[Recommender], variant: str, overrides: dict, data: RecDataset,
                  features: ItemFeatures, compute: Compute, dataset_overrides: dict | None, item_vectors=None,
-                 log: logging.Logger | None = None):
+                 log: logging.Logger | None = None, sources: ModelSources | None = None):
     """(model, fit report, valid table, grid, chosen point, seconds spent on the other points) for one variant.
     Only train rows (fit) and valid rows (choice) are read. Raises `MissingFeature` when the variant cannot fit."""
     dataset_overrides = dataset_overrides or {}
-    base = build(cls, overrides, dataset_overrides)
+    base = build(cls, overrides, dataset_overrides, sources)
     space = dataset_overrides.get("search_space")
     space = cls.search_space_for(base.config) if space is None else space
     points = grid_points(space, pinned=[k for k in dataset_overrides if k not in RUNNER_KEYS]) or [{}]
     grid, best, spent = [], None, []
     for point in points:
-        model = build(cls, {**overrides, **point}, dataset_overrides)
+        model = build(cls, {**overrides, **point}, dataset_overrides, sources)
         start = time.perf_counter()
         report = model.fit(data, features, compute, log)
         valid, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors, sampled=None, stage="valid")
@@ -138,18 +144,23 @@ def tune_variant(name: str, cls: type[Recommender], variant: str, overrides: dic
 
 def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict], data: RecDataset,
                    features: ItemFeatures, compute: Compute, out_dir: Path, dataset_overrides: dict | None = None,
-                   item_vectors=None, log: logging.Logger | None = None) -> tuple[list[VariantRun], dict[str, str]]:
+                   item_vectors=None, log: logging.Logger | None = None, sources: ModelSources | None = None
+                   ) -> tuple[list[VariantRun], dict[str, str]]:
     """Runs of the variants that could train, and {variant: reason} for those skipped for lack of a feature
     (e.g. image strategies on a dataset without images)."""
     runs, skipped = [], {}
     n_seeds = int((dataset_overrides or {}).get("seeds", 1))
+    chosen_variants = (dataset_overrides or {}).get("variants")
     for variant, overrides in variants.items():
+        if chosen_variants is not None and variant not in chosen_variants:
+            skipped[variant] = f"not in this dataset's `variants` for {name} ({', '.join(chosen_variants)})"
+            continue
         if log:
             log.info(f"{name}/{variant}: training on {data.train.height} interactions "
                      f"({data.n_users} users, {data.n_items} items)")
         try:
             model, report, valid, grid, chosen, tune_seconds = tune_variant(
-                name, cls, variant, overrides, data, features, compute, dataset_overrides, item_vectors, log)
+                name, cls, variant, overrides, data, features, compute, dataset_overrides, item_vectors, log, sources)
         except MissingFeature as e:
             skipped[variant] = str(e)
             if log:
@@ -164,7 +175,7 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         test_by_seed = [selection_value(tables[0])]
         for s in range(1, n_seeds if seeded else 1):
             other = build(cls, {**overrides, **chosen, "seed": model.config.seed + s},
-                          {k: v for k, v in (dataset_overrides or {}).items() if k != "seed"})
+                          {k: v for k, v in (dataset_overrides or {}).items() if k != "seed"}, sources)
             other.fit(data, features, compute, log)
             tables.append(evaluate_model(other, data, name, variant, item_vectors=item_vectors)[0])
             test_by_seed.append(selection_value(tables[-1]))

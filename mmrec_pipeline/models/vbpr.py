@@ -35,6 +35,7 @@ SEARCH_SPACE = {"user_vector": ("history", "factor")}
 class VBPR(BPRMF):
     name = "vbpr"
     Config = VBPRConfig
+    feature_assets = ("image_embeddings",)
     search_space = SEARCH_SPACE
 
     def __init__(self, config=None, **overrides):

@@ -36,21 +36,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import html
 import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import torch
 
+from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute, Progress
+from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.mm_llmrec import torch_threads
 from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
 from mmrec_pipeline.storage import to_path
+
+if TYPE_CHECKING:
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 SCRATCH = "bart-scratch"
 HUB_IDS = {"bart-base": "facebook/bart-base"}
@@ -223,16 +228,8 @@ def backbone_source(name: str) -> str:
     return local_or_hub(name, HUB_IDS, "vq_bart")
 
 
-def pretrained_kwargs(source: str) -> dict:
-    kwargs: dict = {"trust_remote_code": False}
-    if not Path(source).exists():
-        from mmrec_pipeline.features.sources import ModelSources
-
-        kwargs["local_files_only"] = not ModelSources().downloads
-    return kwargs
-
-
-def build_bart(cfg: VQBartConfig, vocab: Vocabulary, source: str, load_weights: bool):
+def build_bart(cfg: VQBartConfig, vocab: Vocabulary, source: str, load_weights: bool,
+               sources: ModelSources | None = None):
     from transformers import BartConfig, BartForConditionalGeneration
 
     if cfg.backbone == SCRATCH:
@@ -244,19 +241,14 @@ def build_bart(cfg: VQBartConfig, vocab: Vocabulary, source: str, load_weights: 
                           eos_token_id=EOS, decoder_start_token_id=EOS, forced_bos_token_id=None,
                           forced_eos_token_id=None, scale_embedding=True)
         return BartForConditionalGeneration(conf)
+    sources = sources or ModelSources()
     if load_weights:
-        try:
-            model = BartForConditionalGeneration.from_pretrained(source, use_safetensors=True,
-                                                                 **pretrained_kwargs(source))
-        except OSError as e:
-            raise FileNotFoundError(
-                f"vq_bart: backbone '{cfg.backbone}' ({source}) is not available offline: {e}. Put a "
-                f"save_pretrained folder on disk and set backbone to its path, or allow downloads with "
-                f"MMREC_ALLOW_DOWNLOAD=1.") from e
+        model = backbones.from_pretrained(BartForConditionalGeneration, source, sources, f"vq_bart ({cfg.backbone})")
     else:  # a checkpoint's weights follow: only the architecture is needed
         from transformers import AutoConfig
 
-        model = BartForConditionalGeneration(AutoConfig.from_pretrained(source, **pretrained_kwargs(source)))
+        model = BartForConditionalGeneration(AutoConfig.from_pretrained(
+            source, **backbones.pretrained_kwargs(source, sources)))
     model.resize_token_embeddings(vocab.size)
     if model.config.max_position_embeddings < input_length(cfg):
         raise ValueError(f"vq_bart: an input of {input_length(cfg)} tokens exceeds the backbone's "
@@ -313,7 +305,6 @@ class VectorIndex:
 @functools.cache
 def sentence_encoder():
     """all-MiniLM-L6-v2 as `text_embeddings` loads it (packaged weights by default)."""
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import load_sbert
 
     return load_sbert(ModelSources(), torch.device("cpu"))
@@ -324,14 +315,13 @@ def embed_texts(texts: list[str]) -> np.ndarray:
                                      convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
 
-def catalog_vectors(items: pl.DataFrame, texts: list[str], log=None) -> np.ndarray:
+def catalog_vectors(items: pl.DataFrame, texts: list[str], sources: ModelSources, log=None) -> np.ndarray:
     """Sentence vectors of the item texts through the shared feature cache (computed once per text)."""
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import sbert_vectors
     from mmrec_pipeline.storage import Lake
 
     long = pl.DataFrame({"item_id": items["item_id"], "text": pl.Series(texts, dtype=pl.Utf8)})
-    rows, _ = sbert_vectors(long, ModelSources(), Compute(device="cpu"), Lake().feature_cache(), None, log)
+    rows, _ = sbert_vectors(long, sources, Compute(device="cpu"), Lake().feature_cache(), None, log)
     return np.asarray(rows["vector"].to_list(), dtype=np.float32)
 
 
@@ -348,6 +338,15 @@ def _info(log):
 class VQBart(Recommender):
     name = "vq_bart"
     Config = VQBartConfig
+    variants = VARIANTS
+    feature_assets = ("vq_codes",)
+    pool = "gpu"
+
+    @classmethod
+    def report_section(cls, inputs: ReportInputs) -> Section:
+        """BERTScore beside NDCG, next to GRU4Rec and popularity, with the VQ tokenizer's quality."""
+        return generation_section(inputs.metrics, inputs.data, inputs.models_dir,
+                                  inputs.models_dir / "vq_vae" / "report.json")
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
@@ -385,11 +384,11 @@ class VQBart(Recommender):
             from transformers import AutoTokenizer
 
             self.source = backbone_source(cfg.backbone)
-            tok = AutoTokenizer.from_pretrained(self.source, **pretrained_kwargs(self.source))
+            tok = AutoTokenizer.from_pretrained(self.source, **backbones.pretrained_kwargs(self.source, self.sources))
             self.vocab = Vocabulary(hf_tokenizer=tok, n_codes=n_codes)
         self.item_tokens, self.target_tokens = self.tokenize(texts, codes)
-        self.catalog = catalog_vectors(data.items, texts, log)
-        self.bart = build_bart(cfg, self.vocab, self.source, load_weights=True).to(self.device)
+        self.catalog = catalog_vectors(data.items, texts, self.sources, log)
+        self.bart = build_bart(cfg, self.vocab, self.source, load_weights=True, sources=self.sources).to(self.device)
 
     def tokenize(self, texts: list[str], codes: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Per item: input tokens (text, image codes, separator) and target tokens (text, eos); pad-filled."""
@@ -599,10 +598,10 @@ class VQBart(Recommender):
         else:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(self.source, **pretrained_kwargs(self.source))
+            tok = AutoTokenizer.from_pretrained(self.source, **backbones.pretrained_kwargs(self.source, self.sources))
             self.vocab = Vocabulary(hf_tokenizer=tok, n_codes=self._n_codes)
         self.device = torch.device("cpu")
-        self.bart = build_bart(self.config, self.vocab, self.source, load_weights=False)
+        self.bart = build_bart(self.config, self.vocab, self.source, load_weights=False, sources=self.sources)
         self.bart.load_state_dict({k[len("bart."):]: v for k, v in state.items() if k.startswith("bart.")},
                                   strict=True)
         self.bart.eval()
@@ -624,8 +623,6 @@ def bert_scorer():
     no baseline rescaling). The paper does not name its encoder; bert-score's English default is roberta-large."""
     from bert_score import BERTScorer
 
-    from mmrec_pipeline.features.sources import ModelSources
-
     return BERTScorer(model_type=ModelSources().resolve("sbert"), num_layers=BERTSCORE_LAYERS, device="cpu",
                       use_fast_tokenizer=True)
 
@@ -642,28 +639,12 @@ def bertscore(candidates: list[str], references: list[str]) -> dict[str, float]:
     return {"P": float(mean[0]), "R": float(mean[1]), "F1": float(mean[2])}
 
 
-def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
-    """Each user's top-k items as the evaluator ranks them (history masked when the protocol masks it)."""
-    from mmrec_pipeline.evaluation.metrics import deterministic_topk
-
-    out = []
-    for s in range(0, len(inputs.users), batch_size):
-        hist = inputs.history[s:s + batch_size]
-        with torch.no_grad():
-            scores = torch.as_tensor(model.score(inputs.users[s:s + batch_size], hist)).float().clone()
-        if inputs.exclude_history:
-            for r, h in enumerate(hist):
-                scores[r, torch.from_numpy(np.array(h, dtype=np.int64))] = -torch.inf  # a copy: h may be read-only
-        out += deterministic_topk(scores, k)[0].tolist()
-    return out
-
-
 def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report: Path | None = None,
-                       max_users: int = 500, n_examples: int = 3, seed: int = 0) -> tuple[str, str, str]:
-    """(title, markdown, html): BERTScore of the generated next-item text next to the ranking metrics, for every
-    vq_bart variant and the GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the
-    BERTScore of the top-1 recommended item's text), VQ tokenizer quality, and qualitative examples."""
-    from mmrec_pipeline.evaluation.report import full_ranking, html_table, md_table
+                       max_users: int = 500, n_examples: int = 3, seed: int = 0) -> Section:
+    """BERTScore of the generated next-item text next to the ranking metrics, for every vq_bart variant and the
+    GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the BERTScore of the top-1
+    recommended item's text), VQ tokenizer quality, and qualitative examples."""
+    from mmrec_pipeline.evaluation.report import EXAMPLES_NOTE, Section, full_ranking, top_items, user_example
     from mmrec_pipeline.models import CLASSIC, SEQUENTIAL
     from mmrec_pipeline.models.training import subsample
 
@@ -699,7 +680,7 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
         if t.height == 0:
             continue
         variant = t.sort("value", descending=True)["variant"][0]
-        model = registry[name][0].load(to_path(models_dir) / name / variant)
+        model = registry[name].load(to_path(models_dir) / name / variant)
         top = top_items(model, inputs, 1)
         rows.append({"model": f"{name}/{variant}", "history": None, "image tokens/item": None,
                      "BERTScore F1 (generated)": None, "BERTScore P": None, "BERTScore R": None,
@@ -720,18 +701,12 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
             f"codes: {tokenizer}; LPIPS is not reported (the `lpips` package's VGG/AlexNet weights cannot be "
             f"downloaded here). A high text BERTScore with a low NDCG is the paper's audit point: the generated text "
             f"resembles the next item without identifying it.")
-    md, h = [note, md_table(table)], [f"<p>{note}</p>", html_table(table)]
+    section = Section("vq_bart: generated text (BERTScore) vs ranking", note, [table])
     if examples is not None:
         variant, generated, top = examples
-        titles = data.items["title"].fill_null("").to_list()
         pick = sorted(np.random.default_rng(seed).choice(len(inputs.users), min(n_examples, len(inputs.users)),
                                                          replace=False))
-        md.append(f"Examples (vq_bart/{variant}): last 5 items → generated text → top-5 (✓ = bought in test)")
-        for i in pick:
-            rel = set(inputs.relevant[i].tolist())
-            user, recent = data.user_ids[inputs.users[i]], "; ".join(titles[j] for j in inputs.history[i][-5:])
-            recs = "; ".join(("✓ " if j in rel else "") + titles[j] for j in top[i])
-            md.append(f"**user {user}**: {recent} → _{generated[i] or '(empty)'}_ → {recs}")
-            h.append(f"<p><b>user {html.escape(str(user))}</b>: {html.escape(recent)} → "
-                     f"<i>{html.escape(generated[i] or '(empty)')}</i> → {html.escape(recs)}</p>")
-    return "vq_bart: generated text (BERTScore) vs ranking", "\n\n".join(md), "".join(h)
+        section.examples = [user_example(data, inputs.users[i], inputs.history[i], top[i],
+                                         set(inputs.relevant[i].tolist()), generated[i]) for i in pick]
+        section.examples_note = f"vq_bart/{variant}: the generated text for the next item; " + EXAMPLES_NOTE
+    return section

@@ -1,0 +1,157 @@
+"""Models declare what they need: adding one takes its class and one registry entry. A toy model registered in a
+fresh process (the registry is read when the Definitions are built) becomes an asset that trains its declared
+variants, writes its metrics rows, feeds `metrics` and the report, and gets a tuning check and a code version."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
+from mmrec_pipeline.models import FAMILIES, MODELS
+from mmrec_pipeline.models.base import Recommender
+from mmrec_pipeline.storage import write_parquet
+
+REPO = Path(__file__).resolve().parents[1]
+TOY_SECTION = "toy: how many items it knows"
+TOY_VARIANTS = {"plain": {}, "decayed": {"half_life_days": 30.0}}
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    half_life_days: float | None = None  # None = plain training counts
+
+
+class Toy(Recommender):
+    """Toy popularity: training interactions counted with an optional exponential decay by age."""
+
+    name = "toy"
+    Config = ToyConfig
+    variants = TOY_VARIANTS
+    feature_assets = ()
+
+    @classmethod
+    def report_section(cls, context) -> tuple[str, str]:
+        return TOY_SECTION, "<p>The toy ranks by (decayed) training counts.</p>"
+
+    def fit(self, data, features, compute, log=None) -> dict:
+        t = data.train["t"].to_numpy().astype(np.float64)
+        weights = np.ones_like(t)
+        if self.config.half_life_days is not None:
+            weights = 0.5 ** ((t.max() - t) / (self.config.half_life_days * 86400))
+        self.n_items = data.n_items
+        self.counts = torch.from_numpy(np.bincount(data.train["item_idx"].to_numpy(), weights=weights,
+                                                   minlength=data.n_items).astype(np.float32))
+        return {"seconds": 0.0}
+
+    def score(self, users, history) -> torch.Tensor:
+        return self.counts.expand(len(users), -1).clone()
+
+    def state_dict(self):
+        return {"counts": self.counts}
+
+    def load_state_dict(self, state):
+        self.counts = state["counts"]
+
+
+# Runs in a fresh process: one registry entry, then the code location is built and the toy materialized.
+SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_model_registry import Toy
+from mmrec_pipeline import models
+models.CLASSIC["toy"] = Toy  # the one registry entry
+
+import dagster as dg
+from mmrec_pipeline.automation import CODE_VERSIONS
+from mmrec_pipeline.definitions import defs, materialize_dataset
+graph = defs.resolve_asset_graph()
+toy = graph.get(dg.AssetKey("toy"))
+checks = [k.name for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key == dg.AssetKey("toy")]
+ok, run_id, failures = materialize_dataset("sample", select="toy,metrics,report")
+print("RESULT " + json.dumps({{
+    "group": toy.group_name, "parents": sorted(k.to_user_string() for k in toy.parent_keys),
+    "metrics_reads_toy": dg.AssetKey("toy") in graph.get(dg.AssetKey("metrics")).parent_keys,
+    "checks": checks, "code_version": CODE_VERSIONS.get("toy"), "ok": ok, "failures": failures}}))
+"""
+
+
+def test_registry_names_are_the_class_names_and_declarations_are_well_formed():
+    assets = {"text_embeddings", "image_embeddings", "captions", "review_summaries", "vq_codes"}
+    for family in FAMILIES.values():
+        for name, cls in family.items():
+            assert MODELS[name] is cls and cls.name == name  # the asset name is the checkpoint's model name
+            assert cls.variants and all(isinstance(o, dict) for o in cls.variants.values()), name
+            assert set(cls.feature_assets) <= assets and cls.pool in (None, "gpu"), name
+    assert list(MODELS) == [n for f in FAMILIES.values() for n in f] and "toy" not in MODELS
+
+
+def test_a_toy_model_with_one_registry_entry_is_an_asset_with_metrics_and_a_report_section(
+        sample_tables, sample_features, tmp_path):
+    tables, split = sample_tables
+    lake = tmp_path / "lake"
+    folder = lake / "sample"
+    for name, table in {"items": tables.items, "split": split, "interactions": tables.interactions,
+                        "text_embeddings": sample_features["text"]}.items():
+        write_parquet(table, folder / f"{name}.parquet")
+    for other in MODELS:  # the other models' tables, empty: only the toy trains here
+        write_parquet(pl.DataFrame(schema=METRICS_SCHEMA), folder / f"{other}.parquet")
+    env = {**os.environ, "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "test",
+           "PYTHONPATH": str(REPO)}
+    (lake / "dagster").mkdir()
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(REPO / "tests"))], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["ok"] and not out["failures"], out
+    assert out["group"] == "models" and out["parents"] == ["items", "split", "text_embeddings"]
+    assert out["metrics_reads_toy"] and "tuned_on_validation" in out["checks"] and out["code_version"]
+
+    rows = pl.read_parquet(folder / "toy.parquet")
+    assert set(rows["model"]) == {"toy"} and set(rows["variant"]) == set(Toy.variants)
+    ndcg = rows.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10) & (pl.col("protocol") == "temporal"))
+    assert ndcg.height == 2 and ndcg["value"].is_finite().all() and (ndcg["value"] > 0).all()
+    assert {"temporal", "temporal@valid"} <= set(rows["protocol"])
+    for variant in Toy.variants:  # checkpoints round-trip through the base class
+        assert Toy.load(folder / "models" / "toy" / variant).counts.shape == (tables.items.height,)
+    assert set(pl.read_parquet(folder / "metrics.parquet")["model"]) == {"toy"}
+    report = (folder / "report.html").read_text()
+    assert "toy/plain" in report and "toy/decayed" in report  # on the leaderboard
+    # The model's own section, once evaluation asks every model for `report_section` (the report side of #17).
+    hooked = any("report_section" in (REPO / p).read_text()
+                 for p in ("assets/evaluation.py", "mmrec_pipeline/evaluation/report.py"))
+    assert TOY_SECTION in report or not hooked
+
+
+def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path, monkeypatch):
+    """The ModelSourcesResource's settings hold in the models too: the runner and `load` hand them over, and
+    mm_llmrec resolves its `smollm2` backbone and vq_bart its hub backbones through them (backbones.py)."""
+    from mmrec_pipeline import backbones
+    from mmrec_pipeline.features.sources import ModelSources
+    from mmrec_pipeline.models.mm_llmrec import MMLLMRec, backbone_source
+    from mmrec_pipeline.models.runner import build
+
+    folder = tmp_path / "my-smollm2"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # (the test session's offline guard would veto any download flag)
+    sources = ModelSources(summarizer=str(folder), allow_download=True)
+    model = build(MMLLMRec, MMLLMRec.variants["text"], {"epochs": 1}, sources)
+    assert model.sources is sources and model.config.epochs == 1
+    assert backbone_source("smollm2", model.sources) == str(folder.resolve())
+    assert backbones.pretrained_kwargs("org/some-model", sources) == {"trust_remote_code": False,
+                                                                       "local_files_only": False}
+    assert backbones.pretrained_kwargs("org/some-model", ModelSources(allow_download=False))["local_files_only"]
+    assert backbones.pretrained_kwargs(str(folder), sources) == {"trust_remote_code": False}
+
+    toy = Toy()
+    toy.n_items, toy.counts = 3, torch.ones(3)
+    toy.save(tmp_path / "toy")
+    assert Toy.load(tmp_path / "toy", sources=sources).sources is sources
