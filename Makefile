@@ -15,7 +15,7 @@ DATASET ?= sample
 export MMREC_HOME ?= $(CURDIR)/.mmrec
 export DAGSTER_HOME ?= $(MMREC_HOME)/dagster$(if $(filter deploy k8s,$(MMREC_ENV)),-$(MMREC_ENV))
 
-.PHONY: install demo test ui bench lint clean workers
+.PHONY: install demo test ui bench lint clean workers s3-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,3 +50,8 @@ clean:
 # any machine that reaches the PostgreSQL instance (MMREC_POSTGRES_URL), the broker (MMREC_CELERY_BROKER) and the lake.
 workers: $(STAMP)
 	MMREC_ENV=deploy $(BIN)/celery -A resources.celery_app worker --pool=solo --loglevel=INFO -n mmrec-$$$$@%h
+
+# The lake in S3: moto's server on 127.0.0.1, `sample` ingest -> split -> features (budget-limited) -> popularity ->
+# metrics into s3://mmrec-lake/lake, metrics read back with DuckDB over fsspec (README "Scaling out").
+s3-demo: $(STAMP)
+	$(BIN)/python deploy/s3_demo.py

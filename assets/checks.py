@@ -12,7 +12,7 @@ from mmrec_pipeline.features.summaries import check_training_only
 from mmrec_pipeline.lake import FEATURE_TABLES, VALUE_COLUMNS, items_without_feature
 from mmrec_pipeline.models.runner import check_tuning_records
 from mmrec_pipeline.registry import get_dataset
-from mmrec_pipeline.storage import dataset_dir
+from resources.storage import LakeResource
 
 
 def _result(ok: bool, meta: dict, description: str) -> dg.AssetCheckResult:
@@ -87,9 +87,9 @@ def feature_check(table: str, needs_image: bool) -> dg.AssetChecksDefinition:
 
 def tuning_check(model: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=model, name="tuned_on_validation", partitions_def=DATASETS)
-    def _check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def _check(context: dg.AssetCheckExecutionContext, lake_store: LakeResource) -> dg.AssetCheckResult:
         """Each variant's checkpoint holds the point of its grid with the best validation NDCG@10."""
-        ok, meta = check_tuning_records(dataset_dir(context.partition_key) / "models" / model)
+        ok, meta = check_tuning_records(lake_store.lake().models(context.partition_key, model))
         return _result(ok, meta, "every checkpoint is its grid's validation argmax")
 
     return _check

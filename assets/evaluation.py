@@ -18,14 +18,15 @@ from mmrec_pipeline.evaluation.report import (
 )
 from mmrec_pipeline.models import FAMILIES, MODELS
 from mmrec_pipeline.registry import get_dataset
-from mmrec_pipeline.storage import dataset_dir, write_text
+from mmrec_pipeline.storage import Lake, read_parquet, write_text
+from resources.storage import LakeResource
 
 
-def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.DataFrame) -> list[Section]:
+def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.DataFrame, lake: Lake) -> list[Section]:
     """Each model that ran adds its own section through its `report_section` hook (registry order), then the
     seed audit: each published system's claim beside our numbers."""
     data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
-    inputs = ReportInputs(metrics, data, dataset_dir(spec.name) / "models")
+    inputs = ReportInputs(metrics, data, lake.models(spec.name))
     ran = set(metrics["model"].unique().to_list())
     sections = [cls.report_section(inputs) for name, cls in MODELS.items()
                 if name in ran and cls.report_section is not None]
@@ -35,40 +36,50 @@ def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
 FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in group}
 
 
-def read_per_user(dataset: str) -> pl.DataFrame | None:
+def read_per_user(lake: Lake, dataset: str) -> pl.DataFrame | None:
     """Every model's per-user test metrics (`<lake>/<dataset>/per_user/<model>.parquet`, written by the model
     assets), or None before any model wrote them."""
-    files = sorted((dataset_dir(dataset) / "per_user").glob("*.parquet"))
-    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
+    folder = lake.per_user(dataset)
+    files = sorted(folder.glob("*.parquet")) if folder.exists() else []
+    return pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
 
 
+# A model asset never materialized for a dataset (e.g. `mmrec run --select popularity+`) is left out and named in
+# the metadata; one that failed stops `metrics` as any failed upstream step does.
 @dg.asset(partitions_def=DATASETS, group_name="evaluation", io_manager_key="lake",
-          ins={name: dg.AssetIn(name) for name in all_model_names})
-def metrics(**model_tables: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+          ins={name: dg.AssetIn(name, metadata={"allow_missing": True}) for name in all_model_names})
+def metrics(**model_tables: pl.DataFrame | None) -> dg.Output[pl.DataFrame]:
     """The long table: model, variant, protocol, metric, k, value — every trained model of the dataset."""
-    table = pl.concat(list(model_tables.values()))
+    absent = sorted(name for name, t in model_tables.items() if t is None)
+    tables = [t for t in model_tables.values() if t is not None]
+    if not tables:
+        raise FileNotFoundError("no model asset is materialized for this dataset: materialize one before `metrics`")
+    table = pl.concat(tables)
     board = leaderboard(table)
     accounting = user_accounting(table)  # test users total / evaluated / dropped by reason, per protocol
     return dg.Output(table, metadata={
         "models": table["model"].n_unique(), "variants": board.height,
         "best": board["name"][0] if board.height else "", "best_ndcg@10": float(board["ndcg"][0]) if board.height else 0.0,
-        "test_users": dg.MetadataValue.md(md_table(accounting)) if accounting.height else ""})
+        "test_users": dg.MetadataValue.md(md_table(accounting)) if accounting.height else "",
+        "models_not_materialized": ", ".join(absent)})
 
 
 @dg.asset(partitions_def=DATASETS, group_name="evaluation")
-def report(context: dg.AssetExecutionContext, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.DataFrame,
-           interactions: pl.DataFrame) -> dg.MaterializeResult:
+def report(context: dg.AssetExecutionContext, lake_store: LakeResource, metrics: pl.DataFrame, split: pl.DataFrame,
+           items: pl.DataFrame, interactions: pl.DataFrame) -> dg.MaterializeResult:
     """`$MMREC_HOME/<dataset>/report.html`: leaderboard, per-K curves, metric bars, dataset and split figures."""
     spec = get_dataset(context.partition_key)
     facts = {"items": items.height, "items_with_image": int(items["image_sha256"].is_not_null().sum()),
              "categories": items["category"].n_unique(), "interactions (raw)": interactions.height,
              "users (raw)": interactions["user_id"].n_unique(), **split_summary(split)}
-    per_user = read_per_user(spec.name)
+    lake = lake_store.lake()
+    per_user = read_per_user(lake, spec.name)
     if per_user is not None:  # only the models in `metrics`: a stale file of a removed model must not count
         per_user = per_user.join(metrics.select("model", "variant").unique(), on=["model", "variant"], how="semi")
-    page, md = build_report(spec.name, metrics, facts, spec.split, sections=model_sections(spec, metrics, split, items),
+    page, md = build_report(spec.name, metrics, facts, spec.split,
+                            sections=model_sections(spec, metrics, split, items, lake),
                             per_user=per_user, families=FAMILY_OF)
-    path = write_text(page, dataset_dir(spec.name) / "report.html")
+    path = write_text(page, lake.report(spec.name))
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "report": dg.MetadataValue.md(md),
                                           "per_user_rows": per_user.height if per_user is not None else 0})
 

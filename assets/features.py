@@ -8,13 +8,13 @@ import polars as pl
 
 from assets import DATASETS, GPU
 from assets.metadata import plain, table_preview
-from mmrec_pipeline.features.cache import default_cache_root
 from mmrec_pipeline.features.families import FEATURES, Feature, FeatureRun
 from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, PROFILES, train_or_load_vq_vae
 from mmrec_pipeline.registry import get_dataset
-from mmrec_pipeline.storage import dataset_dir
+from mmrec_pipeline.storage import read_parquet
 from resources.compute import ComputeResource
 from resources.models import ModelSourcesResource
+from resources.storage import LakeResource
 
 
 class FeatureRunConfig(dg.Config):
@@ -43,12 +43,13 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
               partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool=feature.pool,
               op_tags=GPU["op_tags"] if feature.pool == GPU["pool"] else None, description=feature.description)
     def _feature(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
-                 model_sources: ModelSourcesResource, **inputs: pl.DataFrame) -> dg.Output[pl.DataFrame]:
-        spec = get_dataset(context.partition_key)
+                 model_sources: ModelSourcesResource, lake_store: LakeResource,
+                 **inputs: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+        spec, lake = get_dataset(context.partition_key), lake_store.lake()
         # The run's budget, else the dataset's (`models: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
         # budget on review summaries; the `items_missing_features` sensor runs the rest later).
         budget = config.max_items_per_run or spec.models.get(feature.name, {}).get("max_items_per_run")
-        run = FeatureRun(model_sources.sources(), compute.settings(), default_cache_root(), dataset_dir(spec.name),
+        run = FeatureRun(model_sources.sources(), compute.settings(), lake.feature_cache(), lake.dataset(spec.name),
                          spec.models, budget or None, context.log)
         return _result(*feature.compute(run, **inputs))
 
@@ -60,15 +61,16 @@ feature_assets = [feature_asset(f) for f in FEATURES.values()]
 
 @dg.asset(partitions_def=DATASETS, group_name="features", **GPU, deps=["items"])
 def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
-                 model_sources: ModelSourcesResource) -> dg.MaterializeResult:
+                 model_sources: ModelSourcesResource, lake_store: LakeResource) -> dg.MaterializeResult:
     """A VQ-VAE trained on the dataset's own images (kept while its config is unchanged, so codes of existing items
     stay valid); reconstruction PSNR/SSIM on held-out images. Skipped in favour of a pretrained VQGAN if configured."""
     if model_sources.sources().available("vqgan"):
         return dg.MaterializeResult(metadata={"tokenizer": "pretrained VQGAN (MMREC_MODEL_VQGAN); nothing to train"})
     spec = get_dataset(context.partition_key)
-    items = pl.read_parquet(dataset_dir(spec.name) / "items.parquet", columns=["image_path"])
+    lake = lake_store.lake()
+    items = read_parquet(lake.table(spec.name, "items"), columns=["image_path"])
     profile = spec.models.get("vq_vae", {}).get("profile", "demo")
-    folder = dataset_dir(spec.name) / "models" / "vq_vae"
+    folder = lake.models(spec.name, "vq_vae")
     images = items["image_path"].drop_nulls().n_unique()
     if images < MIN_TRAIN_IMAGES:  # e.g. MovieLens: no images; vq_codes then writes null codes
         reason = f"{images} item images; a VQ-VAE needs at least {MIN_TRAIN_IMAGES}"

@@ -21,9 +21,10 @@ from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
 from mmrec_pipeline.models.runner import train_variants
 from mmrec_pipeline.registry import get_dataset
-from mmrec_pipeline.storage import dataset_dir, write_parquet
+from mmrec_pipeline.storage import write_parquet
 from resources.compute import ComputeResource
 from resources.models import ModelSourcesResource
+from resources.storage import LakeResource
 
 DIVERSITY_VECTOR = "sbert_text"
 DIVERSITY_TABLE = "text_embeddings"
@@ -49,13 +50,15 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
               op_tags=GPU["op_tags"] if cls.pool == GPU["pool"] else None,
               description=(sys.modules[cls.__module__].__doc__ or cls.__doc__ or name).strip().split("\n\n")[0])
     def _train(context: dg.AssetExecutionContext, compute: ComputeResource, model_sources: ModelSourcesResource,
+               lake_store: LakeResource,
                **tables: pl.DataFrame) -> dg.Output[pl.DataFrame]:
         spec = get_dataset(context.partition_key)
         data = RecDataset.from_tables(spec.name, tables["split"], tables["items"], spec.split, spec.repeats_relevant)
         feats = ItemFeatures()
         for f in features:
             feats = feats.merge(ItemFeatures.from_table(data, tables[f]))
-        out_dir = dataset_dir(spec.name) / "models" / name
+        lake = lake_store.lake()
+        out_dir = lake.models(spec.name, name)
         runs, skipped = train_variants(name, cls, cls.variants, data, feats, compute.settings(), out_dir,
                               spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log,
                               sources=model_sources.sources())
@@ -66,7 +69,7 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
             return dg.Output(pl.DataFrame(schema=METRICS_SCHEMA),
                              metadata=plain({f"skipped {v}": reason for v, reason in skipped.items()}))
         table = pl.concat([r.metrics for r in runs])
-        write_parquet(pl.concat([r.per_user for r in runs]), dataset_dir(spec.name) / "per_user" / f"{name}.parquet")
+        write_parquet(pl.concat([r.per_user for r in runs]), lake.per_user(spec.name) / f"{name}.parquet")
         test_rows = table.filter(~pl.col("protocol").str.contains("@"))  # not the `@valid` rows
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
                 **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(test_rows).items()}),

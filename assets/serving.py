@@ -11,11 +11,12 @@ from mmrec_pipeline import serving
 from mmrec_pipeline.evaluation.report import md_table, plot_drift
 from mmrec_pipeline.lake import refresh_catalog
 from mmrec_pipeline.models import MODELS
-from mmrec_pipeline.registry import get_dataset, lake_root
-from mmrec_pipeline.storage import dataset_dir
+from mmrec_pipeline.registry import get_dataset
+from mmrec_pipeline.storage import read_parquet
 from mmrec_pipeline.versions import code_version
 from resources.compute import ComputeResource
 from resources.models import ModelSourcesResource
+from resources.storage import LakeResource
 
 # The feature tables each model asset reads (its inputs other than split and items).
 FEATURES_OF = {a.key.path[-1]: sorted(k.path[-1] for k in a.dependency_keys if k.path[-1] not in ("split", "items"))
@@ -54,7 +55,7 @@ def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Out
 @dg.asset(partitions_def=DATASETS, group_name="serving", deps=FEATURE_TABLES,
           code_version=code_version(serving, serving.ServingConfig),
           check_specs=[dg.AssetCheckSpec(name, asset="recommendations", description=d) for name, d in CHECKS.items()])
-def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
+def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource, lake_store: LakeResource,
                     model_sources: ModelSourcesResource, champion: pl.DataFrame,
                     split: pl.DataFrame, items: pl.DataFrame) -> dg.MaterializeResult:
     """The champion retrained on every interaction (its validation-chosen epoch count), top-K items with score
@@ -63,22 +64,23 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
     spec = get_dataset(context.partition_key)
     config = _config(spec.name)
     best = champion.filter(pl.col("champion")).row(0, named=True)
-    folder = dataset_dir(spec.name)
+    lake = lake_store.lake()
     # The feature tables the champion's asset reads; one it needs but lacks fails its fit with MissingFeature.
-    tables = {t: pl.read_parquet(folder / f"{t}.parquet") for t in FEATURES_OF[best["model"]]
-              if (folder / f"{t}.parquet").exists()}
-    facts = serving.serve(MODELS[best["model"]], folder / "models" / best["model"] / best["variant"], split, items,
-                          spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(), folder, config,
-                          log=context.log, sources=model_sources.sources())
-    try:
-        refresh_catalog(lake_root())
-    except Exception as e:  # noqa: BLE001 - the catalog is a convenience; the table is written
-        context.log.warning(f"DuckDB catalog not refreshed: {e}")
-    recs, data = pl.read_parquet(facts["path"]), facts["data"]
+    tables = {t: read_parquet(lake.table(spec.name, t)) for t in FEATURES_OF[best["model"]]
+              if lake.table(spec.name, t).exists()}
+    facts = serving.serve(MODELS[best["model"]], lake.models(spec.name, best["model"], best["variant"]), split, items,
+                          spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(),
+                          lake.dataset(spec.name), config, log=context.log, sources=model_sources.sources())
+    if lake.local:  # no DuckDB catalog on a remote lake (DuckDB's httpfs is not installed)
+        try:
+            refresh_catalog(lake.root)
+        except Exception as e:  # noqa: BLE001 - the catalog is a convenience; the table is written
+            context.log.warning(f"DuckDB catalog not refreshed: {e}")
+    recs, data = read_parquet(facts["path"]), facts["data"]
     change = serving.drift(recs, facts["previous"], data.n_items)
     entry = {"champion": f"{best['model']}/{best['variant']}", "champion_valid_ndcg@10": best["valid"],
              **change}
-    history = serving.append_history(folder / "serving" / "drift.json", entry)
+    history = serving.append_history(lake.serving(spec.name) / "drift.json", entry)
     checks = serving.check_recommendations(recs, data, serving.active_users(data, config.active_days), config.k)
     checks["champion_beats_popularity"] = serving.beats_popularity(champion, {"valid_ndcg@10": best["valid"], **best})
     share = change["top10_changed_share"]

@@ -60,9 +60,9 @@ def summarizer_dtypes(items: int = 16) -> dict:
     import torch
 
     from mmrec_pipeline.compute import Compute, cpu_has_native_bf16
-    from mmrec_pipeline.features.cache import default_cache_root
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import SummaryConfig, load_summarizer, summarize
+    from mmrec_pipeline.storage import Lake
 
     torch.set_num_threads(1)
     compute = Compute(device="cpu")
@@ -72,7 +72,7 @@ def summarizer_dtypes(items: int = 16) -> dict:
     out = {"native_bf16": cpu_has_native_bf16(), "auto_picks": str(compute.inference_dtype),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "items": items}
     for dtype in (torch.float32, torch.bfloat16):
-        model, tokenizer = load_summarizer(ModelSources(), compute, default_cache_root(), dtype=dtype)
+        model, tokenizer = load_summarizer(ModelSources(), compute, Lake().feature_cache(), dtype=dtype)
         summarize(model, tokenizer, reviews[:2], config, compute)  # warm-up
         start = time.process_time()
         summarize(model, tokenizer, reviews, config, compute)

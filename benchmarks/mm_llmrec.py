@@ -81,18 +81,17 @@ def prepare_sample() -> None:
     from mmrec_pipeline.data.schema import validate
     from mmrec_pipeline.data.splits import make_split
     from mmrec_pipeline.data.synthetic import read
-    from mmrec_pipeline.features.cache import default_cache_root
     from mmrec_pipeline.features.image import image_embeddings
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import text_embeddings
     from mmrec_pipeline.models.base import ItemFeatures
-    from mmrec_pipeline.registry import lake_root
+    from mmrec_pipeline.storage import Lake
 
     WORK.mkdir(parents=True, exist_ok=True)
-    tables = validate(read(lake_root() / "sample" / "raw", {"version": 1, "seed": 7}), "sample")
+    tables = validate(read(Lake().sample_raw("sample"), {"version": 1, "seed": 7}), "sample")
     split = make_split(user_core(tables.interactions, 5), "temporal")
     data = RecDataset.from_tables("sample", split, tables.items)
-    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), default_cache_root()
+    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), Lake().feature_cache()
     image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
     text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
     feats = ItemFeatures.from_table(data, image).merge(ItemFeatures.from_table(data, text))

@@ -146,7 +146,6 @@ def sample_grid(grid: str, lake: Path, summary_budget: int | None = None, only: 
     from mmrec_pipeline.data.dataset import RecDataset
     from mmrec_pipeline.data.schema import validate
     from mmrec_pipeline.data.synthetic import read
-    from mmrec_pipeline.features.cache import default_cache_root
     from mmrec_pipeline.features.captions import captions
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import SummaryConfig, raw_review_vectors, review_summaries
@@ -154,13 +153,14 @@ def sample_grid(grid: str, lake: Path, summary_budget: int | None = None, only: 
     from mmrec_pipeline.models.base import ItemFeatures
     from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS, VARIANTS, MMRecDLRM, report_table
     from mmrec_pipeline.models.runner import train_variants
+    from mmrec_pipeline.storage import Lake
 
     tables = validate(read(lake / "sample" / "raw", {"version": 1, "seed": 7}), "sample")
     from mmrec_pipeline.data.filtering import user_core
     from mmrec_pipeline.data.splits import make_split
 
     split = make_split(user_core(tables.interactions, 5), "temporal")
-    compute, sources, cache = Compute(device="cpu"), ModelSources(), default_cache_root(lake)
+    compute, sources, cache = Compute(device="cpu"), ModelSources(), Lake(lake).feature_cache()
     cfg = SummaryConfig(max_reviews=3, max_review_tokens=48, max_new_tokens=24)  # datasets.yaml's sample budget
     cap, _ = captions(tables.items, sources, compute, cache, models=("offline",))
     summ, summ_stats = review_summaries(tables.items, split, sources, compute, cache, config=cfg,
@@ -210,7 +210,6 @@ def hm_ranking(lake: Path) -> dict:
     from mmrec_pipeline.data.filtering import user_core
     from mmrec_pipeline.data.ingest import load_dataset
     from mmrec_pipeline.data.splits import make_split
-    from mmrec_pipeline.features.cache import default_cache_root
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import review_summaries
     from mmrec_pipeline.features.text import text_embeddings
@@ -218,11 +217,12 @@ def hm_ranking(lake: Path) -> dict:
     from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS, MMRecDLRM, report_note, report_table
     from mmrec_pipeline.models.runner import train_variants
     from mmrec_pipeline.registry import get_dataset
+    from mmrec_pipeline.storage import Lake
 
     spec = get_dataset("hm")
     tables = load_dataset(spec)
     split = make_split(user_core(tables.interactions, spec.min_user_interactions), spec.split)
-    compute, sources, cache = Compute(device="cpu"), ModelSources(), default_cache_root(lake)
+    compute, sources, cache = Compute(device="cpu"), ModelSources(), Lake(lake).feature_cache()
     summ, _ = review_summaries(tables.items, split, sources, compute, cache)  # no reviews: descriptions, no LLM
     text, _ = text_embeddings(tables.items, sources, compute, cache, summaries=summ, gpt2=False)
     data = RecDataset.from_tables("hm", split, tables.items, spec.split, spec.repeats_relevant)

@@ -19,8 +19,9 @@ from mmrec_pipeline.features import vq
 from mmrec_pipeline.features.families import FEATURES
 from mmrec_pipeline.lake import feature_gaps
 from mmrec_pipeline.models import MODELS
-from mmrec_pipeline.registry import available_datasets, lake_root
+from mmrec_pipeline.registry import available_datasets
 from mmrec_pipeline.versions import code_version
+from resources.storage import LakeResource
 
 NIGHTLY = "0 2 * * *"
 OBSERVE = "0 * * * *"
@@ -92,13 +93,14 @@ features_job = dg.define_asset_job(
 
 
 @dg.sensor(job=features_job, minimum_interval_seconds=600, default_status=dg.DefaultSensorStatus.RUNNING)
-def items_missing_features(context: dg.SensorEvaluationContext):
+def items_missing_features(context: dg.SensorEvaluationContext, lake_store: LakeResource):
     """Request a features run for every dataset whose catalog has items without features or captions.
 
     The run key is the set of gaps, so an unchanged gap (e.g. a caption backfill still in progress) is
     requested once, and a new catalog version or a finished budget-limited run makes a new request."""
+    lake = lake_store.lake()
     for name in available_datasets():
-        gaps = {t: n for t, n in feature_gaps(lake_root() / name).items() if n}
+        gaps = {t: n for t, n in feature_gaps(lake.dataset(name)).items() if n}
         if gaps:
             key = f"{name}:" + ",".join(f"{t}={n}" for t, n in sorted(gaps.items()))
             yield dg.RunRequest(run_key=key, partition_key=name, tags={"mmrec/feature_gaps": key})

@@ -16,14 +16,20 @@ import sys
 from pathlib import Path
 
 from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_database, instance_yaml, postgres_url
-from mmrec_pipeline.registry import RegistryError, lake_root, load_registry
+from mmrec_pipeline.registry import RegistryError, load_registry
+from mmrec_pipeline.storage import Lake
 
 
 def instance_home() -> Path:
     """`DAGSTER_HOME` (default `$MMREC_HOME/dagster`, `dagster-<env>` for `deploy`/`k8s`), created with the
-    project's instance settings: SQLite, or PostgreSQL (database created if missing) for `deploy`/`k8s`."""
+    project's instance settings: SQLite, or PostgreSQL (database created if missing) for `deploy`/`k8s`.
+    A remote lake has no default: the instance folder (dagster.yaml, SQLite, compute logs) needs a file system."""
     env = os.environ.get("MMREC_ENV", "local")
-    default = lake_root() / ("dagster" if env not in POSTGRES_ENVS else f"dagster-{env}")
+    lake = Lake()
+    if not lake.local and not os.environ.get("DAGSTER_HOME"):
+        raise InstanceError(f"MMREC_HOME={lake.root} is object storage: set DAGSTER_HOME to a local folder for the "
+                            "Dagster instance")
+    default = lake.root / ("dagster" if env not in POSTGRES_ENVS else f"dagster-{env}") if lake.local else None
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(default)))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -73,23 +79,25 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
     ok, run_id, failures = outcome.ok, outcome.run_id, outcome.failures
-    root = lake_root()
-    refresh_catalog_or_warn(root)
+    lake = Lake()
+    refresh_catalog_or_warn(lake)
     if outcome.steps:
         print(f"\ntime per step (CPU s: this process, every thread; on a shared machine wall s grows with the load)\n"
               f"{timing_table(outcome.steps)}")
     print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {run_id})")
-    print(f"tables:  {root / dataset}/*.parquet   (DuckDB views: {root / 'lake.duckdb'})")
-    report = root / dataset / "report.html"
-    if report.exists():
-        print(f"report:  {report}")
+    catalog = f"   (DuckDB views: {lake.root / 'lake.duckdb'})" if lake.local else ""
+    print(f"tables:  {lake.dataset(dataset)}/*.parquet{catalog}")
+    if lake.report(dataset).exists():
+        print(f"report:  {lake.report(dataset)}")
     print(f"UI:      make ui   (DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
-    recs = root / dataset / "recommendations.parquet"
+    recs = lake.table(dataset, "recommendations")
     if recs.exists():
         from mmrec_pipeline.serving import example_lists
 
-        print(f"recommendations: {recs}\n  DuckDB: select * from \"{dataset}\".recommendations_readable where user_id = ...")
-        print(example_lists(root / dataset))
+        print(f"recommendations: {recs}")
+        if lake.local:
+            print(f"  DuckDB: select * from \"{dataset}\".recommendations_readable where user_id = ...")
+            print(example_lists(lake.dataset(dataset)))
     if failures and not verbose:
         print("(full traces: mmrec run ... --verbose, or the run in the UI)", file=sys.stderr)
     for failure in failures:
@@ -97,14 +105,15 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     return 0 if ok else 1
 
 
-def refresh_catalog_or_warn(root: Path) -> None:
-    """The DuckDB views are a convenience: a failure to refresh them never fails a run whose steps succeeded."""
+def refresh_catalog_or_warn(lake: Lake) -> None:
+    """The DuckDB views are a convenience: a failure to refresh them never fails a run whose steps succeeded.
+    A remote lake has none (DuckDB would need httpfs)."""
     from mmrec_pipeline.lake import refresh_catalog
 
-    if not root.exists():
+    if not lake.local or not lake.root.exists():
         return
     try:
-        refresh_catalog(root)
+        refresh_catalog(lake.root)
     except Exception as e:  # noqa: BLE001 - any catalog problem is a warning
         print(f"warning: DuckDB catalog not refreshed: {e}", file=sys.stderr)
 
@@ -137,11 +146,12 @@ def brief_failures():
 
 
 def datasets() -> int:
-    root = lake_root()
+    lake = Lake()
     print(f"{'dataset':<22} {'source':<9} {'split':<9} {'data':<8} {'materialized':<13} path")
     for spec in load_registry().values():
         present = spec.source == "sample" or spec.data_dir().exists()
-        tables = sorted(p.stem for p in (root / spec.name).glob("*.parquet")) if (root / spec.name).exists() else []
+        folder = lake.dataset(spec.name)
+        tables = sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
         print(f"{spec.name:<22} {spec.source:<9} {spec.split:<9} {'present' if present else 'absent':<8} "
               f"{(str(len(tables)) + ' tables') if tables else '-':<13} {spec.data_dir()}")
     return 0

@@ -75,18 +75,18 @@ VALUE_COLUMNS = {name: feature.value_columns for name, feature in FEATURES.items
 def feature_gaps(dataset_dir: Path) -> dict[str, int]:
     """Per feature table of a dataset: how many catalog items have no value in it yet (a new catalog
     version, or a budget-limited backfill not finished). Tables never materialized are not counted."""
-    import polars as pl
+    from mmrec_pipeline.storage import read_parquet, to_path
 
-    items_path = Path(dataset_dir) / "items.parquet"
-    if not items_path.exists():
+    folder = to_path(dataset_dir)  # a local Path or a remote UPath
+    if not (folder / "items.parquet").exists():
         return {}
-    items = pl.read_parquet(items_path, columns=["item_id", "image_sha256"])
+    items = read_parquet(folder / "items.parquet", columns=["item_id", "image_sha256"])
     gaps = {}
     for table, needs_image in FEATURE_TABLES.items():
-        path = Path(dataset_dir) / f"{table}.parquet"
+        path = folder / f"{table}.parquet"
         if not path.exists():
             continue
-        gaps[table] = items_without_feature(items, pl.read_parquet(path), needs_image, VALUE_COLUMNS.get(table)).height
+        gaps[table] = items_without_feature(items, read_parquet(path), needs_image, VALUE_COLUMNS.get(table)).height
     return gaps
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from mmrec_pipeline.storage import Lake
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_KINDS = ("sample", "hm", "amazon", "recbole", "sequence")
 SPLIT_KINDS = ("temporal", "loo", "recbole")
@@ -36,10 +38,6 @@ def data_root() -> Path:
     return Path(os.environ.get("MMREC_DATA", "./data")).expanduser().resolve()
 
 
-def lake_root() -> Path:
-    return Path(os.environ.get("MMREC_HOME", "./.mmrec")).expanduser().resolve()
-
-
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -55,7 +53,7 @@ class DatasetSpec:
 
     def data_dir(self) -> Path:
         if self.path is None:
-            return lake_root() / self.name / "raw"
+            return Lake().sample_raw(self.name)
         return data_root() / self.path
 
 

@@ -29,7 +29,7 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
 from mmrec_pipeline.models.runner import FIT_REPORT
-from mmrec_pipeline.storage import atomic_write, write_json
+from mmrec_pipeline.storage import atomic_write, is_local, read_parquet, to_path, write_json
 
 RECOMMENDATIONS_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float32}
 
@@ -97,7 +97,7 @@ def all_interactions(split: pl.DataFrame, name: str, items: pl.DataFrame, protoc
 def retrain_config(cls: type[Recommender], checkpoint: Path) -> tuple[object, dict]:
     """The champion's checkpointed config with its validation-chosen settings fixed; returns (config, fixed).
     A model that trained without epochs (EASE, a non-learned retrieval strategy) reports no best_epoch."""
-    checkpoint = Path(checkpoint)
+    checkpoint = to_path(checkpoint)
     try:
         meta = json.loads((checkpoint / "config.json").read_text())
     except FileNotFoundError:
@@ -191,14 +191,16 @@ def drift(current: pl.DataFrame, previous: pl.DataFrame | None, n_items: int, to
 
 def rotate_previous(path: Path, previous: Path) -> pl.DataFrame | None:
     """Copy the current table to `previous` (atomically) before it is replaced; return it for the comparison."""
-    if not Path(path).exists():
+    path = to_path(path)
+    if not path.exists():
         return None
-    atomic_write(previous, lambda tmp: shutil.copyfile(path, tmp))
-    return pl.read_parquet(previous)
+    atomic_write(previous, lambda tmp: shutil.copyfile(path, tmp) if is_local(path) else path.fs.get_file(path.path, tmp))
+    return read_parquet(previous)
 
 
 def append_history(path: Path, entry: dict, keep: int = 100) -> list[dict]:
-    history = json.loads(Path(path).read_text()) if Path(path).exists() else []
+    path = to_path(path)
+    history = json.loads(path.read_text()) if path.exists() else []
     history = [*history, entry][-keep:]
     write_json(history, path)
     return history
@@ -220,8 +222,8 @@ def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: 
         log.info(f"retraining {cls.name} on all {data.train.height} interactions with {fixed or 'its config'}")
     report = model.fit(data, features, compute, log)
     users = active_users(data, config.active_days)
-    path = Path(out_dir) / "recommendations.parquet"
-    previous = rotate_previous(path, Path(out_dir) / "serving" / "recommendations.previous.parquet")
+    path = to_path(out_dir) / "recommendations.parquet"
+    previous = rotate_previous(path, to_path(out_dir) / "serving" / "recommendations.previous.parquet")
     written = write_top_k(model, data, users, path, config.k, config.batch_users, log)
     return {"path": path, "fixed": fixed, "retrain_seconds": report.get("seconds"), "active_users": len(users),
             "users_total": data.n_users, "previous": previous, "data": data, **written}

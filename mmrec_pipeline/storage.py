@@ -1,32 +1,117 @@
-"""Atomic file writes and lake paths. Every table and artifact is written to a temporary file in the same
-folder and renamed into place, so a crash never leaves a half-written file behind. A temp file left by a
-killed process (`.<name>.<pid>.<random>.tmp`) is removed at the next write of the same file."""
+"""The lake (`Lake`: where every table and artifact lives) and atomic writes.
+
+The root is `$MMREC_HOME` (default `./.mmrec`): a local folder or any fsspec URL (`s3://bucket/prefix`,
+`gs://…`, `memory://…`). Local paths are `pathlib.Path`; remote ones `upath.UPath`, so the same code reads and
+writes both (`Path(<remote path>)` raises instead of writing to a local folder by mistake).
+
+Atomicity: locally every file is written to a temporary file in the same folder and renamed into place, so a
+crash never leaves a half-written file behind (a temp left by a killed process, `.<name>.<pid>.<random>.tmp`, is
+removed at the next write of the same file). On object storage a file is written to a local temp file and
+uploaded in one PUT (multipart for large files): the object appears whole or not at all. What object storage
+does not give: a group of files (a checkpoint's config + weights) is not replaced at once, and there is no
+exclusive create (the feature-cache compaction lock is skipped; see features/cache.py).
+"""
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
+import posixpath
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
+from upath import UPath
 
-from mmrec_pipeline.registry import lake_root
+LOCAL_PROTOCOLS = ("", "file", "local")
+# Object stores whose fsspec filesystems cache directory listings per process: off, so a long-lived process (the
+# sensor, a worker) sees what other processes wrote.
+LISTING_CACHED = ("s3", "s3a", "gs", "gcs", "abfs", "az")
 
 
-def inside(root: Path, *parts: str) -> Path:
+def to_path(path: str | os.PathLike) -> Path | UPath:
+    """A local folder or file as a resolved `Path`; a URL (`s3://…`) as a `UPath`."""
+    if isinstance(path, Path):
+        return path.expanduser().resolve()
+    upath = path if isinstance(path, UPath) else UPath(str(path))
+    if upath.protocol in LOCAL_PROTOCOLS:
+        return Path(upath.path).expanduser().resolve()
+    if not isinstance(path, UPath) and upath.protocol in LISTING_CACHED:
+        return UPath(str(path), use_listings_cache=False)
+    return upath
+
+
+def is_local(path) -> bool:
+    return isinstance(path, Path)
+
+
+def inside(root: Path | UPath, *parts: str) -> Path | UPath:
     """`root/parts…`, refusing any path that escapes `root` (e.g. a dataset named '../x')."""
-    root = Path(root).resolve()
-    path = root.joinpath(*parts).resolve()
-    if path != root and root not in path.parents:
+    root = to_path(root)
+    if is_local(root):
+        path = root.joinpath(*parts).resolve()
+        if path != root and root not in path.parents:
+            raise ValueError(f"path {path} would leave the lake root {root}")
+        return path
+    path = root.joinpath(*parts)
+    base, joined = posixpath.normpath(root.path), posixpath.normpath(path.path)
+    if any(p.startswith("/") for p in parts) or (joined != base and not joined.startswith(base.rstrip("/") + "/")):
         raise ValueError(f"path {path} would leave the lake root {root}")
     return path
 
 
-def dataset_dir(dataset: str, root: Path | None = None) -> Path:
-    return inside(root or lake_root(), dataset)
+class Lake:
+    """The one owner of where things live. `<root>/<dataset>/` holds the tables (`<table>.parquet`),
+    `models/<model>/<variant>/` (checkpoints), `per_user/`, `serving/` and `report.html`; `<root>/_cache/features`
+    the feature caches every dataset shares."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = to_path(root or os.environ.get("MMREC_HOME") or "./.mmrec")
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.root)!r})"
+
+    @property
+    def local(self) -> bool:
+        return is_local(self.root)
+
+    def dataset(self, name: str) -> Path | UPath:
+        return inside(self.root, name)
+
+    def table(self, dataset: str, table: str) -> Path | UPath:
+        return inside(self.root, dataset, f"{table}.parquet")
+
+    def models(self, dataset: str, *parts: str) -> Path | UPath:
+        """`<dataset>/models/[<model>/[<variant>]]`: checkpoints (and the VQ-VAE at `models/vq_vae`)."""
+        return inside(self.root, dataset, "models", *parts)
+
+    def per_user(self, dataset: str) -> Path | UPath:
+        return inside(self.root, dataset, "per_user")
+
+    def serving(self, dataset: str) -> Path | UPath:
+        return inside(self.root, dataset, "serving")
+
+    def report(self, dataset: str) -> Path | UPath:
+        return inside(self.root, dataset, "report.html")
+
+    def feature_cache(self) -> Path | UPath:
+        """`<root>/_cache/features`: outside every dataset folder, so datasets share it."""
+        return inside(self.root, "_cache", "features")
+
+    def machine_cache(self) -> Path:
+        """Files each machine may rebuild on its own (converted model weights, the generated sample's raw store):
+        inside a local lake; under the system temp folder when the lake is remote (one folder per lake)."""
+        if self.local:
+            return self.root / "_cache"
+        key = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"mmrec-{key}"
+
+    def sample_raw(self, dataset: str) -> Path:
+        """The generated `sample` store (it stands in for an upstream system; readers open its images by path)."""
+        return inside(self.root, dataset, "raw") if self.local else inside(self.machine_cache(), dataset, "raw")
 
 
 def pid_alive(pid: int) -> bool:
@@ -65,13 +150,23 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temp file beside `path`, then rename it onto `path`.
+def atomic_write(path: Path | UPath, write: Callable[[Path], None]) -> Path | UPath:
+    """Call `write(tmp)` on a local temp file, then put it at `path`: a rename beside it locally, one upload
+    (atomic per object) on object storage.
 
     The file gets the permissions of any new file (0666 minus the umask), not mkstemp's private 0600, so a
     shared lake stays readable to the group the umask allows.
     """
-    path = Path(path)
+    path = to_path(path)
+    if not is_local(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(Path(tmp))
+            path.fs.put_file(tmp, path.path)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
@@ -84,6 +179,14 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_parquet(path: Path | UPath, columns: list[str] | None = None) -> pl.DataFrame:
+    path = to_path(path)
+    if is_local(path):
+        return pl.read_parquet(path, columns=columns)
+    with path.open("rb") as f:
+        return pl.read_parquet(f, columns=columns)
 
 
 def write_parquet(df: pl.DataFrame, path: Path) -> Path:

@@ -13,7 +13,7 @@ import dagster as dg
 from resources.compute import ComputeResource
 from resources.executors import executor_for_env
 from resources.models import ModelSourcesResource
-from resources.storage import LakeIOManager
+from resources.storage import LakeIOManager, LakeResource
 
 # Steps the multiprocess executor runs at once (the UI's runs); `mmrec run` runs steps one by one in process.
 CONCURRENT_STEPS = 2
@@ -43,7 +43,10 @@ def env_name(env: str | None = None) -> str:
 def resources_for_env(env: str | None = None) -> dict:
     env = env_name(env)
     # Model sources are the same everywhere: env vars (MMREC_MODEL_<NAME>) or packaged/offline defaults.
-    return {"lake": LakeIOManager(), "compute": COMPUTE[env], "model_sources": ModelSourcesResource()}
+    # One lake (MMREC_HOME) for the tables (IO manager `lake`) and every other file (`lake_store`).
+    lake = LakeResource()
+    return {"lake": LakeIOManager(lake=lake), "lake_store": lake, "compute": COMPUTE[env],
+            "model_sources": ModelSourcesResource()}
 
 
 def executor(env: str | None = None) -> dg.ExecutorDefinition:

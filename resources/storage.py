@@ -1,12 +1,13 @@
-"""The lake: one Parquet IO manager for every table, and the DuckDB catalog over them.
+"""The lake in Dagster: `LakeResource` (the `Lake` every asset, the sensor and the CLI use) and the Parquet IO
+manager for every table, which takes its root from it.
 
 Tables land at `<root>/<dataset>/<asset>.parquet` (non-partitioned assets at `<root>/<asset>.parquet`).
-`root` may be a local folder or an object-store URL (anything universal-pathlib understands).
+The root may be a local folder or an object-store URL (anything universal-pathlib understands).
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 from pathlib import Path
 
 import dagster as dg
@@ -14,8 +15,16 @@ import polars as pl
 from upath import UPath
 
 from mmrec_pipeline.lake import refresh_catalog
-from mmrec_pipeline.registry import lake_root
-from mmrec_pipeline.storage import inside, write_parquet
+from mmrec_pipeline.storage import Lake, inside, to_path, write_parquet
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The lake root: `root`, else `$MMREC_HOME`, else ./.mmrec (a folder or a URL such as s3://bucket/prefix)."""
+
+    root: str = ""
+
+    def lake(self) -> Lake:
+        return Lake(self.root or None)
 
 
 class LakeParquetIOManager(dg.UPathIOManager):
@@ -33,8 +42,10 @@ class LakeParquetIOManager(dg.UPathIOManager):
         base = self._base_path
         if base.protocol in ("", "file", "local"):
             inside(Path(base.path), str(Path(path.path).resolve()))  # absolute, so joined as is
-        elif ".." in path.path.split("/"):
-            raise ValueError(f"path {path} would leave the lake root {base}")
+        else:
+            root, target = posixpath.normpath(base.path), posixpath.normpath(path.path)
+            if target != root and not target.startswith(root + "/"):
+                raise ValueError(f"path {path} would leave the lake root {base}")
         return path
 
     def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:
@@ -42,18 +53,17 @@ class LakeParquetIOManager(dg.UPathIOManager):
             raise TypeError(f"asset {context.asset_key.to_user_string()} must return a polars DataFrame, "
                             f"got {type(obj).__name__}")
         self._inside_root(path)
-        if path.protocol in ("", "file", "local"):
-            write_parquet(obj, Path(path.path))
+        write_parquet(obj, to_path(path))  # temp + rename locally, one upload on object storage
+        if self._base_path.protocol in ("", "file", "local"):  # no DuckDB catalog on a remote lake (no httpfs)
             try:
                 refresh_catalog(Path(self._base_path.path))
             except Exception as e:  # noqa: BLE001 - the catalog is a convenience; never fail a table for it
                 context.log.warning(f"DuckDB catalog not refreshed: {e}")
-        else:  # object stores replace an object in one PUT, which is atomic already
-            with path.open("wb") as f:
-                obj.write_parquet(f, compression="zstd")
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pl.DataFrame:
         self._inside_root(path)
+        if not path.exists() and (context.definition_metadata or {}).get("allow_missing"):
+            return None  # the input's AssetIn allows it (`metrics`: models never materialized for the dataset)
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: materialize {context.upstream_output.asset_key.to_user_string()}"
                                     f" for this dataset first")
@@ -74,10 +84,9 @@ class LakeParquetIOManager(dg.UPathIOManager):
 
 
 class LakeIOManager(dg.ConfigurableIOManagerFactory):
-    """Parquet under `root` (default `$MMREC_HOME`, else ./.mmrec)."""
+    """Parquet under the lake's root."""
 
-    root: str = ""
+    lake: LakeResource
 
     def create_io_manager(self, context) -> LakeParquetIOManager:
-        root = self.root or os.environ.get("MMREC_HOME") or str(lake_root())
-        return LakeParquetIOManager(base_path=UPath(root))
+        return LakeParquetIOManager(base_path=UPath(self.lake.lake().root))

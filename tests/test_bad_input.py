@@ -19,7 +19,7 @@ import pytest
 from mmrec_pipeline.data.schema import DataError
 from mmrec_pipeline.data.sources import amazon, hm
 from mmrec_pipeline.registry import RegistryError, load_registry
-from mmrec_pipeline.storage import write_parquet
+from mmrec_pipeline.storage import Lake, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_registry_types_checked_at_load_one_line_each(tmp_path, monkeypatch):
 
 
 def test_io_manager_refuses_a_partition_outside_the_lake(tmp_path):
-    from resources.storage import LakeIOManager
+    from resources.storage import LakeIOManager, LakeResource
 
     @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["../escape"]), io_manager_key="lake")
     def items() -> pl.DataFrame:
@@ -74,7 +74,7 @@ def test_io_manager_refuses_a_partition_outside_the_lake(tmp_path):
 
     root = tmp_path / "lake"
     result = dg.materialize([items], partition_key="../escape", raise_on_error=False,
-                            resources={"lake": LakeIOManager(root=str(root))})
+                            resources={"lake": LakeIOManager(lake=LakeResource(root=str(root)))})
     assert not result.success
     error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
     assert "would leave the lake root" in (error.cause or error).message
@@ -96,7 +96,7 @@ def test_catalog_quotes_identifiers_and_skips_an_unreadable_table(tmp_path):
     with duckdb.connect(str(tmp_path / CATALOG)) as con:
         assert con.execute('select a from "q""x".items').fetchall() == [(1,)]
         assert con.execute("select a from good.items").fetchall() == [(2,)]
-    refresh_catalog_or_warn(tmp_path)  # warns, never raises
+    refresh_catalog_or_warn(Lake(tmp_path))  # warns, never raises
 
 
 # ---------------------------------------------------------------- 2: Amazon timestamps

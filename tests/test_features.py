@@ -21,14 +21,13 @@ from mmrec_pipeline.features.cache import (
     FeatureCache,
     compute_incremental,
     content_key,
-    default_cache_root,
 )
 from mmrec_pipeline.features.image import image_embeddings
 from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
 from mmrec_pipeline.features.summaries import SummaryConfig, review_summaries
 from mmrec_pipeline.features.text import text_embeddings
 from mmrec_pipeline.features.vq import VQVAE, VQConfig, psnr, ssim, train_vq_vae, vq_codes
-from mmrec_pipeline.storage import write_parquet
+from mmrec_pipeline.storage import Lake, write_parquet
 
 CPU = Compute(device="cpu", batch_size=8)
 BG = (233, 231, 226)
@@ -305,7 +304,7 @@ def test_review_summaries_with_packaged_smollm2():
         "review_text": ["Lovely colour, soft cotton.", "Runs small, order a size up.", "Keeps coffee hot."],
     }).with_columns(ts.alias("ts"), pl.lit("train").alias("split"))
     cfg = SummaryConfig(max_new_tokens=12)
-    root = default_cache_root()  # the converted SmolLM2 is shared with other tests of this session
+    root = Lake().feature_cache()  # the converted SmolLM2 is shared with other tests of this session
     out, s = review_summaries(items, inter, ModelSources(), CPU, root, config=cfg)
     assert out["summary_source"].to_list() == ["reviews", "reviews", "description"]
     assert out["summary"][2] == "Plain lamp." and all(len(t) > 0 for t in out["summary"][:2])

@@ -98,11 +98,11 @@ def test_atomic_write_keeps_old_table_on_failure(tmp_path):
 
 def test_missing_dataset_fails_with_how_to_obtain(tmp_path, monkeypatch):
     from assets.ingest import ingest
-    from resources.storage import LakeIOManager
+    from resources.storage import LakeIOManager, LakeResource
 
     monkeypatch.setenv("MMREC_DATA", str(tmp_path))
     result = dg.materialize([ingest], partition_key="amazon-gift-cards", raise_on_error=False,
-                            resources={"lake": LakeIOManager(root=str(tmp_path / "lake"))})
+                            resources={"lake": LakeIOManager(lake=LakeResource(root=str(tmp_path / "lake")))})
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else \
@@ -114,11 +114,11 @@ def test_hm_ingest_and_split_through_dagster(shared_data, tmp_path):
     from assets.checks import split_items_in_catalog, split_no_leak, split_shares
     from assets.ingest import ingest
     from assets.splits import split
-    from resources.storage import LakeIOManager
+    from resources.storage import LakeIOManager, LakeResource
 
     root = tmp_path / "lake"
     result = dg.materialize([ingest, split, split_shares, split_no_leak, split_items_in_catalog],
-                            partition_key="hm", resources={"lake": LakeIOManager(root=str(root))})
+                            partition_key="hm", resources={"lake": LakeIOManager(lake=LakeResource(root=str(root)))})
     assert result.success
     inter = pl.read_parquet(root / "hm" / "interactions.parquet")
     assert (inter.height, inter["user_id"].n_unique()) == (9925, 1037)
@@ -149,6 +149,7 @@ def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatc
     """Items without captions (a new catalog version, or a budget-limited backfill) → one features run for that
     dataset; the same gap is not requested twice; no gap → no request."""
     from mmrec_pipeline.automation import items_missing_features
+    from resources.storage import LakeResource
 
     monkeypatch.setenv("MMREC_HOME", str(tmp_path))
     sample = tmp_path / "sample"
@@ -158,9 +159,10 @@ def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatc
     write_parquet(pl.DataFrame({"item_id": ids, "caption_offline": ["red dress", None, None]}),
                   sample / "captions.parquet")  # c has no image: not a gap
 
-    requests = list(items_missing_features(dg.build_sensor_context()))
+    context = dg.build_sensor_context(resources={"lake_store": LakeResource(root=str(tmp_path))})
+    requests = list(items_missing_features(context))
     assert [(r.partition_key, r.run_key) for r in requests] == [("sample", "sample:captions=1")]
 
     write_parquet(pl.DataFrame({"item_id": ids, "caption_offline": ["red dress", "blue bag", None]}),
                   sample / "captions.parquet")
-    assert list(items_missing_features(dg.build_sensor_context())) == []
+    assert list(items_missing_features(context)) == []

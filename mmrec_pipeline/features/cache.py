@@ -28,8 +28,7 @@ import polars as pl
 
 from mmrec_pipeline.compute import Progress
 from mmrec_pipeline.features.sources import ModelNotAvailable
-from mmrec_pipeline.registry import lake_root
-from mmrec_pipeline.storage import write_json, write_parquet
+from mmrec_pipeline.storage import Lake, is_local, read_parquet, to_path, write_json, write_parquet
 
 KEY_COLUMNS = ["item_id", "key"]
 VECTOR = pl.List(pl.Float32)  # how embeddings are stored
@@ -37,14 +36,11 @@ AUTO_COMPACT_PARTS = 64  # merge parts when a store has more than this many file
 STALE_LOCK_S = 3600.0
 
 
-def default_cache_root(lake: Path | None = None) -> Path:
-    """`<lake>/_cache/features`: outside every dataset folder, so datasets share it."""
-    return Path(lake or lake_root()) / "_cache" / "features"
-
-
 def models_cache_dir(cache_root: Path) -> Path:
-    """Converted model weights (e.g. the GGUF summarizer re-saved as safetensors) live beside the features."""
-    return Path(cache_root).parent / "models"
+    """Converted model weights (e.g. the GGUF summarizer re-saved as safetensors): beside the features in a local
+    lake; in the machine's cache when the lake is remote (transformers loads them from a folder)."""
+    root = to_path(cache_root)
+    return root.parent / "models" if is_local(root) else Lake(root.parent.parent).machine_cache() / "models"
 
 
 def content_key(*parts) -> str:
@@ -54,7 +50,7 @@ def content_key(*parts) -> str:
 
 @dataclasses.dataclass
 class FeatureCache:
-    root: Path  # the features cache root, see `default_cache_root`
+    root: Path  # the features cache root, `Lake.feature_cache()` (a local Path or a remote UPath)
     family: str  # e.g. "image", "text", "captions"
     model: str  # readable model name, e.g. "efficientnet_lite0"
     identity: dict  # everything that changes the output besides the inputs: weights, preprocessing, prompt
@@ -66,7 +62,7 @@ class FeatureCache:
 
     @property
     def dir(self) -> Path:
-        return Path(self.root) / self.family / self.model_key
+        return to_path(self.root) / self.family / self.model_key
 
     def parts(self) -> list[Path]:
         # Names start with a nanosecond timestamp, so sorted = written order, and "keep last" keeps the newest.
@@ -82,7 +78,9 @@ class FeatureCache:
             if not parts:
                 return self._empty()
             try:
-                lf = pl.scan_parquet(parts).select(["item_id", "key", *self.schema])
+                lf = (pl.scan_parquet(parts) if is_local(self.dir) else  # remote: fsspec reads, then lazy
+                      pl.concat([read_parquet(p) for p in parts], how="diagonal_relaxed").lazy())
+                lf = lf.select(["item_id", "key", *self.schema])
                 if want is not None:
                     lf = lf.join(want.lazy().select(KEY_COLUMNS).unique(), on=KEY_COLUMNS, how="semi")
                 df = lf.collect()
@@ -105,8 +103,12 @@ class FeatureCache:
         """Merge every part into one (duplicates dropped); returns the number of parts merged.
 
         Crash-safe: the merged part is written before the old ones are deleted, and reads drop duplicates.
-        A lock file keeps two compactions of the same store from racing.
+        A lock file keeps two compactions of the same store from doing the same work; object storage has no
+        exclusive create, so there two may race: each deletes only parts it merged, so at worst rows are
+        stored twice (reads drop the duplicates).
         """
+        if not is_local(self.dir):
+            return self._merge()
         lock = self.dir / ".compact.lock"
         if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
             lock.unlink(missing_ok=True)
@@ -116,16 +118,19 @@ class FeatureCache:
             return 0  # someone else is compacting
         os.close(fd)
         try:
-            parts = self.parts()
-            if len(parts) < 2:
-                return 0
-            merged = self.read()
-            self.append(merged)
-            for p in parts:
-                p.unlink(missing_ok=True)
-            return len(parts)
+            return self._merge()
         finally:
             lock.unlink(missing_ok=True)
+
+    def _merge(self) -> int:
+        parts = self.parts()
+        if len(parts) < 2:
+            return 0
+        merged = self.read()
+        self.append(merged)
+        for p in parts:
+            p.unlink(missing_ok=True)
+        return len(parts)
 
 
 def compute_incremental(

@@ -31,7 +31,7 @@ class FeatureRun:
 
     sources: ModelSources
     compute: Compute
-    cache_root: Path  # the shared content-addressed store (`cache.default_cache_root`)
+    cache_root: Path  # the shared content-addressed store (`Lake.feature_cache()`; a Path or a remote UPath)
     dataset_dir: Path  # the dataset's lake folder (the VQ tokenizer lives under it)
     overrides: dict  # the dataset's `models:` overrides in datasets.yaml
     max_items_per_run: int | None = None  # the rest is left for the next run (the new-items sensor resumes)

@@ -38,10 +38,10 @@ from mmrec_pipeline.features.cache import (
     FeatureCache,
     compute_incremental,
     content_key,
-    default_cache_root,
     models_cache_dir,
 )
 from mmrec_pipeline.features.sources import ModelSources
+from mmrec_pipeline.storage import Lake
 
 PROMPT_VERSION = "2"  # bump with any change to how prompts are built, so summaries are recomputed
 CACHE_VERSION = "train-only-1"  # the cache rows carry review ids and counts (the refresh policy reads them)
@@ -177,7 +177,7 @@ def load_summarizer_model(sources: ModelSources | None = None, compute: Compute 
     """Just the causal LM behind `summarizer` (e.g. SmolLM2 as a recommender backbone to fine-tune), same loader
     and cache, in the compute's training dtype."""
     compute = compute or Compute()
-    model, _ = load_summarizer(sources or ModelSources(), compute, cache_root or default_cache_root(),
+    model, _ = load_summarizer(sources or ModelSources(), compute, cache_root or Lake().feature_cache(),
                                dtype=compute.torch_dtype)
     return model
 

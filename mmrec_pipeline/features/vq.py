@@ -32,7 +32,7 @@ from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
 from mmrec_pipeline.features.image import image_batches, image_key, letterbox, load_rgb, to_tensor
 from mmrec_pipeline.features.sources import ModelSources
-from mmrec_pipeline.storage import atomic_write, write_json
+from mmrec_pipeline.storage import atomic_write, is_local, to_path, write_json
 
 GRID = 16  # codes per side: 16 x 16 = 256 codes per image
 CODES = pl.List(pl.Int32)
@@ -173,7 +173,7 @@ class VQVAE(nn.Module):
         """`model.safetensors` + `config.json`, each written atomically (config last: it marks completeness)."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
+        folder = to_path(folder)  # a local folder or a remote UPath
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
         write_json({"format": FORMAT, **dataclasses.asdict(self.config)}, folder / "config.json")
@@ -181,15 +181,16 @@ class VQVAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: Path) -> VQVAE:
-        from safetensors.torch import load_file
+        from safetensors.torch import load, load_file
 
-        folder = Path(folder)
+        folder = to_path(folder)
         raw = json.loads((folder / "config.json").read_text())
         if raw.pop("format", None) != FORMAT:
             raise ValueError(f"{folder}: not a {FORMAT} folder")
         raw["channels"] = tuple(raw["channels"])
         model = cls(VQConfig(**raw))
-        model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+        weights = folder / "model.safetensors"
+        model.load_state_dict(load_file(str(weights)) if is_local(weights) else load(weights.read_bytes()), strict=True)
         return model.eval()
 
 
@@ -327,7 +328,7 @@ def train_or_load_vq_vae(images: Sequence[str], folder: Path, config: VQConfig, 
     A growing catalog keeps its tokenizer (so the codes of existing items stay valid and only new items are
     encoded); change the config, or delete the folder, to retrain. Returns (model, report, trained_now).
     """
-    folder = Path(folder)
+    folder = to_path(folder)
     if (folder / "config.json").exists() and (folder / "report.json").exists():
         model = VQVAE.from_pretrained(folder)
         if model.config == config:
@@ -392,8 +393,8 @@ def vq_codes(
     Uses the pretrained VQGAN when `sources` has one, else `vqvae` (a trained `VQVAE` or its folder). Items with
     too few images to train a VQ-VAE (and no model in the folder) get null codes and a `skipped` reason.
     """
-    if not sources.available("vqgan") and isinstance(vqvae, (str, Path)) and \
-            not (Path(vqvae) / "config.json").exists():
+    folder = None if vqvae is None or isinstance(vqvae, VQVAE) else to_path(vqvae)
+    if not sources.available("vqgan") and folder is not None and not (folder / "config.json").exists():
         images = items["image_path"].drop_nulls().n_unique()
         if images >= MIN_TRAIN_IMAGES:
             raise ValueError(f"vq_codes: no VQ-VAE in {vqvae} yet: materialize vq_tokenizer first")
@@ -413,8 +414,8 @@ def vq_codes(
         def input_size():
             return vqgan_input_size(model())
     elif vqvae is not None:
-        if isinstance(vqvae, (str, Path)):
-            vqvae = VQVAE.from_pretrained(Path(vqvae))
+        if folder is not None:
+            vqvae = VQVAE.from_pretrained(folder)
         tokenizer = f"vqvae:{fingerprint(vqvae)}"
         net = vqvae.to(compute.torch_device).eval()
         size = net.config.image_size

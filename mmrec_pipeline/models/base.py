@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features.sources import ModelSources
-from mmrec_pipeline.storage import atomic_write
+from mmrec_pipeline.storage import atomic_write, is_local, to_path
 
 if TYPE_CHECKING:
     from mmrec_pipeline.evaluation.report import ReportInputs, Section
@@ -148,8 +148,7 @@ class Recommender(abc.ABC):
 
     def save(self, directory: Path, tuning: dict | None = None) -> Path:
         """`tuning`: the runner's validation grid and choice, kept beside the config it produced."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = to_path(directory)  # a local folder or a remote UPath; atomic_write creates local folders
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
         meta = {"model": self.name, "config": dataclasses.asdict(self.config), "extra": self.extra_config()}
@@ -160,13 +159,15 @@ class Recommender(abc.ABC):
 
     @classmethod
     def load(cls, directory: Path, sources: ModelSources | None = None) -> Recommender:
-        meta = json.loads((Path(directory) / "config.json").read_text())
+        directory = to_path(directory)
+        meta = json.loads((directory / "config.json").read_text())
         if meta["model"] != cls.name:
             raise ValueError(f"{directory} holds a '{meta['model']}' checkpoint, not '{cls.name}'")
         model = cls(cls.Config(**meta["config"]))
         model.sources = sources or model.sources
         model.apply_extra_config(meta["extra"])
-        model.load_state_dict(load_file(str(Path(directory) / "model.safetensors")))
+        weights = directory / "model.safetensors"
+        model.load_state_dict(load_file(str(weights)) if is_local(weights) else load(weights.read_bytes()))
         return model
 
 

@@ -52,6 +52,7 @@ from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.mm_llmrec import torch_threads
 from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
+from mmrec_pipeline.storage import to_path
 
 if TYPE_CHECKING:
     from mmrec_pipeline.evaluation.report import ReportInputs, Section
@@ -316,11 +317,11 @@ def embed_texts(texts: list[str]) -> np.ndarray:
 
 def catalog_vectors(items: pl.DataFrame, texts: list[str], sources: ModelSources, log=None) -> np.ndarray:
     """Sentence vectors of the item texts through the shared feature cache (computed once per text)."""
-    from mmrec_pipeline.features.cache import default_cache_root
     from mmrec_pipeline.features.text import sbert_vectors
+    from mmrec_pipeline.storage import Lake
 
     long = pl.DataFrame({"item_id": items["item_id"], "text": pl.Series(texts, dtype=pl.Utf8)})
-    rows, _ = sbert_vectors(long, sources, Compute(device="cpu"), default_cache_root(), None, log)
+    rows, _ = sbert_vectors(long, sources, Compute(device="cpu"), Lake().feature_cache(), None, log)
     return np.asarray(rows["vector"].to_list(), dtype=np.float32)
 
 
@@ -662,7 +663,7 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
     rows, examples = [], None
     variants = full.filter(pl.col("model") == "vq_bart")["variant"].unique(maintain_order=True).to_list()
     for variant in variants:
-        model = VQBart.load(Path(models_dir) / "vq_bart" / variant)
+        model = VQBart.load(to_path(models_dir) / "vq_bart" / variant)
         generated = model.generate(inputs.history)
         top = top_items(model, inputs, 5)
         gen, top1 = bertscore(generated, refs), bertscore([texts[t[0]] for t in top], refs)
@@ -679,7 +680,7 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
         if t.height == 0:
             continue
         variant = t.sort("value", descending=True)["variant"][0]
-        model = registry[name].load(Path(models_dir) / name / variant)
+        model = registry[name].load(to_path(models_dir) / name / variant)
         top = top_items(model, inputs, 1)
         rows.append({"model": f"{name}/{variant}", "history": None, "image tokens/item": None,
                      "BERTScore F1 (generated)": None, "BERTScore P": None, "BERTScore R": None,
@@ -688,8 +689,8 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
     table = pl.DataFrame(rows, infer_schema_length=None)
 
     tokenizer = "a pretrained VQGAN (MMREC_MODEL_VQGAN)"
-    if vq_report is not None and Path(vq_report).exists():
-        q = json.loads(Path(vq_report).read_text())
+    if vq_report is not None and to_path(vq_report).exists():
+        q = json.loads(to_path(vq_report).read_text())
         tokenizer = (f"the dataset's VQ-VAE ({q['config']['image_size']} px, codebook {q['config']['codebook_size']}): "
                      f"held-out PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.3f} over {q['holdout_images']} images")
     note = (f"Protocol: {len(inputs.users)} test users (seeded subsample of the `{data.protocol}` test users); the "
