@@ -525,7 +525,7 @@ class MMLLMRec(Recommender):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 with compute.autocast():
                     loss = self.loss(x, y)
-                accumulate_step(loss, step, len(batches), cfg.grad_accum, params, cfg.max_grad_norm, opt, sched)
+                accumulate_step(loss, step, step + 1 == len(batches), cfg.grad_accum, params, cfg.max_grad_norm, opt, sched)
                 n = int((y != IGNORE).sum())
                 total, count = total + loss.item() * n, count + n
                 tokens_total += int((x != self.pad).sum())

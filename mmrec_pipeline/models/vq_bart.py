@@ -474,7 +474,7 @@ class VQBart(Recommender):
                 with compute.autocast():
                     out = self.bart(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
                                     labels=labels.to(self.device))
-                accumulate_step(out.loss, step, len(batches), cfg.grad_accum, params, cfg.max_grad_norm, opt, sched)
+                accumulate_step(out.loss, step, step + 1 == len(batches), cfg.grad_accum, params, cfg.max_grad_norm, opt, sched)
                 n = int((labels != IGNORE).sum())
                 total, count = total + out.loss.item() * n, count + n
                 tokens_total += int(mask.sum()) + n
