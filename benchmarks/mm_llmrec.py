@@ -268,8 +268,9 @@ def main() -> None:
         "the process's own (one torch thread)."),
         ("peak_rss_mb includes ~1 GB of imported libraries (torch, polars, transformers); popularity shows that "
         "baseline."),
-        ("The demo profile sets threads=1: on a shared 2-core machine two torch threads spin-wait on each other "
-        "(10x the wall time per epoch was measured at load ~7)."),
+        ("This benchmark runs one torch thread (--threads): on a shared 2-core machine two torch threads spin-wait on "
+        "each other (10x the wall time per epoch was measured at load ~7); in the pipeline the thread count is "
+        "ComputeResource.cpu_threads."),
     ]
     if "sample" in parts:
         start = time.perf_counter()
