@@ -144,7 +144,7 @@ def train_steps(model, n_items: int, batch: int, length: int, steps: int, warmup
     """tokens/s of full training steps (forward, full-catalog loss, backward, AdamW) on random histories."""
     import torch
 
-    from mmrec_pipeline.models.mm_llmrec import IGNORE
+    from mmrec_pipeline.models.training import IGNORE
 
     params = [p for p in [*model.backbone.parameters(), *model.encoder.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
