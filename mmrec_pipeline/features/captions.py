@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
 from mmrec_pipeline.features.image import (
     cnn_batch,
@@ -262,7 +262,7 @@ def load_vlm(kind: str, sources: ModelSources, compute: Compute, log=None):
     """(model, processor) for `blip2` or `llava`: safetensors only, no remote code, left padding."""
     import transformers
 
-    info = (log.info if hasattr(log, "info") else log) if log else logging.getLogger("mmrec_pipeline").info
+    info = logger(log).info
     path = sources.resolve(kind)
     device = compute.torch_device
     kwargs: dict = {"use_safetensors": True, "trust_remote_code": False, "dtype": compute.torch_dtype}
@@ -343,13 +343,13 @@ def captions(
     models: Sequence[str] = ("offline",),
     config: CaptionConfig = CaptionConfig(),
     max_items_per_run: int | None = None,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id` + `caption_<model>` per model (null: no image, model unavailable, or left
     for a later run by `max_items_per_run`). A model whose weights are missing is skipped with the reason in
     its stats."""
-    log = log or logging.getLogger("mmrec_pipeline")
-    info = log.info if hasattr(log, "info") else log
+    log = logger(log)
+    info = log.info
     out = items.select("item_id")
     stats: dict = {"items": items.height}
     for kind in models:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental
 from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
 
@@ -200,12 +200,12 @@ def image_embeddings(
     cache_root: Path,
     models: Sequence[str] = ("efficientnet_lite0", "resnet18"),
     max_items_per_run: int | None = None,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id` + one list[float32] column per model (null: no image, model unavailable,
     or left for the next run by `max_items_per_run`). Stats per model plus `items` and `without_image`."""
-    log = log or logging.getLogger("mmrec_pipeline")
-    info = log.info if hasattr(log, "info") else log
+    log = logger(log)
+    info = log.info
     out = items.select("item_id")
     stats: dict = {"items": items.height,
                    "without_image": int(sum(image_key(r) is None for r in items.iter_rows(named=True)))}
