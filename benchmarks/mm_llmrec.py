@@ -143,7 +143,7 @@ def train_steps(model, n_items: int, batch: int, length: int, steps: int, warmup
     """tokens/s of full training steps (forward, full-catalog loss, backward, AdamW) on random histories."""
     import torch
 
-    from mmrec_pipeline.models.mm_llmrec import IGNORE
+    from mmrec_pipeline.models.training import IGNORE
 
     params = [p for p in [*model.backbone.parameters(), *model.encoder.parameters()] if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
@@ -267,8 +267,9 @@ def main() -> None:
         "the process's own (one torch thread)."),
         ("peak_rss_mb includes ~1 GB of imported libraries (torch, polars, transformers); popularity shows that "
         "baseline."),
-        ("The demo profile sets threads=1: on a shared 2-core machine two torch threads spin-wait on each other "
-        "(10x the wall time per epoch was measured at load ~7)."),
+        ("This benchmark runs one torch thread (--threads): on a shared 2-core machine two torch threads spin-wait on "
+        "each other (10x the wall time per epoch was measured at load ~7); in the pipeline the thread count is "
+        "ComputeResource.cpu_threads."),
     ]
     if "sample" in parts:
         start = time.perf_counter()

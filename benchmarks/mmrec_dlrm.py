@@ -120,7 +120,8 @@ def throughput() -> dict:
     inputs = data.eval_inputs("test")
     out = []
     for threads in (1, 2):
-        model = MMRecDLRM(modalities="full", loss="sqrt", dropouts="0.3", epochs=2, patience=5, threads=threads)
+        torch.set_num_threads(threads)
+        model = MMRecDLRM(modalities="full", loss="sqrt", dropouts="0.3", epochs=2, patience=5)
         report = model.fit(data, feats, Compute(device="cpu"))
         users = inputs.users[:512]
         start = time.perf_counter()

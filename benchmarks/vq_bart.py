@@ -164,7 +164,7 @@ def part_sample(tables: Path) -> dict:
                         "fit_wall_seconds": fit_wall, "fit_cpu_seconds": fit_cpu,
                         "fit_and_eval_wall_seconds": time.perf_counter() - wall,
                         "fit_and_eval_cpu_seconds": time.process_time() - cpu, "load_average_1m_at_start": load,
-                        **{k: report[k] for k in ("epochs", "best_epoch", "best_valid_ndcg@10", "tokens_per_second",
+                        **{k: report[k] for k in ("epochs", "best_epoch", "best_valid_ndcg@10", "target_tokens_per_second",
                                                   "image_tokens_per_item", "vocabulary", "parameters")}}
         print(variant, json.dumps(out[variant]), flush=True)
     return out

@@ -75,24 +75,32 @@ class Compute:
         return torch.autocast(device_type=dev.type, dtype=self.torch_dtype, enabled=enabled)
 
 
+def logger(log=None):
+    """The logger progress goes to: the given one (a `logging.Logger` or Dagster's `context.log`, both with
+    `info`/`warning`), else the package's."""
+    return log if log is not None else logging.getLogger("mmrec_pipeline")
+
+
 class Progress:
     """Logs `done/total`, items/s and ETA at most every `every_s` seconds (to the Dagster log when given its logger)."""
 
-    def __init__(self, what: str, total: int, log: logging.Logger | Callable | None = None, every_s: float = 10.0):
+    def __init__(self, what: str, total: int, log=None, every_s: float = 10.0):
         self.what, self.total, self.every_s = what, total, every_s
-        self.log = log or logging.getLogger("mmrec_pipeline")
+        self.log = logger(log)
         self.start = self.last = time.perf_counter()
         self.done = 0
 
-    def update(self, n: int = 1, extra: str = "") -> None:
+    def update(self, n: int = 1, extra: str | Callable[[], str] = "") -> None:
+        """`extra`: text after the rate, or a function making it (called only when a line is logged)."""
         self.done += n
         now = time.perf_counter()
         if now - self.last >= self.every_s or self.done >= self.total:
             self.last = now
+            extra = extra() if callable(extra) else extra
             rate = self.done / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
             msg = f"{self.what}: {self.done}/{self.total} ({rate:.1f}/s, ETA {eta:.0f}s){' ' + extra if extra else ''}"
-            (self.log.info if hasattr(self.log, "info") else self.log)(msg)
+            self.log.info(msg)
 
     @property
     def seconds(self) -> float:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -404,13 +405,15 @@ def tiny_llava(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["blip2", "llava"])
-def test_vlm_captions_with_tiny_random_models(kind, items, tmp_path, request):
+def test_vlm_captions_with_tiny_random_models(kind, items, tmp_path, request, caplog):
     folder = request.getfixturevalue(f"tiny_{kind}")
     sources = ModelSources(**{kind: str(folder)})
     cfg = cap.CaptionConfig(max_new_tokens=4, max_batch=2)
     compute = Compute(device="cpu", batch_size=8, quantization="4bit")  # no CUDA: explained, then unquantized
-    logs: list[str] = []
-    out, s = cap.captions(items, sources, compute, tmp_path / "cache", models=(kind,), config=cfg, log=logs.append)
+    with caplog.at_level(logging.INFO, logger="captions-test"):
+        out, s = cap.captions(items, sources, compute, tmp_path / "cache", models=(kind,), config=cfg,
+                              log=logging.getLogger("captions-test"))
+    logs = [r.getMessage() for r in caplog.records]
     col = out[f"caption_{kind}"]
     assert col.null_count() == 1 and col[3] is None and all(isinstance(t, str) for t in col[:3])
     assert s[kind]["computed"] == 3

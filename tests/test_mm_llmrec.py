@@ -158,13 +158,14 @@ def test_missing_image_feature_names_the_asset_and_can_be_skipped(sample_dataset
     assert "image_embeddings" in caplog.text
 
 
-def test_qlora_on_cpu_falls_back_with_a_logged_reason(tiny_lm_folders):
-    messages = []
+def test_qlora_on_cpu_falls_back_with_a_logged_reason(tiny_lm_folders, caplog):
+    log = logging.getLogger("qlora-test")
     cfg = MMLLMRecConfig(profile="pretrained", backbone=str(tiny_lm_folders["gpt2"]), quantization="4bit")
-    assert effective_quantization(cfg.resolved(), CPU, messages.append) == "none"
-    assert "CUDA" in messages[0]
-    scratch = MMLLMRecConfig(quantization="4bit").resolved()
-    assert effective_quantization(scratch, Compute(device="cpu", quantization="4bit"), messages.append) == "none"
+    with caplog.at_level(logging.INFO, logger="qlora-test"):
+        assert effective_quantization(cfg.resolved(), CPU, log) == "none"
+        assert "CUDA" in caplog.records[0].getMessage()
+        scratch = MMLLMRecConfig(quantization="4bit").resolved()
+        assert effective_quantization(scratch, Compute(device="cpu", quantization="4bit"), log) == "none"
 
 
 def test_fused_variant_beats_text_and_popularity_on_sample(sample_dataset, sample_features):

@@ -21,7 +21,7 @@ from mmrec_pipeline.models.gru4rec import GRU4Rec
 from mmrec_pipeline.models.popularity import Popularity
 from mmrec_pipeline.models.runner import build
 from mmrec_pipeline.models.sasrec import SASRec
-from mmrec_pipeline.models.sequential import IGNORE, left_pad, windows
+from mmrec_pipeline.models.training import IGNORE, pad_histories, windows
 
 MODELS = [GRU4Rec, SASRec, BERT4Rec]
 TINY = {"max_len": 12, "hidden_size": 32, "epochs": 25, "batch_size": 32, "lr": 1e-2, "patience": 5,
@@ -75,7 +75,7 @@ def test_windows_cover_every_transition_once_with_context():
 
 
 def test_left_pad_keeps_the_most_recent_items():
-    x = left_pad([np.arange(5), np.zeros(0, dtype=np.int64)], length=3, pad=99, suffix=77)
+    x = pad_histories([np.arange(5), np.zeros(0, dtype=np.int64)], length=3, pad=99, suffix=77)
     assert x.tolist() == [[3, 4, 77], [99, 99, 77]]
 
 

@@ -140,7 +140,7 @@ def compute_incremental(
     cache: FeatureCache,
     chunk_size: int = 256,
     max_items_per_run: int | None = None,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
     what: str | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """Values for every row of `items`, computing only what the cache lacks.

@@ -27,7 +27,7 @@ from PIL import Image
 from scipy import ndimage
 
 from mmrec_pipeline import backbones
-from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.cache import FeatureCache, compute_incremental, per_model
 from mmrec_pipeline.features.image import (
     embed_incremental,
@@ -273,7 +273,7 @@ def load_vlm(kind: str, sources: ModelSources, compute: Compute, log=None):
     """(model, processor) for `blip2` or `llava`: safetensors only, no remote code, left padding."""
     import transformers
 
-    info = (log.info if hasattr(log, "info") else log) if log else logging.getLogger("mmrec_pipeline").info
+    info = logger(log).info
     path = sources.resolve(kind)
     device = compute.torch_device
     quant = effective_quantization(compute)
@@ -350,7 +350,7 @@ def captions(
     models: Sequence[str] = ("offline",),
     config: CaptionConfig = CaptionConfig(),
     max_items_per_run: int | None = None,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id` + `caption_<model>` per model (null: no image, model unavailable, or left
     for a later run by `max_items_per_run`). A model whose weights are missing is skipped with the reason in

@@ -215,7 +215,7 @@ def image_embeddings(
     cache_root: Path,
     models: Sequence[str] = ("efficientnet_lite0", "resnet18"),
     max_items_per_run: int | None = None,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id` + one list[float32] column per model (null: no image, model unavailable,
     or left for the next run by `max_items_per_run`). Stats per model plus `items` and `without_image`."""

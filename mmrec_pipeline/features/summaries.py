@@ -26,14 +26,13 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
-from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.cache import (
     FeatureCache,
     compute_incremental,
@@ -154,7 +153,7 @@ def load_summarizer(sources: ModelSources, compute: Compute, cache_root: Path, l
     (default: the compute's inference dtype)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    info = (log.info if hasattr(log, "info") else log) if log else logging.getLogger("mmrec_pipeline").info
+    info = logger(log).info
     source = sources.resolve("summarizer")
     if source.endswith(".gguf"):
         folder = models_cache_dir(cache_root) / f"summarizer-{sources.identity('summarizer')}"
@@ -222,7 +221,7 @@ def review_summaries(
     cache_root: Path,
     config: SummaryConfig = SummaryConfig(),
     max_items_per_run: int | None = None,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id`, `summary`, `summary_source` (reviews | description | null), `n_reviews` (the
     item's training reviews), `n_reviews_summarised` (how many of them the summary covers; fewer when a cached

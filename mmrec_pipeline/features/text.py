@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import torch
 
-from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental, content_key
 from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
 
@@ -158,11 +157,11 @@ def text_embeddings(
     summaries: pl.DataFrame | None = None,
     gpt2: bool = True,
     max_items_per_run: int | None = None,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id`, `sbert_<field>` for every field (see module doc), and `gpt2_bpe`."""
-    log = log or logging.getLogger("mmrec_pipeline")
-    info = log.info if hasattr(log, "info") else log
+    log = logger(log)
+    info = log.info
     fields = text_fields(items, captions, summaries)
     n = items.height
     long = pl.DataFrame({

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -247,7 +247,7 @@ def _to_input(batch: torch.Tensor, device) -> torch.Tensor:
 
 
 def train_vq_vae(images: Sequence[str], config: VQConfig, compute: Compute,
-                 log: logging.Logger | Callable | None = None) -> tuple[VQVAE, dict]:
+                 log: logging.Logger | None = None) -> tuple[VQVAE, dict]:
     """Train a VQ-VAE on image files; returns (model in eval mode on CPU, report).
 
     The report holds held-out `psnr` and `ssim` (means over the held-out images), `codebook_usage` (share of
@@ -322,7 +322,7 @@ def evaluate_vq_vae(model: VQVAE, paths: Sequence[str], compute: Compute) -> dic
 
 
 def train_or_load_vq_vae(images: Sequence[str], folder: Path, config: VQConfig, compute: Compute,
-                         log: logging.Logger | Callable | None = None) -> tuple[VQVAE, dict, bool]:
+                         log: logging.Logger | None = None) -> tuple[VQVAE, dict, bool]:
     """The VQ-VAE saved in `folder` if it was trained with `config`, else train and save one.
 
     A growing catalog keeps its tokenizer (so the codes of existing items stay valid and only new items are
@@ -386,7 +386,7 @@ def vq_codes(
     cache_root: Path,
     vqvae: VQVAE | Path | None = None,
     max_items_per_run: int | None = None,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id`, `vq_codes` (256 codes, null without an image).
 

@@ -11,14 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmrec_pipeline.models.sequential import (
-    IGNORE,
-    SequentialConfig,
-    SequentialRecommender,
-    TransformerEncoder,
-    left_pad,
-    windows,
-)
+from mmrec_pipeline.models.sequential import SequentialConfig, SequentialRecommender, TransformerEncoder
+from mmrec_pipeline.models.training import IGNORE, pad_histories, windows
 
 
 @dataclasses.dataclass
@@ -76,4 +70,4 @@ class BERT4Rec(SequentialRecommender):
         return x, y
 
     def score_inputs(self, history: list[np.ndarray]) -> torch.Tensor:
-        return left_pad(history, self.config.max_len, self.pad, suffix=self.mask)
+        return pad_histories(history, self.config.max_len, self.pad, suffix=self.mask)

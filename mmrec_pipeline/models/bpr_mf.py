@@ -11,13 +11,12 @@ on validation (`search_space`)."""
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import torch
 import torch.nn.functional as F
 
 from mmrec_pipeline.models.base import Recommender
-from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
+from mmrec_pipeline.models.training import Trainer, TrainSettings, seed_everything, shuffled_batches
 
 
 @dataclasses.dataclass
@@ -45,7 +44,6 @@ class BPRMF(Recommender):
     def fit(self, data, features, compute, log=None) -> dict:
         cfg = self.config
         seed_everything(cfg.seed)
-        start = time.perf_counter()
         self.n_items = data.n_items
         side = self.init_side(data, features)  # VBPR's image projection; nothing for BPR-MF
         self.user_emb = torch.nn.Embedding(data.n_users, self.user_dim())
@@ -54,41 +52,29 @@ class BPRMF(Recommender):
         torch.nn.init.normal_(self.user_emb.weight, std=0.1)
         torch.nn.init.normal_(self.item_emb.weight, std=0.1)
         self.trained_user = torch.zeros(data.n_users, dtype=torch.bool)
-        users = torch.as_tensor(data.train["user_idx"].to_numpy().copy())
-        items = torch.as_tensor(data.train["item_idx"].to_numpy().copy())
-        self.trained_user[users] = True
-        opt = torch.optim.Adam([self.user_emb.weight, self.item_emb.weight, self.item_bias, *side], lr=cfg.lr)
-        validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []
-        gen = torch.Generator().manual_seed(cfg.seed)
-        for epoch in range(1, cfg.epochs + 1):
-            perm = torch.randperm(len(users), generator=gen)
-            total = 0.0
-            for lo in range(0, len(perm), cfg.batch_size):
-                b = perm[lo:lo + cfg.batch_size]
-                u, i = users[b], items[b]
-                j = torch.randint(0, data.n_items, (len(b),), generator=gen)
-                ue, (ie, bi), (je, bj) = self.user_emb(u), self.item_rows(i), self.item_rows(j)
-                diff = (ue * (ie - je)).sum(-1) + bi - bj
-                loss = -F.logsigmoid(diff).mean() + self.side_penalty()
-                loss = loss + cfg.weight_decay * (ue.pow(2).sum() + ie.pow(2).sum() + je.pow(2).sum()) / len(b)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(b)
-            row = {"epoch": epoch, "loss": total / len(perm)}
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                row["valid_ndcg@10"] = validate(self.score)
-                if log:
-                    log.info(f"{self.name} epoch {epoch}: loss {row['loss']:.4f}, valid NDCG@10 {row['valid_ndcg@10']:.4f}")
-                if stopper.step(row["valid_ndcg@10"], epoch, self.state_dict()):
-                    curve.append(row)
-                    break
-            curve.append(row)
-        if stopper.best_state is not None:
-            self.load_state_dict(stopper.best_state)
+        self._users = torch.as_tensor(data.train["user_idx"].to_numpy().copy())
+        self._items = torch.as_tensor(data.train["item_idx"].to_numpy().copy())
+        self.trained_user[self._users] = True
+        # The L2 penalty is in the loss (on the factors a batch uses, as in BPR), not the optimizer's decay.
+        settings = TrainSettings.of(cfg, weight_decay=0.0)
+        trainer = Trainer(settings, compute, log, self.name, unit="triples")
+        report = trainer.fit(self, [self.user_emb.weight, self.item_emb.weight, self.item_bias, *side], data)
         self.finish_side()
-        return {"seconds": time.perf_counter() - start, "epochs": len(curve), "best_epoch": stopper.best_epoch,
-                "curve": curve}
+        del self._users, self._items, self._gen
+        return report
+
+    def train_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        self._gen = gen  # the negatives draw from the trainer's generator too
+        return shuffled_batches(len(self._users), self.config.batch_size, gen)
+
+    def batch_loss(self, b: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """BPR on (user, bought item, uniformly sampled item) triples, plus L2 on the factors used."""
+        u, i = self._users[b], self._items[b]
+        j = torch.randint(0, self.n_items, (len(b),), generator=self._gen)
+        ue, (ie, bi), (je, bj) = self.user_emb(u), self.item_rows(i), self.item_rows(j)
+        loss = -F.logsigmoid((ue * (ie - je)).sum(-1) + bi - bj).mean() + self.side_penalty()
+        l2 = (ue.pow(2).sum() + ie.pow(2).sum() + je.pow(2).sum()) / len(b)
+        return loss + self.config.weight_decay * l2, len(b)
 
     # --- what VBPR changes: the item side (vectors and bias) and extra parameters -----------------------
 

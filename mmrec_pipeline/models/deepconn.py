@@ -8,7 +8,7 @@ Only TRAINING rows' reviews build the documents (valid/test reviews would leak t
 cut to `doc_len` tokens; the vocabulary is the `vocab` most frequent training words (index 1 = unknown, 0 = pad).
 Word vectors are learned from scratch (the paper used pre-trained word2vec; no such weights are packaged here).
 Users without training reviews read an empty document, so their ranking is the items' side of the model alone.
-Trained with MSE on training ratings (Adam), early-stopped on validation NDCG@10 of the ranking it induces.
+Trained with MSE on training ratings (AdamW, `training.Trainer`), early-stopped on validation NDCG@10 of the ranking it induces.
 
 The FM's pairwise term separates into user and item parts, so scoring a user against the whole catalog is one
 matrix product: with z = [x_u; y_i], FM(z) = w0 + w·z + Σ_f ((Vᵀz)_f² − ((V²)ᵀz²)_f) / 2 and
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from collections import Counter
 
 import polars as pl
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrec_pipeline.models.base import MissingFeature, Recommender
-from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
+from mmrec_pipeline.models.training import Trainer, TrainSettings, seed_everything, shuffled_batches
 
 WORD = re.compile(r"[a-z0-9']+")
 
@@ -138,43 +137,29 @@ class DeepCoNN(Recommender):
         return train
 
     def fit(self, data, features, compute, log=None) -> dict:
-        cfg = self.config
-        seed_everything(cfg.seed)
-        start = time.perf_counter()
+        seed_everything(self.config.seed)
         train = self.build_documents(data)
-        self.net = DeepCoNNNet(self.n_words, cfg)
-        users = torch.as_tensor(train["user_idx"].to_numpy().copy())
-        items = torch.as_tensor(train["item_idx"].to_numpy().copy())
-        ratings = torch.as_tensor(train["rating"].to_numpy().copy(), dtype=torch.float32)
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []
-        gen = torch.Generator().manual_seed(cfg.seed)
-        for epoch in range(1, cfg.epochs + 1):
-            self.net.train()
-            self._item_vectors = None
-            perm, total, epoch_start = torch.randperm(len(users), generator=gen), 0.0, time.perf_counter()
-            for lo in range(0, len(perm), cfg.batch_size):
-                b = perm[lo:lo + cfg.batch_size]
-                x = self.net.user_tower(self.user_docs[users[b]])
-                y = self.net.item_tower(self.item_docs[items[b]])
-                loss = F.mse_loss(self.net.pairs(x, y), ratings[b])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(b)
-            row = {"epoch": epoch, "loss": total / len(perm), "valid_ndcg@10": validate(self.score)}
-            curve.append(row)
-            if log:
-                log.info(f"deepconn epoch {epoch}/{cfg.epochs}: train MSE {row['loss']:.4f}, valid NDCG@10 "
-                         f"{row['valid_ndcg@10']:.4f}, {len(perm) / (time.perf_counter() - epoch_start):,.0f} "
-                         "ratings/s")
-            if stopper.step(row["valid_ndcg@10"], epoch, self.state_dict()):
-                break
-        if stopper.best_state is not None:
-            self.load_state_dict(stopper.best_state)
-        return {"seconds": time.perf_counter() - start, "epochs": len(curve), "best_epoch": stopper.best_epoch,
-                "curve": curve, "vocab": self.n_words, "ratings": len(users),
-                "users_with_reviews": int((self.user_docs[:, 0] > 0).sum())}
+        self.net = DeepCoNNNet(self.n_words, self.config)
+        self._users = torch.as_tensor(train["user_idx"].to_numpy().copy())
+        self._items = torch.as_tensor(train["item_idx"].to_numpy().copy())
+        self._ratings = torch.as_tensor(train["rating"].to_numpy().copy(), dtype=torch.float32)
+        trainer = Trainer(TrainSettings.of(self.config), compute, log, self.name, unit="ratings")
+        report = trainer.fit(self, self.net.parameters(), data)
+        report.update({"vocab": self.n_words, "ratings": len(self._users),
+                       "users_with_reviews": int((self.user_docs[:, 0] > 0).sum())})
+        del self._users, self._items, self._ratings
+        return report
+
+    def train_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        self.net.train()
+        self._item_vectors = None
+        return shuffled_batches(len(self._users), self.config.batch_size, gen)
+
+    def batch_loss(self, b: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Mean squared error of the predicted ratings."""
+        x = self.net.user_tower(self.user_docs[self._users[b]])
+        y = self.net.item_tower(self.item_docs[self._items[b]])
+        return F.mse_loss(self.net.pairs(x, y), self._ratings[b]), len(b)
 
     @torch.no_grad()
     def score(self, users, history) -> torch.Tensor:

@@ -33,10 +33,17 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.fusion import FUSIONS, knn_graph, max_graph
-from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
+from mmrec_pipeline.models.training import (
+    Trainer,
+    TrainSettings,
+    Validator,
+    seed_everything,
+    shuffled_batches,
+)
 
 if TYPE_CHECKING:
     from mmrec_pipeline.evaluation.report import ReportInputs, Section
@@ -74,9 +81,6 @@ class LVLMConfig:
     graph_layers: int = 2  # smore: propagation steps over the item graphs (paper: 2)
     tokens: int = 4  # cross_attention: tokens per modality
     heads: int = 4  # cross_attention
-    # CPU threads while fitting (0 = leave torch's setting). Every tensor here is small, so one thread is about
-    # as fast on an idle machine, and 5-10x faster than two when other processes share the cores (measured).
-    cpu_threads: int = 1
     seed: int = 0
 
 
@@ -248,15 +252,6 @@ class LVLMRetrieval(Recommender):
     # -- fit ---------------------------------------------------------------------------------------------
 
     def fit(self, data, features, compute, log=None) -> dict:
-        before = torch.get_num_threads()
-        if self.config.cpu_threads:
-            torch.set_num_threads(self.config.cpu_threads)
-        try:
-            return self._fit(data, features, compute, log)
-        finally:
-            torch.set_num_threads(before)
-
-    def _fit(self, data, features, compute, log) -> dict:
         cfg = self.config
         start = time.perf_counter()
         check_features(cfg, features)
@@ -303,46 +298,47 @@ class LVLMRetrieval(Recommender):
         the prefix's fused vectors) should be closer to the next item than to every other item not in the prefix."""
         cfg = self.config
         seed_everything(cfg.seed)
-        device = compute.torch_device if compute is not None else torch.device("cpu")
+        compute = compute or Compute(device="cpu")
+        self._device = compute.torch_device
         prefixes, targets = next_item_examples(data.sequences("train"), cfg.max_history)
         if not len(targets):
             raise ValueError(f"lvlm_retrieval/{cfg.strategy}: no training sequence has two items to learn from")
-        weights = profile_weights(prefixes, data.n_items, cfg.recency_decay)
+        self._weights = profile_weights(prefixes, data.n_items, cfg.recency_decay)
+        self._targets = torch.as_tensor(targets)
         graphs = self._graphs(inputs)
-        dev_inputs = {k: v.to(device) for k, v in inputs.items()}
-        dev_graphs = {k: v.to(device) for k, v in graphs.items()} if graphs else None
-        self.fusion = self._build_fusion().to(device)
-        opt = torch.optim.AdamW(self.fusion.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []
-        gen = torch.Generator().manual_seed(cfg.seed)
-        targets_t = torch.as_tensor(targets)
-        for epoch in range(1, cfg.epochs + 1):
-            self.fusion.train()
-            perm, total = torch.randperm(len(targets), generator=gen), 0.0
-            for lo in range(0, len(perm), cfg.batch_size):
-                b = perm[lo:lo + cfg.batch_size]
-                items = F.normalize(self.fusion(dev_inputs["text"], dev_inputs["vision"], dev_graphs), dim=1)
-                w = torch.as_tensor(weights[b.numpy()].toarray(), device=device)
-                logits = F.normalize(w @ items, dim=1) @ items.T / cfg.temperature
-                logits = logits.masked_fill(w > 0, float("-inf"))  # history is never recommended (as evaluated)
-                loss = F.cross_entropy(logits, targets_t[b].to(device))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(b)
-            self._encode(dev_inputs, dev_graphs)
-            row = {"epoch": epoch, "loss": total / len(perm), "valid_ndcg@10": validate(self.score)}
-            curve.append(row)
-            if log:
-                log.info(f"lvlm_retrieval/{cfg.strategy} epoch {epoch}: loss {row['loss']:.4f}, "
-                         f"valid NDCG@10 {row['valid_ndcg@10']:.4f}")
-            if stopper.step(row["valid_ndcg@10"], epoch, self.fusion.state_dict()):
-                break
-        self.fusion.load_state_dict(stopper.best_state)
-        self._encode(dev_inputs, dev_graphs)
+        self._inputs = {k: v.to(self._device) for k, v in inputs.items()}
+        self._graph_tensors = {k: v.to(self._device) for k, v in graphs.items()} if graphs else None
+        self.fusion = self._build_fusion().to(self._device)
+        validator = Validator(data)
+
+        def validate() -> float:  # the retrieval framework scores the fused item table
+            self._encode(self._inputs, self._graph_tensors)
+            return validator(self.score)
+
+        trainer = Trainer(TrainSettings.of(cfg), compute, log, f"lvlm_retrieval/{cfg.strategy}", unit="examples")
+        report = trainer.fit(self, self.fusion.parameters(), validate=validate)
+        self._encode(self._inputs, self._graph_tensors)
         self.fusion.to("cpu")
-        return {"epochs": len(curve), "best_epoch": stopper.best_epoch, "valid_ndcg@10": stopper.best,
-                "examples": len(targets), "curve": curve}
+        del self._weights, self._targets, self._inputs, self._graph_tensors
+        return {"epochs": report["epochs"], "best_epoch": report["best_epoch"],
+                "valid_ndcg@10": report["best_valid_ndcg@10"], "examples": len(targets), "curve": report["curve"]}
+
+    def train_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        self.fusion.train()
+        return shuffled_batches(len(self._targets), self.config.batch_size, gen)
+
+    def batch_loss(self, b: torch.Tensor) -> tuple[torch.Tensor, int]:
+        items = F.normalize(self.fusion(self._inputs["text"], self._inputs["vision"], self._graph_tensors), dim=1)
+        w = torch.as_tensor(self._weights[b.numpy()].toarray(), device=self._device)
+        logits = F.normalize(w @ items, dim=1) @ items.T / self.config.temperature
+        logits = logits.masked_fill(w > 0, float("-inf"))  # history is never recommended (as evaluated)
+        return F.cross_entropy(logits, self._targets[b].to(self._device)), len(b)
+
+    def train_state(self) -> dict[str, torch.Tensor]:
+        return self.fusion.state_dict()
+
+    def load_train_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.fusion.load_state_dict(state)
 
     @torch.no_grad()
     def _encode(self, inputs, graphs) -> None:

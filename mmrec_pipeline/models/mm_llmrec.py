@@ -42,10 +42,8 @@ pretrained one only the LoRA weights plus the backbone's source and fingerprint 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,11 +53,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrec_pipeline import backbones
-from mmrec_pipeline.compute import Compute, Progress
+from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
-from mmrec_pipeline.models.sequential import length_batches
-from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
+from mmrec_pipeline.models.training import (
+    IGNORE,
+    Trainer,
+    TrainSettings,
+    length_batches,
+    pad_histories,
+    seed_everything,
+    windows,
+)
 
 if TYPE_CHECKING:
     from mmrec_pipeline.evaluation.report import ReportInputs, Section
@@ -76,7 +81,6 @@ HUB_IDS = {"gpt2-medium": "openai-community/gpt2-medium", "gpt2": "openai-commun
 LORA_TARGETS = {"gpt2": ["c_attn", "c_proj", "c_fc"],
                 "default": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                             "out_proj", "fc1", "fc2"]}
-IGNORE = -100
 
 # What the three profiles share: features with their fallbacks, AdamW and the early-stopping loop.
 _SHARED = {"text_feature": "sbert_text|gpt2_bpe", "image_feature": "resnet18|efficientnet_lite0",
@@ -90,10 +94,7 @@ PROFILES: dict[str, dict] = {
     "demo": {
         **_SHARED, "backbone": SCRATCH, "n_layer": 2, "n_embd": 64, "n_head": 2, "dropout": 0.4, "use_id": True,
         "max_len": 50, "batch_size": 32, "grad_accum": 1, "lr": 2e-3, "warmup_steps": 20, "patience": 3,
-        "quantization": "none",
-        # Steps this small gain nothing from a second thread, and on a busy 2-core machine (Dagster running
-        # other assets) two threads spin-wait on each other: 10x the wall time per epoch was measured.
-        "threads": 1},
+        "quantization": "none"},
     # SmolLM2-135M-Instruct (packaged, the offline pretrained default), LoRA on attention + MLP; meant for a GPU.
     "pretrained": {
         **_SHARED, **_LORA, "backbone": "smollm2", "dropout": 0.1, "use_id": True,
@@ -140,7 +141,6 @@ class MMLLMRecConfig:
     epochs: int | None = None  # upper bound; early stopping on valid NDCG@10 usually ends sooner
     patience: int | None = None
     eval_every: int | None = None
-    threads: int | None = None  # torch CPU threads during fit/score (None: leave torch's setting alone)
     seed: int = 0
 
     def resolved(self) -> MMLLMRecConfig:
@@ -188,8 +188,7 @@ def runnable_variants(variants: dict[str, dict], features: ItemFeatures, dataset
             feature_names(cfg, features)
             keep[name] = overrides
         except MissingFeature as e:
-            log = log or logging.getLogger("mmrec_pipeline")
-            (log.warning if hasattr(log, "warning") else log)(f"skipping {e}")
+            logger(log).warning(f"skipping {e}")
     return keep
 
 
@@ -251,12 +250,6 @@ class ItemEncoder(nn.Module):
 # Backbones
 
 
-def _info(log):
-    if log is None:
-        return logging.getLogger("mmrec_pipeline").info
-    return log.info if hasattr(log, "info") else log
-
-
 def scratch_backbone(cfg: MMLLMRecConfig) -> nn.Module:
     from transformers import GPT2Config, GPT2Model
 
@@ -305,14 +298,14 @@ def effective_quantization(cfg: MMLLMRecConfig, compute: Compute, log=None) -> s
     if wanted == "none":
         return "none"
     if cfg.backbone == SCRATCH:
-        _info(log)(f"mm_llmrec: {wanted} quantization ignored: the scratch backbone is trained fully")
+        logger(log).info(f"mm_llmrec: {wanted} quantization ignored: the scratch backbone is trained fully")
         return "none"
     if cfg.backbone == "smollm2":
-        _info(log)(f"mm_llmrec: {wanted} quantization ignored for smollm2: 135M parameters fit any GPU, and the "
-                   f"packaged-weights loader (features.summaries) loads it unquantized")
+        logger(log).info(f"mm_llmrec: {wanted} quantization ignored for smollm2: 135M parameters fit any GPU, and "
+                         f"the packaged-weights loader (features.summaries) loads it unquantized")
         return "none"
     if compute.torch_device.type != "cuda":
-        _info(log)(f"mm_llmrec: {wanted} quantization (QLoRA) needs a CUDA device (bitsandbytes); "
+        logger(log).info(f"mm_llmrec: {wanted} quantization (QLoRA) needs a CUDA device (bitsandbytes); "
                    f"training the LoRA adapters on a full-precision base on {compute.torch_device} instead")
         return "none"
     return wanted
@@ -334,55 +327,13 @@ def lora_backbone(cfg: MMLLMRecConfig, lm, quantization: str, log=None) -> nn.Mo
                                 fan_in_fan_out=family == "gpt2")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    _info(log)(f"mm_llmrec: LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {targets}: "
+    logger(log).info(f"mm_llmrec: LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {targets}: "
                f"{trainable:,} of {total:,} backbone parameters trainable")
     return model
 
 
 # ------------------------------------------------------------------------------------------------------
 # The recommender
-
-
-def right_pad(history: list[np.ndarray], length: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The last `length` items of each history, right-padded (positions start at 0 for every row, so no
-    position ids or attention mask are needed: causal attention never looks at the padding after a row's
-    last item). Returns ([B, length] ids, [B] lengths)."""
-    out = torch.full((len(history), length), pad, dtype=torch.long)
-    lengths = torch.zeros(len(history), dtype=torch.long)
-    for i, h in enumerate(history):
-        h = np.array(h[-length:], dtype=np.int64)  # a copy: slices of read-only arrays cannot be shared
-        out[i, :len(h)] = torch.from_numpy(h)
-        lengths[i] = len(h)
-    return out, lengths
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Use `n` torch threads inside the block, then restore the previous setting."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def right_windows(sequences: list[np.ndarray], length: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut each sequence from its end into windows of at most `length` items that overlap by one item, so every
-    transition is a next-item target exactly once per epoch; right-padded. Returns ([n, length], lengths)."""
-    rows = []
-    for seq in sequences:
-        end = len(seq)
-        while end >= 2:  # a window needs two items for one target
-            start = max(0, end - length)
-            rows.append(seq[start:end])
-            end = start + 1 if start > 0 else 0  # the next window ends with this one's first item
-    out = torch.full((len(rows), length), pad, dtype=torch.long)
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = torch.from_numpy(np.array(r, dtype=np.int64))  # a copy: the source may be read-only
-    return out, lengths
 
 
 class MMLLMRec(Recommender):
@@ -488,80 +439,45 @@ class MMLLMRec(Recommender):
         self.item_table = None
 
     def fit(self, data, features, compute, log=None) -> dict:
-        with torch_threads(self.config.threads):
-            return self._fit(data, features, compute, log)
-
-    def _fit(self, data, features, compute, log=None) -> dict:
         cfg = self.config
         seed_everything(cfg.seed)
-        start = time.perf_counter()
-        info = _info(log)
         self.prepare(data.n_items, features, compute, log)
-        device = compute.torch_device
-        train, lengths = right_windows(data.sequences("train"), cfg.max_len + 1, self.pad)
-        if len(train) == 0:
+        # Right-padded windows of max_len + 1 items overlapping by one: every transition is a target once per epoch.
+        w, _ = windows(data.sequences("train"), cfg.max_len + 1, cfg.max_len, self.pad, right=True)
+        self._windows = torch.from_numpy(w)
+        self._lengths = (self._windows != self.pad).sum(1)
+        if len(w) == 0:
             raise ValueError("mm_llmrec: no user has two or more training interactions to learn from")
+        logger(log).info(
+            f"mm_llmrec/{cfg.variant}: backbone {cfg.backbone} ({'LoRA' if self.pretrained else 'trained fully'}, "
+            f"hidden {self.hidden}), features {self.features_used or 'none (ids)'}, {len(w)} windows, "
+            f"{int(self._lengths.sum())} tokens/epoch, device {compute.torch_device}, quantization {self.quant}")
         params = [p for p in [*self.backbone.parameters(), *self.encoder.parameters()] if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
-        validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []
-        gen = torch.Generator().manual_seed(cfg.seed)
-        tokens_total, train_seconds = 0, 0.0
-        info(f"mm_llmrec/{cfg.variant}: backbone {cfg.backbone} ({'LoRA' if self.pretrained else 'trained fully'}, "
-             f"hidden {self.hidden}), features {self.features_used or 'none (ids)'}, {len(train)} windows, "
-             f"{int(lengths.sum())} tokens/epoch, device {device}, quantization {self.quant}")
-        for epoch in range(1, cfg.epochs + 1):
-            self.backbone.train()
-            self.encoder.train()
-            self.item_table = None
-            epoch_start, total, count = time.perf_counter(), 0.0, 0
-            batches = length_batches(lengths, cfg.batch_size, gen)
-            # Mid-epoch progress only where epochs are long (pretrained backbones, big catalogs).
-            long_epochs = epoch == 1 or curve[-1]["train_seconds"] > 60
-            progress = Progress(f"mm_llmrec/{cfg.variant} epoch {epoch} windows", len(train), log, every_s=30) \
-                if long_epochs else None
-            for step, b in enumerate(batches):
-                n_max = int(lengths[b].max())
-                x, y = train[b, : n_max - 1], train[b, 1:n_max].clone()
-                y[y == self.pad] = IGNORE
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with compute.autocast():
-                    loss = self.loss(x, y)
-                accumulate_step(loss, step, len(batches), cfg.grad_accum, params, cfg.max_grad_norm, opt, sched)
-                n = int((y != IGNORE).sum())
-                total, count = total + loss.item() * n, count + n
-                tokens_total += int((x != self.pad).sum())
-                if progress:
-                    progress.update(len(b), f"loss {total / max(count, 1):.4f}")
-            train_seconds += time.perf_counter() - epoch_start
-            row = {"epoch": epoch, "loss": total / max(count, 1), "train_seconds": time.perf_counter() - epoch_start}
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                row["valid_ndcg@10"] = validate(self.score)
-            curve.append(row)
-            stop = "valid_ndcg@10" in row and stopper.step(row["valid_ndcg@10"], epoch, self.trainable_state())
-            elapsed = time.perf_counter() - start
-            ndcg = f", valid NDCG@10 {row['valid_ndcg@10']:.4f} (best {stopper.best:.4f} @ {stopper.best_epoch})" \
-                if "valid_ndcg@10" in row else ""
-            info(f"mm_llmrec/{cfg.variant} epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}{ndcg}, "
-                 f"{len(train) / row['train_seconds']:,.0f} windows/s, {tokens_total / train_seconds:,.0f} tokens/s, "
-                 f"ETA ≤ {elapsed / epoch * (cfg.epochs - epoch):.0f}s")
-            if stop:
-                break
-        if stopper.best_state is not None:
-            self.load_trainable_state(stopper.best_state)
+        trainer = Trainer(TrainSettings.of(cfg), compute, log, f"mm_llmrec/{cfg.variant}", unit="tokens")
+        report = trainer.fit(self, params, data)
         self.finalize()
-        del self._feats, self._present
-        seconds = time.perf_counter() - start
-        report = {"seconds": seconds, "epochs": len(curve), "best_epoch": stopper.best_epoch, "curve": curve,
-                  "best_valid_ndcg@10": float(stopper.best), "tokens_per_second": tokens_total / max(train_seconds, 1e-9),
-                  "train_seconds": train_seconds, "training_windows": len(train), "device": str(device),
-                  "backbone": cfg.backbone, "backbone_source": self.source or SCRATCH, "quantization": self.quant,
-                  "features": self.features_used, "trainable_parameters": sum(p.numel() for p in params)}
+        del self._feats, self._present, self._windows, self._lengths
+        report.update({"training_windows": len(w), "backbone": cfg.backbone, "backbone_source": self.source or SCRATCH,
+                       "quantization": self.quant, "features": self.features_used})
         if self.encoder.mix_weights():
             report["mix_weights"] = self.encoder.mix_weights()
-        if device.type == "cuda":
-            report["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        if compute.torch_device.type == "cuda":
+            report["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(compute.torch_device) / 2**20
         return report
+
+    def train_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        self.backbone.train()
+        self.encoder.train()
+        self.item_table = None  # the table follows the encoder while it trains
+        return length_batches(self._lengths, self.config.batch_size, gen)
+
+    def batch_loss(self, b: torch.Tensor) -> tuple[torch.Tensor, int]:
+        n_max = int(self._lengths[b].max())
+        x, y = self._windows[b, : n_max - 1], self._windows[b, 1:n_max].clone()
+        y[y == self.pad] = IGNORE
+        n = int((y != IGNORE).sum())
+        device = self.compute.torch_device
+        return self.loss(x.to(device, non_blocking=True), y.to(device, non_blocking=True)), n
 
     def table(self) -> torch.Tensor:
         """The item embedding table: from the encoder while training, the stored table afterwards."""
@@ -596,13 +512,14 @@ class MMLLMRec(Recommender):
         # first epochs are spent shrinking it; 1/sqrt(hidden) starts the softmax in a sane range.
         return (h.float() @ table.float().T) / self.hidden ** 0.5
 
-    def trainable_state(self) -> dict[str, torch.Tensor]:
+    def train_state(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors only (LoRA adapters, not a frozen base): what early stopping keeps."""
         named = {f"backbone.{n}": p for n, p in self.backbone.named_parameters() if p.requires_grad}
         named.update({f"encoder.{n}": p for n, p in self.encoder.named_parameters()})
         return named
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
-        params = self.trainable_state()
+    def load_train_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = self.train_state()
         with torch.no_grad():
             for k, v in state.items():
                 params[k].copy_(v)
@@ -616,18 +533,15 @@ class MMLLMRec(Recommender):
 
     # --- scoring ------------------------------------------------------------------------------------
 
-    def score(self, users, history) -> torch.Tensor:
-        with torch_threads(self.config.threads):
-            return self._score(history)
-
     @torch.no_grad()
-    def _score(self, history) -> torch.Tensor:
+    def score(self, users, history) -> torch.Tensor:
         device = self.compute.torch_device
         training = self.encoder.training
         self.backbone.eval()
         self.encoder.eval()
         table = self.table().detach()
-        x, lengths = right_pad(history, self.config.max_len, self.pad)
+        x = pad_histories(history, self.config.max_len, self.pad, right=True)
+        lengths = (x != self.pad).sum(1)
         x, lengths = x[:, : max(int(lengths.max()), 1)].to(device), lengths.to(device)
         with self.compute.autocast():
             h = self.hidden_states(self.embed(x, table))

@@ -17,7 +17,7 @@ vector reduces it; the reduced vectors are the dense features of a DLRM (`torchr
   ratings (H&M) trains on purchases vs `implicit_negatives` sampled non-purchases and skips that protocol.
 - `fit` trains one model per dropout of `dropouts` with early stopping on validation (AUC of the pointwise task;
   valid NDCG@10 when there are no ratings) and keeps the best: the grid and its validation numbers go to the
-  report. The training loop uses `training.py`'s Validator / EarlyStopping / seed_everything only.
+  report. Each dropout trains through `training.Trainer` (AdamW, early stopping, progress).
 - Two protocols: `classification_metrics` (accuracy, FPR, AUC, log-loss on the test period's observed reviews)
   and the shared evaluator's full-catalog ranking (`score`: every catalog item is scored for each user).
 """
@@ -35,14 +35,19 @@ import polars as pl
 import torch
 from torch import nn
 
-from mmrec_pipeline.compute import Compute, Progress
+from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.metrics import auc_accuracy_fpr
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.content import user_profiles
-from mmrec_pipeline.models.mm_llmrec import _info, torch_threads
-from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
+from mmrec_pipeline.models.training import (
+    Trainer,
+    TrainSettings,
+    Validator,
+    seed_everything,
+    shuffled_batches,
+)
 
 if TYPE_CHECKING:
     from mmrec_pipeline.evaluation.report import ReportInputs, Section
@@ -82,9 +87,6 @@ class MMRecDLRMConfig:
     epochs: int = 20  # upper bound; early stopping usually ends sooner
     patience: int = 3  # the paper stops after 300 epochs without improvement; too long for a CPU demo
     score_batch_pairs: int = 65536  # (user, item) pairs per forward pass when ranking the catalog
-    # Steps this small gain nothing from a second thread; on a busy 2-core machine two threads spin-wait on each
-    # other (as measured for mm_llmrec). None: leave torch's setting alone.
-    threads: int | None = 1
     seed: int = 0
 
 
@@ -297,11 +299,7 @@ class MMRecDLRM(Recommender):
     # ---------------------------------------------------------------- training
 
     def fit(self, data: RecDataset, features: ItemFeatures, compute: Compute, log=None) -> dict:
-        with torch_threads(self.config.threads):
-            return self._fit(data, features, compute, log)
-
-    def _fit(self, data: RecDataset, features: ItemFeatures, compute: Compute, log=None) -> dict:
-        cfg, info, start = self.config, _info(log), time.perf_counter()
+        cfg, info, start = self.config, logger(log).info, time.perf_counter()
         if cfg.loss not in LOSSES:
             raise ValueError(f"mmrec_dlrm: unknown loss '{cfg.loss}'; known: {', '.join(LOSSES)}")
         self.columns = feature_columns(cfg.modalities, features)
@@ -326,7 +324,7 @@ class MMRecDLRM(Recommender):
              f"positive weight {weight:.3f}, dropout grid {grid}")
         tried, best = [], None
         for dropout in grid:
-            result = self._train_one(dropout, users, items, labels, weight, train_users, valid, validator, log)
+            result = self._train_one(dropout, users, items, labels, weight, train_users, valid, validator, compute, log)
             tried.append({k: v for k, v in result.items() if k != "state"})
             if best is None or result["valid"] > best["valid"]:
                 best = result
@@ -350,46 +348,46 @@ class MMRecDLRM(Recommender):
         return MMRecNet(self.n_users, self.n_items, self.dims, self.sparse_names, self.sparse_sizes, self.config,
                         dropout)
 
-    def _train_one(self, dropout, users, items, labels, weight, train_users, valid, validator, log) -> dict:
-        cfg, info = self.config, _info(log)
+    def _train_one(self, dropout, users, items, labels, weight, train_users, valid, validator, compute, log) -> dict:
+        cfg = self.config
         seed_everything(cfg.seed)
         self.net = self._build(dropout)
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        stopper, curve, gen = EarlyStopping(cfg.patience), [], torch.Generator().manual_seed(cfg.seed)
-        u_all, i_all = torch.tensor(users, dtype=torch.long), torch.tensor(items, dtype=torch.long)  # copies
-        y_all, n = torch.as_tensor(labels), len(labels)
-        seen, train_s = 0, 0.0
-        for epoch in range(1, cfg.epochs + 1):
-            self.net.train()
-            t0, total = time.perf_counter(), 0.0
-            progress = Progress(f"mmrec_dlrm dropout {dropout} epoch {epoch} examples", n, log, every_s=30)
-            for b in torch.randperm(n, generator=gen).split(cfg.batch_size):
-                u, i = u_all[b], i_all[b]
-                loss = weighted_bce(self.logits(u, i, [v[u] for v in train_users]), y_all[b], weight)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(b)
-                progress.update(len(b))
-            train_s += time.perf_counter() - t0
-            seen += n
-            row = {"epoch": epoch, "loss": total / n, "train_seconds": time.perf_counter() - t0}
-            if validator is None:
+        self._users, self._items = torch.tensor(users, dtype=torch.long), torch.tensor(items, dtype=torch.long)
+        self._labels, self._weight, self._train_users = torch.as_tensor(labels), weight, train_users
+        if validator is None:  # the pointwise task: AUC on the observed validation reviews
+            metric = "valid_auc"
+
+            def validate() -> float:
                 probs = self.predict(valid[0], valid[1], train_users)
-                row["valid_auc"] = auc_accuracy_fpr(valid[2], probs)["auc"] if len(valid[2]) else float("nan")
-                value = row["valid_auc"]
-            else:
-                value = row["valid_ndcg@10"] = validator(self.score)
-            curve.append(row)
-            stop = stopper.step(value, epoch, self.net.state_dict())
-            info(f"mmrec_dlrm dropout {dropout} epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}, valid "
-                 f"{value:.4f} (best {stopper.best:.4f} @ {stopper.best_epoch}), {n / row['train_seconds']:,.0f} "
-                 f"examples/s, ETA ≤ {train_s / epoch * (cfg.epochs - epoch):.0f}s")
-            if stop:
-                break
-        return {"dropout": dropout, "valid": float(stopper.best), "best_epoch": stopper.best_epoch,
-                "epochs": len(curve), "curve": curve, "state": stopper.best_state,
-                "examples_per_second": seen / max(train_s, 1e-9)}
+                return auc_accuracy_fpr(valid[2], probs)["auc"] if len(valid[2]) else float("nan")
+        else:
+            metric = "valid_ndcg@10"
+
+            def validate() -> float:
+                return validator(self.score)
+
+        trainer = Trainer(TrainSettings.of(cfg), compute, log, f"mmrec_dlrm dropout {dropout}", unit="examples")
+        report = trainer.fit(self, self.net.parameters(), validate=validate, metric=metric)
+        del self._users, self._items, self._labels, self._train_users
+        return {"dropout": dropout, "valid": report[f"best_{metric}"], "best_epoch": report["best_epoch"],
+                "epochs": report["epochs"], "curve": report["curve"],
+                "state": {k: v.detach().clone() for k, v in self.net.state_dict().items()},
+                "examples_per_second": report["examples_per_second"]}
+
+    def train_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        self.net.train()
+        return shuffled_batches(len(self._labels), self.config.batch_size, gen)
+
+    def batch_loss(self, b: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Binary cross-entropy with the variant's positive weight."""
+        u, i = self._users[b], self._items[b]
+        return weighted_bce(self.logits(u, i, [v[u] for v in self._train_users]), self._labels[b], self._weight), len(b)
+
+    def train_state(self) -> dict[str, torch.Tensor]:
+        return self.net.state_dict()
+
+    def load_train_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
 
     # ---------------------------------------------------------------- evaluation
 
@@ -398,23 +396,22 @@ class MMRecDLRM(Recommender):
         """[len(users), n_items]: every catalog item scored for each user (logit of a high rating, or of a purchase
         without ratings); the user side is the mean of the `history` items' vectors. The upstream MLPs and the
         embeddings run once per user and once per item; DLRM's dense, interaction and over arches run per pair."""
-        with torch_threads(self.config.threads):
-            self.net.eval()
-            users_t = torch.as_tensor(np.asarray(users), dtype=torch.long)
-            items_t = torch.arange(self.n_items)
-            user_dense = self.net.reduce_users(self.user_means(history))
-            item_dense = self.net.reduce_items(self.item_vectors)
-            user_emb = self.net.embed_ids(self.sparse_ids(users_t, torch.zeros_like(users_t)))[:, 0]
-            item_emb = self.net.embed_ids(self.sparse_ids(torch.zeros_like(items_t), items_t))[:, 1:]
-            n_users, n_items = len(users_t), self.n_items
-            per_step = max(1, self.config.score_batch_pairs // max(n_items, 1))  # users per forward pass
-            out = []
-            for s in range(0, n_users, per_step):
-                rows = torch.arange(s, min(s + per_step, n_users)).repeat_interleave(n_items)
-                cols = items_t.repeat(len(rows) // max(n_items, 1))
-                out.append(self.net.pair_logits(user_dense[rows], item_dense[cols], user_emb[rows], item_emb[cols])
-                           .reshape(-1, n_items))
-            return torch.cat(out) if out else torch.zeros(0, n_items)
+        self.net.eval()
+        users_t = torch.as_tensor(np.asarray(users), dtype=torch.long)
+        items_t = torch.arange(self.n_items)
+        user_dense = self.net.reduce_users(self.user_means(history))
+        item_dense = self.net.reduce_items(self.item_vectors)
+        user_emb = self.net.embed_ids(self.sparse_ids(users_t, torch.zeros_like(users_t)))[:, 0]
+        item_emb = self.net.embed_ids(self.sparse_ids(torch.zeros_like(items_t), items_t))[:, 1:]
+        n_users, n_items = len(users_t), self.n_items
+        per_step = max(1, self.config.score_batch_pairs // max(n_items, 1))  # users per forward pass
+        out = []
+        for s in range(0, n_users, per_step):
+            rows = torch.arange(s, min(s + per_step, n_users)).repeat_interleave(n_items)
+            cols = items_t.repeat(len(rows) // max(n_items, 1))
+            out.append(self.net.pair_logits(user_dense[rows], item_dense[cols], user_emb[rows], item_emb[cols])
+                       .reshape(-1, n_items))
+        return torch.cat(out) if out else torch.zeros(0, n_items)
 
     def classification_metrics(self, data: RecDataset, stage: str = "test") -> dict[str, float] | None:
         """The paper's protocol on one stage's observed reviews (accuracy, FPR at 0.5, AUC, log-loss); None

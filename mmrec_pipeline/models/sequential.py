@@ -1,5 +1,5 @@
-"""What GRU4Rec, SASRec and BERT4Rec share: sequence windows and padding, a small transformer encoder,
-the next-item losses, and one training loop (seeded, early-stopped on validation NDCG@10, with progress logs).
+"""What GRU4Rec, SASRec and BERT4Rec share: training windows, a small transformer encoder and the next-item
+losses; they train through `training.Trainer` (seeded, early-stopped on validation NDCG@10, with progress logs).
 
 Conventions:
 - Items are catalog indices 0..n_items-1; `n_items` is the padding token and `n_items + 1` the [MASK] token
@@ -7,7 +7,7 @@ Conventions:
   items never seen in training simply keep their (untrained, softmax-suppressed) embeddings.
 - Sequences are left-padded: the most recent item is always the last column, so scoring reads one position.
 - Training data are padded sequences, not Hidasi's session-parallel mini-batches: each user's train sequence
-  is cut from the end into windows of `max_len + 1` items (`windows`) so that every transition in train is
+  is cut from the end into windows of `max_len + 1` items (`training.windows`) so that every transition in train is
   a target exactly once per epoch, with a target at every position (RecBole instead makes every prefix a
   separate sample, one target per forward pass: the main reason it is over 30x slower per epoch, see
   benchmarks/sequential_vs_recbole.py). Batches
@@ -20,18 +20,24 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec_pipeline.compute import Compute, Progress
+from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.models.base import Recommender
-from mmrec_pipeline.models.training import EarlyStopping, Validator, seed_everything
-
-IGNORE = -1  # target value of positions that are not trained (padding, unmasked tokens)
+from mmrec_pipeline.models.training import (
+    IGNORE,
+    Trainer,
+    TrainSettings,
+    length_batches,
+    pad_histories,
+    seed_everything,
+    trim,
+    windows,
+)
 
 
 @dataclasses.dataclass
@@ -51,61 +57,8 @@ class SequentialConfig:
     weight_decay: float = 0.0
     patience: int = 5  # validation checks without improvement before stopping
     eval_every: int = 1  # epochs between validation checks
+    max_train_seconds: float = 0.0  # training time budget (0 = none; `epochs` still bounds it)
     seed: int = 0
-
-
-def windows(sequences: list[np.ndarray], length: int, stride: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Cut each sequence (of at least 2 items) from its end into windows of at most `length` items, `stride`
-    apart, left-padded with `pad`. Returns the windows [n, length] and, per window, how many of its leading
-    next-item targets to skip: a window that does not start the sequence trains only its last `stride`
-    targets, which have at least `length - 1 - stride` items of context; the skipped ones are trained in an
-    older window, so every transition is a target exactly once per epoch (stride = length - 1: no overlap)."""
-    rows, skip = [], []
-    for seq in sequences:
-        end = len(seq)
-        while end >= 2:  # a window needs two items for one target
-            start = max(0, end - length)
-            rows.append(seq[start:end])
-            skip.append(0 if start == 0 else max(0, length - 1 - stride))
-            if start == 0:
-                break
-            end -= stride
-    out = np.full((len(rows), length), pad, dtype=np.int64)
-    for i, r in enumerate(rows):
-        out[i, length - len(r):] = r
-    return out, np.asarray(skip, dtype=np.int64)
-
-
-def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 32) -> list:
-    """Shuffled batches of similar length: shuffle, sort by length inside pools of `pool` batches, cut into
-    batches, shuffle the batches. Trimmed batches then carry little padding (a 3x saving when most sequences
-    are much shorter than max_len) while every epoch still sees a different random grouping."""
-    perm = torch.randperm(len(lengths), generator=gen)
-    batches = []
-    for chunk in perm.split(batch_size * pool):
-        chunk = chunk[torch.sort(lengths[chunk], stable=True).indices]
-        batches += list(chunk.split(batch_size))
-    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-
-
-def left_pad(history: list[np.ndarray], length: int, pad: int, suffix: int | None = None) -> torch.Tensor:
-    """The last `length` items of each history (room left for `suffix` when given), left-padded: [B, length]."""
-    keep = length - (suffix is not None)
-    out = torch.full((len(history), length), pad, dtype=torch.long)
-    for i, h in enumerate(history):
-        h = np.array(h[-keep:] if keep else h[:0], dtype=np.int64)  # a copy: inputs may be read-only
-        if len(h):
-            out[i, keep - len(h):keep] = torch.from_numpy(h)
-    if suffix is not None:
-        out[:, -1] = suffix
-    return out
-
-
-def trim(x: torch.Tensor, *others: torch.Tensor, pad: int) -> tuple[torch.Tensor, ...]:
-    """Drop leading columns that are padding in every row of `x` (and the same columns of `others`)."""
-    real = (x != pad).any(0)
-    first = int(real.nonzero()[0]) if bool(real.any()) else x.shape[1] - 1
-    return (x[:, first:], *(o[:, first:] for o in others))
 
 
 class Block(nn.Module):
@@ -205,7 +158,7 @@ class SequentialRecommender(Recommender):
         return x, y
 
     def score_inputs(self, history: list[np.ndarray]) -> torch.Tensor:
-        return left_pad(history, self.config.max_len, self.pad)
+        return pad_histories(history, self.config.max_len, self.pad)
 
     # --- shared machinery -----------------------------------------------------------------------
 
@@ -241,60 +194,34 @@ class SequentialRecommender(Recommender):
         logits[:, 1:][neg[None, :] == t[:, None]] = -torch.inf  # a negative equal to the target is no negative
         return F.cross_entropy(logits.float(), torch.zeros_like(t))
 
+    # --- training: the trainer's batches and loss ----------------------------------------------------
+
+    def train_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
+        self.net.train()
+        self._gen = gen  # masking and negatives draw from the trainer's generator too
+        return length_batches(self._lengths, self.config.batch_size, gen)
+
+    def batch_loss(self, b: torch.Tensor) -> tuple[torch.Tensor, int]:
+        x, y = trim(*self.training_batch(self._windows[b], self._skip[b], self._gen), pad=self.pad)
+        n = int((y != IGNORE).sum())  # counted on the CPU copy: no device sync per step
+        device = self.compute.torch_device
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return self.loss(self.net(x), y, self._gen), n
+
     def fit(self, data, features, compute, log=None) -> dict:
-        cfg = self.config
-        seed_everything(cfg.seed)
-        start = time.perf_counter()
+        seed_everything(self.config.seed)
         self.n_items, self.compute = data.n_items, compute
-        device = compute.torch_device
-        self.net = self.build_network().to(device)
-        train, skip = map(torch.from_numpy, self.training_windows(data.sequences("train")))
-        if len(train) == 0:
+        self.net = self.build_network().to(compute.torch_device)
+        self._windows, self._skip = map(torch.from_numpy, self.training_windows(data.sequences("train")))
+        if len(self._windows) == 0:
             raise ValueError(f"{self.name}: no user has two or more training interactions to learn from")
-        lengths = (train != self.pad).sum(1)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        validate, stopper, curve = Validator(data), EarlyStopping(cfg.patience), []
-        gen = torch.Generator().manual_seed(cfg.seed)  # shuffling, masking, negatives: CPU, so runs repeat
-        # Within-epoch progress for large data (every 30 s; ETA assumes all epochs run); the per-epoch line
-        # below carries loss and validation.
-        steps = Progress(f"{self.name} training windows", cfg.epochs * len(train), log, every_s=30)
-        targets_done, train_time = 0, 0.0
-        for epoch in range(1, cfg.epochs + 1):
-            self.net.train()
-            epoch_start, total, count = time.perf_counter(), torch.zeros((), device=device), 0
-            for b in length_batches(lengths, cfg.batch_size, gen):
-                x, y = trim(*self.training_batch(train[b], skip[b], gen), pad=self.pad)
-                n = int((y != IGNORE).sum())  # counted on the CPU copy: no device sync per step
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with compute.autocast():
-                    loss = self.loss(self.net(x), y, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, count = total + loss.detach() * n, count + n
-                steps.update(len(b))
-            seconds = time.perf_counter() - epoch_start
-            targets_done, train_time = targets_done + count, train_time + seconds
-            row = {"epoch": epoch, "loss": float(total) / max(count, 1), "train_seconds": seconds}
-            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                row["valid_ndcg@10"] = validate(self.score)
-            curve.append(row)
-            stop = "valid_ndcg@10" in row and stopper.step(row["valid_ndcg@10"], epoch, self.net.state_dict())
-            if log:
-                eta = (time.perf_counter() - start) / epoch * (cfg.epochs - epoch)
-                ndcg = (f", valid NDCG@10 {row['valid_ndcg@10']:.4f} (best {stopper.best:.4f} @ "
-                        f"{stopper.best_epoch})" if "valid_ndcg@10" in row else "")
-                log.info(f"{self.name} epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}{ndcg}, "
-                         f"{targets_done / train_time:,.0f} targets/s, ETA ≤ {eta:.0f}s (early stopping may end sooner)")
-            if stop:
-                break
-        if stopper.best_state is not None:
-            self.net.load_state_dict(stopper.best_state)
+        self._lengths = (self._windows != self.pad).sum(1)
+        trainer = Trainer(TrainSettings.of(self.config), compute, log, self.name, unit="targets")
+        report = trainer.fit(self, self.net.parameters(), data)
         self.net.eval()
-        best = float(stopper.best) if np.isfinite(stopper.best) else float("nan")  # nan: no validation users
-        return {"seconds": time.perf_counter() - start, "epochs": len(curve), "best_epoch": stopper.best_epoch,
-                "curve": curve, "best_valid_ndcg@10": best, "training_windows": len(train),
-                "targets_per_second": targets_done / train_time, "device": str(device)}
+        report["training_windows"] = len(self._windows)
+        del self._windows, self._skip, self._lengths, self._gen
+        return report
 
     @torch.no_grad()
     def score(self, users, history) -> torch.Tensor:

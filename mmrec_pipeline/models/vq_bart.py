@@ -37,8 +37,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,11 +45,17 @@ import polars as pl
 import torch
 
 from mmrec_pipeline import backbones
-from mmrec_pipeline.compute import Compute, Progress
+from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
-from mmrec_pipeline.models.mm_llmrec import torch_threads
-from mmrec_pipeline.models.training import EarlyStopping, Validator, accumulate_step, seed_everything
+from mmrec_pipeline.models.training import (
+    IGNORE,
+    Trainer,
+    TrainSettings,
+    Validator,
+    pad_histories,
+    seed_everything,
+)
 from mmrec_pipeline.storage import to_path
 
 if TYPE_CHECKING:
@@ -62,7 +66,6 @@ HUB_IDS = {"bart-base": "facebook/bart-base"}
 VQ_GRID = 16  # vq_codes: 16 x 16 codes per image, row-major (features/vq.py)
 PAD, BOS, EOS, SEP, UNK = 0, 1, 2, 3, 4  # special ids of the scratch vocabulary
 N_SPECIAL = 5
-IGNORE = -100
 SBERT_BATCH = 128
 
 _SHARED = {"history": 5, "use_image": False, "image_grid": 4, "decode": "greedy", "num_beams": 1,
@@ -73,14 +76,12 @@ PROFILES: dict[str, dict] = {
     # epochs after its first. Over the 3-minute demo budget: see README "vq_bart".
     "demo": {**_SHARED, "backbone": SCRATCH, "d_model": 64, "layers": 2, "heads": 4, "ffn": 128, "dropout": 0.1,
              "max_item_tokens": 12, "max_target_tokens": 12, "batch_size": 64, "grad_accum": 1, "lr": 3e-3,
-             "warmup_steps": 30, "epochs": 6, "patience": 3, "examples_per_epoch": 4096, "valid_users": 300,
-             "threads": 1},
+             "warmup_steps": 30, "epochs": 6, "patience": 3, "examples_per_epoch": 4096, "valid_users": 300},
     # The paper: pre-trained BART base, lr 5e-5, AdamW, effective batch 64 (4 x 4 x 4 GPUs; 16 x 4 here), 2 epochs
     # (an upper bound here: early stopping on validation).
     "paper": {**_SHARED, "backbone": "bart-base", "d_model": 0, "layers": 0, "heads": 0, "ffn": 0, "dropout": 0.1,
               "max_item_tokens": 32, "max_target_tokens": 32, "batch_size": 16, "grad_accum": 4, "lr": 5e-5,
-              "warmup_steps": 100, "epochs": 3, "patience": 1, "examples_per_epoch": 0, "valid_users": 3000,
-              "threads": 0},
+              "warmup_steps": 100, "epochs": 3, "patience": 1, "examples_per_epoch": 0, "valid_users": 3000},
 }
 VARIANTS = {"small_history": {"history": 5}, "large_history": {"history": 20},
             "image": {"history": 5, "use_image": True}}
@@ -119,7 +120,6 @@ class VQBartConfig:
     index: str = "auto"  # auto | flat | hnsw
     hnsw_above: int = 50_000  # catalog size above which `auto` builds an HNSW index
     ann_k: int = 1000  # neighbours an HNSW search returns (others score -inf)
-    threads: int | None = None  # torch/faiss CPU threads (0 = leave the setting alone)
     seed: int = 0
 
     def resolved(self) -> VQBartConfig:
@@ -266,11 +266,10 @@ class VectorIndex:
     """Inner-product search over L2-normalised catalog vectors with FAISS: exact (`IndexFlatIP`) for small
     catalogs, HNSW above `hnsw_above` items."""
 
-    def __init__(self, vectors: np.ndarray, kind: str = "auto", hnsw_above: int = 50_000, threads: int = 0):
+    def __init__(self, vectors: np.ndarray, kind: str = "auto", hnsw_above: int = 50_000):
         import faiss
 
-        if threads:
-            faiss.omp_set_num_threads(threads)
+        faiss.omp_set_num_threads(torch.get_num_threads())  # one CPU-thread setting (the Compute resource's)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.n, dim = vectors.shape
         self.kind = ("hnsw" if self.n > hnsw_above else "flat") if kind == "auto" else kind
@@ -327,12 +326,6 @@ def catalog_vectors(items: pl.DataFrame, texts: list[str], sources: ModelSources
 
 # ------------------------------------------------------------------------------------------------------
 # The recommender
-
-
-def _info(log):
-    if log is None:
-        return logging.getLogger("mmrec_pipeline").info
-    return log.info if hasattr(log, "info") else log
 
 
 class VQBart(Recommender):
@@ -410,13 +403,9 @@ class VQBart(Recommender):
 
     def encoder_inputs(self, histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, L] input ids and attention mask: bos, the last N items' tokens oldest first, eos; padded right."""
-        n, v = self.config.history, self.vocab
-        slots = np.full((len(histories), n), self.n_items, dtype=np.int64)
-        for r, h in enumerate(histories):
-            h = np.asarray(h[-n:], dtype=np.int64)
-            if len(h):
-                slots[r, n - len(h):] = h
-        tok = self.item_tokens[torch.from_numpy(slots)].flatten(1)  # [B, N * L_item]
+        v = self.vocab
+        slots = pad_histories(histories, self.config.history, self.n_items)  # item n_items: no tokens
+        tok = self.item_tokens[slots].flatten(1)  # [B, N * L_item]
         tok = torch.cat([torch.full((len(tok), 1), v.bos), tok, torch.full((len(tok), 1), v.pad)], dim=1)
         valid = tok != v.pad
         order = (~valid).to(torch.int8).argsort(dim=1, stable=True)  # real tokens first, in order
@@ -430,84 +419,66 @@ class VQBart(Recommender):
     # --- training -----------------------------------------------------------------------------------
 
     def fit(self, data, features, compute, log=None) -> dict:
-        with torch_threads(self.config.threads):
-            return self._fit(data, features, compute, log)
-
-    def _fit(self, data, features, compute, log=None) -> dict:
-        cfg, info = self.config, _info(log)
+        cfg = self.config
         seed_everything(cfg.seed)
-        start = time.perf_counter()
         self.prepare(data, features, compute, log)
         self.build_index()
-        seqs = data.sequences("train")
+        self._seqs = data.sequences("train")
         # every transition of the training sequences: predict item t of user u from the items before it
-        pairs = [(u, t) for u, s in enumerate(seqs) for t in range(1, len(s))]
-        if not pairs:
+        self._pairs = [(u, t) for u, s in enumerate(self._seqs) for t in range(1, len(s))]
+        if not self._pairs:
             raise ValueError("vq_bart: no user has two or more training interactions to learn from")
+        self._rng = np.random.default_rng(cfg.seed)
+        per_epoch = min(len(self._pairs), cfg.examples_per_epoch or len(self._pairs))
+        self._per_epoch = per_epoch
         params = [p for p in self.bart.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)))
-        validate = Validator(data, max_users=cfg.valid_users, seed=cfg.seed)
-        stopper, curve = EarlyStopping(cfg.patience), []
-        rng = np.random.default_rng(cfg.seed)
-        per_epoch = min(len(pairs), cfg.examples_per_epoch or len(pairs))
-        tokens_total, train_seconds = 0, 0.0
-        info(f"vq_bart: backbone {cfg.backbone}, history {cfg.history}, image tokens/item "
-             f"{cfg.image_grid ** 2 if cfg.use_image else 0}, vocabulary {self.vocab.size}, "
-             f"{sum(p.numel() for p in params):,} parameters, {len(pairs)} transitions ({per_epoch}/epoch), "
-             f"device {self.device}")
-        for epoch in range(1, cfg.epochs + 1):
-            self.bart.train()
-            self._generated.clear()
-            self._queries.clear()
-            epoch_start, total, count = time.perf_counter(), 0.0, 0
-            pick = rng.permutation(len(pairs))[:per_epoch]
-            batches = [pick[i:i + cfg.batch_size] for i in range(0, per_epoch, cfg.batch_size)]
-            progress = Progress(f"vq_bart epoch {epoch} examples", per_epoch, log, every_s=30)
-            for step, b in enumerate(batches):
-                hist = [seqs[pairs[j][0]][:pairs[j][1]] for j in b]
-                target = np.array([seqs[pairs[j][0]][pairs[j][1]] for j in b])
-                x, mask = self.encoder_inputs(hist)
-                labels = self.target_tokens[torch.from_numpy(target)]
-                labels = labels[:, : int((labels != self.vocab.pad).sum(1).max())].clone()
-                labels[labels == self.vocab.pad] = IGNORE
-                with compute.autocast():
-                    out = self.bart(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
-                                    labels=labels.to(self.device))
-                accumulate_step(out.loss, step, len(batches), cfg.grad_accum, params, cfg.max_grad_norm, opt, sched)
-                n = int((labels != IGNORE).sum())
-                total, count = total + out.loss.item() * n, count + n
-                tokens_total += int(mask.sum()) + n
-                progress.update(len(b), f"loss {total / max(count, 1):.4f}")
-            seconds = time.perf_counter() - epoch_start
-            train_seconds += seconds
-            self.bart.eval()
-            row = {"epoch": epoch, "loss": total / max(count, 1), "train_seconds": seconds,
-                   "valid_ndcg@10": validate(self.score)}
-            curve.append(row)
-            stop = stopper.step(row["valid_ndcg@10"], epoch, self.bart.state_dict())
-            elapsed = time.perf_counter() - start
-            info(f"vq_bart epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f}, valid NDCG@10 "
-                 f"{row['valid_ndcg@10']:.4f} (best {stopper.best:.4f} @ {stopper.best_epoch}), "
-                 f"{tokens_total / train_seconds:,.0f} tokens/s, ETA ≤ {elapsed / epoch * (cfg.epochs - epoch):.0f}s")
-            if stop:
-                break
-        if stopper.best_state is not None:
-            self.bart.load_state_dict(stopper.best_state)
+        logger(log).info(
+            f"vq_bart: backbone {cfg.backbone}, history {cfg.history}, image tokens/item "
+            f"{cfg.image_grid ** 2 if cfg.use_image else 0}, vocabulary {self.vocab.size}, "
+            f"{sum(p.numel() for p in params):,} parameters, {len(self._pairs)} transitions ({per_epoch}/epoch), "
+            f"device {self.device}")
+        validator = Validator(data, max_users=cfg.valid_users, seed=cfg.seed)
+        trainer = Trainer(TrainSettings.of(cfg), compute, log, "vq_bart", unit="target_tokens")
+        report = trainer.fit(self, params, validate=lambda: validator(self.score))
         self.bart.eval()
         self._generated.clear()
         self._queries.clear()
-        return {"seconds": time.perf_counter() - start, "epochs": len(curve), "best_epoch": stopper.best_epoch,
-                "curve": curve, "best_valid_ndcg@10": float(stopper.best),
-                "tokens_per_second": tokens_total / max(train_seconds, 1e-9), "train_seconds": train_seconds,
-                "transitions": len(pairs), "examples_per_epoch": per_epoch, "vocabulary": self.vocab.size,
-                "image_tokens_per_item": cfg.image_grid ** 2 if cfg.use_image else 0, "backbone": cfg.backbone,
-                "index": self.index.kind, "parameters": sum(p.numel() for p in params)}
+        report.update({"transitions": len(self._pairs), "examples_per_epoch": per_epoch, "vocabulary": self.vocab.size,
+                       "image_tokens_per_item": cfg.image_grid ** 2 if cfg.use_image else 0, "backbone": cfg.backbone,
+                       "index": self.index.kind})
+        del self._seqs, self._pairs, self._rng
+        return report
+
+    def train_batches(self, gen: torch.Generator) -> list[np.ndarray]:
+        """A fresh random subset of `examples_per_epoch` transitions (all of them when 0), in batches."""
+        self.bart.train()
+        self._generated.clear()  # generations and queries are valid only while the weights are fixed
+        self._queries.clear()
+        pick = self._rng.permutation(len(self._pairs))[:self._per_epoch]
+        return [pick[i:i + self.config.batch_size] for i in range(0, len(pick), self.config.batch_size)]
+
+    def batch_loss(self, b: np.ndarray) -> tuple[torch.Tensor, int]:
+        """BART's cross-entropy of the next item's text tokens given the history's."""
+        hist = [self._seqs[self._pairs[j][0]][:self._pairs[j][1]] for j in b]
+        target = np.array([self._seqs[self._pairs[j][0]][self._pairs[j][1]] for j in b])
+        x, mask = self.encoder_inputs(hist)
+        labels = self.target_tokens[torch.from_numpy(target)]
+        labels = labels[:, : int((labels != self.vocab.pad).sum(1).max())].clone()
+        labels[labels == self.vocab.pad] = IGNORE
+        out = self.bart(input_ids=x.to(self.device), attention_mask=mask.to(self.device),
+                        labels=labels.to(self.device))
+        return out.loss, int((labels != IGNORE).sum())
+
+    def train_state(self) -> dict[str, torch.Tensor]:
+        return self.bart.state_dict()
+
+    def load_train_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.bart.load_state_dict(state)
 
     # --- generation and scoring -----------------------------------------------------------------------
 
     def build_index(self) -> None:
-        self.index = VectorIndex(self.catalog, self.config.index, self.config.hnsw_above, self.config.threads or 0)
+        self.index = VectorIndex(self.catalog, self.config.index, self.config.hnsw_above)
 
     def key(self, history: np.ndarray) -> tuple:
         return tuple(int(i) for i in history[-self.config.history:])
@@ -548,11 +519,10 @@ class VQBart(Recommender):
         return np.stack([self._queries[k] for k in keys])
 
     def score(self, users, history) -> torch.Tensor:
-        with torch_threads(self.config.threads):
-            scores = self.index.scores(self.queries(list(history)), self.config.ann_k)
-            if self.config.scorer == "likelihood":
-                scores = self.rerank(list(history), scores)
-            return scores
+        scores = self.index.scores(self.queries(list(history)), self.config.ann_k)
+        if self.config.scorer == "likelihood":
+            scores = self.rerank(list(history), scores)
+        return scores
 
     @torch.no_grad()
     def rerank(self, histories: list[np.ndarray], scores: torch.Tensor) -> torch.Tensor:
