@@ -26,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-from mmrec_pipeline.compute import Progress
+from mmrec_pipeline.compute import Progress, logger
 from mmrec_pipeline.features.sources import ModelNotAvailable
 from mmrec_pipeline.storage import Lake, is_local, read_parquet, to_path, write_json, write_parquet
 
@@ -207,19 +207,19 @@ def per_model(
     column: Callable[[str], str],
     dtype: pl.DataType,
     what: str,
-    log: logging.Logger | Callable | None = None,
+    log: logging.Logger | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """`item_id` + one column per model (`column(model)`) for a feature several models compute (image embeddings,
     captions): `compute_one(model) -> (values aligned with items, stats)`, typically one `compute_incremental`
     under the model's own cache key. A model whose weights cannot be found (`ModelNotAvailable`) gets a null column
     and its reason in the stats instead of failing the others."""
-    log = log or logging.getLogger("mmrec_pipeline")
+    log = logger(log)
     out, stats = items.select("item_id"), {}
     for model in models:
         try:
             values, stats[model] = compute_one(model)
         except ModelNotAvailable as e:
-            (log.info if hasattr(log, "info") else log)(f"{what}: skipping {model}: {e}")
+            log.info(f"{what}: skipping {model}: {e}")
             values, stats[model] = pl.Series([None] * items.height, dtype=dtype), {"skipped": str(e)}
         out = out.with_columns(values.alias(column(model)))
     return out, stats

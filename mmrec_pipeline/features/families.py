@@ -35,7 +35,7 @@ class FeatureRun:
     dataset_dir: Path  # the dataset's lake folder (the VQ tokenizer lives under it)
     overrides: dict  # the dataset's `models:` overrides in datasets.yaml
     max_items_per_run: int | None = None  # the rest is left for the next run (the new-items sensor resumes)
-    log: logging.Logger | Callable | None = None
+    log: logging.Logger | None = None  # or Dagster's context.log
 
 
 @dataclasses.dataclass(frozen=True)
