@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_database, instance_yaml, postgres_url
-from mmrec_pipeline.registry import RegistryError, lake_root, load_registry
+from mmrec_pipeline.registry import GENERATED_SOURCES, RegistryError, lake_root, load_registry
 
 
 def instance_home() -> Path:
@@ -136,7 +136,7 @@ def datasets() -> int:
     root = lake_root()
     print(f"{'dataset':<22} {'source':<9} {'split':<9} {'data':<8} {'materialized':<13} path")
     for spec in load_registry().values():
-        present = spec.source == "sample" or spec.data_dir().exists()
+        present = spec.source in GENERATED_SOURCES or spec.data_dir().exists()
         tables = sorted(p.stem for p in (root / spec.name).glob("*.parquet")) if (root / spec.name).exists() else []
         print(f"{spec.name:<22} {spec.source:<9} {spec.split:<9} {'present' if present else 'absent':<8} "
               f"{(str(len(tables)) + ' tables') if tables else '-':<13} {spec.data_dir()}")

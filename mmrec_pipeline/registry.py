@@ -16,7 +16,8 @@ import pydantic
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_KINDS = ("sample", "hm", "amazon", "recbole", "sequence")
+SOURCE_KINDS = ("sample", "hm", "hm-synthetic", "amazon", "recbole", "sequence")
+GENERATED_SOURCES = ("sample", "hm-synthetic")  # written into the lake by the pipeline itself
 SPLIT_KINDS = ("temporal", "loo", "recbole")
 # Names become folders in the lake, DuckDB schemas and Dagster partition keys: keep them plain.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -44,7 +45,7 @@ def lake_root() -> Path:
 class DatasetSpec:
     name: str
     source: str
-    path: str | None = None  # relative to $MMREC_DATA (or absolute); None for the generated sample
+    path: str | None = None  # relative to $MMREC_DATA (or absolute); None for a generated source
     split: str = "temporal"
     min_user_interactions: int = 5
     repeats_relevant: bool = False
@@ -133,4 +134,4 @@ def get_dataset(name: str) -> DatasetSpec:
 
 def available_datasets() -> list[str]:
     """Registry entries whose raw files are present (the generated sample always is)."""
-    return [s.name for s in load_registry().values() if s.source == "sample" or s.data_dir().exists()]
+    return [s.name for s in load_registry().values() if s.source in GENERATED_SOURCES or s.data_dir().exists()]
