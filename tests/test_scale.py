@@ -115,3 +115,73 @@ def test_real_hm_tables_unchanged(shared_data):
     got = {"items": digest(tables.items.drop("image_path")), "users": digest(tables.users),
            "interactions": digest(tables.interactions), "split": digest(split)}
     assert got == HM_BEFORE
+
+
+@pytest.fixture(scope="module")
+def small_data(generated):
+    from mmrec_pipeline.data.dataset import RecDataset
+    from mmrec_pipeline.data.schema import validate
+
+    tables = validate(hm.read(generated, {}), "hm-synthetic")
+    split = make_split(user_core(tables.interactions, 5), "temporal")
+    return RecDataset.from_tables("hm-synthetic", split, tables.items, "temporal", repeats_relevant=True)
+
+
+def test_user_sample_is_stated_and_accounted(small_data):
+    from mmrec_pipeline.compute import Compute
+    from mmrec_pipeline.evaluation.protocols import check_user_accounting, evaluate_model
+    from mmrec_pipeline.models.base import ItemFeatures
+    from mmrec_pipeline.models.popularity import Popularity
+
+    model = Popularity()
+    model.fit(small_data, ItemFeatures(), Compute(device="cpu"))
+    everyone, _ = evaluate_model(model, small_data, "popularity")
+    n = int(everyone.filter(pl.col("metric") == "users_evaluated")["value"][0])
+    table, full = evaluate_model(model, small_data, "popularity", max_users=n // 2)
+    assert full.n_users == n // 2
+    assert set(table["protocol"]) == {f"temporal+users:{n // 2}", f"temporal+users:{n // 2}+cold",
+                                      f"temporal+users:{n // 2}+sampled:100"}
+    dropped = table.filter((pl.col("metric") == "users_dropped:not_sampled")
+                           & (pl.col("protocol") == f"temporal+users:{n // 2}"))["value"][0]
+    assert dropped == n - n // 2
+    assert check_user_accounting(table)[0]
+    again, _ = evaluate_model(model, small_data, "popularity", max_users=n // 2)
+    assert again.equals(table)  # seeded
+    same, _ = evaluate_model(model, small_data, "popularity", max_users=10 * n)
+    assert same.equals(everyone)  # no sample when everyone fits: the protocol name says nothing
+
+
+def test_ease_refuses_a_large_catalog_and_matches_the_dense_gram(small_data):
+    from mmrec_pipeline.compute import Compute
+    from mmrec_pipeline.models.base import ItemFeatures
+    from mmrec_pipeline.models.ease import EASE
+
+    with pytest.raises(ValueError, match="max_items=50"):
+        EASE(max_items=50).fit(small_data, ItemFeatures(), Compute(device="cpu"))
+    model = EASE(l2=100.0)
+    model.fit(small_data, ItemFeatures(), Compute(device="cpu"))
+    x = small_data.train_matrix()[:, model.active.numpy()].toarray().astype(np.float64)
+    p = np.linalg.inv(x.T @ x + 100.0 * np.eye(x.shape[1]))
+    expected = -p / np.diag(p)
+    np.fill_diagonal(expected, 0.0)
+    assert np.allclose(model.weights.numpy(), expected, atol=1e-5)
+
+
+def test_bpr_fold_in_is_the_mean_history_vector():
+    import torch
+
+    from mmrec_pipeline.models.bpr_mf import BPRMF
+
+    for user_vector in ("history", "factor"):
+        model = BPRMF(dim=4, user_vector=user_vector)
+        model.n_items = 20
+        model.load_state_dict({"user": torch.randn(6, 4), "item": torch.randn(20, 4), "item_bias": torch.randn(20),
+                               "trained_user": torch.tensor([True, False] * 3)})
+        users, history = np.array([0, 1, 2, 3]), [np.array([1, 2, 2]), np.array([], dtype=np.int64),
+                                                  np.array([5]), np.array([7, 8])]
+        vectors = model.user_emb.weight[torch.as_tensor(users)].clone()
+        for row, (u, h) in enumerate(zip(users, history)):
+            if (user_vector == "history" or not model.trained_user[u]) and len(h):
+                vectors[row] = model.item_emb.weight[torch.as_tensor(h)].mean(0)
+        expected = vectors @ model.item_emb.weight.T + model.item_bias
+        assert torch.allclose(model.score(users, history), expected, atol=1e-5)

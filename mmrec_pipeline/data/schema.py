@@ -110,8 +110,10 @@ def validate(tables: SourceTables, source: str) -> SourceTables:
         raise DataError(f"{source}: {null_ids} interaction(s) lack a user_id or item_id")
 
     known = inter["item_id"].is_in(items["item_id"].implode())
-    tables.skip("interactions with an item not in the catalog", int((~known).sum()))
-    inter = inter.filter(known)
+    n_unknown = int((~known).sum())
+    tables.skip("interactions with an item not in the catalog", n_unknown)
+    if n_unknown:  # filtering copies every column: on 30M rows, only when something is dropped
+        inter = inter.filter(known)
     if inter.height == 0:
         raise DataError(f"{source}: no interactions left after dropping those with unknown items")
 
