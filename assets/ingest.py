@@ -7,9 +7,7 @@ import polars as pl
 from assets import DATASETS
 from assets.metadata import plain, table_preview
 from mmrec_pipeline.automation import OBSERVE_RAW
-from mmrec_pipeline.data.ingest import load_dataset
-from mmrec_pipeline.data.synthetic import DEFAULT_SEED
-from mmrec_pipeline.data.synthetic import generate as generate_sample
+from mmrec_pipeline.data.ingest import generate_source, load_dataset
 from mmrec_pipeline.registry import get_dataset, load_registry
 from mmrec_pipeline.versions import dataset_version
 
@@ -18,16 +16,14 @@ from mmrec_pipeline.versions import dataset_version
 def raw_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
     """The raw files of each dataset, versioned by a fingerprint of their paths, sizes and mtimes plus the dataset's
     registry entry. A new version makes `ingest` and everything downstream refresh. Datasets whose files are absent
-    get no version (and so are never ingested automatically). The `sample` store is generated here if missing: it
-    stands in for an upstream system."""
+    get no version (and so are never ingested automatically). Generated sources (`sample`, `hm-synthetic`) are
+    written here if missing: they stand in for an upstream system."""
     specs = load_registry()
     names = [context.partition_key] if context.has_partition_key else list(specs)
     versions = {}
     for name in names:
         spec = specs[name]
-        if spec.source == "sample":
-            version = int(spec.options.get("version", 1))
-            generate_sample(spec.data_dir() / f"v{version}", version, int(spec.options.get("seed", DEFAULT_SEED)))
+        generate_source(spec)
         version = dataset_version(spec)
         if version is None:
             context.log.info(f"{name}: raw files absent at {spec.data_dir()}")

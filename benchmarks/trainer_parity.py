@@ -41,20 +41,19 @@ def sample(with_features: bool):
     from mmrec_pipeline.data.schema import validate
     from mmrec_pipeline.data.splits import make_split
     from mmrec_pipeline.data.synthetic import read
-    from mmrec_pipeline.features.cache import default_cache_root
     from mmrec_pipeline.features.image import image_embeddings
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import raw_review_vectors
     from mmrec_pipeline.features.text import text_embeddings
     from mmrec_pipeline.models.base import ItemFeatures
-    from mmrec_pipeline.registry import lake_root
+    from mmrec_pipeline.storage import Lake
 
-    tables = validate(read(lake_root() / "sample" / "raw", {"version": 1, "seed": 7}), "sample")
+    tables = validate(read(Lake().sample_raw("sample"), {"version": 1, "seed": 7}), "sample")
     split = make_split(user_core(tables.interactions, 5), "temporal")
     data = RecDataset.from_tables("sample", split, tables.items)
     if not with_features:
         return data, ItemFeatures()
-    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), default_cache_root()
+    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), Lake().feature_cache()
     image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
     text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
     raw, _ = raw_review_vectors(tables.items, split, sources, compute, cache, max_reviews=20)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_database, instance_yaml, postgres_url
-from mmrec_pipeline.registry import RegistryError, load_registry
+from mmrec_pipeline.registry import GENERATED_SOURCES, RegistryError, load_registry
 from mmrec_pipeline.storage import Lake
 
 
@@ -149,7 +149,7 @@ def datasets() -> int:
     lake = Lake()
     print(f"{'dataset':<22} {'source':<9} {'split':<9} {'data':<8} {'materialized':<13} path")
     for spec in load_registry().values():
-        present = spec.source == "sample" or spec.data_dir().exists()
+        present = spec.source in GENERATED_SOURCES or spec.data_dir().exists()
         folder = lake.dataset(spec.name)
         tables = sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
         print(f"{spec.name:<22} {spec.source:<9} {spec.split:<9} {'present' if present else 'absent':<8} "

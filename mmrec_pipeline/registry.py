@@ -18,7 +18,8 @@ import yaml
 from mmrec_pipeline.storage import Lake
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SOURCE_KINDS = ("sample", "hm", "amazon", "recbole", "sequence")
+SOURCE_KINDS = ("sample", "hm", "hm-synthetic", "amazon", "recbole", "sequence")
+GENERATED_SOURCES = ("sample", "hm-synthetic")  # written into the lake by the pipeline itself
 SPLIT_KINDS = ("temporal", "loo", "recbole")
 # Names become folders in the lake, DuckDB schemas and Dagster partition keys: keep them plain.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -42,7 +43,7 @@ def data_root() -> Path:
 class DatasetSpec:
     name: str
     source: str
-    path: str | None = None  # relative to $MMREC_DATA (or absolute); None for the generated sample
+    path: str | None = None  # relative to $MMREC_DATA (or absolute); None for a generated source
     split: str = "temporal"
     min_user_interactions: int = 5
     repeats_relevant: bool = False
@@ -131,4 +132,4 @@ def get_dataset(name: str) -> DatasetSpec:
 
 def available_datasets() -> list[str]:
     """Registry entries whose raw files are present (the generated sample always is)."""
-    return [s.name for s in load_registry().values() if s.source == "sample" or s.data_dir().exists()]
+    return [s.name for s in load_registry().values() if s.source in GENERATED_SOURCES or s.data_dir().exists()]

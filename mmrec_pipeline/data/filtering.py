@@ -14,6 +14,8 @@ def user_core(interactions: pl.DataFrame, min_user_interactions: int, source: st
     """
     counts = interactions.group_by("user_id").len()
     keep = counts.filter(pl.col("len") >= min_user_interactions).select("user_id")
+    if keep.height == counts.height:  # nobody to drop: the join would only copy every row
+        return interactions
     out = interactions.join(keep, on="user_id", how="semi", maintain_order="left")
     if out.height == 0:
         raise DataError(

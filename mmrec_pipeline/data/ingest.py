@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from mmrec_pipeline.data.schema import DataError, SourceTables, validate
 from mmrec_pipeline.data.sources import reader
-from mmrec_pipeline.registry import DatasetSpec
+from mmrec_pipeline.registry import GENERATED_SOURCES, DatasetSpec
 
 
 def load_dataset(spec: DatasetSpec) -> SourceTables:
     """Canonical `items`, `users`, `interactions` for `spec`; a missing folder fails with how to get it."""
     path = spec.data_dir()
-    if spec.source != "sample" and not path.exists():
+    if spec.source not in GENERATED_SOURCES and not path.exists():
         raise DataError(f"dataset '{spec.name}': expected its {spec.source} files in {path}, which does not exist. "
                         f"{spec.obtain or 'Put the files there or change its path in datasets.yaml.'} "
                         "(Set MMREC_DATA to the folder that holds your datasets.)")
@@ -19,3 +19,18 @@ def load_dataset(spec: DatasetSpec) -> SourceTables:
     except DataError as e:
         raise DataError(f"dataset '{spec.name}': {e}") from e
     return validate(tables, f"dataset '{spec.name}' ({path})")
+
+
+def generate_source(spec: DatasetSpec) -> None:
+    """Write a generated dataset's raw files into the lake if they are not there yet (no-op for real data)."""
+    if spec.source == "sample":
+        from mmrec_pipeline.data import synthetic
+
+        version = int(spec.options.get("version", 1))
+        synthetic.generate(spec.data_dir() / f"v{version}", version, int(spec.options.get("seed",
+                                                                                          synthetic.DEFAULT_SEED)))
+    elif spec.source == "hm-synthetic":
+        from mmrec_pipeline.data import hm_synthetic
+
+        scale, seed = hm_synthetic.parse_options(spec.options)
+        hm_synthetic.generate(hm_synthetic.folder(spec.data_dir(), scale, seed), scale, seed)

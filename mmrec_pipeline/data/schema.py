@@ -110,8 +110,10 @@ def validate(tables: SourceTables, source: str) -> SourceTables:
         raise DataError(f"{source}: {null_ids} interaction(s) lack a user_id or item_id")
 
     known = inter["item_id"].is_in(items["item_id"].implode())
-    tables.skip("interactions with an item not in the catalog", int((~known).sum()))
-    inter = inter.filter(known)
+    n_unknown = int((~known).sum())
+    tables.skip("interactions with an item not in the catalog", n_unknown)
+    if n_unknown:  # filtering copies every column: on 30M rows, only when something is dropped
+        inter = inter.filter(known)
     if inter.height == 0:
         raise DataError(f"{source}: no interactions left after dropping those with unknown items")
 
@@ -119,7 +121,9 @@ def validate(tables: SourceTables, source: str) -> SourceTables:
     extra = inter.select("user_id").unique().join(users.select("user_id"), on="user_id", how="anti")
     if extra.height:
         users = pl.concat([users, extra.with_columns(pl.lit(None, dtype=pl.Utf8).alias("attributes"))])
-    inter = inter.sort(["user_id", "ts"], maintain_order=True)
+    # Sorted by an integer rank of user_id (same order as the text, which a 30M-row multi-column sort would
+    # row-encode at ~80 bytes a row); stable, so equal (user, ts) rows keep file order.
+    inter = inter.sort(pl.col("user_id").rank("dense"), "ts", maintain_order=True)
     return SourceTables(items, users, inter, dict(tables.skipped))
 
 

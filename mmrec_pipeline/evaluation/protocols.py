@@ -11,6 +11,9 @@ Every model goes through `evaluate_model`. Protocols, as written in the `protoco
   A model that gives every unseen item the same score cannot rank them: its rows are NaN, never a silent 0
   (`COLD_UNSCORABLE` says why).
 - `<split>+sampled:N`: N random negatives per relevant item; exists only to show how sampling inflates numbers.
+- `<split>+users:N` (and `+users:N+cold`, `+users:N+sampled:M`): the same ranking for a seeded sample of N of the
+  stage's users, when ranking everyone is too slow (`evaluate_model(max_users=N)`, e.g. full-size H&M);
+  the others are accounted as `users_dropped:not_sampled`.
 
 Accounting rows (k null) under each protocol: `users_total` (test-stage users) = `users_evaluated` + the
 `users_dropped:<reason>` rows (`no_history`, `all_repeats`, and under `+cold` `no_cold_item`).
@@ -74,24 +77,50 @@ def scores_cold_items(model, inputs: EvalInputs, unseen: np.ndarray, n_users: in
     return bool((scores != scores[:, :1]).any())
 
 
+def sample_users(inputs: EvalInputs, max_users: int | None, seed: int = 0) -> tuple[np.ndarray | None, str]:
+    """A seeded sample of `max_users` of the users `inputs` evaluates (for user bases where ranking everyone is
+    too slow), and the protocol suffix that states it: `+users:N`; (None, "") when everyone fits."""
+    if max_users is None or len(inputs.users) <= max_users:
+        return None, ""
+    keep = np.random.default_rng(seed).choice(len(inputs.users), max_users, replace=False)
+    return np.sort(inputs.users[keep]), f"+users:{max_users}"
+
+
+def restrict_users(inputs: EvalInputs, users: np.ndarray | None) -> EvalInputs:
+    """`inputs` for the users in `users` only (all when None); the others count as `users_dropped:not_sampled`."""
+    if users is None:
+        return inputs
+    keep = np.flatnonzero(np.isin(inputs.users, users))
+    return dataclasses.replace(
+        inputs, users=inputs.users[keep], history=[inputs.history[i] for i in keep],
+        relevant=[inputs.relevant[i] for i in keep],
+        candidates=None if inputs.candidates is None else [inputs.candidates[i] for i in keep],
+        mask=None if inputs.mask is None else [inputs.mask[i] for i in keep],
+        dropped={**inputs.dropped, "not_sampled": len(inputs.users) - len(keep)})
+
+
 def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "default",
                    item_vectors: np.ndarray | None = None, sampled: int | None = SAMPLED_NEGATIVES,
-                   stage: str = "test", batch_size: int = 256, cold: bool = True) -> tuple[pl.DataFrame, EvalResult]:
+                   stage: str = "test", batch_size: int = 256, cold: bool = True,
+                   max_users: int | None = None) -> tuple[pl.DataFrame, EvalResult]:
     """Metric rows for one trained model; also returns the full-ranking `EvalResult` (per-user values for CIs
-    and paired tests, plots, tests)."""
+    and paired tests, plots, tests). `max_users`: rank a seeded sample of that many users (protocol
+    `<split>+users:N`, see `sample_users`) instead of every user of the stage."""
     inputs = data.eval_inputs(stage)
+    chosen, users_suffix = sample_users(inputs, max_users)
+    inputs, protocol = restrict_users(inputs, chosen), f"{data.protocol}{users_suffix}"
     if data.protocol == "recbole":
         inputs.exclude_history = not is_sequential(model)
     extra = diversity_inputs(data, item_vectors)
     full = evaluate(model.score, inputs, ks=KS, batch_size=batch_size, **extra)
-    rows = [{"protocol": data.protocol, **r} for r in full.rows]
-    rows += accounting_rows(inputs, data.protocol)
+    rows = [{"protocol": protocol, **r} for r in full.rows]
+    rows += accounting_rows(inputs, protocol)
     if cold and stage == "test":  # the cold-start protocol reports test numbers; tuning on valid skips it
-        rows += cold_rows(model, data, stage, batch_size)
+        rows += cold_rows(model, data, stage, batch_size, chosen, users_suffix)
     if sampled:
         cand = dataclasses.replace(inputs, candidates=sampled_candidates(inputs, sampled, seed=0))
         samp = evaluate(model.score, cand, ks=KS, batch_size=batch_size)
-        rows += [{"protocol": f"{data.protocol}+sampled:{sampled}", **r} for r in samp.rows
+        rows += [{"protocol": f"{protocol}+sampled:{sampled}", **r} for r in samp.rows
                  if r["metric"] in ("hr", "ndcg", "mrr")]
     if stage != "test":
         rows = [{**r, "protocol": f"{r['protocol']}@{stage}"} for r in rows]
@@ -99,10 +128,12 @@ def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "def
     return table, full
 
 
-def cold_rows(model, data: RecDataset, stage: str = "test", batch_size: int = 256) -> list[dict]:
-    """The cold-start protocol's rows: accuracy metrics when the model can rank unseen items, else NaN."""
-    protocol = f"{data.protocol}+cold"
-    inputs = data.eval_inputs(stage, cold=True)
+def cold_rows(model, data: RecDataset, stage: str = "test", batch_size: int = 256,
+              users: np.ndarray | None = None, users_suffix: str = "") -> list[dict]:
+    """The cold-start protocol's rows: accuracy metrics when the model can rank unseen items, else NaN.
+    `users`/`users_suffix`: the main protocol's user sample (`sample_users`), if any."""
+    protocol = f"{data.protocol}{users_suffix}+cold"
+    inputs = restrict_users(data.eval_inputs(stage, cold=True), users)
     accounting = accounting_rows(inputs, protocol)
     if len(inputs.users) == 0:
         return accounting

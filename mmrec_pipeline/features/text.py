@@ -78,14 +78,21 @@ def sbert_vectors(long: pl.DataFrame, sources: ModelSources, compute: Compute, c
 
     def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:
         texts = chunk["text"].to_list()
-        unique = list(dict.fromkeys(texts))  # generated captions repeat a lot: encode each text once
+        unique = list(dict.fromkeys(texts))  # encode each distinct text of the chunk once
         vecs = model().encode(unique, batch_size=compute.batch_size, normalize_embeddings=True,
                               convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
         index = {t: i for i, t in enumerate(unique)}
         return pl.DataFrame({"vector": pl.Series([vecs[index[t]] for t in texts], dtype=VECTOR)})
 
-    return compute_incremental(long, _text_key, compute_fn, cache, chunk_size=max(512, compute.batch_size * 8),
-                               max_items_per_run=max_items_per_run, log=log, what="text embeddings (sbert)")
+    # Work in order of text length, then text: batches hold texts of similar length (little padding), and equal
+    # texts (a title that is the whole text, colour variants sharing a name and description, empty fields) land
+    # in the same chunk, where they are encoded once. The rows go back to the caller's order afterwards.
+    ordered = long.with_row_index("_pos").sort(pl.col("text").str.len_chars(), "text", nulls_last=True)
+    rows, stats = compute_incremental(ordered, _text_key, compute_fn, cache,
+                                      chunk_size=max(512, compute.batch_size * 8), max_items_per_run=max_items_per_run,
+                                      log=log, what="text embeddings (sbert)")
+    rows = rows.with_columns(ordered["_pos"]).sort("_pos").drop("_pos")
+    return rows, stats
 
 
 # ------------------------------------------------------------------------------------------------------

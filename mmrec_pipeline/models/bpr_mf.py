@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -101,11 +102,17 @@ class BPRMF(Recommender):
     @torch.no_grad()
     def score(self, users, history) -> torch.Tensor:
         items, bias = self.item_table()
-        u = self.user_emb.weight[torch.as_tensor(users, dtype=torch.long)].clone()
-        fold_in = self.config.user_vector == "history"
-        for row, (user, h) in enumerate(zip(users, history)):
-            if (fold_in or not self.trained_user[user]) and len(h):
-                u[row] = items[torch.tensor(h, dtype=torch.long)].mean(0)
+        users = torch.as_tensor(users, dtype=torch.long)
+        u = self.user_emb.weight[users].clone()
+        lengths = torch.as_tensor([len(h) for h in history], dtype=torch.long)
+        fold = lengths > 0
+        if self.config.user_vector != "history":
+            fold &= ~self.trained_user[users]
+        if bool(fold.any()):  # the mean item vector of the history, for all users of the batch at once
+            flat = torch.as_tensor(np.concatenate(history), dtype=torch.long)
+            rows = torch.repeat_interleave(torch.arange(len(history)), lengths)
+            sums = torch.zeros(len(history), items.shape[1], dtype=items.dtype).index_add_(0, rows, items[flat])
+            u[fold] = sums[fold] / lengths[fold, None].to(items.dtype)
         return u @ items.T + bias.detach()
 
     def state_dict(self):

@@ -1,6 +1,8 @@
 """EASE (Steck 2019): a closed-form item-item linear autoencoder.
 B = I − P·diag(1/diag(P)) with P = (XᵀX + λI)⁻¹ and diag(B) = 0; scores = x_u B.
-Only items seen in training enter the inversion (others score 0), so memory is (train items)²."""
+Only items seen in training enter the inversion (others score 0), so memory is (train items)²: a catalog of more
+than `max_items` trained items is refused with a message (105k H&M articles would need a 44 GB Gram matrix).
+The Gram matrix XᵀX is built from the sparse users × items matrix, never from a dense copy of it."""
 
 from __future__ import annotations
 
@@ -33,10 +35,13 @@ class EASE(Recommender):
         x = data.train_matrix()
         active = np.flatnonzero(np.asarray(x.sum(axis=0)).ravel() > 0)
         if len(active) > self.config.max_items:
-            raise ValueError(f"EASE would invert a {len(active)}×{len(active)} matrix (more than max_items="
-                             f"{self.config.max_items}); raise ease.max_items for this dataset if memory allows")
-        xa = torch.from_numpy(x[:, active].toarray()).double()
-        g = xa.T @ xa + self.config.l2 * torch.eye(len(active), dtype=torch.float64)
+            gb = len(active) ** 2 * 8 / 2**30
+            raise ValueError(f"EASE would invert a {len(active)}×{len(active)} matrix ({gb:.0f} GB in float64), more "
+                             f"than max_items={self.config.max_items}; raise ease.max_items for this dataset in "
+                             "datasets.yaml (models: {ease: {max_items: N}}) if memory allows, or leave EASE out")
+        xa = x[:, active].astype(np.float64)
+        g = torch.from_numpy((xa.T @ xa).toarray())  # sparse product: no dense users × items copy
+        g.diagonal().add_(self.config.l2)
         p = torch.linalg.inv(g)
         b = -p / torch.diag(p)
         b.fill_diagonal_(0.0)

@@ -17,7 +17,7 @@ from mmrec_pipeline.models.base import Recommender, history_matrix
 class ItemKNNConfig:
     neighbours: int = 100
     shrink: float = 10.0
-    chunk: int = 2048  # items per block when computing similarities (bounds memory)
+    chunk: int = 1024  # items per block when computing similarities: memory ~ 2 x chunk x n_items float32
 
 
 # The grid the runner tunes on validation (models/runner.py).
@@ -32,15 +32,15 @@ class ItemKNN(Recommender):
     def fit(self, data, features, compute, log=None) -> dict:
         start = time.perf_counter()
         x = data.train_matrix().tocsc().astype(np.float32)
-        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel())
+        norms = torch.from_numpy(np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32))
         xt = x.T.tocsr()
         k = min(self.config.neighbours, data.n_items - 1)
         idx = np.zeros((data.n_items, k), dtype=np.int64)
         val = np.zeros((data.n_items, k), dtype=np.float32)
         for lo in range(0, data.n_items, self.config.chunk):
             hi = min(lo + self.config.chunk, data.n_items)
-            co = torch.from_numpy((xt[lo:hi] @ x).toarray())  # co-occurrence counts [chunk, n_items]
-            sim = co / (torch.from_numpy(np.outer(norms[lo:hi], norms)) + self.config.shrink + 1e-9)
+            sim = torch.from_numpy((xt[lo:hi] @ x).toarray())  # co-occurrence counts [chunk, n_items]
+            sim /= torch.outer(norms[lo:hi], norms).add_(self.config.shrink + 1e-9)  # float32, in place
             sim[torch.arange(hi - lo), torch.arange(lo, hi)] = 0.0  # an item is not its own neighbour
             top = torch.topk(sim, k, dim=1)
             idx[lo:hi], val[lo:hi] = top.indices.numpy(), top.values.numpy()

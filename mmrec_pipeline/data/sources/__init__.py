@@ -1,7 +1,7 @@
 """The file-format readers: `kind -> read(path, options) -> SourceTables` (raw; callers run `schema.validate`).
 
-`reader(kind)` is the lookup to use: it also knows the generated `sample` store, whose module is imported
-only when asked for, so reading a real dataset never depends on it.
+`reader(kind)` is the lookup to use: it also knows the generated `sample` store and `hm-synthetic` files, whose
+modules are imported only when asked for, so reading a real dataset never depends on them.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ READERS: dict[str, Reader] = {
     "amazon": amazon.read,
     "recbole": recbole.read,
     "sequence": sequence.read,
-    # "sample": mmrec_pipeline.data.synthetic.read  (imported on demand by `reader`)
+    # "sample", "hm-synthetic": the generators in LAZY_READERS (imported on demand by `reader`)
 }
-LAZY_READERS = {"sample": "mmrec_pipeline.data.synthetic"}
+LAZY_READERS = {"sample": "mmrec_pipeline.data.synthetic", "hm-synthetic": "mmrec_pipeline.data.hm_synthetic"}
 
 
 def reader(kind: str) -> Reader:

@@ -85,7 +85,7 @@ def read_transactions(file: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     if df["t_dat"].null_count():
         report_bad_dates(file, overrides)
     check_not_null(df, ["customer_id", "article_id"], file)  # a short row shows up as nulls here
-    df = df.rename({"customer_id": "user_id", "article_id": "item_id"})
+    df = df.drop("sales_channel_id", strict=False).rename({"customer_id": "user_id", "article_id": "item_id"})
     prices = df.group_by("item_id").agg(pl.col("price").mean())
     inter = df.select(
         "user_id", "item_id",
