@@ -157,12 +157,34 @@ def print_table(doc: dict) -> None:
         print(f"{'published ' + name:<48}{p['recall@10']:>11.4f}{p['ndcg@10']:>14.4f}")
 
 
+def markdown(doc: dict) -> str:
+    """The README table: each row with its configuration, test Recall@10 / NDCG@10 with 95% CIs, valid NDCG@10."""
+    lines = [("| row | configuration | valid NDCG@10 | test Recall@10 [95% CI] | test NDCG@10 [95% CI] | epochs (best) | "
+             "s/epoch wall, load |"), "|---|---|---|---|---|---|---|"]
+    for name, r in doc["rows"].items():
+        cfg = ", ".join(f"{k} {v}" for k, v in r["config"].items() if k not in ("search_space",))
+        chosen = ", ".join(f"{k} {v}" for k, v in r["chosen"].items())
+        cfg = "; ".join(x for x in (cfg, f"chosen: {chosen}" if chosen else "") if x)
+        (rl, rh), (nl, nh) = r["test_ci95"]["recall"], r["test_ci95"]["ndcg"]
+        epochs = f"{r['epochs']} ({r['best_epoch']}, {r['stopped_by']})" if r["epochs"] else "-"
+        spe = f"{r['s_per_epoch_wall']:.0f}, {r['load_average_start'][0]:.0f}" if r["s_per_epoch_wall"] else "-"
+        lines.append(f"| {name} | {cfg} | {r['valid']['ndcg']:.4f} | {r['test']['recall']:.4f} [{rl:.4f}, {rh:.4f}] | "
+                     f"{r['test']['ndcg']:.4f} [{nl:.4f}, {nh:.4f}] | {epochs} | {spe} |")
+    for name, p in doc["published"].items():
+        lines.append(f"| published: {name} | | | {p['recall@10']:.4f} | {p['ndcg@10']:.4f} | | |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="sasrec_ss256,ease,item_knn", help=f"comma-separated, from {list(rows())}")
     parser.add_argument("--time-budget", type=float, default=0.0, help="training seconds per sequential fit")
+    parser.add_argument("--markdown", action="store_true", help="print the README table from the results file")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see the README note)")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(RESULTS.read_text())))
+        return
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     log = logging.getLogger("amazon_toys")
