@@ -121,8 +121,8 @@ def run_row(row: str, data: RecDataset, time_budget: float, log: logging.Logger)
 
 @contextlib.contextmanager
 def locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    WORK.mkdir(parents=True, exist_ok=True)  # the lock lives in the ignored work folder, not beside results
+    with open(WORK / f"{path.stem}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
