@@ -1,6 +1,8 @@
 """SASRec (Kang & McAuley 2018): causal self-attention over the item sequence; the output at each position
 predicts the next item. Trained by default with softmax cross-entropy over the whole catalog, which
-Klenitskiy & Vasilev (2023) showed beats the original BCE with one sampled negative (kept as `loss="bce"`)."""
+Klenitskiy & Vasilev (2023) showed beats the original BCE with one sampled negative (kept as `loss="bce"`).
+Also: sampled softmax (`negatives` > 0, optional popularity sampling with logQ correction), gSASRec's gBCE
+(`loss="gbce"`) and LiGR-gated layers (`gated`), each a config field a dataset can set or tune."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ class SASRecConfig(SequentialConfig):
     n_heads: int = 2
     inner_size: int = 256  # feed-forward width
     dropout: float = 0.3
+    gated: bool = False  # LiGR-style gated residuals (the "e" of eSASRec's layers; see sequential.Block)
 
 
 # The grid the runner tunes on validation (models/runner.py); two points, as each is a full training run.
@@ -32,4 +35,4 @@ class SASRec(SequentialRecommender):
     def build_network(self):
         c = self.config
         return TransformerEncoder(self.n_tokens(), self.pad, c.max_len, c.hidden_size, c.n_layers, c.n_heads,
-                                  c.inner_size, c.dropout, causal=True)
+                                  c.inner_size, c.dropout, causal=True, gated=c.gated)

@@ -49,8 +49,13 @@ class SequentialConfig:
     max_len: int = 50  # most recent items a model reads
     hidden_size: int = 64
     dropout: float = 0.2
-    loss: str = "ce"  # ce: softmax cross-entropy over the catalog | bce: one sampled negative per target
-    negatives: int = 0  # ce only: 0 = full catalog; N > 0 = sampled softmax over N shared uniform negatives
+    # ce: softmax cross-entropy (full catalog, or sampled softmax with `negatives` > 0) | bce: one sampled
+    # negative per target (Kang & McAuley) | gbce: gSASRec's generalised BCE over `negatives` negatives
+    loss: str = "ce"
+    negatives: int = 0  # ce: 0 = full catalog, N > 0 = sampled softmax; gbce: N > 0 required
+    sampling: str = "uniform"  # negatives (shared by a batch) drawn uniformly | by training popularity
+    logq: bool = False  # sampled softmax: subtract log(expected count) from each logit (matters for popularity)
+    gbce_t: float = 0.75  # gbce calibration t in [0, 1] (Petrov & Macdonald 2023; 0 = plain BCE)
     epochs: int = 100  # upper bound; early stopping usually ends sooner
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
@@ -61,26 +66,87 @@ class SequentialConfig:
     seed: int = 0
 
 
+def target_and_negative_logits(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg: torch.Tensor,
+                                bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of each target [T] and of the negatives shared by the batch [T, N] (output bias added if any)."""
+    pos, negs = (h * w[t]).sum(-1), h @ w[neg].T
+    if bias is not None:
+        pos, negs = pos + bias[t], negs + bias[neg][None, :]
+    return pos, negs
+
+
+def full_softmax_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """Softmax cross-entropy of each target against the whole catalog. h [T, d], t [T], w [items, d]."""
+    logits = h @ w.T + (bias if bias is not None else 0.0)
+    return F.cross_entropy(logits.float(), t)
+
+
+def sampled_softmax_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg: torch.Tensor,
+                         bias: torch.Tensor | None = None, log_q: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax cross-entropy of each target against itself and the N negatives `neg` shared by the batch;
+    a negative equal to the target is left out. `log_q` [items]: log of each item's expected count in the
+    sample, subtracted from every logit (logQ correction, Bengio & Senécal 2008), so that popularity-sampled
+    negatives estimate the full softmax; with uniform sampling it is a constant and changes nothing."""
+    pos, negs = target_and_negative_logits(h, t, w, neg, bias)
+    if log_q is not None:
+        pos, negs = pos - log_q[t], negs - log_q[neg][None, :]
+    logits = torch.cat([pos[:, None], negs], dim=1).float()
+    logits[:, 1:][neg[None, :] == t[:, None]] = -torch.inf
+    return F.cross_entropy(logits, torch.zeros_like(t))
+
+
+def gbce_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg: torch.Tensor, calibration: float,
+              n_items: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """gSASRec's generalised binary cross-entropy (Petrov & Macdonald 2023): the positive's probability is
+    raised to the power beta = alpha (t (1 - 1/alpha) + 1/alpha) = 1 - t (1 - alpha), with alpha = N / (n_items
+    - 1) the sampling rate; this undoes the overconfidence that N sampled negatives induce. t = `calibration`
+    (0 = plain BCE, 1 = beta = alpha).
+    Per target: (beta softplus(-s+) + sum_j softplus(s_j)) / (N + 1), the mean over its N + 1 logits as in
+    the authors' code; a negative equal to the target is left out. Averaged over targets."""
+    alpha = len(neg) / max(n_items - 1, 1)
+    beta = 1 - calibration * (1 - alpha)
+    pos, negs = target_and_negative_logits(h, t, w, neg, bias)
+    neg_terms = F.softplus(negs.float()).masked_fill(neg[None, :] == t[:, None], 0.0)
+    per_target = beta * F.softplus(-pos.float()) + neg_terms.sum(1)
+    return (per_target / (len(neg) + 1)).mean()
+
+
+def bce_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg: torch.Tensor,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Kang & McAuley's BCE: each target against one negative of its own (`neg` [T])."""
+    pos_logit, neg_logit = (h * w[t]).sum(-1), (h * w[neg]).sum(-1)
+    if bias is not None:
+        pos_logit, neg_logit = pos_logit + bias[t], neg_logit + bias[neg]
+    return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
+
+
 class Block(nn.Module):
     """Pre-LayerNorm transformer block (trains without learning-rate warm-up).
 
     Dropout only on the two residual branches (and the input embeddings): drawing dropout masks for the
     attention matrix and the wide feed-forward layer took ~30% of a CPU training step when profiled."""
 
-    def __init__(self, d: int, heads: int, inner: int, dropout: float):
+    def __init__(self, d: int, heads: int, inner: int, dropout: float, gated: bool = False):
         super().__init__()
         self.heads = heads
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.ff = nn.Sequential(nn.Linear(d, inner), nn.GELU(), nn.Linear(inner, d))
         self.drop = nn.Dropout(dropout)
+        # LiGR (Gu et al. 2025, used by eSASRec): each residual branch is scaled by sigmoid(W x) of the
+        # block's input, so a layer can learn to pass its input through unchanged
+        self.gates = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, d)]) if gated else None
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, n, d)))
-        return x + self.drop(self.ff(self.ln2(x)))
+        x = x + self.gate(0, x) * self.drop(self.out(a.transpose(1, 2).reshape(b, n, d)))
+        return x + self.gate(1, x) * self.drop(self.ff(self.ln2(x)))
+
+    def gate(self, i: int, x: torch.Tensor) -> torch.Tensor | float:
+        return 1.0 if self.gates is None else torch.sigmoid(self.gates[i](x))
 
 
 class TransformerEncoder(nn.Module):
@@ -90,14 +156,14 @@ class TransformerEncoder(nn.Module):
     max_len - 1 (as in Kang & McAuley) even when a batch was trimmed."""
 
     def __init__(self, n_tokens: int, pad: int, max_len: int, d: int, layers: int, heads: int, inner: int,
-                 dropout: float, causal: bool):
+                 dropout: float, causal: bool, gated: bool = False):
         super().__init__()
         if d % heads:
             raise ValueError(f"hidden_size {d} must be divisible by n_heads {heads}")
         self.pad, self.max_len, self.causal = pad, max_len, causal
         self.item_emb = nn.Embedding(n_tokens, d, padding_idx=pad)
         self.pos_emb = nn.Embedding(max_len, d)
-        self.blocks = nn.ModuleList(Block(d, heads, inner, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(d, heads, inner, dropout, gated) for _ in range(layers))
         self.ln, self.drop = nn.LayerNorm(d), nn.Dropout(dropout)
         for p in (self.item_emb.weight, self.pos_emb.weight):
             nn.init.normal_(p, std=0.02)
@@ -168,31 +234,45 @@ class SequentialRecommender(Recommender):
     def output_bias(self) -> torch.Tensor | None:
         return getattr(self.net, "out_bias", None)
 
+    def negative_distribution(self, data) -> torch.Tensor | None:
+        """Sampling probabilities of the items as negatives: None = uniform; `sampling="popularity"`: training
+        counts (add-one smoothed, so every item can be drawn)."""
+        if self.config.sampling == "uniform":
+            return None
+        if self.config.sampling != "popularity":
+            raise ValueError(f"{self.name}: sampling must be 'uniform' or 'popularity', got '{self.config.sampling}'")
+        counts = torch.as_tensor(data.train_counts(), dtype=torch.float64) + 1.0
+        return (counts / counts.sum()).float()
+
     def loss(self, hidden: torch.Tensor, targets: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Next-item loss at the positions with a target. Logits are computed only there, so the cost is
-        (#targets × catalog), never (batch × length × catalog)."""
+        """Next-item loss at the positions with a target (see the loss functions below). Logits are computed
+        only there, so the cost is (#targets × catalog or negatives), never (batch × length × catalog)."""
         cfg = self.config
         keep = targets != IGNORE
         h, t = hidden[keep], targets[keep]
         w, bias = self.item_weights(), self.output_bias()
         if cfg.loss == "bce":  # Kang & McAuley: one uniformly sampled negative per positive
             neg = torch.randint(0, self.n_items, t.shape, generator=gen).to(t.device)
-            pos_logit, neg_logit = (h * w[t]).sum(-1), (h * w[neg]).sum(-1)
-            if bias is not None:
-                pos_logit, neg_logit = pos_logit + bias[t], neg_logit + bias[neg]
-            return F.softplus(-pos_logit).mean() + F.softplus(neg_logit).mean()
-        if cfg.loss != "ce":
-            raise ValueError(f"{self.name}: loss must be 'ce' or 'bce', got '{cfg.loss}'")
-        if cfg.negatives <= 0:  # full-catalog softmax (Klenitskiy & Vasilev 2023)
-            logits = h @ w.T + (bias if bias is not None else 0.0)
-            return F.cross_entropy(logits.float(), t)
-        # Sampled softmax for very large catalogs: the target against N shared uniform negatives.
-        neg = torch.randint(0, self.n_items, (cfg.negatives,), generator=gen).to(t.device)
-        logits = torch.cat([(h * w[t]).sum(-1, keepdim=True), h @ w[neg].T], dim=1)
-        if bias is not None:
-            logits = logits + torch.cat([bias[t][:, None], bias[neg][None, :].expand(len(t), -1)], dim=1)
-        logits[:, 1:][neg[None, :] == t[:, None]] = -torch.inf  # a negative equal to the target is no negative
-        return F.cross_entropy(logits.float(), torch.zeros_like(t))
+            return bce_loss(h, t, w, neg, bias)
+        if cfg.loss not in ("ce", "gbce"):
+            raise ValueError(f"{self.name}: loss must be 'ce', 'bce' or 'gbce', got '{cfg.loss}'")
+        if cfg.loss == "ce" and cfg.negatives <= 0:  # full-catalog softmax (Klenitskiy & Vasilev 2023)
+            return full_softmax_loss(h, t, w, bias)
+        if cfg.negatives <= 0:
+            raise ValueError(f"{self.name}: loss 'gbce' needs negatives > 0")
+        probs = getattr(self, "negative_probs", None)
+        if probs is None:
+            neg = torch.randint(0, self.n_items, (cfg.negatives,), generator=gen)
+        else:
+            neg = torch.multinomial(probs, cfg.negatives, replacement=True, generator=gen)
+        neg = neg.to(t.device)
+        if cfg.loss == "gbce":
+            return gbce_loss(h, t, w, neg, cfg.gbce_t, self.n_items, bias)
+        log_q = None
+        if cfg.logq:  # log of each item's expected count among the negatives
+            q = torch.full((self.n_items,), 1.0 / self.n_items) if probs is None else probs
+            log_q = torch.log(q * cfg.negatives).to(t.device)
+        return sampled_softmax_loss(h, t, w, neg, bias, log_q)
 
     # --- training: the trainer's batches and loss ----------------------------------------------------
 
@@ -212,6 +292,7 @@ class SequentialRecommender(Recommender):
         seed_everything(self.config.seed)
         self.n_items, self.compute = data.n_items, compute
         self.net = self.build_network().to(compute.torch_device)
+        self.negative_probs = self.negative_distribution(data)
         self._windows, self._skip = map(torch.from_numpy, self.training_windows(data.sequences("train")))
         if len(self._windows) == 0:
             raise ValueError(f"{self.name}: no user has two or more training interactions to learn from")

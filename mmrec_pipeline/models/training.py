@@ -131,7 +131,7 @@ class Trainer:
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
         gen = torch.Generator().manual_seed(s.seed)  # shuffling, masking, negatives: on the CPU, so runs repeat
         stopper, curve, sched = EarlyStopping(s.patience), [], None
-        start, train_seconds, items_done = time.perf_counter(), 0.0, 0
+        start, train_seconds, items_done, stopped_by = time.perf_counter(), 0.0, 0, "epochs"
         train_state = getattr(model, "train_state", model.state_dict)
         for epoch in range(1, s.epochs + 1):
             batches = model.train_batches(gen)
@@ -161,12 +161,13 @@ class Trainer:
             self._log_epoch(row, metric, stopper, items_done / max(train_seconds, 1e-9),
                             (time.perf_counter() - start) / epoch * (s.epochs - epoch))
             if stop or out_of_time:
+                stopped_by = "patience" if stop else "time_budget"
                 break
         if stopper.best_state is not None:
             getattr(model, "load_train_state", model.load_state_dict)(stopper.best_state)
         best = float(stopper.best) if np.isfinite(stopper.best) else float("nan")  # nan: nothing validated
         return {"seconds": time.perf_counter() - start, "epochs": len(curve), "best_epoch": stopper.best_epoch,
-                "curve": curve, f"best_{metric}": best, "train_seconds": train_seconds,
+                "stopped_by": stopped_by, "curve": curve, f"best_{metric}": best, "train_seconds": train_seconds,
                 f"{self.unit}_per_second": items_done / max(train_seconds, 1e-9),
                 "trainable_parameters": sum(p.numel() for p in params), "device": str(self.compute.torch_device)}
 
