@@ -245,6 +245,7 @@ def test_each_model_that_ran_adds_its_own_report_section(monkeypatch, tmp_path):
 
     import assets.evaluation as ev
     from mmrec_pipeline.evaluation.report import Section
+    from mmrec_pipeline.storage import Lake
 
     class Toy:
         @classmethod
@@ -260,5 +261,5 @@ def test_each_model_that_ran_adds_its_own_report_section(monkeypatch, tmp_path):
     metrics = pl.concat([evaluate_model(TableModel([6, 5, 4, 3, 2, 1]), data, m, "default", sampled=None)[0]
                          for m in ("toy", "silent")])
     spec = types.SimpleNamespace(name="tiny", split="temporal", repeats_relevant=False)
-    sections = ev.model_sections(spec, metrics, split, items)
+    sections = ev.model_sections(spec, metrics, split, items, Lake(str(tmp_path)))
     assert [s.title for s in sections] == ["toy: its own table"] and sections[0].note == "6 items"

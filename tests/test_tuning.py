@@ -115,7 +115,7 @@ def test_unknown_override_names_the_runner_keys(sample_dataset, tmp_path):
 def test_dataset_variants_key_trains_only_the_named_variants(sample_dataset, tmp_path):
     from mmrec_pipeline.models.popularity import Popularity
 
-    runs, skipped = train_variants("popularity", Popularity, CLASSIC["popularity"][1], sample_dataset,
+    runs, skipped = train_variants("popularity", Popularity, Popularity.variants, sample_dataset,
                                    ItemFeatures(), Compute(device="cpu"), tmp_path, {"variants": ["global"]})
     assert [r.variant for r in runs] == ["global"] and "not in this dataset's `variants`" in skipped["recent"]
 
