@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_database, instance_yaml, postgres_url
@@ -34,7 +35,9 @@ def instance_home() -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(instance_yaml(env))
+        import torch
+
+        config.write_text(instance_yaml(env, cuda=torch.cuda.is_available()))
     if env in POSTGRES_ENVS:
         if "postgres" not in config.read_text():
             raise InstanceError(f"{config} is an SQLite instance but MMREC_ENV={env} stores the instance in "
@@ -65,6 +68,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     # SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does: Dagster raises in the running step, records
     # the step and the run as failed, and atomic writes leave every table as it was.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    start = time.perf_counter()
     try:
         with contextlib.nullcontext() if verbose else brief_failures():
             outcome = materialize_dataset(dataset, select, tags=process_tags())
@@ -82,8 +86,9 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     lake = Lake()
     refresh_catalog_or_warn(lake)
     if outcome.steps:
-        print(f"\ntime per step (CPU s: this process, every thread; on a shared machine wall s grows with the load)\n"
-              f"{timing_table(outcome.steps)}")
+        print(f"\ntime per step (wall s from the run's events, steps side by side overlap; CPU s where a step ran in "
+              f"this process)\n"
+              f"{timing_table(outcome.steps)}\nwhole run: {time.perf_counter() - start:.1f} s wall")
     print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {run_id})")
     catalog = f"   (DuckDB views: {lake.root / 'lake.duckdb'})" if lake.local else ""
     print(f"tables:  {lake.dataset(dataset)}/*.parquet{catalog}")

@@ -19,17 +19,20 @@ POSTGRES_ENVS = ("deploy", "k8s")
 class InstanceError(RuntimeError):
     """The Dagster instance cannot be set up (server unreachable, wrong kind of instance in DAGSTER_HOME)."""
 
-# GPU-heavy assets run in pool `gpu`; only they use a pool, so the default limit is the GPU's.
+# GPU-heavy assets run in pool `gpu`; only they use a pool, so the default limit is the GPU's: one step at a time.
+# A local instance on a machine without CUDA has no GPU to share: its limit is the local executor's concurrency
+# (resources.CONCURRENT_STEPS), so captions, summaries and the VQ tokenizer run side by side on the two cores.
 # Run monitoring lets the daemon (`make ui`) mark runs whose worker died as failed; `mmrec run` does the
 # same for its own runs at start (fail_runs_of_dead_processes).
 _COMMON = """telemetry:
   enabled: false
 concurrency:
   pools:
-    default_limit: 1
+    default_limit: {pool_limit}
 run_monitoring:
   enabled: true
 """
+CPU_ONLY_POOL_LIMIT = 2
 
 # The URL is read from the environment by every process that opens the instance (launcher, workers, UI), so the
 # file holds no credentials.
@@ -44,9 +47,10 @@ def postgres_url() -> str:
     return os.environ.setdefault("MMREC_POSTGRES_URL", DEFAULT_POSTGRES_URL)
 
 
-def instance_yaml(env: str) -> str:
-    """The `dagster.yaml` of an environment's instance."""
-    return _COMMON + (_POSTGRES if env in POSTGRES_ENVS else "")
+def instance_yaml(env: str, cuda: bool = True) -> str:
+    """The `dagster.yaml` of an environment's instance (`cuda`: whether this machine has a GPU to share)."""
+    pool_limit = 1 if cuda or env in POSTGRES_ENVS else CPU_ONLY_POOL_LIMIT
+    return _COMMON.format(pool_limit=pool_limit) + (_POSTGRES if env in POSTGRES_ENVS else "")
 
 
 def ensure_database(url: str) -> bool:

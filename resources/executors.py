@@ -60,4 +60,7 @@ def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor.configured(k8s_executor_config())
-    return dg.multiprocess_executor.configured({"max_concurrent": concurrent_steps})
+    # forkserver: each step process forks from one that imported the code location (torch, transformers, Dagster)
+    # once, instead of a fresh interpreter importing it again for every step.
+    return dg.multiprocess_executor.configured({"max_concurrent": concurrent_steps, "start_method": {
+        "forkserver": {"preload_modules": ["mmrec_pipeline.definitions"]}}})

@@ -186,6 +186,12 @@ def test_deploy_instance_is_postgres_default_stays_sqlite(instance, pg_url, tmp_
     home = cli.instance_home()
     with dg.DagsterInstance.from_config(str(home)) as local:
         assert isinstance(local.run_storage, SqliteRunStorage)
+        # Without a GPU to share, its `gpu` pool is as wide as the local executor: heavy CPU steps run side by side.
+        import torch
+
+        from resources import CONCURRENT_STEPS
+        expected = 1 if torch.cuda.is_available() else CONCURRENT_STEPS
+        assert local.get_concurrency_config().pool_config.default_pool_limit == expected
 
     # `mmrec` under MMREC_ENV=deploy writes the PostgreSQL instance and creates its database.
     monkeypatch.setenv("MMREC_ENV", "deploy")
