@@ -10,6 +10,7 @@ from assets import DATASETS, GPU
 from assets.metadata import plain, table_preview
 from mmrec_pipeline.features.families import FEATURES, Feature, FeatureRun
 from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, PROFILES, train_or_load_vq_vae
+from mmrec_pipeline.lake import VALUE_COLUMNS, items_without_feature
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import read_parquet
 from resources.compute import ComputeResource
@@ -21,8 +22,8 @@ class FeatureRunConfig(dg.Config):
     max_items_per_run: int = 0  # 0 = no limit; otherwise the rest is left for the next run (the sensor resumes)
 
 
-def _result(table: pl.DataFrame, stats: dict) -> dg.Output[pl.DataFrame]:
-    """The table plus computed / reused / remaining / items_per_second per model, flattened for the UI."""
+def _metadata(table: pl.DataFrame, stats: dict) -> dict:
+    """Computed / reused / remaining / items_per_second per model, flattened for the UI, and a preview."""
     flat, per_model = {}, [v for v in stats.values() if isinstance(v, dict)]
     for key, value in stats.items():
         if isinstance(value, dict):
@@ -33,7 +34,23 @@ def _result(table: pl.DataFrame, stats: dict) -> dg.Output[pl.DataFrame]:
         for total in ("computed", "reused", "remaining"):
             flat[total] = sum(m.get(total, 0) for m in per_model if isinstance(m.get(total, 0), int))
     flat = {k: v for k, v in flat.items() if v is not None}  # e.g. items_per_second when nothing was computed
-    return dg.Output(table, metadata={**plain(flat), "preview": table_preview(table, max_chars=40)})
+    return {**plain(flat), "preview": table_preview(table, max_chars=40)}
+
+
+def completeness(feature: Feature, table: pl.DataFrame, items: pl.DataFrame, meta: dict) -> dg.AssetCheckResult:
+    """`<feature>_complete`: ERROR when items failed, WARN when only a budget-limited run left items for later (the
+    new-items sensor resumes the backfill)."""
+    failed = sum(int(v) for k, v in meta.items() if k == "failed" or k.endswith(".failed"))
+    missing = items_without_feature(items, table, feature.needs_image, VALUE_COLUMNS.get(feature.name))
+    remaining = int(meta.get("remaining", 0) or 0)
+    ok, budget_left = failed == 0 and missing.height == 0, remaining > 0 and failed == 0
+    return dg.AssetCheckResult(
+        check_name=f"{feature.name}_complete", passed=ok,
+        severity=dg.AssetCheckSeverity.WARN if budget_left else dg.AssetCheckSeverity.ERROR,
+        metadata={"failed": failed, "items_without_value": missing.height, "remaining_reported": remaining,
+                  "examples": dg.MetadataValue.json(missing["item_id"].head(5).to_list())},
+        description="complete" if ok else ("budget-limited run: the backfill continues" if budget_left
+                                           else "items failed or were left without a value"))
 
 
 def feature_asset(feature: Feature) -> dg.AssetsDefinition:
@@ -41,17 +58,23 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
 
     @dg.asset(name=feature.name, ins={k: dg.AssetIn(k) for k in feature.inputs}, deps=list(feature.after),
               partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool=feature.pool,
-              op_tags=GPU["op_tags"] if feature.pool == GPU["pool"] else None, description=feature.description)
+              op_tags=GPU["op_tags"] if feature.pool == GPU["pool"] else None, description=feature.description,
+              # The check runs in the asset's own step: one process start less per feature (local executor).
+              check_specs=[dg.AssetCheckSpec(f"{feature.name}_complete", asset=feature.name,
+                                             description=f"No item failed and none remains without {feature.name} "
+                                                         "after the run")])
     def _feature(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
-                 model_sources: ModelSourcesResource, lake_store: LakeResource,
-                 **inputs: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+                 model_sources: ModelSourcesResource, lake_store: LakeResource, **inputs: pl.DataFrame):
         spec, lake = get_dataset(context.partition_key), lake_store.lake()
         # The run's budget, else the dataset's (`models: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
         # budget on review summaries; the `items_missing_features` sensor runs the rest later).
         budget = config.max_items_per_run or spec.models.get(feature.name, {}).get("max_items_per_run")
         run = FeatureRun(model_sources.sources(), compute.settings(), lake.feature_cache(), lake.dataset(spec.name),
                          spec.models, budget or None, context.log)
-        return _result(*feature.compute(run, **inputs))
+        table, stats = feature.compute(run, **inputs)
+        meta = _metadata(table, stats)
+        yield dg.Output(table, metadata=meta)
+        yield completeness(feature, table, inputs["items"], meta)
 
     return _feature
 

@@ -19,7 +19,7 @@ from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline
 from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
-from mmrec_pipeline.models.runner import train_variants
+from mmrec_pipeline.models.runner import check_tuning_records, train_variants
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import write_parquet
 from resources.compute import ComputeResource
@@ -46,12 +46,13 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
     features = tuple(dict.fromkeys((DIVERSITY_TABLE, *cls.feature_assets)))
     ins = {k: dg.AssetIn(k) for k in ("split", "items", *features)}
 
+    # The tuning check runs in the asset's own step: one process start less per model under the local executor.
     @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=cls.pool,
               op_tags=GPU["op_tags"] if cls.pool == GPU["pool"] else None,
-              description=(sys.modules[cls.__module__].__doc__ or cls.__doc__ or name).strip().split("\n\n")[0])
+              description=(sys.modules[cls.__module__].__doc__ or cls.__doc__ or name).strip().split("\n\n")[0],
+              check_specs=[dg.AssetCheckSpec(TUNING_CHECK, asset=name, description=TUNING_CHECK_DESCRIPTION)])
     def _train(context: dg.AssetExecutionContext, compute: ComputeResource, model_sources: ModelSourcesResource,
-               lake_store: LakeResource,
-               **tables: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+               lake_store: LakeResource, **tables: pl.DataFrame):
         spec = get_dataset(context.partition_key)
         data = RecDataset.from_tables(spec.name, tables["split"], tables["items"], spec.split, spec.repeats_relevant)
         feats = ItemFeatures()
@@ -66,8 +67,10 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
             raise RuntimeError(f"{name}: no variant could train on {spec.name}")
         if not runs:  # every variant lacks a feature this dataset does not have (e.g. vbpr without images)
             context.log.warning(f"{name}: no variant can run on {spec.name}: {skipped}")
-            return dg.Output(pl.DataFrame(schema=METRICS_SCHEMA),
-                             metadata=plain({f"skipped {v}": reason for v, reason in skipped.items()}))
+            yield dg.Output(pl.DataFrame(schema=METRICS_SCHEMA),
+                            metadata=plain({f"skipped {v}": reason for v, reason in skipped.items()}))
+            yield tuning_check_result(name, out_dir)
+            return
         table = pl.concat([r.metrics for r in runs])
         write_parquet(pl.concat([r.per_user for r in runs]), lake.per_user(spec.name) / f"{name}.parquet")
         test_rows = table.filter(~pl.col("protocol").str.contains("@"))  # not the `@valid` rows
@@ -84,9 +87,22 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
         curves = {r.variant: r.report["curve"] for r in runs if r.report.get("curve")}
         if curves:
             meta["learning_curve"] = png_markdown(plot_learning_curves(curves, title=name), "learning curve")
-        return dg.Output(table, metadata=meta)
+        yield dg.Output(table, metadata=meta)
+        yield tuning_check_result(name, out_dir)
 
     return _train
+
+
+TUNING_CHECK = "tuned_on_validation"
+TUNING_CHECK_DESCRIPTION = "Each variant's checkpoint holds the point of its grid with the best validation NDCG@10"
+
+
+def tuning_check_result(name: str, models_dir) -> dg.AssetCheckResult:
+    ok, meta = check_tuning_records(models_dir)
+    return dg.AssetCheckResult(check_name=TUNING_CHECK, asset_key=name, passed=bool(ok),
+                               metadata={"variants": meta["variants"],
+                                         "failures": dg.MetadataValue.json(meta["failures"])},
+                               description="every checkpoint is its grid's validation argmax")
 
 
 model_assets = [model_asset(name, cls) for name, cls in MODELS.items()]
