@@ -156,6 +156,7 @@ def part_sample(tables: Path) -> dict:
     from mmrec_pipeline.evaluation.protocols import evaluate_model
     from mmrec_pipeline.evaluation.report import top_items
     from mmrec_pipeline.models.base import ItemFeatures
+    from mmrec_pipeline.models.runner import selection_value
     from mmrec_pipeline.models.training import subsample
     from mmrec_pipeline.models.vq_bart import REPORT_USERS, VARIANTS, VQBart, bertscore, item_texts
 
@@ -173,10 +174,6 @@ def part_sample(tables: Path) -> dict:
 
     def since(start: tuple[float, float]) -> dict:
         return {"wall": round(time.perf_counter() - start[0], 1), "cpu": round(time.process_time() - start[1], 1)}
-
-    def ndcg(table) -> float:
-        row = table.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10) & (pl.col("protocol") == data.protocol))
-        return float(row["value"][0])
 
     for variant, overrides in VARIANTS.items():
         load, total = os.getloadavg()[0], clock()
@@ -201,7 +198,7 @@ def part_sample(tables: Path) -> dict:
         seconds["total"] = since(total)
         full = {(r["metric"], r["k"]): r["value"] for r in table.filter(pl.col("protocol") == data.protocol)
                 .iter_rows(named=True)}
-        out[variant] = {"valid_ndcg@10": ndcg(valid), "test_ndcg@10": full[("ndcg", 10)],
+        out[variant] = {"valid_ndcg@10": selection_value(valid), "test_ndcg@10": full[("ndcg", 10)],
                         "test_recall@20": full[("recall", 20)], "test_mrr@20": full[("mrr", 20)],
                         "users": full[("users_evaluated", None)], "bertscore_f1_generated": generated,
                         "bertscore_f1_top1": top1, "seconds": seconds, "load_average_1m_at_start": load,
