@@ -3,7 +3,7 @@
     python benchmarks/vq_bart.py [--parts throughput,sample] [--threads 1] [--tables DIR]
     python benchmarks/vq_bart.py --parts train,decode   # only those pieces of `throughput` (no 100k HNSW build)
 
-- `throughput`: the demo profile's BART (scratch, 2+2 layers, d_model 64, a 1,200-item catalog's vocabulary) on
+- `throughput`: the demo profile's BART (scratch, 1+1 layers, d_model 64, a 1,200-item catalog's vocabulary) on
   synthetic batches of 64 examples: training tokens/s for the input each variant builds (5 items of text; 20
   items; 5 items with 4x4 = 16 image codes each; and the paper's unpooled 256 codes per item, which is what
   "exhausts the input" costs), greedy and 4-beam decode items/s, sentence-encoder query items/s, and FAISS search
@@ -146,7 +146,8 @@ def part_throughput(pieces: tuple[str, ...] = ("train", "decode", "retrieval")) 
 def part_sample(tables: Path) -> dict:
     """Each variant as `make demo` runs it: fit (with its per-epoch validation), the runner's full validation and
     test rankings (`evaluate_model`, sampled=None as the runner's valid stage), and the report's part
-    (`generation_section` for one variant: reload, generate for `REPORT_USERS` test users, two BERTScores); CPU and wall s."""
+    (`generation_section` for one variant: reload, generate for `REPORT_USERS` test users, two BERTScores); CPU
+    and wall seconds."""
     import tempfile
 
     import polars as pl

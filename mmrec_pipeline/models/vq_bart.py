@@ -26,8 +26,8 @@ Ranking (`scorer`): `retrieval` = cosine similarity of the generated text's vect
 FAISS index (exact `IndexFlatIP` up to `hnsw_above` items, else HNSW over the top `ann_k`, the rest scored -inf);
 `likelihood` re-ranks retrieval's top `rerank_k` by the log-likelihood of each candidate's text under the
 decoder (the "constrained" scorer), items below keep their retrieval order underneath. Decoding: greedy, or beam
-search with `num_beams` > 1. Each distinct generated text is embedded once (the sentence encoder is fixed; a
-small decoder repeats its strings across users and epochs). Not built: the "BART pooled decoder state" query
+search with `num_beams` > 1. Each distinct generated text is embedded once (the sentence encoder is fixed, so
+identical generations across users and epochs share one vector). Not built: the "BART pooled decoder state" query
 (the issue's alternative to the sentence encoder).
 
 Checkpoint: BART weights, item token/code tables, the vocabulary map and the catalog vectors (safetensors); the
@@ -80,8 +80,9 @@ PROFILES: dict[str, dict] = {
     # tokens) at 35% less cost. Validation NDCG@10 still rose at epoch 5-6 of 4,096 examples each (1,024 per epoch
     # cost most of it); patience 3 because the curves dip for an epoch or two.
     "demo": {**_SHARED, "image_grid": 2, "backbone": SCRATCH, "d_model": 64, "layers": 1, "heads": 4, "ffn": 128,
-             "dropout": 0.1, "max_item_tokens": 12, "max_target_tokens": 12, "batch_size": 64, "grad_accum": 1, "lr": 3e-3,
-             "warmup_steps": 30, "epochs": 6, "patience": 3, "examples_per_epoch": 4096, "valid_users": 300},
+             "dropout": 0.1, "max_item_tokens": 12, "max_target_tokens": 12, "batch_size": 64, "grad_accum": 1,
+             "lr": 3e-3, "warmup_steps": 30, "epochs": 6, "patience": 3, "examples_per_epoch": 4096,
+             "valid_users": 300},
     # The paper: pre-trained BART base, lr 5e-5, AdamW, effective batch 64 (4 x 4 x 4 GPUs; 16 x 4 here), 2 epochs
     # (an upper bound here: early stopping on validation).
     "paper": {**_SHARED, "backbone": "bart-base", "d_model": 0, "layers": 0, "heads": 0, "ffn": 0, "dropout": 0.1,
@@ -517,8 +518,8 @@ class VQBart(Recommender):
         return [self._generated[k] for k in keys]
 
     def queries(self, histories: list[np.ndarray]) -> np.ndarray:
-        """Sentence vectors of the generated texts; each distinct text is embedded once (a small decoder repeats
-        itself: most generations of an epoch are strings it produced before)."""
+        """Sentence vectors of the generated texts; each distinct text is embedded once (identical generations,
+        across users and epochs, share one vector)."""
         texts = self.generate(histories)
         todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         if todo:
@@ -592,8 +593,8 @@ class VQBart(Recommender):
 
 BERTSCORE_LAYERS = 6  # all-MiniLM-L6-v2 has 6 layers; bert-score needs the layer named for an unlisted encoder
 BASELINES = ("gru4rec", "popularity")
-# test users the report decodes and BERTScores per row: two BERTScores of 300 pairs per variant cost ~4 CPU s
-# (1 thread) and the mean F1 over 300 users has a standard error under 0.01
+# test users the report decodes and BERTScores per row (was 500): the report's part of one variant (reload, decode,
+# two BERTScores) takes ~6 CPU s with 1 thread on `sample` at 300 (benchmarks/vq_bart.py, part `sample`)
 REPORT_USERS = 300
 
 
