@@ -14,8 +14,9 @@ and `max_target_tokens` in the target. Catalog vectors = the sentence encoder ov
 the shared feature cache.
 
 Profiles (`profile`) fill every field left at None:
-- `demo`: a small BART (`BartConfig`, 2+2 layers, d_model 64) trained from scratch with GPT-2's byte-level BPE
-  (the packaged `gpt2.tiktoken`), its vocabulary remapped to the tokens the catalog uses (small embedding table).
+- `demo`: a small BART (`BartConfig`, 1+1 layers, d_model 64; image codes pooled to 2x2 = 4 tokens per item)
+  trained from scratch with GPT-2's byte-level BPE (the packaged `gpt2.tiktoken`), its vocabulary remapped to the
+  tokens the catalog uses (small embedding table). Training batches group transitions of similar input length.
 - `paper`: `facebook/bart-base` (Hugging Face id or a local save_pretrained folder, see `backbone`) with its own
   tokenizer plus added `<img_k>` tokens, lr 5e-5, AdamW, batch 16 x 4 accumulation = 64; for a GPU.
 Every fit early-stops on validation NDCG@10 through the shared `Validator` (generation + retrieval, the same
@@ -25,8 +26,9 @@ Ranking (`scorer`): `retrieval` = cosine similarity of the generated text's vect
 FAISS index (exact `IndexFlatIP` up to `hnsw_above` items, else HNSW over the top `ann_k`, the rest scored -inf);
 `likelihood` re-ranks retrieval's top `rerank_k` by the log-likelihood of each candidate's text under the
 decoder (the "constrained" scorer), items below keep their retrieval order underneath. Decoding: greedy, or beam
-search with `num_beams` > 1. Not built: the "BART pooled decoder state" query (the issue's alternative to the
-sentence encoder).
+search with `num_beams` > 1. Each distinct generated text is embedded once (the sentence encoder is fixed, so
+identical generations across users and epochs share one vector). Not built: the "BART pooled decoder state" query
+(the issue's alternative to the sentence encoder).
 
 Checkpoint: BART weights, item token/code tables, the vocabulary map and the catalog vectors (safetensors); the
 FAISS index is rebuilt on load (no pickled index).
@@ -53,6 +55,7 @@ from mmrec_pipeline.models.training import (
     Trainer,
     TrainSettings,
     Validator,
+    length_batches,
     pad_histories,
     seed_everything,
 )
@@ -71,12 +74,15 @@ SBERT_BATCH = 128
 _SHARED = {"history": 5, "use_image": False, "image_grid": 4, "decode": "greedy", "num_beams": 1,
            "scorer": "retrieval", "rerank_k": 50, "weight_decay": 0.01, "max_grad_norm": 1.0}
 PROFILES: dict[str, dict] = {
-    # On `sample` (1 torch thread): small_history ~140 CPU s fit + test ranking, image ~260 (README). Validation
-    # NDCG@10 still rose at epoch 5 of 4,096 examples each; patience 3 because the image variant dipped for two
-    # epochs after its first. Over the 3-minute demo budget: see README "vq_bart".
-    "demo": {**_SHARED, "backbone": SCRATCH, "d_model": 64, "layers": 2, "heads": 4, "ffn": 128, "dropout": 0.1,
-             "max_item_tokens": 12, "max_target_tokens": 12, "batch_size": 64, "grad_accum": 1, "lr": 3e-3,
-             "warmup_steps": 30, "epochs": 6, "patience": 3, "examples_per_epoch": 4096, "valid_users": 300},
+    # On `sample` (1 torch thread, README "vq_bart"): 1+1 layers instead of 2+2 halve the training cost and gave
+    # validation NDCG@10 0.024 (small_history) against 0.026 and 0.034 for two 2+2-layer runs that differ only in
+    # batch order; 2x2 pooled codes (4 tokens per item) gave the image variant 0.023 against 0.022 for 4x4 (16
+    # tokens) at 35% less cost. Validation NDCG@10 still rose at epoch 5-6 of 4,096 examples each (1,024 per epoch
+    # cost most of it); patience 3 because the curves dip for an epoch or two.
+    "demo": {**_SHARED, "image_grid": 2, "backbone": SCRATCH, "d_model": 64, "layers": 1, "heads": 4, "ffn": 128,
+             "dropout": 0.1, "max_item_tokens": 12, "max_target_tokens": 12, "batch_size": 64, "grad_accum": 1,
+             "lr": 3e-3, "warmup_steps": 30, "epochs": 6, "patience": 3, "examples_per_epoch": 4096,
+             "valid_users": 300},
     # The paper: pre-trained BART base, lr 5e-5, AdamW, effective batch 64 (4 x 4 x 4 GPUs; 16 x 4 here), 2 epochs
     # (an upper bound here: early stopping on validation).
     "paper": {**_SHARED, "backbone": "bart-base", "d_model": 0, "layers": 0, "heads": 0, "ffn": 0, "dropout": 0.1,
@@ -353,7 +359,7 @@ class VQBart(Recommender):
         self.catalog = np.zeros((0, 0), dtype=np.float32)  # [n_items, d] sentence vectors of the item texts
         self.index: VectorIndex | None = None
         self._generated: dict[tuple, str] = {}  # history key -> generated text (valid while weights are fixed)
-        self._queries: dict[tuple, np.ndarray] = {}
+        self._vectors: dict[str, np.ndarray] = {}  # generated text -> sentence vector (the encoder is fixed)
 
     # --- preparing the inputs ---------------------------------------------------------------------
 
@@ -429,6 +435,9 @@ class VQBart(Recommender):
         if not self._pairs:
             raise ValueError("vq_bart: no user has two or more training interactions to learn from")
         self._rng = np.random.default_rng(cfg.seed)
+        item_len = (self.item_tokens != self.vocab.pad).sum(1).numpy()
+        self._lengths = torch.from_numpy(np.array(  # input tokens per transition, for length-grouped batches
+            [item_len[self._seqs[u][max(0, t - cfg.history):t]].sum() for u, t in self._pairs], dtype=np.int64))
         per_epoch = min(len(self._pairs), cfg.examples_per_epoch or len(self._pairs))
         self._per_epoch = per_epoch
         params = [p for p in self.bart.parameters() if p.requires_grad]
@@ -442,20 +451,19 @@ class VQBart(Recommender):
         report = trainer.fit(self, params, validate=lambda: validator(self.score))
         self.bart.eval()
         self._generated.clear()
-        self._queries.clear()
         report.update({"transitions": len(self._pairs), "examples_per_epoch": per_epoch, "vocabulary": self.vocab.size,
                        "image_tokens_per_item": cfg.image_grid ** 2 if cfg.use_image else 0, "backbone": cfg.backbone,
                        "index": self.index.kind})
-        del self._seqs, self._pairs, self._rng
+        del self._seqs, self._pairs, self._rng, self._lengths
         return report
 
     def train_batches(self, gen: torch.Generator) -> list[np.ndarray]:
-        """A fresh random subset of `examples_per_epoch` transitions (all of them when 0), in batches."""
+        """A fresh random subset of `examples_per_epoch` transitions (all of them when 0), in batches of similar
+        input length (`length_batches`: short histories are not padded to the longest)."""
         self.bart.train()
-        self._generated.clear()  # generations and queries are valid only while the weights are fixed
-        self._queries.clear()
-        pick = self._rng.permutation(len(self._pairs))[:self._per_epoch]
-        return [pick[i:i + self.config.batch_size] for i in range(0, len(pick), self.config.batch_size)]
+        self._generated.clear()  # generations are valid only while the weights are fixed
+        pick = torch.from_numpy(self._rng.permutation(len(self._pairs))[:self._per_epoch])
+        return [pick[b].numpy() for b in length_batches(self._lengths[pick], self.config.batch_size, gen)]
 
     def batch_loss(self, b: np.ndarray) -> tuple[torch.Tensor, int]:
         """BART's cross-entropy of the next item's text tokens given the history's."""
@@ -510,13 +518,13 @@ class VQBart(Recommender):
         return [self._generated[k] for k in keys]
 
     def queries(self, histories: list[np.ndarray]) -> np.ndarray:
-        keys = [self.key(h) for h in histories]
-        todo = list(dict.fromkeys(k for k in keys if k not in self._queries))
+        """Sentence vectors of the generated texts; each distinct text is embedded once (identical generations,
+        across users and epochs, share one vector)."""
+        texts = self.generate(histories)
+        todo = list(dict.fromkeys(t for t in texts if t not in self._vectors))
         if todo:
-            texts = self.generate([np.asarray(k, dtype=np.int64) for k in todo])
-            for k, vec in zip(todo, embed_texts(texts), strict=True):
-                self._queries[k] = vec
-        return np.stack([self._queries[k] for k in keys])
+            self._vectors.update(zip(todo, embed_texts(todo), strict=True))
+        return np.stack([self._vectors[t] for t in texts])
 
     def score(self, users, history) -> torch.Tensor:
         scores = self.index.scores(self.queries(list(history)), self.config.ann_k)
@@ -585,6 +593,9 @@ class VQBart(Recommender):
 
 BERTSCORE_LAYERS = 6  # all-MiniLM-L6-v2 has 6 layers; bert-score needs the layer named for an unlisted encoder
 BASELINES = ("gru4rec", "popularity")
+# test users the report decodes and BERTScores per row (was 500): the report's part of one variant (reload, decode,
+# two BERTScores) takes ~6 CPU s with 1 thread on `sample` at 300 (benchmarks/vq_bart.py, part `sample`)
+REPORT_USERS = 300
 
 
 @functools.cache
@@ -610,7 +621,7 @@ def bertscore(candidates: list[str], references: list[str]) -> dict[str, float]:
 
 
 def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report: Path | None = None,
-                       max_users: int = 500, n_examples: int = 3, seed: int = 0) -> Section:
+                       max_users: int = REPORT_USERS, n_examples: int = 3, seed: int = 0) -> Section:
     """BERTScore of the generated next-item text next to the ranking metrics, for every vq_bart variant and the
     GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the BERTScore of the top-1
     recommended item's text), VQ tokenizer quality, and qualitative examples."""
