@@ -9,8 +9,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 _LAKE = Path(tempfile.mkdtemp(prefix="mmrec-test-lake-"))  # one per process: each xdist worker has its own
-# The groups that run longest (minutes on a 2-core CPU) start first, so the two workers finish together.
-LONG_FIRST = ("sample_features", "test_bad_input", "test_object_storage", "test_features", "test_deploy")
+# The files that run longest (minutes on a 2-core CPU) start first, so the two workers finish together.
+LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_sequential", "test_object_storage", "test_mm_llmrec",
+              "test_features", "test_deploy")
 
 os.environ.setdefault("MMREC_DATA", str(SHARED_DATA))
 os.environ["MMREC_HOME"] = str(_LAKE)
@@ -22,17 +23,11 @@ if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs 2 workers (pyproject
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported; the runs started as subprocesses inherit it
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items):
-    """Groups for `--dist loadgroup` (pyproject addopts): the tests that read the sample's image and text
-    features share one worker, which computes them once; every other test stays with its file, so each module
-    fixture is built once."""
-    groups = {}
-    for item in items:
-        groups[item] = "sample_features" if "sample_features" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(groups[item]))
-    rank = {group: i for i, group in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(groups[item], len(rank)))
+    """`--dist loadfile` (pyproject addopts) keeps each file on one worker, so its module fixtures are built
+    once; the files that run longest start first."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
 
 
 @pytest.fixture(scope="session")
