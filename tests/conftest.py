@@ -8,7 +8,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-_LAKE = Path(tempfile.mkdtemp(prefix="mmrec-test-lake-"))
+_LAKE = Path(tempfile.mkdtemp(prefix="mmrec-test-lake-"))  # one per process: each xdist worker has its own
+# The files that run longest (minutes on a 2-core CPU) start first, so the two workers finish together.
+LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_sequential", "test_object_storage", "test_mm_llmrec",
+              "test_features", "test_deploy")
 
 os.environ.setdefault("MMREC_DATA", str(SHARED_DATA))
 os.environ["MMREC_HOME"] = str(_LAKE)
@@ -16,6 +19,15 @@ os.environ["DAGSTER_HOME"] = str(_LAKE / "dagster")
 os.environ["MMREC_ENV"] = "test"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs 2 workers (pyproject addopts): one core each
+    os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported; the runs started as subprocesses inherit it
+
+
+def pytest_collection_modifyitems(items):
+    """`--dist loadfile` (pyproject addopts) keeps each file on one worker, so its module fixtures are built
+    once; the files that run longest start first."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
 
 
 @pytest.fixture(scope="session")
