@@ -21,7 +21,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 from assets import checks, evaluation, features, ingest, models, serving, splits
 from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
 from mmrec_pipeline.storage import pid_alive
-from resources import CORES, env_name, executor, resources_for_env
+from resources import env_name, executor, resources_for_env
 
 # (run id, step key) -> CPU seconds of the steps that ran in this process (`mmrec run` locally runs them here).
 STEP_CPU_SECONDS: dict[tuple[str, str], float] = {}
@@ -170,7 +170,7 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: list, pa
         # Tests run every step in the test process: nothing to start per step, each step's CPU seconds recorded.
         # Loggers named in run config replace Dagster's default console logger: name it, at the instance's level.
         loggers = {"console": {"config": {"log_level": instance.python_log_level or "DEBUG"}}, "step_cpu_clock": {}}
-        run_config = {"resources": {"compute": {"config": {"cpu_threads": CORES}}}, "loggers": loggers}
+        run_config = {"loggers": loggers}  # torch threads as the test process has them
         result = job.execute_in_process(instance=instance, partition_key=partition, asset_selection=keys,
                                         run_config=run_config, raise_on_error=False, tags=tags)
         return result.success, result.run_id, result.all_events
