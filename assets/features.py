@@ -6,7 +6,7 @@ computed vs reused."""
 import dagster as dg
 import polars as pl
 
-from assets import DATASETS, GPU
+from assets import DATASETS, GPU, op_tags
 from assets.metadata import plain, table_preview
 from mmrec_pipeline.features.families import FEATURES, Feature, FeatureRun
 from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, PROFILES, train_or_load_vq_vae
@@ -58,7 +58,7 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
 
     @dg.asset(name=feature.name, ins={k: dg.AssetIn(k) for k in feature.inputs}, deps=list(feature.after),
               partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool=feature.pool,
-              op_tags=GPU["op_tags"] if feature.pool == GPU["pool"] else None, description=feature.description,
+              op_tags=op_tags(feature.pool, feature.long_running), description=feature.description,
               # The check runs in the asset's own step: one process start less per feature (local executor).
               check_specs=[dg.AssetCheckSpec(f"{feature.name}_complete", asset=feature.name,
                                              description=f"No item failed and none remains without {feature.name} "

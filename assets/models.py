@@ -12,7 +12,7 @@ import sys
 import dagster as dg
 import polars as pl
 
-from assets import DATASETS, GPU
+from assets import DATASETS, op_tags
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline
@@ -48,7 +48,7 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
 
     # The tuning check runs in the asset's own step: one process start less per model under the local executor.
     @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=cls.pool,
-              op_tags=GPU["op_tags"] if cls.pool == GPU["pool"] else None,
+              op_tags=op_tags(cls.pool, cls.long_running),
               description=(sys.modules[cls.__module__].__doc__ or cls.__doc__ or name).strip().split("\n\n")[0],
               check_specs=[dg.AssetCheckSpec(TUNING_CHECK, asset=name, description=TUNING_CHECK_DESCRIPTION)])
     def _train(context: dg.AssetExecutionContext, compute: ComputeResource, model_sources: ModelSourcesResource,

@@ -241,13 +241,14 @@ def tiny_recbole(folder: Path) -> None:
 
 def test_every_asset_runs_on_an_image_less_dataset_and_a_killed_run_recovers(tmp_path):
     """`mmrec run` of every asset exits 0 on a dataset without images (VQ features skip with a reason), after a
-    first run stopped by SIGTERM is recorded as failed and leaves no temp files."""
+    first run stopped by SIGTERM is recorded as failed and leaves no temp files. Both runs go through the local
+    executor, as `make demo` does: step processes forked from the preloaded forkserver, two at a time."""
     tiny_recbole(tmp_path / "data" / "tiny")
     (tmp_path / "datasets.yaml").write_text(
         f"datasets:\n  tiny:\n    source: recbole\n    path: tiny\n    split: loo\n    models: {TINY_MODELS}\n")
     lake = tmp_path / "lake"
     env = {**os.environ, "MMREC_DATA": str(tmp_path / "data"), "MMREC_DATASETS": str(tmp_path / "datasets.yaml"),
-           "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "test"}
+           "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "local"}
     cmd = [sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "tiny"]
 
     # First run: SIGTERM as soon as the first model step starts.

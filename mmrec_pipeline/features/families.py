@@ -47,6 +47,7 @@ class Feature:
     inputs: tuple[str, ...] = ("items",)  # upstream tables, passed to `compute` by name
     after: tuple[str, ...] = ()  # assets that must run first without being read as tables
     pool: str | None = "gpu"  # "gpu": one step at a time per instance, a GPU per pod on Kubernetes
+    long_running: bool = False  # heads a long chain of steps: starts first when steps run side by side
     needs_image: bool = False  # an item without an image cannot have it (gap counts and checks skip such items)
     value_columns: tuple[str, ...] = ()  # the columns whose null means "not computed yet" (default: every column)
 
@@ -96,17 +97,19 @@ def _vq_codes(run: FeatureRun, items: pl.DataFrame):
 
 
 FEATURES: dict[str, Feature] = {f.name: f for f in (
-    Feature("image_embeddings", ("mmrec_pipeline.features.image",), _image_embeddings, needs_image=True,
+    Feature("image_embeddings", ("mmrec_pipeline.features.image",), _image_embeddings, needs_image=True, long_running=True,
             description="Pooled CNN features per item image: EfficientNet-Lite0 (packaged) and ResNet18 (when its "
                         "weights exist)."),
+    # After image_embeddings: the offline captioner reads the CNN features it cached (steps running side by side
+    # would both run the CNN over every image).
     Feature("captions", ("mmrec_pipeline.features.captions", "mmrec_pipeline.features.image"), _captions,
-            needs_image=True,
+            needs_image=True, after=("image_embeddings",),
             description="Product-image descriptions: BLIP-2 and LLaVA-NeXT where their weights are found, and always "
                         "the offline captioner (ImageNet labels from the EfficientNet-Lite0 features image_embeddings "
                         "stores, so the CNN runs once per image, + dominant colours + pattern). Budget-limited runs "
                         "resume where they stopped."),
     Feature("review_summaries", ("mmrec_pipeline.features.summaries",), _review_summaries, inputs=("items", "split"),
-            value_columns=("summary",),
+            value_columns=("summary",), long_running=True,
             description="One sentence per item summarising its training-period reviews only (instruct LM; packaged "
                         "SmolLM2 offline); items without reviews get their description. Also `sbert_reviews`, the "
                         "mean sentence vector of the same raw reviews (the MMREC \"no LLM summary\" ablation)."),

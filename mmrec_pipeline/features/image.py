@@ -99,8 +99,11 @@ def _collate(batch):
 def image_batches(paths: Sequence[str], transform: Callable, compute: Compute,
                   batch_size: int | None = None) -> Iterator[tuple[object, list[bool]]]:
     """(batch of the transformed images that decoded or None, ok flag per path), in path order."""
+    # Workers fork explicitly: in a step process of the local executor (itself forked by a forkserver) the default
+    # start method is forkserver, which would have to pickle the per-model transform closures.
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size or compute.batch_size,
                         num_workers=compute.num_workers, collate_fn=_collate,
+                        multiprocessing_context="fork" if compute.num_workers else None,
                         persistent_workers=False, pin_memory=compute.torch_device.type == "cuda")
     yield from loader
 

@@ -107,6 +107,8 @@ class Recommender(abc.ABC):
     feature_assets: ClassVar[tuple[str, ...]] = ()
     # The Dagster pool of its asset: "gpu" (one step at a time per instance; a GPU per pod on Kubernetes) or None.
     pool: ClassVar[str | None] = None
+    # Minutes where other models take seconds: its step starts before shorter ones when steps run side by side.
+    long_running: ClassVar[bool] = False
     # The model's own block in the dataset's report (tables, examples), when the leaderboard rows are not enough: a
     # classmethod `(ReportInputs) -> Section | None` (evaluation/report.py). None = the model adds no section.
     report_section: ClassVar[Callable[[ReportInputs], Section | None] | None] = None

@@ -205,6 +205,7 @@ class LVLMRetrieval(Recommender):
     Config = LVLMConfig
     variants = VARIANTS
     feature_assets = ("image_embeddings", "text_embeddings")
+    long_running = True
     paper = PaperClaim(
         system="LVLM item descriptions for retrieval (Barlas et al., USC)", source="003_ae3403f8d99cb7e9.txt",
         claim="LLaVA-NeXT captions as item text: Recall@10 = 0.3539, +54.9% over BERT text-only (0.2285)",

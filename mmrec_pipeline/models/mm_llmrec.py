@@ -341,6 +341,7 @@ class MMLLMRec(Recommender):
     Config = MMLLMRecConfig
     variants = VARIANTS
     feature_assets = ("image_embeddings", "text_embeddings")
+    long_running = True
     pool = "gpu"
     paper = PaperClaim(
         system="MM-GPT2Rec (Olaniyi, ISIR-eCom 2025)", source="000_52c1cc30431d2aa4.txt",

@@ -217,6 +217,7 @@ class MMRecDLRM(Recommender):
     Config = MMRecDLRMConfig
     variants = DEMO_VARIANTS  # the paper's full 12 run in benchmarks/mmrec_dlrm.py
     feature_assets = ("text_embeddings", "review_summaries")
+    long_running = True
     paper = PaperClaim(
         system="MMREC (Tian et al., arXiv 2408.04211)", source="002_bb670fa88add7054.txt",
         claim="LLM review summaries + BLIP-2 image captions in a DLRM: best false-positive rate 18.16% at accuracy "

@@ -339,6 +339,7 @@ class VQBart(Recommender):
     Config = VQBartConfig
     variants = VARIANTS
     feature_assets = ("vq_codes",)
+    long_running = True
     pool = "gpu"
 
     @classmethod
