@@ -23,7 +23,7 @@ from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_pol
 from mmrec_pipeline.storage import pid_alive
 from resources import env_name, executor, resources_for_env
 
-# (run id, step key) -> CPU seconds of the steps that ran in this process (`mmrec run` locally runs them here).
+# (run id, step key) -> CPU seconds of the steps that ran in this process (in-process runs: MMREC_ENV=test).
 STEP_CPU_SECONDS: dict[tuple[str, str], float] = {}
 
 
