@@ -13,6 +13,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS, op_tags
+from assets.checks import check_result
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline
@@ -50,7 +51,8 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
     @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=cls.pool,
               op_tags=op_tags(cls.pool, cls.long_running),
               description=(sys.modules[cls.__module__].__doc__ or cls.__doc__ or name).strip().split("\n\n")[0],
-              check_specs=[dg.AssetCheckSpec(TUNING_CHECK, asset=name, description=TUNING_CHECK_DESCRIPTION)])
+              check_specs=[dg.AssetCheckSpec(TUNING_CHECK, asset=name, description="Each variant's checkpoint holds the "
+                                             "point of its grid with the best validation NDCG@10")])
     def _train(context: dg.AssetExecutionContext, compute: ComputeResource, model_sources: ModelSourcesResource,
                lake_store: LakeResource, **tables: pl.DataFrame):
         spec = get_dataset(context.partition_key)
@@ -69,7 +71,7 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
             context.log.warning(f"{name}: no variant can run on {spec.name}: {skipped}")
             yield dg.Output(pl.DataFrame(schema=METRICS_SCHEMA),
                             metadata=plain({f"skipped {v}": reason for v, reason in skipped.items()}))
-            yield tuning_check_result(name, out_dir)
+            yield tuning_check_result(out_dir)
             return
         table = pl.concat([r.metrics for r in runs])
         write_parquet(pl.concat([r.per_user for r in runs]), lake.per_user(spec.name) / f"{name}.parquet")
@@ -88,21 +90,17 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
         if curves:
             meta["learning_curve"] = png_markdown(plot_learning_curves(curves, title=name), "learning curve")
         yield dg.Output(table, metadata=meta)
-        yield tuning_check_result(name, out_dir)
+        yield tuning_check_result(out_dir)
 
     return _train
 
 
 TUNING_CHECK = "tuned_on_validation"
-TUNING_CHECK_DESCRIPTION = "Each variant's checkpoint holds the point of its grid with the best validation NDCG@10"
 
 
-def tuning_check_result(name: str, models_dir) -> dg.AssetCheckResult:
-    ok, meta = check_tuning_records(models_dir)
-    return dg.AssetCheckResult(check_name=TUNING_CHECK, asset_key=name, passed=bool(ok),
-                               metadata={"variants": meta["variants"],
-                                         "failures": dg.MetadataValue.json(meta["failures"])},
-                               description="every checkpoint is its grid's validation argmax")
+def tuning_check_result(models_dir) -> dg.AssetCheckResult:
+    return check_result(*check_tuning_records(models_dir), "every checkpoint is its grid's validation argmax",
+                        TUNING_CHECK)
 
 
 model_assets = [model_asset(name, cls) for name, cls in MODELS.items()]

@@ -41,7 +41,7 @@ def split(context: dg.AssetExecutionContext, interactions: pl.DataFrame, items: 
 def split_checks(split: pl.DataFrame, items: pl.DataFrame, protocol: str):
     if protocol == "temporal":
         yield check_result(*check_temporal_shares(split), "train/valid/test shares within ±3 points of 75/15/10",
-                      "split_shares")
+                           "split_shares")
         yield check_result(*check_no_leak(split), "no valid/test interaction precedes the train cut", "split_no_leak")
     else:
         yield check_result(True, {"protocol": protocol}, "not a temporal split: shares do not apply", "split_shares")
