@@ -65,6 +65,19 @@ def test_gbce_matches_hand_computation(calibration):
     assert float(got) == pytest.approx(np.mean(expected), rel=1e-6)
 
 
+def test_negatives_per_target_match_the_shared_set_row_by_row():
+    """[T, N] negatives (one row per target, RecTools's sampling): a row equal to the shared set gives the shared
+    loss; a row of its own changes only its target's term."""
+    rows = NEG[None, :].expand(len(T), -1)
+    assert float(sampled_softmax_loss(H, T, W, rows)) == pytest.approx(float(sampled_softmax_loss(H, T, W, NEG)))
+    assert float(gbce_loss(H, T, W, rows, 0.75, 4)) == pytest.approx(float(gbce_loss(H, T, W, NEG, 0.75, 4)))
+    own = torch.stack([NEG, torch.tensor([0, 0, 2])])  # target 1 (item 2) meets itself once: left out
+    pos, negatives = dot(1, 2), [dot(1, 0), dot(1, 0)]
+    second = -pos + math.log(math.exp(pos) + sum(math.exp(s) for s in negatives))
+    first = float(sampled_softmax_loss(H[:1], T[:1], W, NEG))
+    assert float(sampled_softmax_loss(H, T, W, own)) == pytest.approx((first + second) / 2, rel=1e-6)
+
+
 def tiny_dataset() -> RecDataset:
     """30 users, 6 items each, over a 12-item catalog (enough for one short epoch and a validation)."""
     users = [f"u{u}" for u in range(30) for _ in range(6)]
@@ -76,7 +89,8 @@ def tiny_dataset() -> RecDataset:
 
 
 def test_loss_options_and_gates_are_selectable_config_fields():
-    model = build(SASRec, {}, {"loss": "gbce", "negatives": 8, "gated": True, "sampling": "popularity",
+    model = build(SASRec, {}, {"loss": "gbce", "negatives": 8, "negatives_per": "target", "gated": True,
+                               "sampling": "popularity",
                                "patience": 1, "epochs": 2, "max_train_seconds": 1e-9, "hidden_size": 16,
                                "n_layers": 1, "n_heads": 1, "inner_size": 32, "max_len": 8, "batch_size": 8})
     assert isinstance(model.build_network().blocks[0], Block) and model.config.gated
@@ -85,7 +99,7 @@ def test_loss_options_and_gates_are_selectable_config_fields():
     assert np.isfinite(report["curve"][0]["loss"])
     # The validation search can tune each option: they are plain config fields.
     points = grid_points({"loss": ["ce", "gbce"], "negatives": [0, 256], "logq": [False, True],
-                          "gated": [False, True]})
+                          "gated": [False, True], "negatives_per": ["batch", "target"]})
     for point in points:
         build(SASRec, point, None)
     with pytest.raises(ValueError, match="gbce' needs negatives"):

@@ -53,6 +53,9 @@ class SequentialConfig:
     # negative per target (Kang & McAuley) | gbce: gSASRec's generalised BCE over `negatives` negatives
     loss: str = "ce"
     negatives: int = 0  # ce: 0 = full catalog, N > 0 = sampled softmax; gbce: N > 0 required
+    # one set of N negatives for the whole batch (one [T, N] matmul) | N of its own for every target, as
+    # RecTools (eSASRec's published runs) samples them: more distinct negatives per step, T x N x d gathered
+    negatives_per: str = "batch"
     sampling: str = "uniform"  # negatives (shared by a batch) drawn uniformly | by training popularity
     logq: bool = False  # sampled softmax: subtract log(expected count) from each logit (matters for popularity)
     gbce_t: float = 0.75  # gbce calibration t in [0, 1] (Petrov & Macdonald 2023; 0 = plain BCE)
@@ -68,11 +71,18 @@ class SequentialConfig:
 
 def target_and_negative_logits(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg: torch.Tensor,
                                 bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of each target [T] and of the negatives shared by the batch [T, N] (output bias added if any)."""
-    pos, negs = (h * w[t]).sum(-1), h @ w[neg].T
+    """Logits of each target [T] and of its negatives [T, N] (output bias added if any). `neg` is [N], shared
+    by the batch, or [T, N], one row per target."""
+    pos = (h * w[t]).sum(-1)
+    negs = h @ w[neg].T if neg.dim() == 1 else torch.bmm(w[neg], h[:, :, None]).squeeze(-1)
     if bias is not None:
-        pos, negs = pos + bias[t], negs + bias[neg][None, :]
+        pos, negs = pos + bias[t], negs + (bias[neg][None, :] if neg.dim() == 1 else bias[neg])
     return pos, negs
+
+
+def accidental_hits(neg: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """[T, N]: where a drawn negative is the target itself (left out of the loss)."""
+    return (neg[None, :] if neg.dim() == 1 else neg) == t[:, None]
 
 
 def full_softmax_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
@@ -84,15 +94,15 @@ def full_softmax_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, bias: t
 
 def sampled_softmax_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg: torch.Tensor,
                          bias: torch.Tensor | None = None, log_q: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax cross-entropy of each target against itself and the N negatives `neg` shared by the batch;
-    a negative equal to the target is left out. `log_q` [items]: log of each item's expected count in the
+    """Softmax cross-entropy of each target against itself and its N negatives `neg` ([N] shared by the batch,
+    or [T, N]); a negative equal to the target is left out. `log_q` [items]: log of each item's expected count in the
     sample, subtracted from every logit (logQ correction, Bengio & Senécal 2008), so that popularity-sampled
     negatives estimate the full softmax; with uniform sampling it is a constant and changes nothing."""
     pos, negs = target_and_negative_logits(h, t, w, neg, bias)
     if log_q is not None:
-        pos, negs = pos - log_q[t], negs - log_q[neg][None, :]
+        pos, negs = pos - log_q[t], negs - (log_q[neg][None, :] if neg.dim() == 1 else log_q[neg])
     logits = torch.cat([pos[:, None], negs], dim=1).float()
-    logits[:, 1:][neg[None, :] == t[:, None]] = -torch.inf
+    logits[:, 1:][accidental_hits(neg, t)] = -torch.inf
     return F.cross_entropy(logits, torch.zeros_like(t))
 
 
@@ -104,12 +114,13 @@ def gbce_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg: torch.Tens
     (0 = plain BCE, 1 = beta = alpha).
     Per target: (beta softplus(-s+) + sum_j softplus(s_j)) / (N + 1), the mean over its N + 1 logits as in
     the authors' code; a negative equal to the target is left out. Averaged over targets."""
-    alpha = len(neg) / max(n_items - 1, 1)
+    n = neg.shape[-1]
+    alpha = n / max(n_items - 1, 1)
     beta = 1 - calibration * (1 - alpha)
     pos, negs = target_and_negative_logits(h, t, w, neg, bias)
-    neg_terms = F.softplus(negs.float()).masked_fill(neg[None, :] == t[:, None], 0.0)
+    neg_terms = F.softplus(negs.float()).masked_fill(accidental_hits(neg, t), 0.0)
     per_target = beta * F.softplus(-pos.float()) + neg_terms.sum(1)
-    return (per_target / (len(neg) + 1)).mean()
+    return (per_target / (n + 1)).mean()
 
 
 def bce_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg: torch.Tensor,
@@ -260,11 +271,14 @@ class SequentialRecommender(Recommender):
             return full_softmax_loss(h, t, w, bias)
         if cfg.negatives <= 0:
             raise ValueError(f"{self.name}: loss 'gbce' needs negatives > 0")
+        if cfg.negatives_per not in ("batch", "target"):
+            raise ValueError(f"{self.name}: negatives_per must be 'batch' or 'target', got '{cfg.negatives_per}'")
+        shape = (cfg.negatives,) if cfg.negatives_per == "batch" else (len(t), cfg.negatives)
         probs = getattr(self, "negative_probs", None)
         if probs is None:
-            neg = torch.randint(0, self.n_items, (cfg.negatives,), generator=gen)
+            neg = torch.randint(0, self.n_items, shape, generator=gen)
         else:
-            neg = torch.multinomial(probs, cfg.negatives, replacement=True, generator=gen)
+            neg = torch.multinomial(probs, math.prod(shape), replacement=True, generator=gen).view(shape)
         neg = neg.to(t.device)
         if cfg.loss == "gbce":
             return gbce_loss(h, t, w, neg, cfg.gbce_t, self.n_items, bias)
