@@ -27,8 +27,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "demo.json"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mm_llmrec import machine_info
-from vq_bart import cpu_flags
+from machine import machine_info
 
 
 def cpu_seconds() -> float:
@@ -90,9 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.dtypes:
         saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        saved["summarizer_dtypes"] = {"machine": {**machine_info(), "cpu_flags": cpu_flags(), **{
-            k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}},
-            **summarizer_dtypes()}
+        saved["summarizer_dtypes"] = {"machine": machine_info(), **summarizer_dtypes()}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
         print(json.dumps(saved["summarizer_dtypes"], indent=1))
@@ -102,8 +99,7 @@ def main() -> None:
         sys.exit(f"{lake} is not empty: the benchmark times a fresh lake")
     os.environ["MMREC_HOME"] = str(lake)
     os.environ.pop("DAGSTER_HOME", None)
-    machine = {**machine_info(), "cpu_flags": cpu_flags(),
-               **{k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ}}
+    machine = machine_info()
 
     from mmrec_pipeline.cli import instance_home, process_tags
 

@@ -15,10 +15,8 @@ Results: a printed table and ``benchmarks/results/evaluator.json``.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -26,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work"
@@ -230,27 +229,6 @@ def run_worker(python: Path | str, name: str, data_path: Path, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores_visible": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "torch_threads_default": torch.get_num_threads(),
-        "load_average_1m_3m_15m_at_start": [round(x, 2) for x in os.getloadavg()],
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "device": "cpu",
-    }
-
-
 def summarise(name: str, res: dict, n_users: int, n_items: int, note: str) -> dict:
     if "error" in res:
         return {"method": name, "error": res["error"], "stderr_tail": res.get("stderr_tail"), "note": note}
@@ -308,7 +286,7 @@ def main() -> None:
         return
 
     args.naive_users = min(args.naive_users, args.users)
-    machine = machine_info()
+    machine = {**machine_info(), "numpy": np.__version__}  # RecBole's venv pins its own numpy
     WORK.mkdir(parents=True, exist_ok=True)
     data_path = WORK / f"evaluator_{args.users}x{args.items}_d{args.dim}_s{args.seed}.npz"
     np.savez(data_path, **make_data(args.users, args.items, args.dim, args.seed))
@@ -361,7 +339,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(report, indent=2))
 
     print(f"{args.users} users x {args.items} items, K={KS}, {args.threads} torch thread(s) of "
-          f"{machine['cores_usable']} cores, load {machine['load_average_1m_3m_15m_at_start'][0]}, "
+          f"{machine['cores_usable']} cores, load {machine['load_average_1m_5m_15m_at_start'][0]}, "
           f"torch {machine['torch']}, best of {args.repeats}")
     print(f"{'method':<10} {'user·items/s':>14} {'users/s':>10} {'s (all)':>9} {'peak MB':>9} {'pre MB':>8}  note")
     for row in table:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -35,6 +34,8 @@ WORK = HERE / ".work" / "features"
 RESULTS = HERE / "results" / "features.json"
 STAGES = ("image_embeddings", "captions_offline", "both")
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without an installed package too
+
+from machine import machine_info
 
 
 def catalogs(n_items: int):
@@ -109,11 +110,7 @@ def main() -> None:
         return
 
     catalogs(args.items)  # generates the sample once, outside the timed runs
-    import torch
-
-    env = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-           "torch": torch.__version__, "machine": platform.machine(), "device": "cpu",
-           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    env = machine_info()
     rows = []
     for stage in args.stages.split(","):
         for dtype in args.dtypes.split(","):
@@ -139,7 +136,7 @@ def main() -> None:
             rows.append({"stage": stage, "dtype": full["dtype"], "full": full, "rerun_unchanged": again,
                          "rerun_after_2pct_growth": grow,
                          "growth_cost_ratio": round(grow["seconds"] / full["seconds"], 4)})
-    env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    env["load_average_1m_5m_15m_at_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print(f"{'stage':<18} {'dtype':<9} {'items':>6} {'full s':>8} {'cpu s':>8} {'items/s':>8} {'items/cpu s':>11} "
           f"{'peak MB':>8} {'rerun s':>8} {'+2% new':>8} {'+2% s':>7} {'ratio':>7}")
@@ -154,9 +151,6 @@ def main() -> None:
     print(f"goal: ratio <= 0.05; machine: {env}")
     from mmrec_pipeline.storage import write_json
 
-    env["cpu_model"] = cpu_model()
-    env["cpu_env"] = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS")
-                      if k in os.environ}
     result = {"environment": env, "settings": {"items": args.items, "workers": args.workers,
                                                "batch_size": args.batch_size, "dtypes": args.dtypes,
                                                "stages": args.stages, "full_only": args.full_only},
@@ -167,13 +161,6 @@ def main() -> None:
         result = merged
     write_json(result, args.results)
     print(f"wrote {args.results}")
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

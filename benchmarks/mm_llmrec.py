@@ -22,10 +22,8 @@ Results: `benchmarks/results/mm_llmrec.json`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "mm_llmrec"
@@ -44,30 +43,15 @@ def max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    info = {
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores_visible": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "load_average_1m_5m_15m_at_start": [round(x, 2) for x in os.getloadavg()],
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
+def package_versions() -> dict:
+    """Versions of the packages behind the LoRA / QLoRA paths (bitsandbytes may be absent without CUDA)."""
+    versions = {}
     for pkg in ("transformers", "peft", "bitsandbytes"):
         try:
-            info[pkg] = __import__(pkg).__version__
+            versions[pkg] = __import__(pkg).__version__
         except Exception as e:  # noqa: BLE001 - an optional package that fails to import is reported, not fatal
-            info[pkg] = f"unavailable ({type(e).__name__})"
-    return info
+            versions[pkg] = f"unavailable ({type(e).__name__})"
+    return versions
 
 
 # --- the sample (parent prepares it once; workers read it) -----------------------------------------------
@@ -261,7 +245,8 @@ def main() -> None:
 
     parts = args.parts.split(",")
     result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    result.update({"benchmark": "mm_llmrec", "machine": machine_info(), "threads": args.threads})
+    machine = {**machine_info(), **package_versions()}
+    result.update({"benchmark": "mm_llmrec", "machine": machine, "threads": args.threads})
     result["notes"] = [
         ("Wall seconds depend on how busy the machine is (see load_average_1m_5m_15m_at_start); CPU seconds are "
         "the process's own (one torch thread)."),

@@ -35,6 +35,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import machine_info
+
 RESULTS = ROOT / "benchmarks" / "results" / "mmrec_dlrm.json"
 
 
@@ -244,8 +247,6 @@ def hm_ranking(lake: Path) -> dict:
 
 
 def main() -> None:
-    from evaluator import machine_info  # the benchmarks' shared machine description
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--parts", default="rerun,throughput,sample")
     parser.add_argument("--grid", default="demo", choices=("demo", "paper"))

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "recbole_protocol"
@@ -176,8 +177,6 @@ def main() -> None:
         print(json.dumps(run_recbole(args.worker, args.sequential)))
         return
 
-    from sequential_vs_recbole import machine_info  # the benchmarks' shared machine description
-
     start = time.perf_counter()
     machine = machine_info()
     ours = run_ours(args.sasrec_epochs)
@@ -202,7 +201,7 @@ def main() -> None:
         report["models"][name] = entry
     report["tolerance"] = TOL
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    machine["load_average_at_end"] = os.getloadavg()
+    machine["load_average_1m_5m_15m_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
 

@@ -28,13 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import machine_info
+
 CANDIDATES = ("popularity", "item_knn", "ease")
-
-
-def cpu_flags() -> list[str]:
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "fma", "sse4", "amx")))
 
 
 def prepare(dataset: str, work: Path) -> dict:
@@ -143,9 +139,7 @@ def main() -> None:
         print(json.dumps(child(args.dataset, Path(work), model, variant, args.k, int(batch), args.threads)))
         return
 
-    from evaluator import machine_info
-
-    info = {**machine_info(), "cpu_flags": cpu_flags(), "torch_threads": args.threads}
+    info = {**machine_info(), "torch_threads": args.threads}  # the children's threads
     with tempfile.TemporaryDirectory(prefix="mmrec-bench-serving-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()

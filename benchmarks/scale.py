@@ -195,8 +195,7 @@ def main() -> None:
 
     # machine_info imports torch (~0.7 GB): in a child, because Linux reports a forked child's peak RSS as at least
     # its parent's at the fork, so this process must stay small for the children's ru_maxrss to be their own.
-    probe = "import json; from evaluator import machine_info; from recommendations import cpu_flags; " \
-            "print(json.dumps({**machine_info(), 'cpu_flags': cpu_flags()}))"
+    probe = "import json; from machine import machine_info; print(json.dumps(machine_info()))"
     machine = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parent, check=True,
                                         capture_output=True, text=True).stdout)
     rows = []

@@ -25,10 +25,8 @@ machine slow both sides, and 1 torch thread each is the fairer setting then).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "sequential"
@@ -207,18 +206,6 @@ def run_worker(python: Path | str, args: list[str], timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine_info() -> dict:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "cpu": cpu,
-            "cores_usable": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-            "device": "cpu", "load_average_at_start": os.getloadavg()}
-
-
 def row(name: str, res: dict) -> dict:
     if "error" in res:
         return {"run": name, **res}
@@ -303,7 +290,7 @@ def main() -> None:
                                                              / r["seconds_total"])
         goals["met"] = (goals["ndcg_ours_over_recbole_same_epochs"] >= 1
                         and goals["epoch_time_ours_over_recbole"] <= 0.5)
-    machine["load_average_at_end"] = os.getloadavg()
+    machine["load_average_1m_5m_15m_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {"benchmark": "sequential_vs_recbole", "machine": machine, "data": data, "setup": setup,
               "results": table, "goals": goals, "raw": raw, "wall_seconds": round(time.perf_counter() - start, 1)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

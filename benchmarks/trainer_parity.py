@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from mm_llmrec import machine_info
+from machine import machine_info
 
 NO_FEATURES = ("bpr_mf", "gru4rec", "sasrec", "bert4rec", "deepconn")  # read interactions (and reviews) only
 MODELS = ("bpr_mf", "vbpr", "gru4rec", "sasrec", "bert4rec", "deepconn", "mm_llmrec", "lvlm_gating_fusion",
@@ -93,8 +93,7 @@ def main() -> None:
     names = args.models.split(",")
     data, features = sample(with_features=not set(names) <= set(NO_FEATURES))
     out_path = ROOT / "benchmarks" / "results" / f"trainer_parity_{args.label}.json"
-    results = {"machine": {**machine_info(), "torch_threads": args.threads}, "protocol": __doc__.split("\n\n")[1],
-               "models": {}}
+    results = {"machine": machine_info(), "protocol": __doc__.split("\n\n")[1], "models": {}}
     for name in names:
         model = build(name)
         cpu0, wall0 = time.process_time(), time.perf_counter()

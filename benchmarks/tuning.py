@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mm_llmrec import WORK, load_sample, machine_info, prepare_sample
+from machine import machine_info
+from mm_llmrec import WORK, load_sample, prepare_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's package, installed or not

@@ -14,7 +14,7 @@
   `vq_codes`, `text_embeddings`), wall and CPU seconds per step and variant, valid and test NDCG@10.
 
 Torch uses `--threads` threads (default 1, as the demo profile). The machine info (CPU model and flags, load
-average) comes from benchmarks/mm_llmrec.py. Results: `benchmarks/results/vq_bart.json` (parts merge).
+average) comes from benchmarks/machine.py. Results: `benchmarks/results/vq_bart.json` (parts merge).
 """
 
 from __future__ import annotations
@@ -29,16 +29,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mm_llmrec import machine_info
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "vq_bart.json"
-
-
-def cpu_flags() -> list[str]:
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4")))
 
 
 def demo_model(history: int, use_image: bool, image_grid: int, n_items: int = 1200, n_codes: int = 512):
@@ -221,7 +215,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["machine"] = {**machine_info(), "cpu_flags": cpu_flags(), "torch_threads": args.threads}
+    results["machine"] = machine_info()
     for part in args.parts.split(","):
         start, load = time.perf_counter(), [round(x, 2) for x in os.getloadavg()]
         if part in ("train", "decode"):  # one piece of `throughput`, merged into it
