@@ -223,8 +223,14 @@ def test_hm_text_price_names_the_row(tmp_path):
 # ---------------------------------------------------------------- 7, 8: end to end on an image-less dataset
 
 
-TINY_MODELS = ("{sasrec: {epochs: 2}, gru4rec: {epochs: 2}, bert4rec: {epochs: 2}, bpr_mf: {epochs: 2}, "
-               "hybrid: {mf_epochs: 2}, lvlm_retrieval: {epochs: 2}, mm_llmrec: {epochs: 1}}")
+# Each model trains an epoch or two at one grid point: this test is about every asset running and a killed run
+# recovering; the grids and the models' quality are tested on their own (test_tuning, the model tests).
+TINY_MODELS = json.dumps({
+    **{m: {"epochs": 2, "search_space": {}} for m in ("sasrec", "gru4rec", "bert4rec", "bpr_mf", "deepconn", "vbpr",
+                                                      "mmrec_dlrm")},
+    **{m: {"search_space": {}} for m in ("ease", "item_knn", "content")},
+    "hybrid": {"mf_epochs": 2}, "lvlm_retrieval": {"epochs": 2}, "vq_bart": {"epochs": 1}, "mm_llmrec": {"epochs": 1},
+})  # JSON is YAML: it goes into the test's datasets.yaml
 
 
 def tiny_recbole(folder: Path) -> None:
