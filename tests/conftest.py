@@ -9,6 +9,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 _LAKE = Path(tempfile.mkdtemp(prefix="mmrec-test-lake-"))  # one per process: each xdist worker has its own
+# ...but the fixtures that compute the sample's features share one feature cache across workers: it is
+# content-addressed and safe under concurrent writers (features/cache.py), so a worker reuses what the other has
+# computed. The controller creates it; the workers it spawns inherit the variable. (Not a link inside the lakes:
+# the lake refuses paths that resolve outside its root.)
+_SHARED_CACHE = Path(os.environ.setdefault("MMREC_TEST_SHARED_CACHE", tempfile.mkdtemp(prefix="mmrec-test-cache-")))
 # The files that run longest (minutes on a 2-core CPU) start first, so the two workers finish together.
 LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_sequential", "test_object_storage", "test_mm_llmrec",
               "test_features", "test_deploy")
@@ -33,6 +38,12 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def lake() -> Path:
     return _LAKE
+
+
+@pytest.fixture(scope="session")
+def shared_feature_cache() -> Path:
+    """The feature cache root the sample's feature fixtures share across xdist workers."""
+    return _SHARED_CACHE / "features"
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +74,7 @@ def sample_dataset(sample_tables):
 
 
 @pytest.fixture(scope="session")
-def sample_features(sample_tables, sample_dataset, lake):
+def sample_features(sample_tables, sample_dataset, shared_feature_cache):
     """Image and text feature tables of the sample (EfficientNet-Lite0 + all-MiniLM-L6-v2, packaged weights),
     as the feature assets compute them, and the `ItemFeatures` models read."""
     from mmrec_pipeline.compute import Compute
@@ -73,7 +84,7 @@ def sample_features(sample_tables, sample_dataset, lake):
     from mmrec_pipeline.models.base import ItemFeatures
 
     tables, _ = sample_tables
-    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), lake / "_cache"
+    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), shared_feature_cache
     image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
     text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
     features = ItemFeatures.from_table(sample_dataset, image).merge(ItemFeatures.from_table(sample_dataset, text))

@@ -36,7 +36,7 @@ LEARNED_EPOCHS = 6
 
 
 @pytest.fixture(scope="module")
-def features(sample_tables, sample_dataset, sample_features, lake):
+def features(sample_tables, sample_dataset, sample_features, shared_feature_cache):
     """The sample's features plus caption embeddings from the offline captioner (the only one without weights
     to download) for the first CAPTIONED_ITEMS items, computed as the captions and text_embeddings assets do."""
     from mmrec_pipeline.features.captions import captions
@@ -44,7 +44,7 @@ def features(sample_tables, sample_dataset, sample_features, lake):
     from mmrec_pipeline.features.text import text_embeddings
 
     tables, _ = sample_tables
-    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), lake / "_cache"
+    compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), shared_feature_cache
     caps, _ = captions(tables.items.sort("item_id").head(CAPTIONED_ITEMS), sources, compute, cache,
                        models=("offline",))
     text, _ = text_embeddings(tables.items, sources, compute, cache, captions=caps, gpt2=False)
