@@ -57,10 +57,10 @@ def rows() -> dict[str, tuple[str, dict]]:
     """row -> (registry model, dataset overrides incl. runner keys). `sasrec_ss256` is the published SASRec
     configuration (embedding 64, 1 block, 1 head, dropout 0.2, max length 50, sampled softmax over 256 negatives
     shared by a batch, lr 1e-3, batch 128, up to 200 epochs, patience 50); the SASRec options are that
-    configuration with a field or two changed (the registry entry's `sasrec` is the option rows' validation
-    winner); the other rows are the registry entry's `models:`. Nothing here was chosen on test."""
+    configuration with a field or two changed (the registry entry's `sasrec` is the rows' validation winner); the
+    other rows are the registry entry's `models:`. Nothing here was chosen on test."""
     models = get_dataset("amazon-toys").models
-    sasrec = {**models["sasrec"], "negatives_per": "batch", "gated": False}  # the published configuration
+    sasrec = {**models["sasrec"], "negatives": 256, "negatives_per": "batch", "gated": False}  # the published one
     per_target = {**sasrec, "negatives_per": "target"}
     out = {"sasrec_ss256": ("sasrec", sasrec),
            # RecTools (eSASRec's published runs) and gSASRec draw negatives per target, not one set per batch

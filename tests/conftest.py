@@ -1,5 +1,6 @@
 """Test environment: the shared real data beside the repo, a throw-away lake, the `test` resources."""
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -15,8 +16,11 @@ _LAKE = Path(tempfile.mkdtemp(prefix="mmrec-test-lake-"))  # one per process: ea
 # the lake refuses paths that resolve outside its root.)
 _SHARED_CACHE = Path(os.environ.setdefault("MMREC_TEST_SHARED_CACHE", tempfile.mkdtemp(prefix="mmrec-test-cache-")))
 # The files that run longest (minutes on a 2-core CPU) start first, so the two workers finish together.
-LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_sequential", "test_object_storage", "test_mm_llmrec",
-              "test_features", "test_deploy")
+LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_sequential", "test_object_storage", "test_features",
+              "test_deploy")
+# The other files that read the sample's features run last: by then test_lvlm_retrieval (first on its worker) has
+# put them in the shared cache, where started side by side both workers computed them (626 s of a 17-minute run).
+LAST = ("test_mm_llmrec", "test_model_registry")
 
 os.environ.setdefault("MMREC_DATA", str(SHARED_DATA))
 os.environ["MMREC_HOME"] = str(_LAKE)
@@ -30,9 +34,9 @@ if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs 2 workers (pyproject
 
 def pytest_collection_modifyitems(items):
     """`--dist loadfile` (pyproject addopts) keeps each file on one worker, so its module fixtures are built
-    once; the files that run longest start first."""
-    rank = {name: i for i, name in enumerate(LONG_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
+    once; the files that run longest start first, those that reuse the sample's features last."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)} | {name: 100 + i for i, name in enumerate(LAST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(LONG_FIRST)))
 
 
 @pytest.fixture(scope="session")
@@ -85,8 +89,11 @@ def sample_features(sample_tables, sample_dataset, shared_feature_cache):
 
     tables, _ = sample_tables
     compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), shared_feature_cache
-    image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
-    text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "sample_features.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a worker that needs them while the other computes them waits, then reads
+        image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
+        text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
     features = ItemFeatures.from_table(sample_dataset, image).merge(ItemFeatures.from_table(sample_dataset, text))
     return {"image": image, "text": text, "features": features}
 

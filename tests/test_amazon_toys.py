@@ -13,7 +13,7 @@ def test_registry_entry_loads():
     spec = get_dataset("amazon-toys")
     assert (spec.source, spec.split, spec.path) == ("sequence", "loo", "amazon-toys-seq")
     assert "ICLRec" in spec.obtain
-    assert spec.models["sasrec"]["negatives"] == 256 and spec.models["sasrec"]["search_space"] == {}
+    assert spec.models["sasrec"]["loss"] == "ce" and spec.models["sasrec"]["search_space"] == {}
 
 
 def test_slice_of_the_toys_file_parses(shared_data, tmp_path):
