@@ -56,7 +56,7 @@ class SequentialConfig:
     # one set of N negatives for the whole batch (one [T, N] matmul) | N of its own for every target, as
     # RecTools (eSASRec's published runs) samples them: more distinct negatives per step, T x N x d gathered
     negatives_per: str = "batch"
-    sampling: str = "uniform"  # negatives (shared by a batch) drawn uniformly | by training popularity
+    sampling: str = "uniform"  # negatives drawn uniformly | by training popularity
     logq: bool = False  # sampled softmax: subtract log(expected count) from each logit (matters for popularity)
     gbce_t: float = 0.75  # gbce calibration t in [0, 1] (Petrov & Macdonald 2023; 0 = plain BCE)
     epochs: int = 100  # upper bound; early stopping usually ends sooner
@@ -76,13 +76,18 @@ def target_and_negative_logits(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor
     pos = (h * w[t]).sum(-1)
     negs = h @ w[neg].T if neg.dim() == 1 else torch.bmm(w[neg], h[:, :, None]).squeeze(-1)
     if bias is not None:
-        pos, negs = pos + bias[t], negs + (bias[neg][None, :] if neg.dim() == 1 else bias[neg])
+        pos, negs = pos + bias[t], negs + per_target(bias[neg])
     return pos, negs
+
+
+def per_target(x: torch.Tensor) -> torch.Tensor:
+    """A value per negative, [N] (negatives shared by the batch) or [T, N], as a shape that broadcasts to [T, N]."""
+    return x[None, :] if x.dim() == 1 else x
 
 
 def accidental_hits(neg: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """[T, N]: where a drawn negative is the target itself (left out of the loss)."""
-    return (neg[None, :] if neg.dim() == 1 else neg) == t[:, None]
+    return per_target(neg) == t[:, None]
 
 
 def full_softmax_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
@@ -100,7 +105,7 @@ def sampled_softmax_loss(h: torch.Tensor, t: torch.Tensor, w: torch.Tensor, neg:
     negatives estimate the full softmax; with uniform sampling it is a constant and changes nothing."""
     pos, negs = target_and_negative_logits(h, t, w, neg, bias)
     if log_q is not None:
-        pos, negs = pos - log_q[t], negs - (log_q[neg][None, :] if neg.dim() == 1 else log_q[neg])
+        pos, negs = pos - log_q[t], negs - per_target(log_q[neg])
     logits = torch.cat([pos[:, None], negs], dim=1).float()
     logits[:, 1:][accidental_hits(neg, t)] = -torch.inf
     return F.cross_entropy(logits, torch.zeros_like(t))
