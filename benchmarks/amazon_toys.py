@@ -73,6 +73,9 @@ def rows() -> dict[str, tuple[str, dict]]:
            "sasrec_ss256_ligr_per_target": ("sasrec", {**per_target, "gated": True}),  # eSASRec's layers
            "sasrec_ss256_ligr": ("sasrec", {**sasrec, "gated": True}),
            "sasrec_full_ce": ("sasrec", {**sasrec, "negatives": 0}),
+           # RecTools' SASRec layers also drop attention weights and the feed-forward layer's inner activations
+           "sasrec_full_ce_attn_ffn_dropout": ("sasrec", {**sasrec, "negatives": 0, "attention_dropout": 0.2,
+                                                          "inner_dropout": 0.2}),
            # eSASRec's own run config for this split (configs/paper/loo/s3_vanilla.yaml) has 256 factors where its
            # README table says 64
            "sasrec_ss256_d256": ("sasrec", {**sasrec, "hidden_size": 256}),

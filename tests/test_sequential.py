@@ -121,6 +121,22 @@ def test_sasrec_is_causal():
         assert not torch.allclose(ha[0, 5:], hb[0, 5:])
 
 
+@pytest.mark.parametrize("field", ["attention_dropout", "inner_dropout"])
+def test_attention_and_inner_dropout_apply_in_training_only(field):
+    """Each option adds randomness in training (all other dropout off) and none in evaluation."""
+    x = torch.tensor([[40, 40, 3, 4, 5, 6, 7, 8]])
+    model = tiny(SASRec, dropout=0.0)
+    model.n_items = N_USED
+    plain = model.build_network().train()
+    assert torch.equal(plain(x), plain(x))
+    model.config = dataclasses.replace(model.config, **{field: 0.5})
+    net = model.build_network().train()
+    assert not torch.allclose(net(x), net(x))
+    net.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+
+
 @pytest.mark.parametrize("cls", MODELS)
 def test_learns_order_and_beats_popularity(cls, walk, trained):
     model, report = trained[cls.name]

@@ -21,6 +21,10 @@ class SASRecConfig(SequentialConfig):
     inner_size: int = 256  # feed-forward width
     dropout: float = 0.3
     gated: bool = False  # LiGR-style gated residuals (the "e" of eSASRec's layers; see sequential.Block)
+    # dropout on the attention weights and between the feed-forward layer's two linears (RecTools' SASRec,
+    # which eSASRec's published runs use, has both at `dropout`); 0 = off, the cheaper CPU step
+    attention_dropout: float = 0.0
+    inner_dropout: float = 0.0
 
 
 # The grid the runner tunes on validation (models/runner.py); two points, as each is a full training run.
@@ -35,4 +39,5 @@ class SASRec(SequentialRecommender):
     def build_network(self):
         c = self.config
         return TransformerEncoder(self.n_tokens(), self.pad, c.max_len, c.hidden_size, c.n_layers, c.n_heads,
-                                  c.inner_size, c.dropout, causal=True, gated=c.gated)
+                                  c.inner_size, c.dropout, causal=True, gated=c.gated,
+                                  attention_dropout=c.attention_dropout, inner_dropout=c.inner_dropout)
