@@ -233,7 +233,7 @@ def check_recommendations(recs: pl.DataFrame, data: RecDataset, users: np.ndarra
     """{check: (passed, metadata)} for the table just written: K items per active user, no unknown item ids,
     no history items (unless the dataset counts repeats)."""
     expected = pl.DataFrame({"user_id": data.user_ids[users].astype(str)})
-    seen = data.split.select(pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8)).unique()
+    seen = data.ids(data.split.select("user_idx", "item_idx").unique())
     counts = (expected.join(recs.group_by("user_id").agg(pl.len().alias("n")), on="user_id", how="left")
               .join(seen.group_by("user_id").agg(pl.len().alias("history")), on="user_id", how="left")
               .with_columns(pl.col("n").fill_null(0), pl.col("history").fill_null(0)))

@@ -152,7 +152,7 @@ def test_recommendations_exclude_history_and_cover_active_users(sample_tables, t
     checks = serving.check_recommendations(recs, data, users, 20)
     assert all(ok for ok, _ in checks.values()), checks
     # a table that recommends a history item fails the history check
-    seen = data.split.select(pl.col("user_id").cast(pl.Utf8), pl.col("item_id").cast(pl.Utf8)).row(0)
+    seen = data.ids(data.split.head(1)).row(0)
     bad = pl.concat([recs, pl.DataFrame({"user_id": [seen[0]], "rank": [21], "item_id": [seen[1]], "score": [0.0]},
                                         schema=recs.schema)])
     assert not serving.check_recommendations(bad, data, users, 20)["no_history_items"][0]
