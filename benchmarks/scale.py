@@ -93,6 +93,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
             check_no_leak,
             check_temporal_shares,
             make_split,
+            split_summary,
         )
 
         inter = pl.read_parquet(out / "interactions.parquet")
@@ -100,8 +101,9 @@ def run_stage(stage: str, scale: float, args) -> dict:
         del inter
         checks = {name: fn(split)[0] for name, fn in (("shares", check_temporal_shares), ("no_leak", check_no_leak))}
         checks["items_known"] = check_items_known(split, pl.read_parquet(out / "items.parquet"))[0]
+        summary = split_summary(split)  # the split asset's metadata
         write_parquet(split, out / "split.parquet")
-        return {"rows": split.height, "checks_pass": checks}
+        return {"rows": split.height, "checks_pass": checks, "test_users": summary["test_users"]}
     if stage in MODELS:
         from mmrec_pipeline.compute import Compute
         from mmrec_pipeline.models import MODELS as REGISTRY
@@ -109,7 +111,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
 
         data = load_data(scale)
         overrides = {"bpr_mf": {"epochs": args.bpr_epochs, "batch_size": args.bpr_batch}}.get(stage, {})
-        cls = REGISTRY[stage][0]
+        cls = REGISTRY[stage]
         model = cls(cls.Config(**overrides))
         report = model.fit(data, ItemFeatures(), Compute(device="cpu"))
         model.save(out / "models" / stage)
@@ -122,7 +124,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
         data = load_data(scale)
         facts = {}
         for name in MODELS:
-            model = REGISTRY[name][0].load(out / "models" / name)
+            model = REGISTRY[name].load(out / "models" / name)
             t0 = time.perf_counter()
             table, full = evaluate_model(model, data, name, max_users=args.eval_users)
             main = table.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10)).row(0, named=True)
