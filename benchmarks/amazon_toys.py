@@ -76,6 +76,14 @@ def rows() -> dict[str, tuple[str, dict]]:
            # RecTools' SASRec layers also drop attention weights and the feed-forward layer's inner activations
            "sasrec_full_ce_attn_ffn_dropout": ("sasrec", {**sasrec, "negatives": 0, "attention_dropout": 0.2,
                                                           "inner_dropout": 0.2}),
+           "sasrec_ss256_per_target_attn_ffn_dropout": ("sasrec", {**per_target, "attention_dropout": 0.2,
+                                                                   "inner_dropout": 0.2}),
+           # Kang & McAuley's block layout (RecTools' SASRec layers keep it): only the query normalised
+           "sasrec_full_ce_attn_ffn_dropout_kang": ("sasrec", {**sasrec, "negatives": 0, "attention_dropout": 0.2,
+                                                               "inner_dropout": 0.2, "layout": "sasrec"}),
+           # the dropout runs peak by epoch 9 and then overfit: more of every dropout
+           "sasrec_full_ce_all_dropout05": ("sasrec", {**sasrec, "negatives": 0, "dropout": 0.5,
+                                                       "attention_dropout": 0.5, "inner_dropout": 0.5}),
            # eSASRec's own run config for this split (configs/paper/loo/s3_vanilla.yaml) has 256 factors where its
            # README table says 64
            "sasrec_ss256_d256": ("sasrec", {**sasrec, "hidden_size": 256}),

@@ -111,8 +111,9 @@ def test_sasrec_is_causal():
     a = torch.tensor([[40, 40, 3, 4, 5, 6, 7, 8]])  # 40 = padding
     b = a.clone()
     b[0, 5:] = torch.tensor([20, 21, 22])
-    for cls, causal in ((SASRec, True), (GRU4Rec, True), (BERT4Rec, False)):
-        model = tiny(cls)
+    for cls, causal, options in ((SASRec, True, {}), (SASRec, True, {"layout": "sasrec"}), (GRU4Rec, True, {}),
+                                 (BERT4Rec, False, {})):
+        model = tiny(cls, **options)
         model.n_items = N_USED
         net = model.build_network().eval()
         with torch.no_grad():

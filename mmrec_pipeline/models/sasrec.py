@@ -25,6 +25,7 @@ class SASRecConfig(SequentialConfig):
     # which eSASRec's published runs use, has both at `dropout`); 0 = off, the cheaper CPU step
     attention_dropout: float = 0.0
     inner_dropout: float = 0.0
+    layout: str = "pre_ln"  # pre_ln | sasrec: Kang & McAuley's block (sequential.Block)
 
 
 # The grid the runner tunes on validation (models/runner.py); two points, as each is a full training run.
@@ -40,4 +41,5 @@ class SASRec(SequentialRecommender):
         c = self.config
         return TransformerEncoder(self.n_tokens(), self.pad, c.max_len, c.hidden_size, c.n_layers, c.n_heads,
                                   c.inner_size, c.dropout, causal=True, gated=c.gated,
-                                  attention_dropout=c.attention_dropout, inner_dropout=c.inner_dropout)
+                                  attention_dropout=c.attention_dropout, inner_dropout=c.inner_dropout,
+                                  layout=c.layout)
