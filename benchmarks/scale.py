@@ -165,15 +165,36 @@ def child(stage: str, scale: float, args) -> dict:
     return row
 
 
-def save(rows: list[dict], scales: list[float], info: dict, args) -> None:
-    """Merge this run's rows into the results file (re-read each time: runs at other scales may write it too)."""
+def save(rows: list[dict], info: dict, args) -> None:
+    """Merge this run's rows into the results file, replacing the same (scale, stage) and keeping the others, each
+    with the machine it ran on (re-read each time: runs at other scales may write it too)."""
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    runs = {str(s): r for s, r in previous.get("runs", {}).items() if float(s) not in scales}
-    for scale in scales:
-        runs[str(scale)] = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "stage"},
-                            "rows": [r for r in rows if r["scale"] == scale]}
+    runs = previous.get("runs", {})
+    for run in runs.values():  # the older layout kept one machine per scale
+        for r in run["rows"]:
+            r.setdefault("machine", run.get("machine")), r.setdefault("args", run.get("args"))
+        run.pop("machine", None), run.pop("args", None)
+    for row in rows:
+        row.setdefault("machine", info)
+        row.setdefault("args", {k: v for k, v in vars(args).items() if k not in ("stage", "markdown")})
+        run = runs.setdefault(str(row["scale"]), {"rows": []})
+        run["rows"] = [r for r in run["rows"] if r["stage"] != row["stage"]] + [row]
+        run["rows"].sort(key=lambda r: STAGES.index(r["stage"]))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"runs": dict(sorted(runs.items(), key=lambda kv: float(kv[0])))}, indent=2))
+
+
+def markdown(doc: dict) -> str:
+    """The README table: one row per scale and stage, with its machine and the load when it started."""
+    lines = ["| scale | stage | wall s | CPU s | peak RSS GB | what | machine, load at start |", "|---|---|---|---|---|---|---|"]
+    for scale, run in doc["runs"].items():
+        for r in run["rows"]:
+            m = r.get("machine", {})
+            what = r.get("error") or ", ".join(f"{k} {json.dumps(v)}" for k, v in r.get("facts", {}).items())
+            emulated = " (AVX2 emulation)" if m.get("cpu_env", {}).get("ATEN_CPU_CAPABILITY") else ""
+            lines.append(f"| {scale} | {r['stage']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_gb']} | {what} | "
+                         f"{m.get('cpu', '?').replace('(R)', '')}{emulated}, {r.get('load_1m_at_start', '?')} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -187,8 +208,12 @@ def main() -> None:
     parser.add_argument("--eval-users", type=int, default=50_000,
                         help="rank a seeded sample of this many test users where there are more (protocol +users:N)")
     parser.add_argument("--stage-timeout", type=float, default=3600)
+    parser.add_argument("--markdown", action="store_true", help="print the README table from the results and exit")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(RESULTS.read_text())))
+        return
     if args.lake:
         os.environ["MMREC_HOME"] = str(Path(args.lake).resolve())
     if args.stage:
@@ -201,13 +226,13 @@ def main() -> None:
     machine = json.loads(subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parent, check=True,
                                         capture_output=True, text=True).stdout)
     rows = []
-    info = {**machine, "torch_threads": args.threads,
-            "note": "shared machine (other engineers' jobs ran at the same time): prefer cpu_s over wall_s"}
+    info = {**machine, "torch_threads": args.threads}
     for scale in args.scales:
         for stage in args.stages:
-            row = child(stage, scale, args)
+            load = round(os.getloadavg()[0], 2)  # other jobs on the machine stretch wall time, not CPU time
+            row = {**child(stage, scale, args), "load_1m_at_start": load}
             rows.append(row)
-            save(rows, args.scales, info, args)
+            save(rows, info, args)
             print(f"scale {scale:<5g} {stage:<11} wall {row['wall_s']:>8.1f} s  cpu {row['cpu_s']:>8.1f} s  "
                   f"peak RSS {row['peak_rss_gb']:>6.2f} GB  {row.get('error') or json.dumps(row['facts'])}",
                   flush=True)
