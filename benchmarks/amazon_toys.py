@@ -62,7 +62,8 @@ def rows() -> dict[str, tuple[str, dict]]:
     configuration with a field or two changed (the registry entry's `sasrec` is the rows' validation winner); the
     other rows are the registry entry's `models:`. Nothing here was chosen on test."""
     models = get_dataset("amazon-toys").models
-    sasrec = {**models["sasrec"], "negatives": 256, "negatives_per": "batch", "gated": False}  # the published one
+    sasrec = {**models["sasrec"], "negatives": 256, "negatives_per": "batch", "gated": False,  # the published one
+              "attention_dropout": 0.0, "inner_dropout": 0.0}
     per_target = {**sasrec, "negatives_per": "target"}
     out = {"sasrec_ss256": ("sasrec", sasrec),
            # RecTools (eSASRec's published runs) and gSASRec draw negatives per target, not one set per batch
