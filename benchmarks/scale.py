@@ -184,13 +184,22 @@ def save(rows: list[dict], info: dict, args) -> None:
     RESULTS.write_text(json.dumps({"runs": dict(sorted(runs.items(), key=lambda kv: float(kv[0])))}, indent=2))
 
 
+def fact(name: str, value) -> str:
+    if isinstance(value, dict) and "ndcg@10" in value:  # an evaluated model
+        return (f"{name} NDCG@10 {value['ndcg@10']} ({value['protocol']}, {value['users_evaluated']:,} users, "
+                f"{value['seconds']} s)")
+    if name == "checks_pass":
+        return "split checks pass" if all(value.values()) else f"split checks FAIL {value}"
+    return f"{name} {value:,}" if isinstance(value, int) else f"{name} {value}"
+
+
 def markdown(doc: dict) -> str:
     """The README table: one row per scale and stage, with its machine and the load when it started."""
     lines = ["| scale | stage | wall s | CPU s | peak RSS GB | what | machine, load at start |", "|---|---|---|---|---|---|---|"]
     for scale, run in doc["runs"].items():
         for r in run["rows"]:
             m = r.get("machine", {})
-            what = r.get("error") or ", ".join(f"{k} {json.dumps(v)}" for k, v in r.get("facts", {}).items())
+            what = r.get("error") or ", ".join(fact(k, v) for k, v in r.get("facts", {}).items())
             emulated = " (AVX2 emulation)" if m.get("cpu_env", {}).get("ATEN_CPU_CAPABILITY") else ""
             lines.append(f"| {scale} | {r['stage']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_gb']} | {what} | "
                          f"{m.get('cpu', '?').replace('(R)', '')}{emulated}, {r.get('load_1m_at_start', '?')} |")
