@@ -2,6 +2,7 @@
 
     MMREC_DATA=../shared/data python benchmarks/amazon_toys.py --rows sasrec_ss256 [--time-budget S] [--threads 1]
     python benchmarks/amazon_toys.py --rows sasrec_ss256_per_target,sasrec_full_ce --patience 10
+    python benchmarks/amazon_toys.py --rows sasrec_full_ce_attn_ffn_dropout --refit  # row `<row>_refit`
     python benchmarks/amazon_toys.py --markdown      # the README table from the results file
 
 Protocol (the papers'): leave-one-out (last item test, second last valid), full ranking over all 11,924
@@ -11,7 +12,8 @@ pipeline's own functions (sequence reader, 5-core on users = no-op here, `loo` s
 validation NDCG@10 (full catalog), test is scored once with the chosen point. Sequential rows early-stop on
 validation NDCG@10 (3,000 valid users), with the row's patience or `--patience`, and stop at `--time-budget`
 training seconds when given (the fit report says which ended the run, and the curve shows whether validation was
-still rising).
+still rising). `--refit` retrains rows already run on train + valid for their best epoch count (no early stopping)
+and scores test: the protocol "leave-one-out, refit on train+valid", saved as `<row>_refit`.
 
 Output: a table and `benchmarks/results/amazon_toys.json`, one entry per row (merged into the file, so rows
 can run in separate processes): config, validation grid, s/epoch (wall, and CPU, which other jobs on the machine
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -32,6 +35,7 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +49,7 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.filtering import user_core
 from mmrec_pipeline.data.sources import reader
 from mmrec_pipeline.data.splits import make_split
+from mmrec_pipeline.evaluation.protocols import evaluate_model, per_user_table
 from mmrec_pipeline.evaluation.significance import bootstrap_ci
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures
@@ -147,6 +152,32 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, log: 
     return out
 
 
+def refit_row(row: str, data: RecDataset, done: dict, log: logging.Logger) -> dict:
+    """`row` again with its validation-chosen setting and best epoch count, trained on train + valid (no early
+    stopping: nothing is left to validate on) and scored on test: the protocol `loo, refit on train+valid`, which
+    some published runs use. Nothing is chosen here: the epochs come from `done`, the row's validation run."""
+    model_name, overrides = rows()[row]
+    cls = MODELS[model_name]
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    config = {k: v for k, v in {**overrides, **done["chosen"]}.items() if k in fields}
+    if done.get("best_epoch"):  # an epoch-trained model: its best count, no early stopping
+        config.update(epochs=done["best_epoch"], patience=10**6)
+    split = data.split.with_columns(pl.col("split").replace("valid", "train"))
+    refit = dataclasses.replace(data, split=split)
+    cpu0 = time.process_time()
+    model = cls(cls.Config(**config))
+    model.fit(refit, ItemFeatures(), Compute(device="cpu"), log)
+    table, full = evaluate_model(model, refit, model_name, "refit", sampled=None, cold=False)
+    pu = per_user_table(full, refit, model_name, "refit", refit.protocol)
+    return {"model": model_name, "config": config, "protocol": "loo, refit on train+valid",
+            "refit_of": row, "chosen": done["chosen"], "epochs": config.get("epochs"), "best_epoch": None,
+            "stopped_by": "epochs (from the row's validation run)", "cpu_seconds_total": time.process_time() - cpu0,
+            "valid": done["valid"],  # the validation run's, which chose the epochs
+            "test": {m: value(table, m, refit.protocol) for m in ("recall", "ndcg")},
+            "test_ci95": {m: bootstrap_ci(pu[f"{m}@10"].to_numpy()) for m in ("recall", "ndcg")},
+            "test_users": pu.height}
+
+
 @contextlib.contextmanager
 def locked(path: Path):
     WORK.mkdir(parents=True, exist_ok=True)  # the lock lives in the ignored work folder, not beside results
@@ -206,6 +237,9 @@ def markdown(doc: dict) -> str:
         cfg = "; ".join(x for x in (cfg, f"chosen: {chosen}" if chosen else "") if x)
         (rl, rh), (nl, nh) = r["test_ci95"]["recall"], r["test_ci95"]["ndcg"]
         epochs = f"{r['epochs']} ({r['best_epoch']}, {r['stopped_by']})" if r["epochs"] else "-"
+        if r.get("refit_of"):  # same configuration as its row, retrained on train+valid for the row's best epochs
+            cfg = f"{r['refit_of']}, retrained on train+valid"
+            epochs = f"{r['epochs']} (the row's best)" if r["epochs"] else "-"
         cpu = f"{r['cpu_s_per_epoch_incl_validation']:.1f}" if r.get("cpu_s_per_epoch_incl_validation") else "-"
         machine = (r.get("machine") or {}).get("cpu", "?").replace("(R)", "")
         lines.append(f"| {name} | {cfg} | {r['valid']['ndcg']:.4f} | {r['test']['recall']:.4f} [{rl:.4f}, {rh:.4f}] | "
@@ -219,6 +253,8 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="sasrec_ss256,ease,item_knn", help=f"comma-separated, from {list(rows())}")
+    parser.add_argument("--refit", action="store_true",
+                        help="retrain each row (already run) on train+valid for its best epoch count; test only")
     parser.add_argument("--time-budget", type=float, default=0.0, help="training seconds per sequential fit")
     parser.add_argument("--patience", type=int, default=0,
                         help="validation checks without improvement before a sequential fit stops (0: the row's)")
@@ -236,7 +272,11 @@ def main() -> None:
         if row not in rows():
             raise SystemExit(f"unknown row {row!r}; choose from {list(rows())}")
         machine = machine_info()  # per row: rows run on different machines and days
-        result = run_row(row, data, args.time_budget, args.patience, log)
+        if args.refit:
+            done = json.loads(RESULTS.read_text())["rows"][row]
+            result, row = refit_row(row, data, done, log), f"{row}_refit"
+        else:
+            result = run_row(row, data, args.time_budget, args.patience, log)
         result.update({"torch_threads": args.threads, "load_average_end": os.getloadavg(), "machine": machine})
         doc = save({row: result})
         log.info(f"{row}: {json.dumps({k: result[k] for k in ('valid', 'test', 'test_ci95', 'epochs')})}")
