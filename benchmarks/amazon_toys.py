@@ -35,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-import polars as pl
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,11 +48,11 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.filtering import user_core
 from mmrec_pipeline.data.sources import reader
 from mmrec_pipeline.data.splits import make_split
-from mmrec_pipeline.evaluation.protocols import evaluate_model, per_user_table
+from mmrec_pipeline.evaluation.protocols import per_user_table
 from mmrec_pipeline.evaluation.significance import bootstrap_ci
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures
-from mmrec_pipeline.models.runner import train_variants
+from mmrec_pipeline.models.runner import build, refit_test, train_variants
 from mmrec_pipeline.registry import get_dataset
 
 RESULTS = ROOT / "benchmarks" / "results" / "amazon_toys.json"
@@ -122,6 +121,7 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, log: 
     model_name, overrides = rows()[row]
     cls = MODELS[model_name]
     overrides = dict(overrides)
+    overrides.pop("refit", None)  # the benchmark scores the refit as a row of its own (`--refit`)
     if time_budget and "epochs" in overrides:
         overrides["max_train_seconds"] = time_budget
     if patience and "patience" in overrides:
@@ -153,27 +153,23 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, log: 
 
 
 def refit_row(row: str, data: RecDataset, done: dict, log: logging.Logger) -> dict:
-    """`row` again with its validation-chosen setting and best epoch count, trained on train + valid (no early
-    stopping: nothing is left to validate on) and scored on test: the protocol `loo, refit on train+valid`, which
-    some published runs use. Nothing is chosen here: the epochs come from `done`, the row's validation run."""
+    """`row` again with its validation-chosen setting and best epoch count, retrained on train + valid and scored
+    on test (the runner's `refit: true`, protocol `loo+refit`), without re-running its validation run: the
+    epochs come from `done`, that run's result. Nothing is chosen here."""
     model_name, overrides = rows()[row]
     cls = MODELS[model_name]
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    config = {k: v for k, v in {**overrides, **done["chosen"]}.items() if k in fields}
-    if done.get("best_epoch"):  # an epoch-trained model: its best count, no early stopping
-        config.update(epochs=done["best_epoch"], patience=10**6)
-    split = data.split.with_columns(pl.col("split").replace("valid", "train"))
-    refit = dataclasses.replace(data, split=split)
+    config = dataclasses.asdict(build(cls, {}, {**overrides, **done["chosen"], "refit": False}).config)
     cpu0 = time.process_time()
-    model = cls(cls.Config(**config))
-    model.fit(refit, ItemFeatures(), Compute(device="cpu"), log)
-    table, full = evaluate_model(model, refit, model_name, "refit", sampled=None, cold=False)
-    pu = per_user_table(full, refit, model_name, "refit", refit.protocol)
-    return {"model": model_name, "config": config, "protocol": "loo, refit on train+valid",
-            "refit_of": row, "chosen": done["chosen"], "epochs": config.get("epochs"), "best_epoch": None,
-            "stopped_by": "epochs (from the row's validation run)", "cpu_seconds_total": time.process_time() - cpu0,
+    table, full = refit_test(cls, config, {"best_epoch": done.get("best_epoch") or 0}, data, ItemFeatures(),
+                             Compute(device="cpu"), model_name, "default", log=log)
+    protocol = f"{data.protocol}+refit"
+    pu = per_user_table(full, data, model_name, "default", protocol)
+    return {"model": model_name, "config": {k: v for k, v in overrides.items() if k != "search_space"},
+            "protocol": protocol, "refit_of": row, "chosen": done["chosen"], "epochs": done.get("best_epoch"),
+            "best_epoch": None, "stopped_by": "epochs (the row's best on validation)",
+            "cpu_seconds_total": time.process_time() - cpu0,
             "valid": done["valid"],  # the validation run's, which chose the epochs
-            "test": {m: value(table, m, refit.protocol) for m in ("recall", "ndcg")},
+            "test": {m: value(table, m, protocol) for m in ("recall", "ndcg")},
             "test_ci95": {m: bootstrap_ci(pu[f"{m}@10"].to_numpy()) for m in ("recall", "ndcg")},
             "test_users": pu.height}
 

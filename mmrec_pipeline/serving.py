@@ -28,7 +28,7 @@ from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
-from mmrec_pipeline.models.runner import FIT_REPORT
+from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
 from mmrec_pipeline.storage import atomic_write, is_local, read_parquet, to_path, write_json
 
 RECOMMENDATIONS_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float32}
@@ -106,15 +106,7 @@ def retrain_config(cls: type[Recommender], checkpoint: Path) -> tuple[object, di
     if not report_path.exists():
         raise ValueError(f"{report_path} not found: re-materialize the '{cls.name}' asset so the settings chosen on "
                          "validation (best_epoch) are known")
-    report = json.loads(report_path.read_text())
-    cfg, fixed = dict(meta["config"]), {}
-    if "epochs" in cfg and report.get("best_epoch", 0) > 0:
-        fixed["epochs"] = report["best_epoch"]
-    if "mf_epochs" in cfg and report.get("mf", {}).get("best_epoch", 0) > 0:  # hybrid's BPR-MF part
-        fixed["mf_epochs"] = report["mf"]["best_epoch"]
-    if "alphas" in cfg and "alpha" in cfg:  # hybrid chose alpha on validation: keep it
-        fixed["alphas"] = [cfg["alpha"]]
-    return cls.Config(**{**cfg, **fixed}), fixed
+    return refit_config(cls, dict(meta["config"]), json.loads(report_path.read_text()))
 
 
 def active_users(data: RecDataset, days: int) -> np.ndarray:

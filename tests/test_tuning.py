@@ -2,6 +2,7 @@
 choice, the grid is recorded in config.json, and `seeds: N` reports mean and std."""
 
 import json
+import logging
 
 import numpy as np
 import polars as pl
@@ -104,6 +105,30 @@ def test_seeds_report_mean_and_std(sample_dataset, tmp_path):
     assert row.filter(pl.col("metric") == "ndcg")["value"][0] == pytest.approx(np.mean(by_seed))
     assert row.filter(pl.col("metric") == "ndcg_std")["value"][0] == pytest.approx(np.std(by_seed, ddof=1))
     assert t.filter(pl.col("metric") == "seeds")["value"].to_list() == [2.0]
+
+
+def test_refit_adds_test_rows_of_the_model_retrained_on_train_and_valid(sample_dataset, tmp_path, caplog):
+    """`refit: true`: the chosen point retrained on train + valid for its best epoch count, scored on test as
+    `<protocol>+refit`; the train-only rows and the checkpoint are unchanged."""
+    tiny = {"dim": 8, "epochs": 3, "eval_every": 1}
+    plain, _ = train_variants("bpr_mf", BPRMF, {"default": tiny}, sample_dataset, ItemFeatures(),
+                              Compute(device="cpu"), tmp_path / "plain", {"search_space": {}})
+    with caplog.at_level("INFO"):
+        runs, _ = train_variants("bpr_mf", BPRMF, {"default": tiny}, sample_dataset, ItemFeatures(),
+                                 Compute(device="cpu"), tmp_path / "refit", {"search_space": {}, "refit": True},
+                                 log=logging.getLogger("refit"))
+    t = runs[0].metrics
+    ndcg = t.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10))
+    by_protocol = dict(zip(ndcg["protocol"], ndcg["value"]))
+    assert {"temporal", "temporal@valid", "temporal+refit"} <= set(by_protocol)
+    assert not any(p.startswith("temporal+refit+") for p in by_protocol)  # refit: plain full ranking only
+    assert by_protocol["temporal"] == plain[0].metrics.filter(
+        (pl.col("metric") == "ndcg") & (pl.col("k") == 10) & (pl.col("protocol") == "temporal"))["value"][0]
+    assert 0 < by_protocol["temporal+refit"] != by_protocol["temporal"]
+    best = runs[0].report["best_epoch"]
+    train_valid = sample_dataset.rows("train", "valid").height
+    assert f"refit on train + valid ({train_valid} interactions) with {{'epochs': {best}}}" in caplog.text
+    assert t.filter(pl.col("protocol") == "temporal+refit")["metric"].is_in(["users_evaluated"]).any()
 
 
 def test_unknown_override_names_the_runner_keys(sample_dataset, tmp_path):

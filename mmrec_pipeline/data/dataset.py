@@ -52,6 +52,10 @@ class RecDataset:
             df = df[order]
         return cls(name, items, df, users.to_numpy(), protocol, repeats_relevant)
 
+    def valid_as_train(self) -> RecDataset:
+        """This dataset with its valid rows trained on (the refit protocol: nothing left to validate on)."""
+        return dataclasses.replace(self, split=self.split.with_columns(pl.col("split").replace("valid", "train")))
+
     def ids(self, df: pl.DataFrame) -> pl.DataFrame:
         """`df`'s user_idx and item_idx as the text `user_id` and `item_id` they stand for."""
         return pl.DataFrame([pl.Series("user_id", self.user_ids).cast(pl.Utf8).gather(df["user_idx"]),

@@ -58,7 +58,7 @@ def leaderboard(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
 
 def sampled_vs_full(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     """HR@k under full ranking next to HR@k under the sampled protocol: how sampling inflates numbers."""
-    t = metrics.filter((pl.col("metric") == "hr") & (pl.col("k") == k) & ~pl.col("protocol").str.contains("[@]|cold"))
+    t = metrics.filter((pl.col("metric") == "hr") & (pl.col("k") == k) & ~pl.col("protocol").str.contains("[@]|cold|refit"))
     if t.height == 0:
         return t
     t = t.with_columns(pl.when(pl.col("protocol").str.contains("sampled")).then(pl.col("protocol"))

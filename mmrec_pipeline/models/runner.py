@@ -14,7 +14,10 @@ Runner keys of a dataset's model overrides (datasets.yaml `models: {<model>: {..
 - `seeds: N` refits the chosen point with seeds seed, seed+1, … seed+N-1 and reports the mean of every test
   metric, with `<metric>_std` rows (sample std over seeds) and a `seeds` row (1 for single-seed rows). Models
   without a `seed` field are deterministic and always run once;
-- `variants: [name, ...]` trains only those of the model's variants (the others are reported as skipped).
+- `variants: [name, ...]` trains only those of the model's variants (the others are reported as skipped);
+- `refit: true` also retrains the chosen point on train + valid for its validation-chosen epochs and scores test
+  again, as protocol `<protocol>+refit` (the protocol of published leave-one-out figures that train on the
+  validation item; `refit_test`). The checkpoint and the `<protocol>` rows stay the train-only model's.
 A config field the dataset sets explicitly is never tuned.
 """
 
@@ -39,7 +42,7 @@ from mmrec_pipeline.storage import to_path, write_json
 
 FIT_REPORT = "fit_report.json"
 
-RUNNER_KEYS = ("search_space", "seeds", "variants")
+RUNNER_KEYS = ("search_space", "seeds", "variants", "refit")
 SELECTION_METRIC = ("ndcg", 10)  # chosen on the valid stage, full-catalog ranking
 
 
@@ -188,9 +191,43 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         metrics = pl.concat([seed_summary(tables, data.protocol), valid])
         if hasattr(model, "extra_metrics"):  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
             metrics = pl.concat([metrics, model.extra_metrics(data, name, variant)])
+        if (dataset_overrides or {}).get("refit"):
+            config = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(model.config)}
+            refit, _ = refit_test(cls, config, report, data, features, compute, name, variant, item_vectors, log,
+                                  model.sources)
+            metrics = pl.concat([metrics, refit])
         runs.append(VariantRun(variant, model, report, metrics, eval_seconds, grid, chosen, len(tables), tune_seconds,
                                per_user=per_user_table(full, data, name, variant, data.protocol)))
     return runs, skipped
+
+
+def refit_config(cls: type[Recommender], config: dict, report: dict) -> tuple[object, dict]:
+    """`config` with the settings chosen on validation fixed for a retrain without validation data; returns
+    (config, fixed). A model that trained without epochs (EASE, a non-learned strategy) reports no best_epoch."""
+    fixed = {}
+    if "epochs" in config and report.get("best_epoch", 0) > 0:
+        fixed["epochs"] = report["best_epoch"]
+    if "mf_epochs" in config and report.get("mf", {}).get("best_epoch", 0) > 0:  # hybrid's BPR-MF part
+        fixed["mf_epochs"] = report["mf"]["best_epoch"]
+    if "alphas" in config and "alpha" in config:  # hybrid chose alpha on validation: keep it
+        fixed["alphas"] = [config["alpha"]]
+    return cls.Config(**{**config, **fixed}), fixed
+
+
+def refit_test(cls: type[Recommender], config: dict, report: dict, data: RecDataset, features: ItemFeatures,
+               compute: Compute, name: str, variant: str, item_vectors=None, log: logging.Logger | None = None,
+               sources: ModelSources | None = None):
+    """(test rows, protocol `<protocol>+refit`, and the full-ranking result) of `config` retrained on train + valid
+    with the settings its validation run chose (`report`: best_epoch). Nothing is chosen here; test is scored once."""
+    refit_data = data.valid_as_train()
+    model_config, fixed = refit_config(cls, config, report)
+    model = cls(model_config)
+    model.sources = sources or model.sources
+    if log:
+        log.info(f"{name}/{variant}: refit on train + valid ({refit_data.train.height} interactions) with {fixed}")
+    model.fit(refit_data, features, compute, log)
+    table, full = evaluate_model(model, refit_data, name, variant, item_vectors=item_vectors, sampled=None, cold=False)
+    return table.with_columns(pl.col("protocol") + "+refit"), full
 
 
 def fit_summary(report: dict) -> dict:
