@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime as dt
 import fcntl
 import json
@@ -158,7 +157,7 @@ def refit_row(row: str, data: RecDataset, done: dict, log: logging.Logger) -> di
     epochs come from `done`, that run's result. Nothing is chosen here."""
     model_name, overrides = rows()[row]
     cls = MODELS[model_name]
-    config = dataclasses.asdict(build(cls, {}, {**overrides, **done["chosen"], "refit": False}).config)
+    config = build(cls, {}, {**overrides, **done["chosen"]}).config  # runner keys (search_space, refit) left out
     cpu0 = time.process_time()
     table, full = refit_test(cls, config, {"best_epoch": done.get("best_epoch") or 0}, data, ItemFeatures(),
                              Compute(device="cpu"), model_name, "default", log=log)

@@ -170,10 +170,6 @@ def save(rows: list[dict], info: dict, args) -> None:
     with the machine it ran on (re-read each time: runs at other scales may write it too)."""
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     runs = previous.get("runs", {})
-    for run in runs.values():  # the older layout kept one machine per scale
-        for r in run["rows"]:
-            r.setdefault("machine", run.get("machine")), r.setdefault("args", run.get("args"))
-        run.pop("machine", None), run.pop("args", None)
     for row in rows:
         row.setdefault("machine", info)
         row.setdefault("args", {k: v for k, v in vars(args).items() if k not in ("stage", "markdown")})

@@ -192,9 +192,8 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         if hasattr(model, "extra_metrics"):  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
             metrics = pl.concat([metrics, model.extra_metrics(data, name, variant)])
         if (dataset_overrides or {}).get("refit"):
-            config = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(model.config)}
-            refit, _ = refit_test(cls, config, report, data, features, compute, name, variant, item_vectors, log,
-                                  model.sources)
+            refit, _ = refit_test(cls, model.config, report, data, features, compute, name, variant, item_vectors,
+                                  log, model.sources)
             metrics = pl.concat([metrics, refit])
         runs.append(VariantRun(variant, model, report, metrics, eval_seconds, grid, chosen, len(tables), tune_seconds,
                                per_user=per_user_table(full, data, name, variant, data.protocol)))
@@ -214,13 +213,15 @@ def refit_config(cls: type[Recommender], config: dict, report: dict) -> tuple[ob
     return cls.Config(**{**config, **fixed}), fixed
 
 
-def refit_test(cls: type[Recommender], config: dict, report: dict, data: RecDataset, features: ItemFeatures,
+def refit_test(cls: type[Recommender], config, report: dict, data: RecDataset, features: ItemFeatures,
                compute: Compute, name: str, variant: str, item_vectors=None, log: logging.Logger | None = None,
                sources: ModelSources | None = None):
     """(test rows, protocol `<protocol>+refit`, and the full-ranking result) of `config` retrained on train + valid
-    with the settings its validation run chose (`report`: best_epoch). Nothing is chosen here; test is scored once."""
+    with the settings its validation run chose (`report`: best_epoch). Nothing is chosen here; test is scored once.
+    `config`: the chosen point's `cls.Config`."""
     refit_data = data.valid_as_train()
-    model_config, fixed = refit_config(cls, config, report)
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}  # shallow: nested configs stay
+    model_config, fixed = refit_config(cls, fields, report)
     model = cls(model_config)
     model.sources = sources or model.sources
     if log:
