@@ -195,7 +195,6 @@ def test_registry_and_dataset_overrides():
 def test_default_config_reaches_one_and_a_half_times_popularity_on_sample(cls, sample_dataset):
     """The issue's bar, with each model's default config: NDCG@10 on the sample's temporal test period
     ≥ 1.5× that of (global) popularity."""
-    torch.set_num_threads(2)
     pop = Popularity()
     pop.fit(sample_dataset, None, Compute(device="cpu"))
     model = cls(cls.Config())
