@@ -208,6 +208,23 @@ def test_max_items_per_run_leaves_the_rest_for_later(tmp_path):
 # Packaged models: EfficientNet-Lite0 (embeddings + offline captions), all-MiniLM-L6-v2, SmolLM2
 
 
+def test_simplified_efficientnet_computes_the_same_features():
+    """BatchNorms folded, symmetric pads moved into the convolutions, ReLU6 in place: the packaged classifier's
+    pooled features (float32) unchanged."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from mmrec_pipeline.features.image import _state_dict, load_efficientnet_lite0, pooled_features
+
+    simplified = load_efficientnet_lite0(ModelSources())
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(_state_dict(ModelSources().resolve("efficientnet_lite0")), strict=True)
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.inference_mode():
+        got, want = (pooled_features("efficientnet_lite0", m.eval(), x) for m in (simplified, reference))
+    assert not any(isinstance(m, torch.nn.ZeroPad2d) and m.padding[0] == m.padding[1] for m in simplified.modules())
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 def test_image_embeddings_and_offline_captions(items, tmp_path):
     root = tmp_path / "cache"
     emb, s = image_embeddings(items, ModelSources(), CPU, root)
