@@ -60,9 +60,9 @@ def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor.configured(k8s_executor_config())
-    # forkserver: each step process forks from one that imported the code location (torch, Dagster) and the model
-    # libraries (sentence-transformers pulls in transformers; peft) once, instead of every step that loads a model
-    # importing them again (~4 s a step: the report step spent 6.5 of its 10 s on these imports). Importing them
-    # starts no thread and touches no GPU, so forking after it is safe.
+    # forkserver: each step process forks from one that imported the code location (torch, Dagster) and
+    # transformers' model code once, instead of every step that loads a model importing it again (~4 s a step: the
+    # report step spent 6.5 of its 10 s on imports). Not sentence-transformers or peft: they import bitsandbytes,
+    # whose import queries the GPUs (initialising CUDA), after which a forked step cannot use CUDA.
     return dg.multiprocess_executor.configured({"max_concurrent": concurrent_steps, "start_method": {
-        "forkserver": {"preload_modules": ["mmrec_pipeline.definitions", "sentence_transformers", "peft"]}}})
+        "forkserver": {"preload_modules": ["mmrec_pipeline.definitions", "transformers.modeling_utils"]}}})
