@@ -28,7 +28,7 @@ from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
 from mmrec_pipeline.features.summaries import SummaryConfig, review_summaries
 from mmrec_pipeline.features.text import text_embeddings
 from mmrec_pipeline.features.vq import VQVAE, VQConfig, psnr, ssim, train_vq_vae, vq_codes
-from mmrec_pipeline.storage import Lake, write_parquet
+from mmrec_pipeline.storage import write_parquet
 
 CPU = Compute(device="cpu", batch_size=8)
 BG = (233, 231, 226)
@@ -313,7 +313,7 @@ def test_text_embeddings_sbert_fields_and_gpt2_bpe(items, tmp_path):
     assert out["gpt2_bpe"].null_count() == 4 and "MMREC_MODEL_GPT2" in s["gpt2_bpe"]["skipped"]
 
 
-def test_review_summaries_with_packaged_smollm2():
+def test_review_summaries_with_packaged_smollm2(converted_summarizer, tmp_path):
     items = pl.DataFrame({"item_id": ["A", "B", "C"], "description": ["Red shirt.", "Blue mug.", "Plain lamp."]})
     ts = pl.datetime(2024, 1, 1, time_zone="UTC")
     inter = pl.DataFrame({
@@ -322,7 +322,8 @@ def test_review_summaries_with_packaged_smollm2():
         "review_text": ["Lovely colour, soft cotton.", "Runs small, order a size up.", "Keeps coffee hot."],
     }).with_columns(ts.alias("ts"), pl.lit("train").alias("split"))
     cfg = SummaryConfig(max_new_tokens=12)
-    root = Lake().feature_cache()  # the converted SmolLM2 is shared with other tests of this session
+    root = tmp_path / "cache"  # with the session's converted SmolLM2 linked in: converting it runs once
+    converted_summarizer(root)
     out, s = review_summaries(items, inter, ModelSources(), CPU, root, config=cfg)
     assert out["summary_source"].to_list() == ["reviews", "reviews", "description"]
     assert out["summary"][2] == "Plain lamp." and all(len(t) > 0 for t in out["summary"][:2])

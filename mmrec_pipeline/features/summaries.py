@@ -147,20 +147,31 @@ def _gguf_to_safetensors(gguf: Path, folder: Path, log) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def converted_summarizer(sources: ModelSources, cache_root: Path) -> Path:
+    """Where the summarizer's GGUF, converted to safetensors, is kept (`models_cache_dir`)."""
+    return models_cache_dir(cache_root) / f"summarizer-{sources.identity('summarizer')}"
+
+
+def summarizer_source(sources: ModelSources, cache_root: Path, log=None) -> str:
+    """The summarizer as transformers loads it: its folder or hub id, or a GGUF's converted folder (converted on
+    first use)."""
+    source = sources.resolve("summarizer")
+    if not source.endswith(".gguf"):
+        return source
+    folder = converted_summarizer(sources, cache_root)
+    if not (folder / "config.json").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        _gguf_to_safetensors(Path(source), folder, logger(log).info)
+    return str(folder)
+
+
 def load_summarizer(sources: ModelSources, compute: Compute, cache_root: Path, log=None,
                     dtype: torch.dtype | None = None):
     """(model, tokenizer) of the instruct LM, ready for batched generation (left padding), in `dtype`
     (default: the compute's inference dtype)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    info = logger(log).info
-    source = sources.resolve("summarizer")
-    if source.endswith(".gguf"):
-        folder = models_cache_dir(cache_root) / f"summarizer-{sources.identity('summarizer')}"
-        if not (folder / "config.json").exists():
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            _gguf_to_safetensors(Path(source), folder, info)
-        source = str(folder)
+    source = summarizer_source(sources, cache_root, log)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     tokenizer.padding_side = "left"  # batched generation continues every row from its last token
     if tokenizer.pad_token is None:
