@@ -50,6 +50,10 @@ def k8s_executor_config() -> dict:
     return yaml.safe_load(K8S_EXECUTOR_YAML.read_text())
 
 
+STEP_PRELOAD = ["mmrec_pipeline.definitions", "transformers.modeling_utils", "dagster._core.storage.sqlite_storage",
+                "alembic.command", "alembic.runtime.migration"]
+
+
 def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
     if env == "deploy":
         from dagster_celery import celery_executor
@@ -60,9 +64,10 @@ def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor.configured(k8s_executor_config())
-    # forkserver: each step process forks from one that imported the code location (torch, Dagster) and
-    # transformers' model code once, instead of every step that loads a model importing it again (~4 s a step: the
-    # report step spent 6.5 of its 10 s on imports). Not sentence-transformers or peft: they import bitsandbytes,
-    # whose import queries the GPUs (initialising CUDA), after which a forked step cannot use CUDA.
+    # forkserver: each step process forks from one that imported, once, what every step would otherwise import
+    # again: the code location (torch, Dagster), transformers' model code (~4 s in a step that loads a model: the
+    # report step spent 6.5 of its 10 s on imports) and the SQLite instance storage each step opens (SQLAlchemy,
+    # alembic: ~0.6 s a step). Not sentence-transformers or peft: they import bitsandbytes, whose import queries the
+    # GPUs (initialising CUDA), after which a forked step cannot use CUDA. A module that fails to import is skipped.
     return dg.multiprocess_executor.configured({"max_concurrent": concurrent_steps, "start_method": {
-        "forkserver": {"preload_modules": ["mmrec_pipeline.definitions", "transformers.modeling_utils"]}}})
+        "forkserver": {"preload_modules": STEP_PRELOAD}}})
