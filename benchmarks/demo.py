@@ -86,12 +86,15 @@ def main() -> None:
     parser.add_argument("--lake", type=Path, help="fresh lake folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the lake afterwards")
     parser.add_argument("--dtypes", action="store_true", help="only compare the summarizer's dtypes")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="JSON to write (e.g. one per machine, so an emulated run keeps the real CPU's)")
     args = parser.parse_args()
+    results = args.results
     if args.dtypes:
-        saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        saved = json.loads(results.read_text()) if results.exists() else {}
         saved["summarizer_dtypes"] = {"machine": machine_info(), **summarizer_dtypes()}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(saved, indent=1) + "\n")
         print(json.dumps(saved["summarizer_dtypes"], indent=1))
         return
     lake = args.lake or Path(tempfile.mkdtemp(prefix="mmrec-demo-bench-"))
@@ -111,7 +114,7 @@ def main() -> None:
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
     print(timing_table(outcome.steps))
     result = {
-        **({"summarizer_dtypes": json.loads(RESULTS.read_text()).get("summarizer_dtypes")} if RESULTS.exists() else {}),
+        **({"summarizer_dtypes": json.loads(results.read_text()).get("summarizer_dtypes")} if results.exists() else {}),
         "machine": {**machine, "load_average_1m_5m_15m_at_end": [round(x, 2) for x in os.getloadavg()]},
         "command": "mmrec run --dataset sample (local executor: two step processes at a time, fresh lake)",
         "succeeded": outcome.ok, "failures": outcome.failures,
@@ -123,9 +126,9 @@ def main() -> None:
                                      "bootstrap CI over users (1000 resamples)",
                          "rows": test_ndcg_with_ci(lake / "sample")},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wall {wall:.0f} s, CPU {cpu:.0f} s, {'succeeded' if outcome.ok else 'FAILED'}; saved {RESULTS}")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wall {wall:.0f} s, CPU {cpu:.0f} s, {'succeeded' if outcome.ok else 'FAILED'}; saved {results}")
     if not args.keep and not args.lake:
         shutil.rmtree(lake, ignore_errors=True)
 
