@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -268,13 +269,14 @@ def test_every_asset_runs_on_an_image_less_dataset_and_a_killed_run_recovers(tmp
             assert proc.wait(timeout=60) != 0
         finally:
             proc.kill()
-    assert "failed step bert4rec: interrupted" in log.read_text(), log.read_text()[-3000:]
+    # The stop is reported per interrupted step, or, when SIGTERM lands between steps, for the run as a whole.
+    assert re.search(r"failed step \w+: interrupted|marked run \S+ failed: interrupted", log.read_text()), \
+        log.read_text()[-3000:]
 
     second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    code = "import dagster as dg; print([r.status.value for r in dg.DagsterInstance.get().get_runs()])"
-    statuses = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=120, check=False).stdout
+    with dg.DagsterInstance.from_config(str(lake / "dagster")) as instance:
+        statuses = [run.status.value for run in instance.get_runs()]
     assert "STARTED" not in statuses and "FAILURE" in statuses and "SUCCESS" in statuses, statuses
     assert not list(lake.rglob("*.tmp"))
     vq = pl.read_parquet(lake / "tiny" / "vq_codes.parquet")
