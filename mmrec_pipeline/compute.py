@@ -21,7 +21,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX) and oneDNN may use it; elsewhere bf16 is
     emulated and slow. oneDNN's own check honours ONEDNN_MAX_CPU_ISA: capped below AVX512_CORE_BF16 (as when an
-    older CPU is emulated), bf16 convolutions fall back to a reference path 20x slower than float32 (measured)."""
+    older CPU is emulated), bf16 convolutions fall back to a reference path: EfficientNet-Lite0 0.36 s per image,
+    against 0.034 s in float32 (one thread, measured)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -269,7 +269,8 @@ def test_every_asset_runs_on_an_image_less_dataset_and_a_killed_run_recovers(tmp
             assert proc.wait(timeout=60) != 0
         finally:
             proc.kill()
-    # The stop is reported per interrupted step, or, when SIGTERM lands between steps, for the run as a whole.
+    # The stop is reported per interrupted step, or for the run as a whole when the signal reaches `mmrec run`
+    # outside a step's execution (its KeyboardInterrupt path).
     assert re.search(r"failed step \w+: interrupted|marked run \S+ failed: interrupted", log.read_text()), \
         log.read_text()[-3000:]
 

@@ -1,5 +1,7 @@
 """Registry, splits, storage and the ingest/split assets through Dagster."""
 
+import os
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -142,6 +144,18 @@ def test_compute_resource_sets_torch_threads_per_step():
     finally:
         torch.set_num_threads(before)
     assert resources_for_env("local")["compute"].cpu_threads == max(1, CORES // CONCURRENT_STEPS)
+
+
+def test_auto_dtype_is_float32_where_onednn_is_capped_below_bf16():
+    """`ONEDNN_MAX_CPU_ISA=AVX2` (how an older CPU is emulated) leaves oneDNN no bf16 convolution: `dtype: auto` must
+    then pick float32 even on a CPU whose flags show bf16, as it does on a CPU without them."""
+    import subprocess
+    import sys
+
+    code = "from mmrec_pipeline.compute import Compute; print(Compute(device='cpu').inference_dtype)"
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "torch.float32", out
 
 
 def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatch):

@@ -159,8 +159,10 @@ def simplify_for_inference(model: torch.nn.Module) -> torch.nn.Module:
         fold(block, "_project_conv", "_bn2")
     for module in model.modules():
         pad = getattr(module, "static_padding", None)
-        if isinstance(pad, torch.nn.ZeroPad2d) and pad.padding[0] == pad.padding[1] and pad.padding[2] == pad.padding[3]:
-            module.static_padding, module.padding = torch.nn.Identity(), (pad.padding[2], pad.padding[0])
+        if isinstance(pad, torch.nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom:
+                module.static_padding, module.padding = torch.nn.Identity(), (top, left)
         elif isinstance(module, torch.nn.ReLU6):  # every ReLU6 follows a convolution: its input is not read again
             module.inplace = True
     return model
