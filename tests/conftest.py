@@ -100,13 +100,12 @@ def sample_features(sample_tables, sample_dataset, shared_feature_cache):
 
 
 @pytest.fixture(scope="session")
-def converted_summarizer(shared_feature_cache):
+def link_converted_summarizer(shared_feature_cache):
     """The packaged SmolLM2 GGUF converted to safetensors once per session (20-35 CPU s, the summarizer's first
     use), in the cache the workers share. Returns `link(cache_root)`: puts it where a summarizer reading
     `cache_root` finds it, as hard links (no bytes copied), so the test does not convert it again."""
     from mmrec_pipeline.features.sources import ModelSources
-    from mmrec_pipeline.features.summaries import converted_summarizer as folder_for
-    from mmrec_pipeline.features.summaries import summarizer_source
+    from mmrec_pipeline.features.summaries import converted_summarizer_dir, summarizer_source
 
     shared_feature_cache.mkdir(parents=True, exist_ok=True)
     with open(shared_feature_cache / "summarizer.lock", "w") as lock:
@@ -114,7 +113,7 @@ def converted_summarizer(shared_feature_cache):
         converted = Path(summarizer_source(ModelSources(), shared_feature_cache))
 
     def link(cache_root) -> None:
-        target = folder_for(ModelSources(), cache_root)
+        target = converted_summarizer_dir(ModelSources(), cache_root)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(converted, target, copy_function=os.link)

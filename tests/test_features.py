@@ -313,7 +313,7 @@ def test_text_embeddings_sbert_fields_and_gpt2_bpe(items, tmp_path):
     assert out["gpt2_bpe"].null_count() == 4 and "MMREC_MODEL_GPT2" in s["gpt2_bpe"]["skipped"]
 
 
-def test_review_summaries_with_packaged_smollm2(converted_summarizer, tmp_path):
+def test_review_summaries_with_packaged_smollm2(link_converted_summarizer, tmp_path):
     items = pl.DataFrame({"item_id": ["A", "B", "C"], "description": ["Red shirt.", "Blue mug.", "Plain lamp."]})
     ts = pl.datetime(2024, 1, 1, time_zone="UTC")
     inter = pl.DataFrame({
@@ -323,7 +323,7 @@ def test_review_summaries_with_packaged_smollm2(converted_summarizer, tmp_path):
     }).with_columns(ts.alias("ts"), pl.lit("train").alias("split"))
     cfg = SummaryConfig(max_new_tokens=12)
     root = tmp_path / "cache"  # with the session's converted SmolLM2 linked in: converting it runs once
-    converted_summarizer(root)
+    link_converted_summarizer(root)
     out, s = review_summaries(items, inter, ModelSources(), CPU, root, config=cfg)
     assert out["summary_source"].to_list() == ["reviews", "reviews", "description"]
     assert out["summary"][2] == "Plain lamp." and all(len(t) > 0 for t in out["summary"][:2])

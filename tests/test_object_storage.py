@@ -24,7 +24,7 @@ def files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
-def test_pipeline_on_s3_writes_only_to_the_bucket(monkeypatch, tmp_path, lake, converted_summarizer):
+def test_pipeline_on_s3_writes_only_to_the_bucket(monkeypatch, tmp_path, lake, link_converted_summarizer):
     from mmrec_pipeline.models.popularity import Popularity
     from mmrec_pipeline.storage import Lake, read_parquet
 
@@ -43,7 +43,7 @@ def test_pipeline_on_s3_writes_only_to_the_bucket(monkeypatch, tmp_path, lake, c
         demo.use_endpoint(endpoint)
         # the session's converted SmolLM2 in this remote lake's machine cache (the local temp folder), where the
         # summarizer looks for it: converting it runs once a session (conftest)
-        converted_summarizer(Lake(f"s3://{BUCKET}/lake").feature_cache())
+        link_converted_summarizer(Lake(f"s3://{BUCKET}/lake").feature_cache())
         try:
             out = demo.run(BUCKET)
         except Exception as e:

@@ -147,7 +147,7 @@ def _gguf_to_safetensors(gguf: Path, folder: Path, log) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def converted_summarizer(sources: ModelSources, cache_root: Path) -> Path:
+def converted_summarizer_dir(sources: ModelSources, cache_root: Path) -> Path:
     """Where the summarizer's GGUF, converted to safetensors, is kept (`models_cache_dir`)."""
     return models_cache_dir(cache_root) / f"summarizer-{sources.identity('summarizer')}"
 
@@ -158,7 +158,7 @@ def summarizer_source(sources: ModelSources, cache_root: Path, log=None) -> str:
     source = sources.resolve("summarizer")
     if not source.endswith(".gguf"):
         return source
-    folder = converted_summarizer(sources, cache_root)
+    folder = converted_summarizer_dir(sources, cache_root)
     if not (folder / "config.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         _gguf_to_safetensors(Path(source), folder, logger(log).info)
