@@ -16,12 +16,12 @@ _LAKE = Path(tempfile.mkdtemp(prefix="mmrec-test-lake-"))  # one per process: ea
 # computed. The controller creates it; the workers it spawns inherit the variable. (Not a link inside the lakes:
 # the lake refuses paths that resolve outside its root.)
 _SHARED_CACHE = Path(os.environ.setdefault("MMREC_TEST_SHARED_CACHE", tempfile.mkdtemp(prefix="mmrec-test-cache-")))
-# The files that run longest (minutes on a 2-core CPU) start first, so the two workers finish together.
+# The files that run longest (minutes on a 2-core CPU) start first, then the other files that read the sample's
+# features (test_lvlm_retrieval, first on its worker, has put them in the shared cache by the time either worker
+# takes one; started side by side both workers computed them: 626 s of a 17-minute run), then the short files,
+# which fill the end so the two workers finish together.
 LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_sequential", "test_object_storage", "test_features",
-              "test_deploy")
-# The other files that read the sample's features run last: by then test_lvlm_retrieval (first on its worker) has
-# put them in the shared cache, where started side by side both workers computed them (626 s of a 17-minute run).
-LAST = ("test_mm_llmrec", "test_model_registry")
+              "test_deploy", "test_mm_llmrec", "test_model_registry")
 
 os.environ.setdefault("MMREC_DATA", str(SHARED_DATA))
 os.environ["MMREC_HOME"] = str(_LAKE)
@@ -35,8 +35,8 @@ if "PYTEST_XDIST_WORKER" in os.environ:  # `make test` runs 2 workers (pyproject
 
 def pytest_collection_modifyitems(items):
     """`--dist loadfile` (pyproject addopts) keeps each file on one worker, so its module fixtures are built
-    once; the files that run longest start first, those that reuse the sample's features last."""
-    rank = {name: i for i, name in enumerate(LONG_FIRST)} | {name: 100 + i for i, name in enumerate(LAST)}
+    once; the files that run longest start first (LONG_FIRST)."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(item.module.__name__, len(LONG_FIRST)))
 
 
