@@ -16,7 +16,7 @@ from assets import DATASETS, op_tags
 from assets.checks import check_result
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline
+from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline, is_test_stage
 from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
@@ -75,7 +75,7 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
             return
         table = pl.concat([r.metrics for r in runs])
         write_parquet(pl.concat([r.per_user for r in runs]), lake.per_user(spec.name) / f"{name}.parquet")
-        test_rows = table.filter(~pl.col("protocol").str.contains("@"))  # not the `@valid` rows
+        test_rows = table.filter(is_test_stage())
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
                 **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(test_rows).items()}),
                 **plain({f"train_seconds {r.variant}": round(r.report["seconds"], 2) for r in runs}),

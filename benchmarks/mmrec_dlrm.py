@@ -214,6 +214,7 @@ def hm_ranking(lake: Path) -> dict:
     from mmrec_pipeline.data.filtering import user_core
     from mmrec_pipeline.data.ingest import load_dataset
     from mmrec_pipeline.data.splits import make_split
+    from mmrec_pipeline.evaluation.protocols import is_pointwise
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import review_summaries
     from mmrec_pipeline.features.text import text_embeddings
@@ -241,7 +242,7 @@ def hm_ranking(lake: Path) -> dict:
             "seconds": round(time.perf_counter() - start, 1), "n_items": data.n_items, "n_users": data.n_users,
             "train_rows": data.train.height, "note": report_note(table, None, "full catalog") if runs else None,
             "table": table.to_dicts() if runs else [],
-            "pointwise_rows": metrics.filter(pl.col("protocol").str.starts_with("pointwise")).height if runs else 0,
+            "pointwise_rows": metrics.filter(is_pointwise()).height if runs else 0,
             "dropout_grid": {r.variant: [{k: t[k] for k in ("dropout", "valid", "best_epoch", "epochs")}
                                          for t in r.report["dropout_grid"]] for r in runs}}
 

@@ -15,6 +15,12 @@ from mmrec_pipeline.evaluation.protocols import (
     COLD_UNSCORABLE,
     check_user_accounting,
     evaluate_model,
+    is_cold,
+    is_main,
+    is_pointwise,
+    is_refit,
+    is_sampled,
+    is_test_stage,
     per_user_table,
 )
 from mmrec_pipeline.evaluation.report import (
@@ -101,6 +107,28 @@ class TableModel:
 
     def score(self, users, history):
         return self.item_scores.expand(len(users), -1).clone()
+
+
+def test_every_protocol_the_code_writes_is_classified_once():
+    """The predicates every table filters by, on each protocol string the evaluator, the runner and mmrec_dlrm
+    write (protocols.py docstring)."""
+    expected = {  # protocol: (main, test stage, sampled, cold, refit, pointwise)
+        "temporal": (True, True, False, False, False, False),
+        "temporal@valid": (False, False, False, False, False, False),
+        "temporal+cold": (False, True, False, True, False, False),
+        "temporal+sampled:100": (False, True, True, False, False, False),
+        "temporal+sampled:100@valid": (False, False, True, False, False, False),
+        "temporal+users:500": (False, True, False, False, False, False),
+        "temporal+users:500+cold": (False, True, False, True, False, False),
+        "loo+refit": (False, True, False, False, True, False),
+        "loo+cold+refit": (False, True, False, True, True, False),
+        "pointwise:rating>=4": (False, True, False, False, False, True),
+    }
+    predicates = (is_main, is_test_stage, is_sampled, is_cold, is_refit, is_pointwise)
+    table = pl.DataFrame({"protocol": list(expected)}).with_columns(
+        p().alias(p.__name__) for p in predicates)
+    for row in table.iter_rows(named=True):
+        assert tuple(row[p.__name__] for p in predicates) == expected[row["protocol"]], row
 
 
 def test_every_test_user_is_accounted_for():

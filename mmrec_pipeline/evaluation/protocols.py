@@ -14,6 +14,12 @@ Every model goes through `evaluate_model`. Protocols, as written in the `protoco
 - `<split>+users:N` (and `+users:N+cold`, `+users:N+sampled:M`): the same ranking for a seeded sample of N of the
   stage's users, when ranking everyone is too slow (`evaluate_model(max_users=N)`, e.g. full-size H&M);
   the others are accounted as `users_dropped:not_sampled`.
+- `<split>+refit`: the test ranking again after the chosen configuration was retrained on train + valid
+  (`runner.refit_test`, registry key `refit`).
+- `...@valid`: the same protocol on the validation stage (model selection reads these rows, never test's).
+- `pointwise:rating>=T`: `mmrec_dlrm`'s classification of observed reviews (AUC, log loss), not a ranking.
+
+The predicates below classify a `protocol` column; code asks them rather than matching the strings itself.
 
 Accounting rows (k null) under each protocol: `users_total` (test-stage users) = `users_evaluated` + the
 `users_dropped:<reason>` rows (`no_history`, `all_repeats`, and under `+cold` `no_cold_item`).
@@ -39,8 +45,31 @@ METRICS_SCHEMA = {"model": pl.Utf8, "variant": pl.Utf8, "protocol": pl.Utf8, "me
 
 
 def is_main() -> pl.Expr:
-    """Rows of the headline protocol: not sampled, not cold, not another stage."""
-    return ~pl.col("protocol").str.contains("[+@]")
+    """Rows of the headline protocol: full-catalog test ranking of every user, as trained (not sampled, cold, a
+    user sample, refit, another stage or pointwise)."""
+    return ~pl.col("protocol").str.contains("[+@]") & ~is_pointwise()
+
+
+def is_test_stage() -> pl.Expr:
+    """Rows scored on the test stage (every protocol but the `@valid` ones)."""
+    return ~pl.col("protocol").str.contains("@")
+
+
+def is_sampled() -> pl.Expr:
+    """Rows ranked among N sampled negatives instead of the whole catalog."""
+    return pl.col("protocol").str.contains("+sampled:", literal=True)
+
+
+def is_cold() -> pl.Expr:
+    return pl.col("protocol").str.contains("+cold", literal=True)
+
+
+def is_refit() -> pl.Expr:
+    return pl.col("protocol").str.contains("+refit", literal=True)
+
+
+def is_pointwise() -> pl.Expr:
+    return pl.col("protocol").str.starts_with("pointwise")
 
 
 def diversity_inputs(data: RecDataset, item_vectors: np.ndarray | None = None) -> dict:

@@ -23,7 +23,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
-from mmrec_pipeline.evaluation.protocols import COLD_UNSCORABLE, is_main
+from mmrec_pipeline.evaluation.protocols import (
+    COLD_UNSCORABLE,
+    is_cold,
+    is_main,
+    is_refit,
+    is_sampled,
+    is_test_stage,
+)
 from mmrec_pipeline.evaluation.significance import ALPHA, bootstrap_ci, paired_tests, pareto_front
 
 if TYPE_CHECKING:
@@ -58,10 +65,10 @@ def leaderboard(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
 
 def sampled_vs_full(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     """HR@k under full ranking next to HR@k under the sampled protocol: how sampling inflates numbers."""
-    t = metrics.filter((pl.col("metric") == "hr") & (pl.col("k") == k) & ~pl.col("protocol").str.contains("[@]|cold|refit"))
+    t = metrics.filter((pl.col("metric") == "hr") & (pl.col("k") == k) & is_test_stage() & ~is_cold() & ~is_refit())
     if t.height == 0:
         return t
-    t = t.with_columns(pl.when(pl.col("protocol").str.contains("sampled")).then(pl.col("protocol"))
+    t = t.with_columns(pl.when(is_sampled()).then(pl.col("protocol"))
                        .otherwise(pl.lit("full")).alias("kind"), (pl.col("model") + "/" + pl.col("variant")).alias("name"))
     return t.pivot(on="kind", index="name", values="value", aggregate_function="first").sort("name")
 
@@ -136,7 +143,7 @@ def _pd(row: dict | None) -> tuple[float | None, float | None]:
 def user_accounting(metrics: pl.DataFrame) -> pl.DataFrame:
     """protocol, count, users: test users total / evaluated / dropped with the reason, per protocol. One value
     when every model saw the same users (they do under one protocol), else the range over models."""
-    t = metrics.filter(pl.col("metric").str.starts_with("users_") & ~pl.col("protocol").str.contains("sampled"))
+    t = metrics.filter(pl.col("metric").str.starts_with("users_") & ~is_sampled())
     if t.height == 0:
         return pl.DataFrame()
     g = t.group_by(["protocol", "metric"], maintain_order=True).agg(pl.col("value").min().alias("lo"),
@@ -150,7 +157,7 @@ def user_accounting(metrics: pl.DataFrame) -> pl.DataFrame:
 def cold_start_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     """Per model: NDCG / Recall / HR @k on the `+cold` protocol (test items never seen in training, ranked
     among all items), with the reason where the model cannot score unseen items."""
-    t = metrics.filter(pl.col("protocol").str.ends_with("+cold")).with_columns(
+    t = metrics.filter(is_cold() & is_test_stage() & ~is_refit()).with_columns(
         (pl.col("model") + "/" + pl.col("variant")).alias("name"))
     if t.height == 0:
         return pl.DataFrame()

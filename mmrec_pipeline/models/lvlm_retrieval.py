@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.evaluation.protocols import is_main
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.fusion import FUSIONS, knn_graph, max_graph
@@ -401,7 +402,7 @@ def strategy_table(metrics: pl.DataFrame, captioners: dict[str, str | None] | No
     change of Recall@k vs `title` in % (as the paper's "vs BERT" column). Full-catalog protocol only; `users`
     shows that every row was evaluated on the same users. `captioners` ({variant: captioner actually used, from
     each checkpoint's extra_config}) relabels caption rows with the model that wrote the captions."""
-    t = metrics.filter((pl.col("model") == model) & ~pl.col("protocol").str.contains("[+@]"))  # main protocol
+    t = metrics.filter((pl.col("model") == model) & is_main())
     wide = (t.filter(pl.col("metric").is_in(["recall", "ndcg"]) & (pl.col("k") == k))
             .pivot(on="metric", index="variant", values="value", aggregate_function="first"))
     users = t.filter(pl.col("metric") == "users_evaluated").select("variant", pl.col("value").cast(pl.Int64).alias("users"))

@@ -38,7 +38,7 @@ from torch import nn
 from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.metrics import auc_accuracy_fpr
-from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
+from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, is_pointwise, is_sampled, is_test_stage
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.training import (
@@ -239,7 +239,7 @@ class MMRecDLRM(Recommender):
         configs = {c.parent.name: json.loads(c.read_text())["config"]
                    for c in (inputs.models_dir / cls.name).glob("*/config.json")}
         table = report_table(inputs.metrics, {v: c["dropout"] for v, c in configs.items()})
-        pointwise = inputs.metrics.filter((pl.col("model") == cls.name) & pl.col("protocol").str.starts_with("pointwise"))
+        pointwise = inputs.metrics.filter((pl.col("model") == cls.name) & is_pointwise())
         threshold = next(iter(configs.values()))["rating_threshold"] if pointwise.height and configs else None
         note = report_note(table, threshold, "every catalog item scored by the DLRM for each test user (full "
                            "catalog, the same users and evaluator as every other model); NDCG/recall @10")
@@ -472,8 +472,8 @@ class MMRecDLRM(Recommender):
 def report_table(metrics: pl.DataFrame, dropouts: dict[str, float] | None = None) -> pl.DataFrame:
     """One row per mmrec_dlrm variant: the paper's pointwise metrics (test) beside full-catalog ranking @10."""
     rows = metrics.filter(pl.col("model") == "mmrec_dlrm")
-    point = rows.filter(pl.col("protocol").str.starts_with("pointwise"))
-    rank = rows.filter(~pl.col("protocol").str.contains("sampled|@|pointwise") & (pl.col("k") == 10)
+    point = rows.filter(is_pointwise())
+    rank = rows.filter(~is_sampled() & is_test_stage() & ~is_pointwise() & (pl.col("k") == 10)
                        & pl.col("metric").is_in(["ndcg", "recall"]))
     variants = pl.DataFrame({"variant": rows["variant"].unique(maintain_order=True)})
     if point.height:

@@ -35,7 +35,7 @@ import polars as pl
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.protocols import evaluate_model, per_user_table
+from mmrec_pipeline.evaluation.protocols import evaluate_model, is_sampled, per_user_table
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.storage import to_path, write_json
@@ -88,7 +88,7 @@ def grid_points(space: dict[str, tuple | list], pinned=()) -> list[dict]:
 def selection_value(valid_table: pl.DataFrame) -> float:
     metric, k = SELECTION_METRIC
     t = valid_table.filter((pl.col("metric") == metric) & (pl.col("k") == k)
-                           & ~pl.col("protocol").str.contains("sampled"))
+                           & ~is_sampled())
     return float(t["value"][0]) if t.height else float("nan")
 
 
