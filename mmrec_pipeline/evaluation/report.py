@@ -65,7 +65,8 @@ def leaderboard(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
 
 def sampled_vs_full(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     """HR@k under full ranking next to HR@k under the sampled protocol: how sampling inflates numbers."""
-    t = metrics.filter((pl.col("metric") == "hr") & (pl.col("k") == k) & is_test_stage() & ~is_cold() & ~is_refit())
+    t = metrics.filter((pl.col("metric") == "hr") & (pl.col("k") == k)
+                       & is_test_stage() & ~is_cold() & ~is_refit())
     if t.height == 0:
         return t
     t = t.with_columns(pl.when(is_sampled()).then(pl.col("protocol"))
