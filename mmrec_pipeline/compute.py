@@ -42,10 +42,12 @@ def keep_freed_memory() -> bool:
     By default glibc maps every block over 32 MiB (a batch of images, a CNN activation) afresh and unmaps it when
     freed, and returns freed heap to the kernel: each batch then faults all its pages in again, zero-filled by the
     kernel. EfficientNet-Lite0 on batches of 64 images spent two thirds of its time there (one thread, 3 batches:
-    11.7 s, 7.8 s of it in the kernel; with this 3.7 s, 0.0 s; benchmarks/malloc.py). The cost: a process's
-    resident memory stays at its peak instead of shrinking (there 2.4 GB instead of 1.9 GB). Every `Compute` calls
-    it, so every process that runs tensors through one (steps, tests, benchmarks) does it, once. Returns False
-    where the C library is not glibc (nothing changed)."""
+    11.5 s, 7.7 s of it in the kernel; with this 5.7 s; benchmarks/malloc.py). Blocks up to 256 MiB now come from
+    the heap and stay there. A threshold of 1 GiB, which also keeps the 300 MiB activations of the widest layers,
+    made those batches 3.7 s but offline captions with two torch threads 20% slower (one thread: 16% faster);
+    256 MiB left captions as they were. The cost: a process's resident memory stays at its peak instead of
+    shrinking (there 2.1 GB instead of 1.7 GB). Every `Compute` calls it, so every process that runs tensors
+    through one (steps, tests, benchmarks) does it, once. Returns False where the C library is not glibc."""
     import ctypes
     import ctypes.util
 
@@ -55,7 +57,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, 2**31 - 1))
+    return bool(mallopt(m_mmap_threshold, 1 << 28) and mallopt(m_trim_threshold, 2**31 - 1))
 
 
 @dataclasses.dataclass(frozen=True)
