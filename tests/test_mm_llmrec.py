@@ -168,6 +168,18 @@ def test_qlora_on_cpu_falls_back_with_a_logged_reason(tiny_lm_folders, caplog):
         assert effective_quantization(scratch, Compute(device="cpu", quantization="4bit"), log) == "none"
 
 
+def test_quantization_without_bitsandbytes_says_how_to_install_it():
+    """bitsandbytes is the `gpu` extra: a machine without it that asks for 4-bit gets the install command."""
+    import importlib.util
+
+    from mmrec_pipeline import backbones
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here (a GPU machine)")
+    with pytest.raises(ModuleNotFoundError, match=r"4bit quantization needs bitsandbytes.*make install GPU=1"):
+        backbones.quantization_kwargs("4bit", CPU)
+
+
 def test_fused_variant_beats_text_and_popularity_on_sample(sample_dataset, sample_features):
     """The demo profile on real cached features: images carry the pattern that titles never name. `concat`, the
     cheapest fusion, stands for the fused variants (weighted and attention fit on `sample` in the checkpoint

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from scipy.stats import wilcoxon
+from scipy.stats import permutation_test, rankdata, wilcoxon
 
 ALPHA = 0.05
+# scipy's `wilcoxon` tests up to this many pairs with ties or zeros by enumerating every sign flip (2**13), calling
+# its statistic once per flip; `paired_p_value` runs that same test with a vectorized statistic.
+EXACT_MAX_PAIRS = 13
 
 
 def bootstrap_ci(values: np.ndarray, n_resamples: int = 1000, level: float = 0.95, seed: int = 0,
@@ -48,9 +51,20 @@ def holm(p_values) -> np.ndarray:
 def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value of a - b; 1.0 when every pair is equal (nothing to test)."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if not np.any(diff != 0):
+    nonzero = diff[diff != 0]
+    if nonzero.size == 0:
         return 1.0
+    if nonzero.size >= 2 and diff.size <= EXACT_MAX_PAIRS:
+        # The p-value scipy's `wilcoxon` gives here (the same exhaustive sign-flip test; tests/test_evaluation_stats),
+        # 20x faster: the report of a small dataset spent 4 s of its 6 in scipy's per-flip loop.
+        return float(permutation_test((nonzero,), signed_rank_sum, permutation_type="samples", vectorized=True,
+                                      n_resamples=np.inf, alternative="two-sided").pvalue)
     return float(wilcoxon(diff, zero_method="wilcox").pvalue)
+
+
+def signed_rank_sum(d: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Wilcoxon's W+ along `axis`: the sum of the ranks of |d| where d > 0 (ties get their average rank)."""
+    return np.sum(np.where(d > 0, rankdata(np.abs(d), axis=axis), 0.0), axis=axis)
 
 
 def wide_per_user(per_user: pl.DataFrame, metric: str) -> pl.DataFrame:
