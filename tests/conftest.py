@@ -20,7 +20,7 @@ _SHARED_CACHE = Path(os.environ.setdefault("MMREC_TEST_SHARED_CACHE", tempfile.m
 # features (test_lvlm_retrieval, first on its worker, has put them in the shared cache by the time either worker
 # takes one; started side by side both workers computed them: 626 s of a 17-minute run), then the short files,
 # which fill the end so the two workers finish together.
-LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_sequential", "test_object_storage", "test_features",
+LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_features", "test_sequential", "test_object_storage",
               "test_deploy", "test_mm_llmrec", "test_model_registry")
 
 os.environ.setdefault("MMREC_DATA", str(SHARED_DATA))
