@@ -59,14 +59,34 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample_tables(lake):
-    """The generated sample v1 (cached in the test lake), validated, 5-core filtered and split."""
+def sample_raw(lake):
+    """`sample_raw(version)`: the folder in this worker's lake that holds the generated sample `version` (seed 7),
+    as `synthetic.read` finds it. Generated once per session in the cache the workers share (4-5 CPU s a version)
+    and hard-linked here: raw files are only ever read, and the generator replaces files, never rewrites them."""
+    from mmrec_pipeline.data import synthetic
+
+    def sample_raw(version: int) -> Path:
+        raw = lake / "sample" / "raw"
+        if not (raw / f"v{version}" / "manifest.json").exists():
+            # the generator locks the folder: a worker that finds the other generating it waits, then reuses it
+            shared = synthetic.generate(_SHARED_CACHE / "sample" / f"v{version}", version=version,
+                                        seed=synthetic.DEFAULT_SEED)
+            shutil.rmtree(raw / f"v{version}", ignore_errors=True)
+            shutil.copytree(shared, raw / f"v{version}", copy_function=os.link)
+        return raw
+
+    return sample_raw
+
+
+@pytest.fixture(scope="session")
+def sample_tables(sample_raw):
+    """The generated sample v1, validated, 5-core filtered and split."""
     from mmrec_pipeline.data.filtering import user_core
     from mmrec_pipeline.data.schema import validate
     from mmrec_pipeline.data.splits import make_split
     from mmrec_pipeline.data.synthetic import read
 
-    tables = validate(read(lake / "sample" / "raw", {"version": 1, "seed": 7}), "sample")
+    tables = validate(read(sample_raw(1), {"version": 1, "seed": 7}), "sample")
     return tables, make_split(user_core(tables.interactions, 5), "temporal")
 
 

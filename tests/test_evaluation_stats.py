@@ -79,11 +79,13 @@ def test_small_samples_get_scipys_wilcoxon_p_value():
     """Up to 13 pairs with ties or zeros, paired_p_value runs scipy's exhaustive sign-flip test itself (vectorized):
     the p-value must be scipy's, whatever the ties, zeros and size."""
     rng = np.random.default_rng(0)
-    for n in range(1, EXACT_MAX_PAIRS + 3):
-        for diff in (rng.normal(size=n), rng.integers(-3, 4, size=n).astype(float), np.round(rng.normal(size=n), 1)):
-            if np.any(diff != 0):
-                assert paired_p_value(diff, np.zeros(n)) == pytest.approx(
-                    wilcoxon(diff, zero_method="wilcox").pvalue, rel=1e-12, abs=1e-15), diff
+    cases = [rng.normal(size=EXACT_MAX_PAIRS),  # no ties: scipy's exact distribution
+             rng.integers(-3, 4, size=EXACT_MAX_PAIRS).astype(float),  # ties and zeros: its sign-flip test
+             np.round(rng.normal(size=9), 1), np.array([0.0, 0.5, 0.5]), np.array([0.0, 0.2]),  # one left: scipy
+             rng.integers(-3, 4, size=EXACT_MAX_PAIRS + 1).astype(float)]  # past the limit: scipy (asymptotic)
+    for diff in cases:
+        assert paired_p_value(diff, np.zeros(diff.size)) == pytest.approx(
+            wilcoxon(diff, zero_method="wilcox").pvalue, rel=1e-12, abs=1e-15), diff
 
 
 def test_pareto_front():

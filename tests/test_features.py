@@ -501,12 +501,14 @@ def test_vq_codes_from_a_tiny_chameleon_vqgan(items, tmp_path):
 # A growing catalog: the sample's version 2 adds items; only those are computed
 
 
-def test_growing_sample_catalog_computes_only_new_items(lake, tmp_path):
+def test_growing_sample_catalog_computes_only_new_items(sample_raw, tmp_path):
     from mmrec_pipeline.data.synthetic import read
 
-    v1 = read(lake / "sample" / "raw", {"version": 1}).items.sort("item_id").head(12)
-    v2_all = read(lake / "sample" / "raw", {"version": 2}).items
-    new = v2_all.filter(~pl.col("item_id").is_in(read(lake / "sample" / "raw", {"version": 1}).items["item_id"].implode()))
+    sample_raw(2)
+    v1_all = read(sample_raw(1), {"version": 1}).items
+    v1 = v1_all.sort("item_id").head(12)
+    v2_all = read(sample_raw(2), {"version": 2}).items
+    new = v2_all.filter(~pl.col("item_id").is_in(v1_all["item_id"].implode()))
     assert new.height > 0
     v2 = pl.concat([v2_all.filter(pl.col("item_id").is_in(v1["item_id"].implode())), new])
     root = tmp_path / "cache"

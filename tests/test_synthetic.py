@@ -23,13 +23,11 @@ PATTERN_WORDS = re.compile(r"\b(solid|strip\w*|dot|dots|dotted|polka|check|check
 
 
 @pytest.fixture(scope="module")
-def store(lake) -> dict:
+def store(sample_raw) -> dict:
     """The session's sample store (the one `sample_tables` and the feature tests read), generated once per
-    session; `test_same_seed_same_store...` generates a fresh copy and times it."""
-    root = lake / "sample" / "raw"
-    synthetic.generate(root / "v1", version=1, seed=7)
-    synthetic.generate(root / "v2", version=2, seed=7)
-    return {"root": root}
+    session (conftest); `test_same_seed_same_store...` generates a fresh copy."""
+    sample_raw(2)
+    return {"root": sample_raw(1)}
 
 
 def _tables(folder: Path) -> dict[str, pl.DataFrame]:

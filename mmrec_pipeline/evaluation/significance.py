@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from scipy.stats import permutation_test, rankdata, wilcoxon
 
 ALPHA = 0.05
 # scipy's `wilcoxon` tests up to this many pairs with ties or zeros by enumerating every sign flip (2**13), calling
@@ -50,6 +49,9 @@ def holm(p_values) -> np.ndarray:
 
 def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value of a - b; 1.0 when every pair is equal (nothing to test)."""
+    # imported here, not at the top: scipy.stats would cost every process that imports the code location ~0.7 s
+    from scipy.stats import permutation_test, wilcoxon
+
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     nonzero = diff[diff != 0]
     if nonzero.size == 0:
@@ -64,6 +66,8 @@ def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
 
 def signed_rank_sum(d: np.ndarray, axis: int = -1) -> np.ndarray:
     """Wilcoxon's W+ along `axis`: the sum of the ranks of |d| where d > 0 (ties get their average rank)."""
+    from scipy.stats import rankdata
+
     return np.sum(np.where(d > 0, rankdata(np.abs(d), axis=axis), 0.0), axis=axis)
 
 

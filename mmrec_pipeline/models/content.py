@@ -10,7 +10,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from mmrec_pipeline.models.base import Recommender
 
@@ -59,6 +58,9 @@ class ContentBased(Recommender):
             source = f"text_embeddings.{self.config.vector}"
             item_vectors = torch.from_numpy(vec)
         else:
+            # imported here, not at the top: ~1 s that every process importing the code location would pay
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
             source = "tfidf"
             tfidf = TfidfVectorizer(max_features=self.config.max_features, sublinear_tf=True, stop_words="english")
             # A dense TF-IDF matrix is fine at our sizes; its dimension is bounded by max_features.
