@@ -7,7 +7,6 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from scipy.stats import wilcoxon
 
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.filtering import user_item_core
@@ -78,6 +77,8 @@ def test_paired_tests_find_a_real_difference_and_not_a_tie():
 def test_small_samples_get_scipys_wilcoxon_p_value():
     """Up to 13 pairs with ties or zeros, paired_p_value runs scipy's exhaustive sign-flip test itself (vectorized):
     the p-value must be scipy's, whatever the ties, zeros and size."""
+    from scipy.stats import wilcoxon
+
     rng = np.random.default_rng(0)
     cases = [rng.normal(size=EXACT_MAX_PAIRS),  # no ties: scipy's exact distribution
              rng.integers(-3, 4, size=EXACT_MAX_PAIRS).astype(float),  # ties and zeros: its sign-flip test
