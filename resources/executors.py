@@ -8,6 +8,7 @@ every ready step to the cluster and ignores pools.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def k8s_executor_config() -> dict:
 
 STEP_PRELOAD = ["mmrec_pipeline.definitions", "transformers.modeling_utils", "dagster._core.storage.sqlite_storage",
                 "alembic.command", "alembic.runtime.migration"]
+# What the training steps (the Trainer's schedules import peft) and the steps that embed text import, preloaded only
+# where bitsandbytes is absent (the `gpu` extra is not installed): its import initialises CUDA, after which a
+# forked step could not use the GPU.
+CPU_STEP_PRELOAD = ["transformers.optimization", "sentence_transformers"]
+
+
+def step_preload() -> list[str]:
+    return STEP_PRELOAD + (CPU_STEP_PRELOAD if importlib.util.find_spec("bitsandbytes") is None else [])
 
 
 def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
@@ -67,9 +76,7 @@ def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
     # forkserver: each step process forks from one that imported, once, what every step would otherwise import
     # again: the code location (torch, Dagster), transformers' model code (~4 s in a step that loads a model: the
     # report step spent 6.5 of its 10 s on imports) and the SQLite instance storage each step opens (SQLAlchemy,
-    # alembic: ~0.6 s a step). Not sentence-transformers or peft: where the `gpu` extra is installed they import
-    # bitsandbytes, whose import queries the GPUs (initialising CUDA), after which a forked step cannot use CUDA; on a
-    # CPU machine (no bitsandbytes) what they add to a step is small (~0.1 s for the Trainer's schedules, ~1.5 s for
-    # sentence-transformers in the steps that embed text). A module that fails to import is skipped.
+    # alembic: ~0.6 s a step), and on a machine without bitsandbytes the Trainer's schedules and sentence-transformers
+    # (CPU_STEP_PRELOAD). A module that fails to import is skipped.
     return dg.multiprocess_executor.configured({"max_concurrent": concurrent_steps, "start_method": {
-        "forkserver": {"preload_modules": STEP_PRELOAD}}})
+        "forkserver": {"preload_modules": step_preload()}}})
