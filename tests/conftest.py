@@ -19,7 +19,8 @@ _SHARED_CACHE = Path(os.environ.setdefault("MMREC_TEST_SHARED_CACHE", tempfile.m
 # The files that run longest (minutes on a 2-core CPU) start first, then the other files that read the sample's
 # features (test_lvlm_retrieval, first on its worker, has put them in the shared cache by the time either worker
 # takes one; started side by side both workers computed them: 626 s of a 17-minute run), then the short files,
-# which fill the end so the two workers finish together.
+# which fill the end so the two workers finish together. test_features converts SmolLM2 (link_converted_summarizer)
+# well before test_object_storage needs it (in the other order the S3 test waited 19 s for the conversion).
 LONG_FIRST = ("test_lvlm_retrieval", "test_bad_input", "test_features", "test_sequential", "test_object_storage",
               "test_deploy", "test_mm_llmrec", "test_model_registry")
 

@@ -504,7 +504,6 @@ def test_vq_codes_from_a_tiny_chameleon_vqgan(items, tmp_path):
 def test_growing_sample_catalog_computes_only_new_items(sample_raw, tmp_path):
     from mmrec_pipeline.data.synthetic import read
 
-    sample_raw(2)
     v1_all = read(sample_raw(1), {"version": 1}).items
     v1 = v1_all.sort("item_id").head(12)
     v2_all = read(sample_raw(2), {"version": 2}).items
