@@ -25,11 +25,16 @@ def pretrained_kwargs(source: str, sources: ModelSources) -> dict:
     return kwargs
 
 
+def bitsandbytes_installed() -> bool:
+    """Whether the `gpu` extra is installed (found without importing it: the import initialises CUDA)."""
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
 def quantization_kwargs(quantization: str, compute: Compute, double_quant: bool = False) -> dict:
     """bitsandbytes `quantization_config` + `device_map` for "4bit" (NF4) / "8bit"; nothing for "none"."""
     if quantization == "none":
         return {}
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if not bitsandbytes_installed():
         raise ModuleNotFoundError(f"{quantization} quantization needs bitsandbytes, which `make install` adds only "
                                   f"on a machine with a GPU: run `make install GPU=1` (or pip install -e '.[gpu]')")
     import transformers

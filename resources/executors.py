@@ -8,12 +8,13 @@ every ready step to the cluster and ignores pools.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import dagster as dg
 import yaml
+
+from mmrec_pipeline.backbones import bitsandbytes_installed
 
 K8S_EXECUTOR_YAML = Path(__file__).resolve().parents[1] / "deploy" / "k8s_executor.yaml"
 
@@ -60,7 +61,7 @@ CPU_STEP_PRELOAD = ["transformers.optimization", "sentence_transformers"]
 
 
 def step_preload() -> list[str]:
-    return STEP_PRELOAD + (CPU_STEP_PRELOAD if importlib.util.find_spec("bitsandbytes") is None else [])
+    return STEP_PRELOAD + ([] if bitsandbytes_installed() else CPU_STEP_PRELOAD)
 
 
 def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:

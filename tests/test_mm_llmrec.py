@@ -170,11 +170,9 @@ def test_qlora_on_cpu_falls_back_with_a_logged_reason(tiny_lm_folders, caplog):
 
 def test_quantization_without_bitsandbytes_says_how_to_install_it():
     """bitsandbytes is the `gpu` extra: a machine without it that asks for 4-bit gets the install command."""
-    import importlib.util
-
     from mmrec_pipeline import backbones
 
-    if importlib.util.find_spec("bitsandbytes") is not None:
+    if backbones.bitsandbytes_installed():
         pytest.skip("bitsandbytes is installed here (a GPU machine)")
     with pytest.raises(ModuleNotFoundError, match=r"4bit quantization needs bitsandbytes.*make install GPU=1"):
         backbones.quantization_kwargs("4bit", CPU)
