@@ -205,6 +205,17 @@ def cnn_batch(x: torch.Tensor, compute: Compute) -> torch.Tensor:
     return x.to(compute.torch_device, compute.inference_dtype).contiguous(memory_format=torch.channels_last)
 
 
+# Images per CNN forward on CPU. At 64, EfficientNet-Lite0's widest activations (~300 MiB) exceed the heap
+# threshold of `compute.keep_freed_memory`, so the kernel maps and zero-fills them afresh every batch; at 8 every
+# activation stays on the heap and in cache (one thread, AVX2: 192 images 5.8 s at 64, 4.0 s at 16, 3.4 s at 8;
+# benchmarks/malloc.py). A GPU takes `compute.batch_size`.
+CPU_CNN_BATCH = 8
+
+
+def cnn_batch_size(compute: Compute) -> int:
+    return min(compute.batch_size, CPU_CNN_BATCH) if compute.torch_device.type == "cpu" else compute.batch_size
+
+
 def _embed_fn(name: str, sources: ModelSources, compute: Compute) -> Callable[[pl.DataFrame], pl.DataFrame]:
     _, size, mean, std = EMBEDDERS[name]
 
@@ -217,7 +228,7 @@ def _embed_fn(name: str, sources: ModelSources, compute: Compute) -> Callable[[p
 
     def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:
         out: list[list[float] | None] = []
-        for x, ok in image_batches(chunk["image_path"].to_list(), transform, compute):
+        for x, ok in image_batches(chunk["image_path"].to_list(), transform, compute, cnn_batch_size(compute)):
             vecs = iter([])
             if x is not None:
                 with torch.inference_mode():
