@@ -161,8 +161,9 @@ def test_auto_dtype_is_float32_where_onednn_is_capped_below_bf16():
 def test_a_compute_keeps_freed_tensor_memory_for_the_next_tensor():
     """A convolution with a 25 MiB activation, three times: with glibc's defaults the activation's pages go back to
     the kernel and fault in again each time (12.5k faults); once a `Compute` exists the process keeps them. In fresh
-    processes: the setting is process-wide. (Kept, it is 0 faults nearly always, but 3 runs in ~25 faulted
-    exactly one activation's 6,272 pages in once, cause not found: hence a ratio, not a bound near 0.)"""
+    processes: the setting is process-wide. (Kept, it is 0 faults nearly always, but 3 runs of ~30 here, all
+    in the minutes after a full suite, faulted exactly one activation's 6,272 pages in once, cause not found: hence
+    a ratio, not a bound near 0.)"""
     import subprocess
     import sys
 
