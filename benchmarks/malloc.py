@@ -61,8 +61,8 @@ def main() -> None:
                               check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         row = {"malloc": setting, **json.loads(proc.stdout.strip().splitlines()[-1])}
         report["runs"].append(row)
-        print(f"{setting:8} batch {batch:2}  wall {row['wall_s']:6.2f} s  user {row['user_s']:6.2f} s  system {row['system_s']:6.2f} s"
-              f"  minor faults {row['minor_page_faults']:>9}  max RSS {row['max_rss_mb']} MB")
+        print(f"{setting:8} batch {batch:2}  wall {row['wall_s']:6.2f} s  user {row['user_s']:6.2f} s  system "
+              f"{row['system_s']:6.2f} s  minor faults {row['minor_page_faults']:>9}  max RSS {row['max_rss_mb']} MB")
     RESULTS.write_text(json.dumps(report, indent=2))
     print(f"saved {RESULTS.relative_to(ROOT)}")
 
