@@ -102,4 +102,12 @@ def test_settings_read_the_model_config_and_progress_is_logged(caplog):
         Trainer(settings, log=logging.getLogger("train-test"), name="toy", unit="rows").fit(toy, [toy.w],
                                                                                            validate=lambda: 0.0)
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("toy epoch 2/2"))
-    assert all(s in line for s in ("loss", "valid NDCG@10", "rows/s", "ETA"))
+    assert all(s in line for s in ("loss", "valid NDCG@10", "rows/s", "ETA", "early stopping may end sooner"))
+    # Without validation users (a refit on every interaction) every epoch runs, and the line says so.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train-test"):
+        report = Trainer(settings, log=logging.getLogger("train-test"), name="refit").fit(
+            toy, [toy.w], validate=lambda: float("nan"))
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("refit epoch 2/2"))
+    assert report["epochs"] == 2 and "no validation users: every epoch runs" in line, line
+    assert "nan" not in line and "early stopping" not in line, line

@@ -189,9 +189,15 @@ class Trainer:
 
     def _log_epoch(self, row: dict, metric: str, stopper: EarlyStopping, rate: float, eta: float) -> None:
         label = metric.replace("_", " ").replace("ndcg", "NDCG").replace("auc", "AUC")  # valid NDCG@10
-        valid = f", {label} {row[metric]:.4f} (best {stopper.best:.4f} @ {stopper.best_epoch})" if metric in row else ""
+        value, until = row.get(metric), " (early stopping may end sooner)"
+        if value is None:  # an epoch between validation checks
+            valid = ""
+        elif np.isfinite(value):
+            valid = f", {label} {value:.4f} (best {stopper.best:.4f} @ {stopper.best_epoch})"
+        else:  # nothing to validate on (a refit on every interaction): EarlyStopping keeps the latest epoch
+            valid, until = ", no validation users: every epoch runs", ""
         self.log.info(f"{self.name} epoch {row['epoch']}/{self.settings.epochs}: loss {row['loss']:.4f}{valid}, "
-                      f"{rate:,.0f} {self.unit}/s, ETA ≤ {eta:.0f}s (early stopping may end sooner)")
+                      f"{rate:,.0f} {self.unit}/s, ETA ≤ {eta:.0f}s{until}")
 
 
 def accumulate_step(loss: torch.Tensor, step: int, last: bool, grad_accum: int, params, max_grad_norm: float,
