@@ -9,7 +9,8 @@ from mmrec_pipeline.compute import Compute
 class ComputeResource(dg.ConfigurableResource):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    batch_size: int = 64  # items per forward of the feature encoders (CNNs on CPU: at most image.CPU_CNN_BATCH)
+    # items per forward of the feature encoders (the image-embedding CNNs on CPU: at most image.CPU_CNN_BATCH)
+    batch_size: int = 64
     num_workers: int = 0
     quantization: str = "none"  # none | 8bit | 4bit (bitsandbytes, CUDA only)
     seed: int = 0

@@ -205,10 +205,11 @@ def cnn_batch(x: torch.Tensor, compute: Compute) -> torch.Tensor:
     return x.to(compute.torch_device, compute.inference_dtype).contiguous(memory_format=torch.channels_last)
 
 
-# Images per CNN forward on CPU. At 64, EfficientNet-Lite0's widest activations (~300 MiB) exceed the heap
-# threshold of `compute.keep_freed_memory`, so the kernel maps and zero-fills them afresh every batch; at 8 every
-# activation stays on the heap and in cache (one thread, a Xeon emulating AVX2: 192 images 5.8 s at 64, 4.0 s at
-# 16, 3.4 s at 8; benchmarks/malloc.py). A GPU takes `compute.batch_size`.
+# Images per forward of the image-embedding CNNs on CPU. At 64, EfficientNet-Lite0's widest activations (~300 MiB)
+# exceed the heap threshold of `compute.keep_freed_memory`, so the kernel maps and zero-fills them afresh every
+# batch; at 8 every activation stays on the heap and in cache (one thread, a Xeon emulating AVX2: 192 images 5.8 s
+# at 64, 4.0 s at 16, 3.4 s at 8; benchmarks/malloc.py). A GPU, and the small VQ encoder (64-pixel inputs), take
+# `compute.batch_size`.
 CPU_CNN_BATCH = 8
 
 
