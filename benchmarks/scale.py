@@ -190,7 +190,7 @@ def fact(name: str, value) -> str:
 
 
 def markdown(doc: dict) -> str:
-    """The README table: one row per scale and stage, with its machine and the load when it started."""
+    """The docs/BENCHMARKS.md table: one row per scale and stage, with its machine and the load when it started."""
     lines = ["| scale | stage | wall s | CPU s | peak RSS GB | what | machine, load at start |", "|---|---|---|---|---|---|---|"]
     for scale, run in doc["runs"].items():
         for r in run["rows"]:
@@ -213,7 +213,7 @@ def main() -> None:
     parser.add_argument("--eval-users", type=int, default=50_000,
                         help="rank a seeded sample of this many test users where there are more (protocol +users:N)")
     parser.add_argument("--stage-timeout", type=float, default=3600)
-    parser.add_argument("--markdown", action="store_true", help="print the README table from the results and exit")
+    parser.add_argument("--markdown", action="store_true", help="print the docs/BENCHMARKS.md table from the results and exit")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     args = parser.parse_args()
     if args.markdown:

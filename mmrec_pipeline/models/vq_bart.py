@@ -74,7 +74,7 @@ SBERT_BATCH = 128
 _SHARED = {"history": 5, "use_image": False, "image_grid": 4, "decode": "greedy", "num_beams": 1,
            "scorer": "retrieval", "rerank_k": 50, "weight_decay": 0.01, "max_grad_norm": 1.0}
 PROFILES: dict[str, dict] = {
-    # On `sample` (1 torch thread, README "vq_bart"): 1+1 layers instead of 2+2 halve the training cost and gave
+    # On `sample` (1 torch thread, docs/BENCHMARKS.md): 1+1 layers instead of 2+2 halve the training cost and gave
     # validation NDCG@10 0.024 (small_history) against 0.026 and 0.034 for two 2+2-layer runs that differ only in
     # batch order; 2x2 pooled codes (4 tokens per item) gave the image variant 0.023 against 0.022 for 4x4 (16
     # tokens) at 35% less cost. Validation NDCG@10 still rose at epoch 5-6 of 4,096 examples each (1,024 per epoch
