@@ -15,7 +15,7 @@ from resources.executors import executor_for_env
 from resources.models import ModelSourcesResource
 from resources.storage import LakeIOManager, LakeResource
 
-# Steps the multiprocess executor runs at once (the UI's runs); `mmrec run` runs steps one by one in process.
+# Steps the local multiprocess executor runs at once (the UI's runs and `mmrec run` alike).
 CONCURRENT_STEPS = 2
 CORES = os.cpu_count() or 1
 
