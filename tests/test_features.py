@@ -193,6 +193,32 @@ def test_cache_resumes_after_a_crash_without_duplicates(tmp_path):
     assert cache.read().height == 10
 
 
+@pytest.mark.parametrize("damage", ["flip a bit", "truncate", "truncate an unhashed part"])
+def test_a_corrupt_cache_part_is_named_moved_aside_and_recomputed(tmp_path, caplog, damage):
+    cache = FeatureCache(tmp_path, "test", "len", {"v": 1}, {"n": pl.Float32})
+    table = _text_table({f"i{k}": "w" * (k + 1) for k in range(10)})
+    compute_incremental(table, _key, _counting_fn([]), cache, chunk_size=4)  # parts of 4, 4 and 2 items
+    part = cache.parts()[1]
+    data = bytearray(part.read_bytes())
+    if damage == "flip a bit":  # in the values (mid-file): Parquet itself would read most such flips silently
+        data[len(data) // 2] ^= 0x10
+    else:
+        data = data[: len(data) * 2 // 3]
+    if damage == "truncate an unhashed part":  # a part written before hashes were in the names
+        part.unlink()
+        part = part.with_name("-".join(part.name.split("-")[:3]) + ".parquet")
+    part.write_bytes(bytes(data))
+    calls: list = []
+    with caplog.at_level(logging.WARNING, logger="mmrec_pipeline"):
+        rows, s = compute_incremental(table, _key, _counting_fn(calls), cache, chunk_size=4)
+    assert (s["computed"], s["reused"]) == (4, 6) and calls == [["i4", "i5", "i6", "i7"]]
+    assert rows["n"].to_list() == [float(k + 1) for k in range(10)]
+    assert str(part) in caplog.text and "computed again" in caplog.text
+    assert not part.exists() and len(list(cache.dir.glob(part.name + ".corrupt-*"))) == 1
+    _, s = compute_incremental(table, _key, _counting_fn([]), cache)
+    assert (s["computed"], s["reused"]) == (0, 10)
+
+
 def test_max_items_per_run_leaves_the_rest_for_later(tmp_path):
     cache = FeatureCache(tmp_path, "test", "len", {"v": 1}, {"n": pl.Float32})
     table = _text_table({f"i{k}": "z" * (k + 1) for k in range(10)})

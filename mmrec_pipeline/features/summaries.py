@@ -250,7 +250,7 @@ def review_summaries(
     cache = FeatureCache(cache_root, "summaries", "summarizer", identity,
                          {"summary": pl.Utf8, "n_reviews": pl.Int64, "review_ids": pl.List(pl.Utf8)})
     keys = [content_key(r, cut) if r else None for r in per_item["reviews"].to_list()]
-    plan = plan_refresh(per_item, keys, cache.read(), config)
+    plan = plan_refresh(per_item, keys, cache.read(log=log), config)
     actions = [a for a, _ in plan]
 
     @functools.cache  # loaded only if something must be computed
@@ -271,7 +271,7 @@ def review_summaries(
         max_items_per_run=max_items_per_run, log=log, what="review summaries")
     new = todo.filter("_compute").select("item_id", "_key").with_columns(rows["summary"], rows["n_reviews"])
     stored = cache.read(todo.filter(~pl.col("_compute") & pl.col("_key").is_not_null())
-                        .select("item_id", pl.col("_key").alias("key"))).rename({"key": "_key"})
+                        .select("item_id", pl.col("_key").alias("key")), log).rename({"key": "_key"})
     found = pl.concat([new, stored.select("item_id", "_key", "summary", "n_reviews")])
     found = found.rename({"n_reviews": "n_reviews_summarised"})
     per_item = todo.join(found.unique(["item_id", "_key"], keep="last"), on=["item_id", "_key"], how="left",
