@@ -27,6 +27,7 @@ import posixpath
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -212,7 +213,18 @@ def write_text(text: str, path: Path) -> Path:
 
 
 class CorruptFileError(RuntimeError):
-    """A file whose bytes differ from the hash recorded when it was written, or that cannot be parsed."""
+    """A file whose bytes differ from the hash recorded when it was written, or that cannot be parsed; `path`
+    names it."""
+
+    def __init__(self, path, problem: str):
+        self.path = path
+        super().__init__(f"{path}: {problem}")
+
+    def moved_aside(self, redo: str, log=None) -> CorruptFileError:
+        """For a file nothing here can recompute: move it aside (`quarantine`) and return the error to raise,
+        which says where it went and `redo`, what the user does to make it again."""
+        aside = quarantine(self.path, str(self), redo, log)
+        return CorruptFileError(self.path, f"{str(self).split(': ', 1)[1]}; moved aside to {aside}; {redo}")
 
 
 def sha256_file(path: Path | UPath) -> str:
@@ -250,10 +262,10 @@ def read_safetensors(path: Path | UPath, sha256: str | None = None) -> dict:
             data = path.read_bytes()
             actual = hashlib.sha256(data).hexdigest() if sha256 else None
         if actual != sha256:
-            raise CorruptFileError(f"{path}: sha256 {actual} differs from the {sha256} recorded when it was written")
+            raise CorruptFileError(path, f"sha256 {actual} differs from the {sha256} recorded when it was written")
         return load_file(str(path)) if is_local(path) else load(data)
     except SafetensorError as e:
-        raise CorruptFileError(f"{path}: not a readable safetensors file ({e})") from e
+        raise CorruptFileError(path, f"not a readable safetensors file ({e})") from e
 
 
 def read_json_file(path: Path | UPath) -> dict:
@@ -262,15 +274,16 @@ def read_json_file(path: Path | UPath) -> dict:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CorruptFileError(f"{path}: not valid JSON ({e})") from e
+        raise CorruptFileError(path, f"not valid JSON ({e})") from e
 
 
 def quarantine(path: Path | UPath, error: str, then: str = "", log=None) -> Path | UPath:
-    """Move a corrupt file or folder aside as `<name>.corrupt-<UTC time>-<pid>` (kept for inspection; no reader
+    """Move a corrupt file or folder aside as `<name>.corrupt-<UTC time>-<random>` (kept for inspection; no reader
     looks for that name) and warn: `error` (which names the file), where it went, and `then` (what happens next).
     Returns where it went; a file another process moved first is left alone."""
     path = to_path(path)
-    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}")
+    stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"  # never replaces an earlier one
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     try:
         if is_local(path):
             os.replace(path, aside)
