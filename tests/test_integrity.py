@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -84,3 +87,51 @@ def test_a_corrupt_vq_vae_is_retrained_or_names_the_asset_to_rerun(tmp_path, cap
     assert train_or_load_vq_vae(paths, folder, config, CPU)[2]  # what re-materializing vq_tokenizer does
     out, s = vq_codes(items, ModelSources(), CPU, tmp_path / "cache", vqvae=folder)
     assert s["computed"] == 36 and out["vq_codes"].null_count() == 0
+
+
+def test_the_converted_summarizer_is_checked_converted_again_when_corrupt_and_leaves_no_temp(tmp_path, monkeypatch,
+                                                                                             caplog):
+    """The conversion itself (transformers de-quantizing the GGUF, ~30 s) is replaced by a writer of two small
+    files; what is tested is the folder's handling around it."""
+    from mmrec_pipeline.features import summaries
+
+    conversions = []
+
+    def dequantize(gguf, out, fail=False):
+        out.mkdir()
+        (out / "config.json").write_text('{"model_type": "llama"}')
+        (out / "model.safetensors").write_bytes(bytes(range(256)) * 16)
+        conversions.append(out)
+        if fail:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(summaries, "_dequantize_gguf", dequantize)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    sources, cache_root = ModelSources(summarizer=str(gguf)), tmp_path / "_cache" / "features"
+    folder = summaries.converted_summarizer_dir(sources, cache_root)
+    folder.parent.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for pid in (dead.pid, os.getpid()):  # a killed conversion's temp folder, and a live one's
+        (folder.parent / f".{folder.name}.{pid}.0badc0de.tmp").mkdir()
+
+    assert summaries.summarizer_source(sources, cache_root) == str(folder) and len(conversions) == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
+    temps = sorted(p.name for p in folder.parent.glob(".*.tmp"))
+    assert temps == [f".{folder.name}.{os.getpid()}.0badc0de.tmp"]  # the dead writer's is swept
+    summaries.summarizer_source(sources, cache_root)
+    assert len(conversions) == 1  # intact: reused
+
+    flip_a_bit(folder / "model.safetensors")
+    with caplog.at_level(logging.WARNING, logger="mmrec_pipeline"):
+        summaries.summarizer_source(sources, cache_root)
+    assert len(conversions) == 2 and str(folder / "model.safetensors") in caplog.text
+    assert "converting tiny.gguf again" in caplog.text and len(aside(folder)) == 1
+
+    (folder / "config.json").write_text("{")  # broken, and the disk is full when it is converted again
+    monkeypatch.setattr(summaries, "_dequantize_gguf", lambda gguf, out: dequantize(gguf, out, fail=True))
+    with pytest.raises(OSError, match="No space left"):
+        summaries.summarizer_source(sources, cache_root)
+    assert not folder.exists() and len(aside(folder)) == 2
+    assert sorted(p.name for p in folder.parent.glob(".*.tmp")) == temps  # the failed try left no temp folder
