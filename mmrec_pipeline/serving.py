@@ -29,6 +29,7 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
 from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
+from mmrec_pipeline.registry import registry_name
 from mmrec_pipeline.storage import atomic_write, is_local, read_parquet, to_path, write_json
 
 RECOMMENDATIONS_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float32}
@@ -49,7 +50,7 @@ class ServingConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides or {}) - fields
         if unknown:
-            raise ValueError(f"datasets.yaml models.serving: unknown field(s) {sorted(unknown)}; "
+            raise ValueError(f"{registry_name()} models.serving: unknown field(s) {sorted(unknown)}; "
                              f"allowed: {sorted(fields)}")
         return cls(**(overrides or {}))
 
