@@ -116,11 +116,11 @@ class FeatureCache:
         data = part.read_bytes()
         expected = _part_hash(part)
         if expected and hashlib.sha256(data).hexdigest()[:PART_HASH] != expected:
-            raise CorruptFileError(f"feature cache part {part}: its bytes do not match the sha256 in its name")
+            raise CorruptFileError(part, "feature cache part whose bytes do not match the sha256 in its name")
         try:
             return pl.read_parquet(io.BytesIO(data), columns=["item_id", "key", *self.schema])
         except UNREADABLE as e:
-            raise CorruptFileError(f"feature cache part {part}: unreadable ({type(e).__name__}: {e})") from e
+            raise CorruptFileError(part, f"unreadable feature cache part ({type(e).__name__}: {e})") from e
 
     def append(self, rows: pl.DataFrame) -> Path:
         """Write `rows` (item_id, key, values…) as one new part, atomically, named with its hash."""
