@@ -105,6 +105,11 @@ class Lake:
     def report(self, dataset: str) -> Path | UPath:
         return inside(self.root, dataset, "report.html")
 
+    def feature_dtype(self, dataset: str) -> Path | UPath:
+        """`<dataset>/feature_dtype.json`: the dtype the dataset's features are computed in, pinned at first use
+        (`compute.pin_feature_dtype`), so every machine and worker computes (and reuses) the same ones."""
+        return inside(self.root, dataset, "feature_dtype.json")
+
     def feature_cache(self) -> Path | UPath:
         """`<root>/_cache/features`: outside every dataset folder, so datasets share it."""
         return inside(self.root, "_cache", "features")
