@@ -135,3 +135,13 @@ def test_the_converted_summarizer_is_checked_converted_again_when_corrupt_and_le
         summaries.summarizer_source(sources, cache_root)
     assert not folder.exists() and len(aside(folder)) == 2
     assert sorted(p.name for p in folder.parent.glob(".*.tmp")) == temps  # the failed try left no temp folder
+
+
+def test_a_broken_fit_report_names_the_file_and_the_asset_to_rerun(tmp_path):
+    from mmrec_pipeline.serving import retrain_config
+
+    folder = popularity_checkpoint(tmp_path / "popularity" / "recent")
+    (folder / "fit_report.json").write_text('{"best_epoch": ')  # cut short
+    with pytest.raises(CorruptFileError, match="re-materialize the 'popularity' asset") as e:
+        retrain_config(Popularity, folder)
+    assert str(folder / "fit_report.json") in str(e.value) and len(aside(folder / "fit_report.json")) == 1
