@@ -11,9 +11,10 @@ uploaded in one PUT (multipart for large files): the object appears whole or not
 does not give: a group of files (a checkpoint's config + weights) is not replaced at once, and there is no
 exclusive create (the feature-cache compaction lock is skipped; see features/cache.py).
 
-Integrity: weights are written with their sha256 (`write_safetensors`), which the writer records (a checkpoint's
-`config.json`, the feature cache's part names) and `read_safetensors` checks; a file whose bytes do not match, or
-that cannot be parsed, raises `CorruptFileError` naming it, and `quarantine` moves it aside so it is recomputed.
+Integrity: files are written with their sha256 (`write_safetensors` returns it), which the writer records (the
+weights' in a checkpoint's `config.json`, a feature-cache part's in its name) and the reader checks
+(`read_safetensors`); a file whose bytes do not match, or that cannot be parsed, raises `CorruptFileError` naming
+it, and `quarantine` moves it aside, to be recomputed, or to be remade by the asset the error names.
 """
 
 from __future__ import annotations
@@ -222,14 +223,14 @@ class CorruptFileError(RuntimeError):
     names it."""
 
     def __init__(self, path, problem: str):
-        self.path = path
+        self.path, self.problem = path, problem
         super().__init__(f"{path}: {problem}")
 
     def moved_aside(self, redo: str, log=None) -> CorruptFileError:
         """For a file nothing here can recompute: move it aside (`quarantine`) and return the error to raise,
         which says where it went and `redo`, what the user does to make it again."""
         aside = quarantine(self.path, str(self), redo, log)
-        return CorruptFileError(self.path, f"{str(self).split(': ', 1)[1]}; moved aside to {aside}; {redo}")
+        return CorruptFileError(self.path, f"{self.problem}; moved aside to {aside}; {redo}")
 
 
 def sha256_file(path: Path | UPath) -> str:
@@ -287,7 +288,8 @@ def quarantine(path: Path | UPath, error: str, then: str = "", log=None) -> Path
     looks for that name) and warn: `error` (which names the file), where it went, and `then` (what happens next).
     Returns where it went; a file another process moved first is left alone."""
     path = to_path(path)
-    stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"  # never replaces an earlier one
+    # The random part: two corrupt copies moved aside in the same second must not replace one another.
+    stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     try:
         if is_local(path):
@@ -296,5 +298,6 @@ def quarantine(path: Path | UPath, error: str, then: str = "", log=None) -> Path
             path.fs.mv(path.path, aside.path, recursive=True)
     except FileNotFoundError:
         return aside
-    (log or logging.getLogger("mmrec_pipeline")).warning(f"{error}; moved aside to {aside}" + (f"; {then}" if then else ""))
+    message = f"{error}; moved aside to {aside}" + (f"; {then}" if then else "")
+    (log or logging.getLogger("mmrec_pipeline")).warning(message)
     return aside

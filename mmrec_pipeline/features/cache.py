@@ -7,11 +7,11 @@ prompt version). So the same content under the same model is computed once, whic
 changed title, image or prompt is computed again.
 
 `compute_incremental` is the one mechanism every family uses: look up the keys, compute only the missing ones
-in chunks, and append each chunk as its own Parquet part, written atomically. A part's name ends with the start
-of its sha256, checked on every read (the bytes are read anyway): a part that does not match or cannot be
-parsed is moved aside with a warning naming it (`storage.quarantine`) and its rows are computed again. A crash loses at most the chunk
-in flight; the next run resumes where it stopped. Concurrent runs may compute the same key twice; reads keep
-one row per (item_id, key), so duplicates are harmless. `compact()` merges parts.
+in chunks, and append each chunk as its own Parquet part, written atomically. A crash loses at most the chunk
+in flight; the next run resumes where it stopped. A part's name ends with the start of its sha256, checked on
+every read (the bytes are read anyway): a part that does not match or cannot be parsed is moved aside with a
+warning naming it (`storage.quarantine`) and its rows are computed again. Concurrent runs may compute the same
+key twice; reads keep one row per (item_id, key), so duplicates are harmless. `compact()` merges parts.
 """
 
 from __future__ import annotations
