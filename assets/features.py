@@ -8,6 +8,7 @@ import polars as pl
 
 from assets import DATASETS, GPU, op_tags
 from assets.metadata import plain, table_preview
+from mmrec_pipeline.compute import pin_feature_dtype
 from mmrec_pipeline.features.families import FEATURES, Feature, FeatureRun
 from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, PROFILES, train_or_load_vq_vae
 from mmrec_pipeline.lake import VALUE_COLUMNS, items_without_feature
@@ -69,7 +70,8 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
         # The run's budget, else the dataset's (`models: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
         # budget on review summaries; the `items_missing_features` sensor runs the rest later).
         budget = config.max_items_per_run or spec.models.get(feature.name, {}).get("max_items_per_run")
-        run = FeatureRun(model_sources.sources(), compute.settings(), lake.feature_cache(), lake.dataset(spec.name),
+        settings = pin_feature_dtype(compute.settings(), lake.feature_dtype(spec.name), context.log)
+        run = FeatureRun(model_sources.sources(), settings, lake.feature_cache(), lake.dataset(spec.name),
                          spec.models, budget or None, context.log)
         table, stats = feature.compute(run, **inputs)
         meta = _metadata(table, stats)

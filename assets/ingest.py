@@ -43,15 +43,20 @@ def raw_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
 def ingest(context: dg.AssetExecutionContext):
     spec = get_dataset(context.partition_key)
     tables = load_dataset(spec)
-    skipped = plain({f"skipped: {k}": v for k, v in tables.skipped.items()})
+    counts = plain({f"skipped: {k}": v for k, v in tables.skipped.items()}
+                   | {f"kept: {k}": v for k, v in tables.kept.items()}
+                   | {f"kept: {k} (lines)": ", ".join(map(str, v)) for k, v in tables.lines.items()})
     for reason, n in tables.skipped.items():
         context.log.warning(f"{spec.name}: skipped {n} {reason}")
+    for reason, n in tables.kept.items():
+        lines = f" (lines {', '.join(map(str, tables.lines[reason]))})" if reason in tables.lines else ""
+        context.log.warning(f"{spec.name}: kept {n} {reason}{lines}")
     items, inter = tables.items, tables.interactions
     yield dg.Output(items, "items", metadata={
         "items": items.height, "categories": items["category"].n_unique(),
-        "with_image": items["image_sha256"].is_not_null().sum(), "preview": table_preview(items), **skipped})
+        "with_image": items["image_sha256"].is_not_null().sum(), "preview": table_preview(items), **counts})
     yield dg.Output(tables.users, "users", metadata={"users": tables.users.height})
     yield dg.Output(inter, "interactions", metadata={
         "interactions": inter.height, "users": inter["user_id"].n_unique(), "items": inter["item_id"].n_unique(),
         "first": str(inter["ts"].min()), "last": str(inter["ts"].max()),
-        "with_review_text": inter.filter(pl.col("review_text").is_not_null()).height, **skipped})
+        "with_review_text": inter.filter(pl.col("review_text").is_not_null()).height, **counts})

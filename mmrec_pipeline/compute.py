@@ -109,6 +109,40 @@ class Compute:
         return torch.autocast(device_type=dev.type, dtype=self.torch_dtype, enabled=enabled)
 
 
+def pin_feature_dtype(compute: Compute, pin: Path, log=None) -> Compute:
+    """`compute` with the dtype pinned for a dataset's features in the file `pin` (`Lake.feature_dtype`).
+
+    The feature dtype is part of every feature's cache key, and 'auto' resolves per machine (bf16 on a CPU with
+    native bf16, float32 elsewhere): unpinned, the same lake run on two machines, or by two workers on different
+    CPUs, would recompute every feature and train on different ones. So 'auto' takes the dtype recorded at the
+    dataset's first feature run (recording this machine's choice when there is none); an explicit `dtype` in the
+    compute settings is the way to change it, and re-pins it (logged: features are then computed again).
+    """
+    from mmrec_pipeline.storage import read_json_file, write_json
+
+    log = logger(log)
+    pinned = read_json_file(pin).get("dtype") if pin.exists() else None
+    if compute.dtype != "auto":
+        if pinned not in (None, compute.dtype):
+            log.warning(f"feature dtype: re-pinned from {pinned} to {compute.dtype} (the compute settings' dtype) in "
+                        f"{pin}; every feature of the dataset is computed again in {compute.dtype}")
+        if pinned != compute.dtype:
+            write_json({"dtype": compute.dtype}, pin)
+        return compute
+    if pinned is None:
+        pinned = str(compute.inference_dtype).removeprefix("torch.")
+        write_json({"dtype": pinned}, pin)
+        log.info(f"feature dtype: pinned {pinned} (this machine's 'auto') in {pin}; every later run uses it")
+    elif pinned not in DTYPES:
+        raise ValueError(f"{pin}: dtype {pinned!r} is not one of {list(DTYPES)}; set the compute dtype to re-pin it")
+    pinned_compute = dataclasses.replace(compute, dtype=pinned)
+    if pinned == "bfloat16" and pinned_compute.torch_device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning(f"feature dtype: {pin} pins bfloat16, which this CPU only emulates: features not yet cached are "
+                    "computed several times slower; set the compute dtype to float32 to re-pin it (every feature "
+                    "is then computed again)")
+    return pinned_compute
+
+
 def logger(log=None):
     """The logger progress goes to: the given one (a `logging.Logger` or Dagster's `context.log`, both with
     `info`/`warning`), else the package's."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Hashable
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -33,6 +34,28 @@ class RegistryError(ValueError):
 
 def registry_path() -> Path:
     return Path(os.environ.get("MMREC_DATASETS", PROJECT_ROOT / "datasets.yaml"))
+
+
+def registry_name() -> str:
+    """How messages name the registry: the file MMREC_DATASETS points at, else `datasets.yaml`."""
+    return str(registry_path()) if os.environ.get("MMREC_DATASETS") else "datasets.yaml"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        first: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, Hashable) or key == "<<":  # left to the loader: an error, or a merge
+                continue
+            if key in first:
+                raise RegistryError(f"duplicate key {key!r} at lines {first[key]} and {line}; each dataset (and "
+                                    "each field of an entry) must appear once")
+            first.setdefault(key, line)
+        return super().construct_mapping(node, deep)
 
 
 def data_root() -> Path:
@@ -108,9 +131,11 @@ def load_registry(path: Path | None = None) -> dict[str, DatasetSpec]:
     """Every entry, validated: all problems are reported at once, one line each naming dataset and field."""
     path = path or registry_path()
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
     except FileNotFoundError as e:
         raise RegistryError(f"dataset registry not found at {path}") from e
+    except RegistryError as e:
+        raise RegistryError(f"{path}: {e}") from e
     except yaml.YAMLError as e:
         raise RegistryError(f"{path}: not valid YAML: {e}") from e
     entries = raw.get("datasets") if isinstance(raw, dict) else None

@@ -29,7 +29,16 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, Recommender
 from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
-from mmrec_pipeline.storage import atomic_write, is_local, read_parquet, to_path, write_json
+from mmrec_pipeline.registry import registry_name
+from mmrec_pipeline.storage import (
+    CorruptFileError,
+    atomic_write,
+    is_local,
+    read_json_file,
+    read_parquet,
+    to_path,
+    write_json,
+)
 
 RECOMMENDATIONS_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float32}
 
@@ -49,7 +58,7 @@ class ServingConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides or {}) - fields
         if unknown:
-            raise ValueError(f"datasets.yaml models.serving: unknown field(s) {sorted(unknown)}; "
+            raise ValueError(f"{registry_name()} models.serving: unknown field(s) {sorted(unknown)}; "
                              f"allowed: {sorted(fields)}")
         return cls(**(overrides or {}))
 
@@ -98,15 +107,18 @@ def retrain_config(cls: type[Recommender], checkpoint: Path) -> tuple[object, di
     """The champion's checkpointed config with its validation-chosen settings fixed; returns (config, fixed).
     A model that trained without epochs (EASE, a non-learned retrieval strategy) reports no best_epoch."""
     checkpoint = to_path(checkpoint)
+    report_path = checkpoint / FIT_REPORT
     try:
-        meta = json.loads((checkpoint / "config.json").read_text())
+        meta = read_json_file(checkpoint / "config.json")
+        if not report_path.exists():
+            raise ValueError(f"{report_path} not found: re-materialize the '{cls.name}' asset so the settings chosen "
+                             "on validation (best_epoch) are known")
+        report = read_json_file(report_path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{checkpoint}/config.json not found: materialize the '{cls.name}' asset first") from None
-    report_path = checkpoint / FIT_REPORT
-    if not report_path.exists():
-        raise ValueError(f"{report_path} not found: re-materialize the '{cls.name}' asset so the settings chosen on "
-                         "validation (best_epoch) are known")
-    return refit_config(cls, dict(meta["config"]), json.loads(report_path.read_text()))
+    except CorruptFileError as e:
+        raise e.moved_aside(f"re-materialize the '{cls.name}' asset to train it again") from e
+    return refit_config(cls, dict(meta["config"]), report)
 
 
 def active_users(data: RecDataset, days: int) -> np.ndarray:

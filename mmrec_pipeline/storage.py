@@ -10,6 +10,11 @@ removed at the next write of the same file). On object storage a file is written
 uploaded in one PUT (multipart for large files): the object appears whole or not at all. What object storage
 does not give: a group of files (a checkpoint's config + weights) is not replaced at once, and there is no
 exclusive create (the feature-cache compaction lock is skipped; see features/cache.py).
+
+Integrity: files are written with their sha256 (`write_safetensors` returns it), which the writer records (the
+weights' in a checkpoint's `config.json`, a feature-cache part's in its name) and the reader checks
+(`read_safetensors`); a file whose bytes do not match, or that cannot be parsed, raises `CorruptFileError` naming
+it, and `quarantine` moves it aside, to be recomputed, or to be remade by the asset the error names.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import posixpath
+import shutil
 import tempfile
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,6 +106,11 @@ class Lake:
     def report(self, dataset: str) -> Path | UPath:
         return inside(self.root, dataset, "report.html")
 
+    def feature_dtype(self, dataset: str) -> Path | UPath:
+        """`<dataset>/feature_dtype.json`: the dtype the dataset's features are computed in, pinned at first use
+        (`compute.pin_feature_dtype`), so every machine and worker computes (and reuses) the same ones."""
+        return inside(self.root, dataset, "feature_dtype.json")
+
     def feature_cache(self) -> Path | UPath:
         """`<root>/_cache/features`: outside every dataset folder, so datasets share it."""
         return inside(self.root, "_cache", "features")
@@ -126,7 +140,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def sweep_stale_temps(path: Path) -> list[Path]:
-    """Remove the temp files of `path` whose writer process is gone; a live writer's temp is left alone.
+    """Remove the temp files (or folders) of `path` whose writer process is gone; a live writer's is left alone.
 
     Ours are `.<name>.<pid>.<random>.tmp` (mkstemp's random part has no dot); `.<name>.<random>.tmp` predates
     the pid and is always stale. Anything else (the temp of `<name>.index.json`) belongs to another file.
@@ -139,7 +153,10 @@ def sweep_stale_temps(path: Path) -> list[Path]:
             continue
         if len(parts) == 2 and pid_alive(int(parts[0])):
             continue
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():  # a model folder written whole, then renamed (the converted summarizer)
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 
@@ -199,3 +216,88 @@ def write_json(obj, path: Path) -> Path:
 
 def write_text(text: str, path: Path) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+class CorruptFileError(RuntimeError):
+    """A file whose bytes differ from the hash recorded when it was written, or that cannot be parsed; `path`
+    names it."""
+
+    def __init__(self, path, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(f"{path}: {problem}")
+
+    def moved_aside(self, redo: str, log=None) -> CorruptFileError:
+        """For a file nothing here can recompute: move it aside (`quarantine`) and return the error to raise,
+        which says where it went and `redo`, what the user does to make it again."""
+        aside = quarantine(self.path, str(self), redo, log)
+        return CorruptFileError(self.path, f"{self.problem}; moved aside to {aside}; {redo}")
+
+
+def sha256_file(path: Path | UPath) -> str:
+    """sha256 of a file's bytes, read in blocks (a model's weights need not fit in memory twice)."""
+    with to_path(path).open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_safetensors(state: dict, path: Path | UPath) -> str:
+    """Write tensors atomically as safetensors; returns the file's sha256 for the caller to record."""
+    from safetensors.torch import save_file
+
+    digest = []
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp))
+        digest.append(sha256_file(tmp))  # just written: read back from the page cache
+
+    atomic_write(path, write)
+    return digest[0]
+
+
+def read_safetensors(path: Path | UPath, sha256: str | None = None) -> dict:
+    """The tensors of a safetensors file, checked against the `sha256` recorded when it was written (None: a file
+    written before hashes were recorded, only parsed). Raises `CorruptFileError` naming the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load, load_file
+
+    path = to_path(path)
+    try:
+        if is_local(path):
+            # Hashing reads the file once; load_file then maps it from the page cache.
+            actual = sha256_file(path) if sha256 else None
+        else:
+            data = path.read_bytes()
+            actual = hashlib.sha256(data).hexdigest() if sha256 else None
+        if actual != sha256:
+            raise CorruptFileError(path, f"sha256 {actual} differs from the {sha256} recorded when it was written")
+        return load_file(str(path)) if is_local(path) else load(data)
+    except SafetensorError as e:
+        raise CorruptFileError(path, f"not a readable safetensors file ({e})") from e
+
+
+def read_json_file(path: Path | UPath) -> dict:
+    """A JSON file's object; a file that is not valid JSON raises `CorruptFileError` naming it."""
+    path = to_path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(path, f"not valid JSON ({e})") from e
+
+
+def quarantine(path: Path | UPath, error: str, then: str = "", log=None) -> Path | UPath:
+    """Move a corrupt file or folder aside as `<name>.corrupt-<UTC time>-<random>` (kept for inspection; no reader
+    looks for that name) and warn: `error` (which names the file), where it went, and `then` (what happens next).
+    Returns where it went; a file another process moved first is left alone."""
+    path = to_path(path)
+    # The random part: two corrupt copies moved aside in the same second must not replace one another.
+    stamp = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    try:
+        if is_local(path):
+            os.replace(path, aside)
+        else:
+            path.fs.mv(path.path, aside.path, recursive=True)
+    except FileNotFoundError:
+        return aside
+    message = f"{error}; moved aside to {aside}" + (f"; {then}" if then else "")
+    (log or logging.getLogger("mmrec_pipeline")).warning(message)
+    return aside

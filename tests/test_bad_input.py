@@ -66,6 +66,27 @@ def test_registry_types_checked_at_load_one_line_each(tmp_path, monkeypatch):
     assert "dataset 's': expected a mapping of fields" in lines[3] and "got a str" in lines[3]
 
 
+def test_registry_duplicate_key_names_the_key_and_both_lines(tmp_path, monkeypatch):
+    path = registry(tmp_path, "datasets:\n"
+                              "  toys: {source: amazon, path: toys}\n"
+                              "  hm: {source: hm, path: hm}\n"
+                              "  toys: {source: amazon, path: toys-2023}\n", monkeypatch)
+    with pytest.raises(RegistryError, match=rf"^{re.escape(str(path))}: duplicate key 'toys' at lines 2 and 4"):
+        load_registry()
+    registry(tmp_path, "datasets:\n  hm: {source: hm, path: hm, split: loo, split: temporal}\n", monkeypatch)
+    with pytest.raises(RegistryError, match="duplicate key 'split' at lines 2 and 2"):
+        load_registry()
+
+
+def test_messages_name_the_registry_file_mmrec_datasets_points_at(tmp_path, monkeypatch):
+    from mmrec_pipeline.data.ingest import load_dataset
+
+    path = registry(tmp_path, "datasets:\n  gone: {source: hm, path: gone}\n", monkeypatch)
+    monkeypatch.setenv("MMREC_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=rf"change its path in {re.escape(str(path))}\."):
+        load_dataset(load_registry()["gone"])
+
+
 def test_io_manager_refuses_a_partition_outside_the_lake(tmp_path):
     from resources.storage import LakeIOManager, LakeResource
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -193,6 +194,32 @@ def test_cache_resumes_after_a_crash_without_duplicates(tmp_path):
     assert cache.read().height == 10
 
 
+@pytest.mark.parametrize("damage", ["flip a bit", "truncate", "truncate an unhashed part"])
+def test_a_corrupt_cache_part_is_named_moved_aside_and_recomputed(tmp_path, caplog, damage):
+    cache = FeatureCache(tmp_path, "test", "len", {"v": 1}, {"n": pl.Float32})
+    table = _text_table({f"i{k}": "w" * (k + 1) for k in range(10)})
+    compute_incremental(table, _key, _counting_fn([]), cache, chunk_size=4)  # parts of 4, 4 and 2 items
+    part = cache.parts()[1]
+    data = bytearray(part.read_bytes())
+    if damage == "flip a bit":  # in the values (mid-file): Parquet itself would read most such flips silently
+        data[len(data) // 2] ^= 0x10
+    else:
+        data = data[: len(data) * 2 // 3]
+    if damage == "truncate an unhashed part":  # a part written before hashes were in the names
+        part.unlink()
+        part = part.with_name("-".join(part.name.split("-")[:3]) + ".parquet")
+    part.write_bytes(bytes(data))
+    calls: list = []
+    with caplog.at_level(logging.WARNING, logger="mmrec_pipeline"):
+        rows, s = compute_incremental(table, _key, _counting_fn(calls), cache, chunk_size=4)
+    assert (s["computed"], s["reused"]) == (4, 6) and calls == [["i4", "i5", "i6", "i7"]]
+    assert rows["n"].to_list() == [float(k + 1) for k in range(10)]
+    assert str(part) in caplog.text and "computed again" in caplog.text
+    assert not part.exists() and len(list(cache.dir.glob(part.name + ".corrupt-*"))) == 1
+    _, s = compute_incremental(table, _key, _counting_fn([]), cache)
+    assert (s["computed"], s["reused"]) == (0, 10)
+
+
 def test_max_items_per_run_leaves_the_rest_for_later(tmp_path):
     cache = FeatureCache(tmp_path, "test", "len", {"v": 1}, {"n": pl.Float32})
     table = _text_table({f"i{k}": "z" * (k + 1) for k in range(10)})
@@ -251,6 +278,34 @@ def test_image_embeddings_and_offline_captions(items, tmp_path):
     assert s["efficientnet_lite0"]["computed"] == 1 and s["efficientnet_lite0"]["reused"] == 2
     caps, s = cap.captions(changed, ModelSources(), CPU, root, models=("offline",))
     assert s["offline"]["computed"] == 1 and "yellow" in caps["caption_offline"][0]
+
+
+def test_a_lake_written_on_a_bf16_cpu_is_reused_on_a_cpu_without_bf16(items, tmp_path, monkeypatch, caplog):
+    """The feature dtype is pinned per dataset at first use (issue 33, section 5)."""
+    from mmrec_pipeline import compute as compute_module
+    from mmrec_pipeline.compute import pin_feature_dtype
+    from mmrec_pipeline.storage import Lake
+
+    lake, auto = Lake(tmp_path / "lake"), Compute(device="cpu", batch_size=8)
+    pin, root = lake.feature_dtype("shop"), lake.feature_cache()
+    monkeypatch.setattr(compute_module, "cpu_has_native_bf16", lambda: True)  # the first machine
+    first = pin_feature_dtype(auto, pin)
+    assert first.dtype == "bfloat16" and json.loads(pin.read_text()) == {"dtype": "bfloat16"}
+    _, s = image_embeddings(items, ModelSources(), first, root, models=("efficientnet_lite0",))
+    assert s["efficientnet_lite0"]["computed"] == 3
+
+    monkeypatch.setattr(compute_module, "cpu_has_native_bf16", lambda: False)  # a worker on an older CPU
+    assert auto.inference_dtype == torch.float32  # unpinned, it would compute (and key) float32 features
+    with caplog.at_level(logging.WARNING, logger="mmrec_pipeline"):
+        second = pin_feature_dtype(auto, pin)
+    assert second.dtype == "bfloat16" and "only emulates" in caplog.text
+    _, s = image_embeddings(items, ModelSources(), second, root, models=("efficientnet_lite0",))
+    assert (s["efficientnet_lite0"]["computed"], s["efficientnet_lite0"]["reused"]) == (0, 3)
+
+    explicit = pin_feature_dtype(Compute(device="cpu", dtype="float32"), pin)  # changing it is explicit
+    assert explicit.dtype == "float32" and json.loads(pin.read_text()) == {"dtype": "float32"}
+    assert "re-pinned from bfloat16 to float32" in caplog.text
+    assert pin_feature_dtype(auto, pin).dtype == "float32"
 
 
 def test_offline_captions_reuse_the_image_embeddings_cnn_pass(items, tmp_path, monkeypatch):

@@ -92,7 +92,8 @@ def test_hm_reads_canonical_tables(tmp_path):
     assert top["image_path"].endswith("images/010/0108775015.jpg") and len(top["image_sha256"]) == 64
     assert items["0110065001"]["price"] is None  # never bought
     assert items["0108775044"]["image_sha256"] is None and items["0108775044"]["image_path"] is None
-    assert t.skipped == {"items whose image file is corrupt": 1, "items whose image file is missing": 1}
+    assert t.skipped == {}  # items without a usable image are kept, and said to be
+    assert t.kept == {"items whose image file is corrupt": 1, "items whose image file is missing": 1}
 
     inter = t.interactions
     assert inter.height == 4 and set(inter["event"]) == {"purchase"} and inter["rating"].null_count() == 4
@@ -147,6 +148,24 @@ def test_hm_empty_date(tmp_path):
     rows = [*TRANSACTIONS, ",c1,0108775044,0.02,2"]
     with pytest.raises(DataError, match="transactions_train.csv: column 't_dat' is empty .* data row 5"):
         hm.read(hm_folder(tmp_path, transactions=rows), {})
+
+
+def test_hm_csv_files_with_a_byte_order_mark_are_read(tmp_path):
+    """What spreadsheet programs write when saving "CSV UTF-8": every file starts with the UTF-8 BOM."""
+    folder = hm_folder(tmp_path)
+    for name in ("articles.csv", "customers.csv", "transactions_train.csv"):
+        (folder / name).write_bytes(b"\xef\xbb\xbf" + (folder / name).read_bytes())
+    t = validate(hm.read(folder, {}), "hm")
+    assert t.items.height == 3 and t.interactions.height == 4 and sorted(t.users["user_id"]) == ["c1", "c2", "c3"]
+    assert t.users.filter(pl.col("user_id") == "c1")["attributes"].item()  # customers.csv's columns found
+
+
+def test_hm_customer_ids_with_spaces_are_trimmed_and_counted(tmp_path):
+    transactions = [*TRANSACTIONS[:3], "2018-09-21, c2 ,0108775044,0.04,1", TRANSACTIONS[4]]
+    t = validate(hm.read(hm_folder(tmp_path, transactions=transactions), {}), "hm")
+    assert sorted(t.interactions["user_id"].unique()) == ["c1", "c2", "c3"]  # " c2 " is customer c2
+    assert t.kept["rows of transactions_train.csv whose customer_id had spaces around it (trimmed)"] == 1
+    assert not any("customers.csv" in reason for reason in t.kept)
 
 
 def test_hm_duplicate_items_left_to_validate(tmp_path):
@@ -206,8 +225,8 @@ def test_amazon_reads_canonical_tables(tmp_path):
     assert [items[k]["price"] for k in ("P2", "P3", "P4")] == [None, None, None]
     assert items["P3"]["image_path"] is None  # corrupt file
     assert t.skipped == {"malformed JSON lines in Tools.jsonl.gz": 1,
-                         "review lines missing 'user_id' in Tools.jsonl.gz": 1,
-                         "items whose image file is corrupt": 1, "items without an image path": 1}
+                         "review lines missing 'user_id' in Tools.jsonl.gz": 1}
+    assert t.kept == {"items whose image file is corrupt": 1, "items without an image path": 1}
 
     inter = t.interactions
     assert inter.height == 3 and set(inter["event"]) == {"review"}
@@ -247,6 +266,20 @@ def test_amazon_missing_files(tmp_path):
     amazon_folder(tmp_path, category="Garden")
     with pytest.raises(DataError, match="several files match meta_"):
         amazon.read(folder, {})
+
+
+def test_amazon_meta_line_with_latin1_bytes_keeps_the_product(tmp_path):
+    folder = amazon_folder(tmp_path)
+    lines = [json.dumps(m, ensure_ascii=False).encode() for m in META]
+    lines[1] = lines[1].replace(b'"Saw"', '"Säge"'.encode("latin-1"))  # ä as one byte, not UTF-8
+    (folder / "meta_Tools.jsonl").write_bytes(b"\n".join([*lines, b"{not json"]) + b"\n")
+    t = validate(amazon.read(folder, {"category": "Tools"}), "amazon")
+    assert t.items["item_id"].to_list() == ["P1", "P2", "P3", "P4"]  # P2 kept: its review too
+    assert t.items.filter(pl.col("item_id") == "P2")["title"].item() == "S\ufffdge"
+    assert t.interactions.filter(pl.col("item_id") == "P2").height == 1
+    reason = "lines of meta_Tools.jsonl with invalid UTF-8, decoded with replacement characters"
+    assert t.kept[reason] == 1 and t.lines[reason] == [2]
+    assert t.skipped["malformed JSON lines in meta_Tools.jsonl"] == 1  # a line that is not JSON is still skipped
 
 
 def test_amazon_too_many_malformed_lines(tmp_path):

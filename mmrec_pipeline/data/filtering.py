@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from mmrec_pipeline.data.schema import DataError
+from mmrec_pipeline.registry import registry_name
 
 
 def user_core(interactions: pl.DataFrame, min_user_interactions: int, source: str = "interactions") -> pl.DataFrame:
@@ -21,7 +22,7 @@ def user_core(interactions: pl.DataFrame, min_user_interactions: int, source: st
         raise DataError(
             f"{source}: no user has at least {min_user_interactions} interactions "
             f"({interactions.height} interactions, {interactions['user_id'].n_unique()} users before filtering); "
-            "lower min_user_interactions for this dataset in datasets.yaml")
+            f"lower min_user_interactions for this dataset in {registry_name()}")
     return interactions.filter(keep)
 
 

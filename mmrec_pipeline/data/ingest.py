@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mmrec_pipeline.data.schema import DataError, SourceTables, validate
 from mmrec_pipeline.data.sources import reader
-from mmrec_pipeline.registry import GENERATED_SOURCES, DatasetSpec
+from mmrec_pipeline.registry import GENERATED_SOURCES, DatasetSpec, registry_name
 
 
 def load_dataset(spec: DatasetSpec) -> SourceTables:
@@ -12,7 +12,7 @@ def load_dataset(spec: DatasetSpec) -> SourceTables:
     path = spec.data_dir()
     if spec.source not in GENERATED_SOURCES and not path.exists():
         raise DataError(f"dataset '{spec.name}': expected its {spec.source} files in {path}, which does not exist. "
-                        f"{spec.obtain or 'Put the files there or change its path in datasets.yaml.'} "
+                        f"{spec.obtain or f'Put the files there or change its path in {registry_name()}.'} "
                         "(Set MMREC_DATA to the folder that holds your datasets.)")
     try:
         tables = reader(spec.source)(path, dict(spec.options))

@@ -38,6 +38,7 @@ INTERACTIONS_SCHEMA: dict[str, pl.DataType] = {
 }
 SPLIT_SCHEMA: dict[str, pl.DataType] = {**INTERACTIONS_SCHEMA, "split": pl.Utf8}
 SPLITS = ("train", "valid", "test")
+MAX_LINES = 20  # line numbers kept per reason (the count is exact)
 
 
 class DataError(ValueError):
@@ -46,16 +47,25 @@ class DataError(ValueError):
 
 @dataclasses.dataclass
 class SourceTables:
-    """What a reader produces: the three canonical tables plus counts of rows it skipped, by reason."""
+    """What a reader produces: the three canonical tables plus counts of rows it skipped, and of rows it kept
+    but that lack something or were changed (an item without an image, a repaired line), by reason."""
 
     items: pl.DataFrame
     users: pl.DataFrame
     interactions: pl.DataFrame
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    kept: dict[str, int] = dataclasses.field(default_factory=dict)
+    lines: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # per `kept` reason: first line numbers
 
     def skip(self, reason: str, count: int) -> None:
         if count:
             self.skipped[reason] = self.skipped.get(reason, 0) + int(count)
+
+    def keep(self, reason: str, count: int, lines: list[int] | None = None) -> None:
+        if count:
+            self.kept[reason] = self.kept.get(reason, 0) + int(count)
+        if lines:
+            self.lines[reason] = (self.lines.get(reason, []) + list(lines))[:MAX_LINES]
 
 
 def conform(df: pl.DataFrame, schema: dict[str, pl.DataType], table: str, source: str) -> pl.DataFrame:
@@ -124,7 +134,7 @@ def validate(tables: SourceTables, source: str) -> SourceTables:
     # Sorted by an integer rank of user_id (same order as the text, which a 30M-row multi-column sort would
     # row-encode at ~80 bytes a row); stable, so equal (user, ts) rows keep file order.
     inter = inter.sort(pl.col("user_id").rank("dense"), "ts", maintain_order=True)
-    return SourceTables(items, users, inter, dict(tables.skipped))
+    return dataclasses.replace(tables, items=items, users=users, interactions=inter, skipped=dict(tables.skipped))
 
 
 def to_json(obj: dict) -> str:

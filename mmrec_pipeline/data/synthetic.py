@@ -660,7 +660,7 @@ def read(path: Path, options: dict | None = None) -> SourceTables:
     tables = SourceTables(items, pl.read_parquet(out / "users.parquet"),
                           pl.read_parquet(out / "interactions.parquet"))
     for reason, n in counts.items():
-        tables.skip(reason, n)
+        tables.keep(reason, n)
     return tables
 
 

@@ -8,14 +8,17 @@ changed title, image or prompt is computed again.
 
 `compute_incremental` is the one mechanism every family uses: look up the keys, compute only the missing ones
 in chunks, and append each chunk as its own Parquet part, written atomically. A crash loses at most the chunk
-in flight; the next run resumes where it stopped. Concurrent runs may compute the same key twice; reads keep
-one row per (item_id, key), so duplicates are harmless. `compact()` merges parts.
+in flight; the next run resumes where it stopped. A part's name ends with the start of its sha256, checked on
+every read (the bytes are read anyway): a part that does not match or cannot be parsed is moved aside with a
+warning naming it (`storage.quarantine`) and its rows are computed again. Concurrent runs may compute the same
+key twice; reads keep one row per (item_id, key), so duplicates are harmless. `compact()` merges parts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -28,12 +31,23 @@ import polars as pl
 
 from mmrec_pipeline.compute import Progress, logger
 from mmrec_pipeline.features.sources import ModelNotAvailable
-from mmrec_pipeline.storage import Lake, is_local, read_parquet, to_path, write_json, write_parquet
+from mmrec_pipeline.storage import (
+    CorruptFileError,
+    Lake,
+    atomic_write,
+    is_local,
+    quarantine,
+    to_path,
+    write_json,
+)
 
 KEY_COLUMNS = ["item_id", "key"]
 VECTOR = pl.List(pl.Float32)  # how embeddings are stored
 AUTO_COMPACT_PARTS = 64  # merge parts when a store has more than this many files
 STALE_LOCK_S = 3600.0
+PART_HASH = 32  # hex digits of a part's sha256 kept in its name: enough to catch any corruption
+# What polars raises on bytes that are not a Parquet file (truncated, flipped, a zstd frame cut short).
+UNREADABLE = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, ValueError)
 
 
 def models_cache_dir(cache_root: Path) -> Path:
@@ -71,33 +85,54 @@ class FeatureCache:
     def _empty(self) -> pl.DataFrame:
         return pl.DataFrame(schema={"item_id": pl.Utf8, "key": pl.Utf8, **self.schema})
 
-    def read(self, want: pl.DataFrame | None = None) -> pl.DataFrame:
-        """Stored rows, one per (item_id, key); only those in `want` (item_id, key) when given."""
+    def read(self, want: pl.DataFrame | None = None, log=None) -> pl.DataFrame:
+        """Stored rows, one per (item_id, key); only those in `want` (item_id, key) when given. A corrupt part is
+        moved aside (warning on `log`), so its rows count as missing and are computed again."""
+        wanted = None if want is None else want.select(KEY_COLUMNS).unique()
         for attempt in range(3):  # a concurrent compact() may delete a part between listing and reading it
-            parts = self.parts()
-            if not parts:
-                return self._empty()
+            frames = []
             try:
-                lf = (pl.scan_parquet(parts) if is_local(self.dir) else  # remote: fsspec reads, then lazy
-                      pl.concat([read_parquet(p) for p in parts], how="diagonal_relaxed").lazy())
-                lf = lf.select(["item_id", "key", *self.schema])
-                if want is not None:
-                    lf = lf.join(want.lazy().select(KEY_COLUMNS).unique(), on=KEY_COLUMNS, how="semi")
-                df = lf.collect()
-                return df.unique(KEY_COLUMNS, keep="last", maintain_order=True).cast(self.schema)
+                for part in self.parts():
+                    try:
+                        df = self._read_part(part)
+                    except CorruptFileError as e:
+                        quarantine(part, str(e), "its rows are computed again", log)
+                        continue
+                    frames.append(df if wanted is None else df.join(wanted, on=KEY_COLUMNS, how="semi"))
             except FileNotFoundError:
                 if attempt == 2:
                     raise
                 time.sleep(0.2)
+                continue
+            if not frames:
+                return self._empty()
+            df = pl.concat(frames, how="vertical_relaxed")
+            return df.unique(KEY_COLUMNS, keep="last", maintain_order=True).cast(self.schema)
         raise AssertionError("unreachable")
 
+    def _read_part(self, part: Path) -> pl.DataFrame:
+        """One part's rows, its bytes checked against the hash in its name (parts written before hashes were
+        recorded have none and are only parsed). Raises `CorruptFileError` naming the file."""
+        data = part.read_bytes()
+        expected = _part_hash(part)
+        if expected and hashlib.sha256(data).hexdigest()[:PART_HASH] != expected:
+            raise CorruptFileError(part, "feature cache part whose bytes do not match the sha256 in its name")
+        try:
+            return pl.read_parquet(io.BytesIO(data), columns=["item_id", "key", *self.schema])
+        except UNREADABLE as e:
+            raise CorruptFileError(part, f"unreadable feature cache part ({type(e).__name__}: {e})") from e
+
     def append(self, rows: pl.DataFrame) -> Path:
-        """Write `rows` (item_id, key, values…) as one new part, atomically."""
+        """Write `rows` (item_id, key, values…) as one new part, atomically, named with its hash."""
         if not (self.dir / "key.json").exists():
             write_json({"family": self.family, "model": self.model, "identity": self.identity,
                         "columns": {k: str(v) for k, v in self.schema.items()}}, self.dir / "key.json")
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        return write_parquet(rows.select(["item_id", "key", *self.schema]).cast(self.schema), self.dir / name)
+        buf = io.BytesIO()
+        rows.select(["item_id", "key", *self.schema]).cast(self.schema).write_parquet(buf, compression="zstd")
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()[:PART_HASH]
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}-{digest}.parquet"
+        return atomic_write(self.dir / name, lambda tmp: tmp.write_bytes(data))
 
     def compact(self) -> int:
         """Merge every part into one (duplicates dropped); returns the number of parts merged.
@@ -133,6 +168,12 @@ class FeatureCache:
         return len(parts)
 
 
+def _part_hash(part: Path) -> str | None:
+    """The hash in a part's name, `part-<time>-<random>-<sha256 prefix>.parquet`; None in an older name."""
+    fields = part.name.removesuffix(".parquet").split("-")
+    return fields[3] if len(fields) == 4 else None
+
+
 def compute_incremental(
     items: pl.DataFrame,
     key_fn: Callable[[dict], str | None],
@@ -159,7 +200,7 @@ def compute_incremental(
     keys = [key_fn(row) for row in items.iter_rows(named=True)]
     keyed = items.with_columns(pl.Series("key", keys, dtype=pl.Utf8))
     want = keyed.filter(pl.col("key").is_not_null()).unique(KEY_COLUMNS, keep="first", maintain_order=True)
-    have = cache.read(want)
+    have = cache.read(want, log)
     missing = want.join(have.select(KEY_COLUMNS), on=KEY_COLUMNS, how="anti", maintain_order="left")
     todo = missing if max_items_per_run is None else missing.head(max(0, max_items_per_run))
 

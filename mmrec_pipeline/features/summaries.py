@@ -40,7 +40,15 @@ from mmrec_pipeline.features.cache import (
     models_cache_dir,
 )
 from mmrec_pipeline.features.sources import ModelSources
-from mmrec_pipeline.storage import Lake
+from mmrec_pipeline.storage import (
+    CorruptFileError,
+    Lake,
+    quarantine,
+    read_json_file,
+    sha256_file,
+    sweep_stale_temps,
+    write_json,
+)
 
 PROMPT_VERSION = "2"  # bump with any change to how prompts are built, so summaries are recomputed
 CACHE_VERSION = "train-only-1"  # the cache rows carry review ids and counts (the refresh policy reads them)
@@ -126,11 +134,13 @@ def plan_refresh(per_item: pl.DataFrame, keys: list[str | None], cached: pl.Data
 # Model
 
 
-def _gguf_to_safetensors(gguf: Path, folder: Path, log) -> None:
-    """De-quantize a GGUF once and save it as a plain safetensors model folder (atomically: temp + rename)."""
+CHECKSUMS = "checksums.json"  # in a converted folder: every other file's sha256, written last
+
+
+def _dequantize_gguf(gguf: Path, out: Path) -> None:
+    """A GGUF's model and tokenizer, de-quantized, saved as a plain safetensors model folder `out`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log(f"summaries: converting {gguf.name} to safetensors under {folder} (once; ~30 s)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     config = loaded.config
@@ -138,13 +148,39 @@ def _gguf_to_safetensors(gguf: Path, folder: Path, log) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _gguf_to_safetensors(gguf: Path, folder: Path, log) -> None:
+    """De-quantize a GGUF once and save it as a plain safetensors model folder with its files' sha256
+    (atomically: a temp folder, renamed; a failed try, e.g. a full disk, leaves no temp folder behind, and the
+    temp of a killed process is swept at the next conversion)."""
+    log(f"summaries: converting {gguf.name} to safetensors under {folder} (once; ~30 s)")
+    sweep_stale_temps(folder)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _dequantize_gguf(gguf, tmp)
+        write_json({f.name: sha256_file(f) for f in sorted(tmp.iterdir()) if f.is_file()}, tmp / CHECKSUMS)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.replace(tmp, folder)
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_converted(folder: Path) -> None:
+    """Raises `CorruptFileError` naming the first file of a converted folder that is missing or differs from
+    the sha256 recorded at conversion (reading the bytes puts them in the page cache the load then reads)."""
+    for name, digest in read_json_file(folder / CHECKSUMS).items():
+        try:
+            actual = sha256_file(folder / name)
+        except FileNotFoundError:
+            raise CorruptFileError(folder / name, "missing from the converted summarizer") from None
+        if actual != digest:
+            raise CorruptFileError(folder / name, f"sha256 {actual} differs from the {digest} recorded at conversion")
 
 
 def converted_summarizer_dir(sources: ModelSources, cache_root: Path) -> Path:
@@ -154,12 +190,20 @@ def converted_summarizer_dir(sources: ModelSources, cache_root: Path) -> Path:
 
 def summarizer_source(sources: ModelSources, cache_root: Path, log=None) -> str:
     """The summarizer as transformers loads it: its folder or hub id, or a GGUF's converted folder (converted on
-    first use)."""
+    first use; checked against its checksums on every use, and converted again when corrupt)."""
     source = sources.resolve("summarizer")
     if not source.endswith(".gguf"):
         return source
     folder = converted_summarizer_dir(sources, cache_root)
-    if not (folder / "config.json").exists():
+    if folder.exists() and not (folder / CHECKSUMS).exists():  # converted before checksums were recorded
+        logger(log).info(f"summaries: {folder} has no {CHECKSUMS}: converting again")
+        shutil.rmtree(folder, ignore_errors=True)
+    elif folder.exists():
+        try:
+            _check_converted(folder)
+        except CorruptFileError as e:
+            quarantine(folder, f"converted summarizer: {e}", f"converting {Path(source).name} again", log)
+    if not (folder / CHECKSUMS).exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
         _gguf_to_safetensors(Path(source), folder, logger(log).info)
     return str(folder)
@@ -250,7 +294,7 @@ def review_summaries(
     cache = FeatureCache(cache_root, "summaries", "summarizer", identity,
                          {"summary": pl.Utf8, "n_reviews": pl.Int64, "review_ids": pl.List(pl.Utf8)})
     keys = [content_key(r, cut) if r else None for r in per_item["reviews"].to_list()]
-    plan = plan_refresh(per_item, keys, cache.read(), config)
+    plan = plan_refresh(per_item, keys, cache.read(log=log), config)
     actions = [a for a, _ in plan]
 
     @functools.cache  # loaded only if something must be computed
@@ -271,7 +315,7 @@ def review_summaries(
         max_items_per_run=max_items_per_run, log=log, what="review summaries")
     new = todo.filter("_compute").select("item_id", "_key").with_columns(rows["summary"], rows["n_reviews"])
     stored = cache.read(todo.filter(~pl.col("_compute") & pl.col("_key").is_not_null())
-                        .select("item_id", pl.col("_key").alias("key"))).rename({"key": "_key"})
+                        .select("item_id", pl.col("_key").alias("key")), log).rename({"key": "_key"})
     found = pl.concat([new, stored.select("item_id", "_key", "summary", "n_reviews")])
     found = found.rename({"n_reviews": "n_reviews_summarised"})
     per_item = todo.join(found.unique(["item_id", "_key"], keep="last"), on=["item_id", "_key"], how="left",

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import math
 import time
@@ -32,7 +31,15 @@ from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
 from mmrec_pipeline.features.image import image_batches, image_key, letterbox, load_rgb, to_tensor
 from mmrec_pipeline.features.sources import ModelSources
-from mmrec_pipeline.storage import atomic_write, is_local, to_path, write_json
+from mmrec_pipeline.storage import (
+    CorruptFileError,
+    quarantine,
+    read_json_file,
+    read_safetensors,
+    to_path,
+    write_json,
+    write_safetensors,
+)
 
 GRID = 16  # codes per side: 16 x 16 = 256 codes per image
 CODES = pl.List(pl.Int32)
@@ -170,27 +177,27 @@ class VQVAE(nn.Module):
         return self.decoder(self.quantizer.lookup(codes))
 
     def save_pretrained(self, folder: Path) -> Path:
-        """`model.safetensors` + `config.json`, each written atomically (config last: it marks completeness)."""
-        from safetensors.torch import save_file
-
+        """`model.safetensors` + `config.json` (with the weights' sha256), each written atomically (config last: it
+        marks completeness)."""
         folder = to_path(folder)  # a local folder or a remote UPath
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        atomic_write(folder / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
-        write_json({"format": FORMAT, **dataclasses.asdict(self.config)}, folder / "config.json")
+        digest = write_safetensors(state, folder / "model.safetensors")
+        write_json({"format": FORMAT, "weights_sha256": digest, **dataclasses.asdict(self.config)},
+                   folder / "config.json")
         return folder
 
     @classmethod
     def from_pretrained(cls, folder: Path) -> VQVAE:
-        from safetensors.torch import load, load_file
-
+        """Raises `CorruptFileError` naming the file when the config is not JSON or the weights are not those
+        written (their sha256) or unreadable."""
         folder = to_path(folder)
-        raw = json.loads((folder / "config.json").read_text())
+        raw = read_json_file(folder / "config.json")
         if raw.pop("format", None) != FORMAT:
             raise ValueError(f"{folder}: not a {FORMAT} folder")
+        state = read_safetensors(folder / "model.safetensors", raw.pop("weights_sha256", None))
         raw["channels"] = tuple(raw["channels"])
         model = cls(VQConfig(**raw))
-        weights = folder / "model.safetensors"
-        model.load_state_dict(load_file(str(weights)) if is_local(weights) else load(weights.read_bytes()), strict=True)
+        model.load_state_dict(state, strict=True)
         return model.eval()
 
 
@@ -329,10 +336,13 @@ def train_or_load_vq_vae(images: Sequence[str], folder: Path, config: VQConfig, 
     encoded); change the config, or delete the folder, to retrain. Returns (model, report, trained_now).
     """
     folder = to_path(folder)
-    if (folder / "config.json").exists() and (folder / "report.json").exists():
-        model = VQVAE.from_pretrained(folder)
-        if model.config == config:
-            return model, json.loads((folder / "report.json").read_text()), False
+    if all((folder / f).exists() for f in ("config.json", "model.safetensors", "report.json")):
+        try:
+            model = VQVAE.from_pretrained(folder)
+            if model.config == config:
+                return model, read_json_file(folder / "report.json"), False
+        except CorruptFileError as e:
+            quarantine(e.path, str(e), "training the VQ-VAE again", log)
     model, report = train_vq_vae(images, config, compute, log)
     model.save_pretrained(folder)
     report["weights"] = fingerprint(model)
@@ -415,7 +425,10 @@ def vq_codes(
             return vqgan_input_size(model())
     elif vqvae is not None:
         if folder is not None:
-            vqvae = VQVAE.from_pretrained(folder)
+            try:
+                vqvae = VQVAE.from_pretrained(folder)
+            except CorruptFileError as e:
+                raise e.moved_aside("re-materialize vq_tokenizer to train the VQ-VAE again", log) from e
         tokenizer = f"vqvae:{fingerprint(vqvae)}"
         net = vqvae.to(compute.torch_device).eval()
         size = net.config.image_size

@@ -1,8 +1,8 @@
 """The `Recommender` interface every model implements (RecBole/Cornac style: one file per model).
 
 A model is built from a config dataclass, `fit` on a `RecDataset` (train rows, with `valid` for early
-stopping), and `score`s users against the whole catalog. Checkpoints are `config.json` + `model.safetensors`;
-nothing is ever pickled.
+stopping), and `score`s users against the whole catalog. Checkpoints are `config.json` + `model.safetensors`
+(its sha256 in the config, checked on load); nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -17,12 +17,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import polars as pl
 import torch
-from safetensors.torch import load, load_file, save_file
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features.sources import ModelSources
-from mmrec_pipeline.storage import atomic_write, is_local, to_path
+from mmrec_pipeline.storage import (
+    CorruptFileError,
+    atomic_write,
+    read_json_file,
+    read_safetensors,
+    to_path,
+    write_safetensors,
+)
 
 if TYPE_CHECKING:
     from mmrec_pipeline.evaluation.report import ReportInputs, Section
@@ -152,8 +158,9 @@ class Recommender(abc.ABC):
         """`tuning`: the runner's validation grid and choice, kept beside the config it produced."""
         directory = to_path(directory)  # a local folder or a remote UPath; atomic_write creates local folders
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        atomic_write(directory / "model.safetensors", lambda tmp: save_file(state, str(tmp)))
-        meta = {"model": self.name, "config": dataclasses.asdict(self.config), "extra": self.extra_config()}
+        digest = write_safetensors(state, directory / "model.safetensors")
+        meta = {"model": self.name, "config": dataclasses.asdict(self.config), "extra": self.extra_config(),
+                "weights_sha256": digest}
         if tuning is not None:
             meta["tuning"] = tuning
         atomic_write(directory / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
@@ -162,14 +169,17 @@ class Recommender(abc.ABC):
     @classmethod
     def load(cls, directory: Path, sources: ModelSources | None = None) -> Recommender:
         directory = to_path(directory)
-        meta = json.loads((directory / "config.json").read_text())
-        if meta["model"] != cls.name:
-            raise ValueError(f"{directory} holds a '{meta['model']}' checkpoint, not '{cls.name}'")
+        try:  # a corrupt file cannot be remade here: it is moved aside and the error says how to retrain
+            meta = read_json_file(directory / "config.json")
+            if meta["model"] != cls.name:
+                raise ValueError(f"{directory} holds a '{meta['model']}' checkpoint, not '{cls.name}'")
+            state = read_safetensors(directory / "model.safetensors", meta.get("weights_sha256"))
+        except CorruptFileError as e:
+            raise e.moved_aside(f"re-materialize the '{cls.name}' asset to train it again") from e
         model = cls(cls.Config(**meta["config"]))
         model.sources = sources or model.sources
         model.apply_extra_config(meta["extra"])
-        weights = directory / "model.safetensors"
-        model.load_state_dict(load_file(str(weights)) if is_local(weights) else load(weights.read_bytes()))
+        model.load_state_dict(state)
         return model
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mmrec_pipeline.models.base import Recommender, history_matrix
+from mmrec_pipeline.registry import registry_name
 
 
 @dataclasses.dataclass
@@ -38,7 +39,7 @@ class EASE(Recommender):
             gb = len(active) ** 2 * 8 / 2**30
             raise ValueError(f"EASE would invert a {len(active)}×{len(active)} matrix ({gb:.0f} GB in float64), more "
                              f"than max_items={self.config.max_items}; raise ease.max_items for this dataset in "
-                             "datasets.yaml (models: {ease: {max_items: N}}) if memory allows, or leave EASE out")
+                             f"{registry_name()} (models: {{ease: {{max_items: N}}}}) if memory allows, or leave EASE out")
         xa = x[:, active].astype(np.float64)
         g = torch.from_numpy((xa.T @ xa).toarray())  # sparse product: no dense users × items copy
         g.diagonal().add_(self.config.l2)

@@ -47,10 +47,11 @@ def find_single(folder: Path, pattern: str, what: str) -> Path:
 
 
 def open_text(path: Path) -> io.TextIOBase:
-    """Open a text file, transparently gunzipping `*.gz`."""
+    """Open a text file, transparently gunzipping `*.gz`. A UTF-8 byte-order mark (what spreadsheet programs
+    write) is dropped, as polars' CSV reader drops it, so the first column name reads as written."""
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")
+    return open(path, encoding="utf-8-sig", newline="")
 
 
 def open_bytes(path: Path) -> io.BufferedIOBase:

@@ -18,7 +18,8 @@ each value's magnitude (below 1e11 is seconds: 1e11 ms is 1973, 1e11 s the year 
 an error naming the line, not a silent 1970 date.
 
 The files are GBs, so they are streamed line by line into column lists. A line that is not JSON, or a review
-without user_id / parent_asin / timestamp, is skipped and counted; more than 1% bad lines (and more than 10)
+without user_id / parent_asin / timestamp, is skipped and counted (a line whose only fault is bytes that are not
+UTF-8 is decoded with replacement characters and kept, its line number recorded); more than 1% bad lines (and more than 10)
 means the file is not what we think it is and raises.
 """
 
@@ -61,7 +62,7 @@ def read(path: Path, options: dict) -> SourceTables:
     items = read_meta(meta_file, folder / "images", tables)
     items, image_counts = attach_images(items)
     for reason, n in image_counts.items():
-        tables.skip(reason, n)
+        tables.keep(reason, n)
     tables.items = items
     unit = options.get("timestamp_unit", "auto")
     if unit not in TIMESTAMP_UNITS:
@@ -90,9 +91,12 @@ def first_existing(folder: Path, stem: str, what: str) -> Path:
 
 
 def json_lines(file: Path, tables: SourceTables) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every JSON object line; bad lines are counted, too many raise."""
+    """(line number, object) for every JSON object line; bad lines are counted, too many raise. A line with bytes
+    that are not UTF-8 (a title saved as latin-1) is decoded with replacement characters and kept, counted with
+    its line number."""
     total = bad = number = 0
     first_bad = None
+    repaired: list[int] = []
     try:
         with open_bytes(file) as f:  # bytes: a bad UTF-8 sequence spoils one line, not the whole read
             for number, line in enumerate(f, start=1):
@@ -102,7 +106,9 @@ def json_lines(file: Path, tables: SourceTables) -> Iterator[tuple[int, dict]]:
                 try:
                     obj = _loads(line)
                 except _JSON_ERRORS:
-                    obj = None
+                    obj = _loads_replacing(line)
+                    if isinstance(obj, dict):
+                        repaired.append(number)
                 if not isinstance(obj, dict):
                     bad += 1
                     first_bad = first_bad or number
@@ -114,6 +120,21 @@ def json_lines(file: Path, tables: SourceTables) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{file}: {bad} of {total} lines are not valid JSON objects (first at line {first_bad}); "
                         f"expected one JSON object per line (JSON Lines)")
     tables.skip(f"malformed JSON lines in {file.name}", bad)
+    tables.keep(f"lines of {file.name} with invalid UTF-8, decoded with replacement characters", len(repaired),
+                repaired)
+
+
+def _loads_replacing(line: bytes) -> object:
+    """The JSON value of a line that failed to parse, if only its UTF-8 was invalid (error path only)."""
+    try:
+        line.decode("utf-8")
+        return None  # valid UTF-8: the line is not JSON
+    except UnicodeDecodeError:
+        pass
+    try:
+        return _loads(line.decode("utf-8", errors="replace"))
+    except _JSON_ERRORS:
+        return None
 
 
 def local_images(image_dir: Path) -> dict[str, str]:

@@ -44,13 +44,15 @@ DATE_FORMAT = "%Y-%m-%d"
 
 def read(path: Path, options: dict) -> SourceTables:
     folder = require_dir(Path(path), f"{ARTICLES}, {CUSTOMERS}, {TRANSACTIONS} and images/ (H&M Kaggle layout)")
-    interactions, prices = read_transactions(folder / TRANSACTIONS)
+    interactions, prices, trimmed = read_transactions(folder / TRANSACTIONS)
     items = read_articles(folder / ARTICLES, folder / "images", prices)
     items, image_counts = attach_images(items)
-    users = read_customers(folder / CUSTOMERS)
+    users, trimmed_customers = read_customers(folder / CUSTOMERS)
     tables = SourceTables(items=items, users=users, interactions=interactions)
     for reason, n in image_counts.items():
-        tables.skip(reason, n)
+        tables.keep(reason, n)
+    tables.keep(f"rows of {TRANSACTIONS} whose customer_id had spaces around it (trimmed)", trimmed)
+    tables.keep(f"rows of {CUSTOMERS} whose customer_id had spaces around it (trimmed)", trimmed_customers)
     return tables
 
 
@@ -59,8 +61,14 @@ def article_id(col: str = "article_id") -> pl.Expr:
     return pl.col(col).str.strip_chars().str.zfill(10)
 
 
-def read_transactions(file: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Interactions, plus the mean price per article computed in the same pass."""
+def customer_id() -> pl.Expr:
+    # Trimmed, so that " 00a1…" in one file and "00a1…" in the other are one customer; readers count the change.
+    return pl.col("customer_id").str.strip_chars()
+
+
+def read_transactions(file: Path) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+    """Interactions, plus the mean price per article computed in the same pass, and how many customer ids had
+    spaces around them."""
     require_file(file, "the H&M transactions (t_dat, customer_id, article_id, price)")
     header = csv_header(file)
     check_columns(file, header, ["t_dat", "customer_id", "article_id"])
@@ -71,7 +79,8 @@ def read_transactions(file: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     # projected (sales_channel_id is one small extra column to carry). The date text is replaced by the
     # parsed date right away, so 30M date strings are never held in memory.
     lazy = pl.scan_csv(file, schema_overrides=overrides).with_columns(
-        pl.col("customer_id").str.strip_chars(),
+        customer_id(),
+        (customer_id() != pl.col("customer_id")).alias("_trimmed"),  # a bit per row
         article_id(),
         parse_date().alias("t_dat"),
         (pl.col("price") if has_price else pl.lit(None, dtype=pl.Float64)).alias("price"),
@@ -85,7 +94,8 @@ def read_transactions(file: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     if df["t_dat"].null_count():
         report_bad_dates(file, overrides)
     check_not_null(df, ["customer_id", "article_id"], file)  # a short row shows up as nulls here
-    df = df.drop("sales_channel_id", strict=False).rename({"customer_id": "user_id", "article_id": "item_id"})
+    trimmed = int(df["_trimmed"].sum())
+    df = df.drop("sales_channel_id", "_trimmed", strict=False).rename({"customer_id": "user_id", "article_id": "item_id"})
     prices = df.group_by("item_id").agg(pl.col("price").mean())
     inter = df.select(
         "user_id", "item_id",
@@ -93,7 +103,7 @@ def read_transactions(file: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.lit(None, dtype=pl.Float64).alias("rating"),
         pl.lit("purchase").alias("event"),
     )
-    return inter, prices
+    return inter, prices, trimmed
 
 
 def parse_date() -> pl.Expr:
@@ -139,10 +149,11 @@ def read_articles(file: Path, image_dir: Path, prices: pl.DataFrame) -> pl.DataF
     return items.join(prices, on="item_id", how="left", maintain_order="left")
 
 
-def read_customers(file: Path) -> pl.DataFrame:
-    """Customers with their attributes; without the file, `validate` adds bare users from the transactions."""
+def read_customers(file: Path) -> tuple[pl.DataFrame, int]:
+    """Customers with their attributes (without the file, `validate` adds bare users from the transactions), and
+    how many customer ids had spaces around them."""
     if not file.is_file():
-        return pl.DataFrame(schema={"user_id": pl.Utf8, "attributes": pl.Utf8})
+        return pl.DataFrame(schema={"user_id": pl.Utf8, "attributes": pl.Utf8}), 0
     header = csv_header(file)
     check_columns(file, header, ["customer_id"])
     overrides = {"customer_id": pl.Utf8, "postal_code": pl.Utf8, "age": pl.Float64}
@@ -154,4 +165,5 @@ def read_customers(file: Path) -> pl.DataFrame:
     if "age" in df.columns:
         df = df.with_columns(pl.col("age").round().cast(pl.Int64))  # ages are whole years; avoid "21.0"
     attrs = [c for c in df.columns if c != "customer_id"]
-    return pl.DataFrame([df["customer_id"].str.strip_chars().alias("user_id"), attributes_json(df, attrs)])
+    users = df.select(customer_id().alias("user_id"), attributes_json(df, attrs))
+    return users, int((users["user_id"] != df["customer_id"]).sum())
