@@ -44,9 +44,8 @@ from machine import machine_info
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data import schema
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.data.filtering import user_core
 from mmrec_pipeline.data.sources import reader
-from mmrec_pipeline.data.splits import make_split
+from mmrec_pipeline.data.splits import filter_and_split
 from mmrec_pipeline.evaluation.protocols import per_user_table
 from mmrec_pipeline.evaluation.significance import bootstrap_ci
 from mmrec_pipeline.models import MODELS
@@ -106,7 +105,7 @@ PUBLISHED = {  # Recall@10 / NDCG@10 on this split, as collected in the eSASRec 
 def load_toys() -> RecDataset:
     spec = get_dataset("amazon-toys")
     tables = schema.validate(reader(spec.source)(spec.data_dir(), spec.options), spec.name)
-    split = make_split(user_core(tables.interactions, spec.min_user_interactions), spec.split)
+    split, _ = filter_and_split(tables.interactions, spec.split, spec.min_user_interactions)
     return RecDataset.from_tables(spec.name, split, tables.items, protocol=spec.split,
                                   repeats_relevant=spec.repeats_relevant)
 
