@@ -357,15 +357,13 @@ class MMLLMRec(Recommender):
 
     @classmethod
     def report_section(cls, inputs: ReportInputs) -> Section | None:
-        """Example recommendations of the variant that leads the leaderboard."""
-        import polars as pl
+        """Example recommendations of the variant best on validation (never chosen on test)."""
+        from mmrec_pipeline.evaluation.audit import validation_best
+        from mmrec_pipeline.evaluation.report import qualitative_examples
 
-        from mmrec_pipeline.evaluation.report import leaderboard, qualitative_examples
-
-        board = leaderboard(inputs.metrics).filter(pl.col("model") == cls.name)
-        if board.height == 0:
+        variant = validation_best(inputs.metrics, cls.name, inputs.data.protocol)
+        if variant is None:
             return None
-        variant = board["variant"][0]
         return qualitative_examples(cls.load(inputs.models_dir / cls.name / variant), inputs.data,
                                     f"{cls.name}/{variant}: example recommendations")
 
