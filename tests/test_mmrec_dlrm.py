@@ -209,7 +209,8 @@ def test_seed_audit_puts_the_papers_fpr_beside_our_pointwise_row_and_says_where_
     metrics = pl.DataFrame(rows, schema=["model", "variant", "protocol", "metric", "k", "value"], orient="row")
     table = audit_table(metrics, "mmrec_dlrm", MMRecDLRM.paper, "temporal")
     assert table["fpr"].to_list() == [0.1816, 0.5, None]  # paper, ours (pointwise), ours (ranking: no FPR)
-    assert "fpr not computed under `temporal`" in table["protocol"][2]
+    assert "fpr not computed under `temporal`" in table["measured as"][2]
+    assert table["protocol"].to_list() == ["pointwise, split not stated", "pointwise:rating>=4", "temporal"]
     no_ratings = audit_table(metrics.filter(pl.col("protocol") != "pointwise:rating>=4"), "mmrec_dlrm",
                              MMRecDLRM.paper, "temporal")
     assert no_ratings["fpr"].to_list() == [0.1816, None, None]

@@ -64,8 +64,11 @@ def is_cold() -> pl.Expr:
     return pl.col("protocol").str.contains("+cold", literal=True)
 
 
+REFIT_SUFFIX = "+refit"
+
+
 def is_refit() -> pl.Expr:
-    return pl.col("protocol").str.contains("+refit", literal=True)
+    return pl.col("protocol").str.contains(REFIT_SUFFIX, literal=True)
 
 
 def is_pointwise() -> pl.Expr:

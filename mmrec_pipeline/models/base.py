@@ -88,6 +88,9 @@ class PaperClaim:
     reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
     baselines: tuple[str, ...] = ()
     notes: str = ""
+    # the paper's protocol in a few words, read from its code or text (the audit's `protocol` column); a metrics
+    # `protocol` value (e.g. "loo") when the paper's is one of ours
+    protocol_name: str = "the paper's own"
 
 
 class Recommender(abc.ABC):

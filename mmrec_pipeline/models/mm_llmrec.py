@@ -351,7 +351,7 @@ class MMLLMRec(Recommender):
         metric="hr", k=5, value=0.833, variant="concat",
         reproduce={"100 sampled negatives per user (a candidate list, as generative scoring effectively uses)":
                    "{protocol}+sampled:100"},
-        baselines=("vbpr", "deepconn", "sasrec"),
+        baselines=("vbpr", "deepconn", "sasrec"), protocol_name="temporal 75/15/10, generated text, EOS counted as hits",
         notes="End-of-sequence-as-hit is not reproduced: it is an artefact of the authors' generation code, not a "
               "ranking protocol; the sampled row shows how far a candidate protocol alone inflates HR@5.")
 

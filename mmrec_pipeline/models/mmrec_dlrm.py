@@ -224,7 +224,7 @@ class MMRecDLRM(Recommender):
               "83.48% (dropout 0.5), a 19.4% lower FPR than without them at 10% lower accuracy",
         protocol="pointwise classification of observed restaurant reviews (label = high rating), weighted BCE "
                  "(basic / square-root), dropout 0.1/0.3/0.5; one dataset, split not stated in the summary we have",
-        metric="fpr", k=None, value=0.1816,
+        metric="fpr", k=None, value=0.1816, protocol_name="pointwise, split not stated",
         reproduce={"the paper's pointwise task: observed test-period reviews, label = rating >= 4":
                    "pointwise:rating>=4"},
         notes="Lower is better. Our row is the variant best on validation NDCG@10; the pointwise row exists only on "
