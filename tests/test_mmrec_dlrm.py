@@ -144,6 +144,8 @@ def test_tiny_dlrm_trains_ranks_and_round_trips_its_checkpoint(tmp_path):
     report = model.fit(data, feats, CPU)
     assert [t["dropout"] for t in report["dropout_grid"]] == [0.1, 0.5]
     assert model.config.dropout in (0.1, 0.5) and report["criterion"] == "valid_auc"
+    chosen = next(t for t in report["dropout_grid"] if t["dropout"] == model.config.dropout)
+    assert report["best_epoch"] == chosen["best_epoch"] >= 1  # top level: what a refit / serving retrain reads
     assert report["sparse_features"] == ["user", "item", "category", "attr_colour"]
     # the metadata says how many items have each vector read (a budget-limited summary run leaves fewer)
     assert report["metadata"]["items with sbert_summary"] == f"{data.n_items} of {data.n_items}"

@@ -334,8 +334,9 @@ class MMRecDLRM(Recommender):
         self.net.load_state_dict(best["state"])
         self.net.eval()
         criterion = "valid_auc" if has_ratings else "valid_ndcg@10"
+        # best_epoch: the chosen dropout's, so a refit or serving retrain runs that many epochs, not every one
         self.report = {"seconds": time.perf_counter() - start, "epochs": sum(t["epochs"] for t in tried),
-                       "curve": best["curve"], "criterion": criterion, "dropout_grid": tried,
+                       "best_epoch": best["best_epoch"], "curve": best["curve"], "criterion": criterion, "dropout_grid": tried,
                        "chosen_dropout": best["dropout"], "positive_weight": weight, "has_ratings": has_ratings,
                        "training_examples": len(labels), "positives": n_pos, "features": list(self.columns.values()),
                        "sparse_features": ["user", "item", *self.sparse_names],
