@@ -235,6 +235,27 @@ def test_recbole_protocol_does_not_mask_history_for_sequential_models(monkeypatc
     assert seq.per_user["mrr@5"].sum() < gen.per_user["mrr@5"].sum()  # i1 takes rank 1 only when unmasked
 
 
+def test_early_stopping_validates_with_the_recbole_masking_rule(monkeypatch):
+    """training.Validator masks as test ranking does under `recbole`: nothing for a sequential model, the history
+    minus the stage's items for a general one, also on a user subsample; its value is evaluate_model's."""
+    from mmrec_pipeline.evaluation import protocols
+    from mmrec_pipeline.models.training import Validator
+
+    split, items = tiny_tables()
+    data = RecDataset.from_tables("tiny", split.with_columns(pl.col("split").replace("test", "valid")), items,
+                                  protocol="recbole")
+    model = TableModel([9, 8, 0, 0, 0])  # i0 (u3's repeat) and i1 (in u1's and u4's history) first
+    for sequential in (True, False):
+        monkeypatch.setattr(protocols, "is_sequential", lambda m, s=sequential: s)
+        validator = Validator(data, k=10, model=model)
+        assert validator.inputs.exclude_history is (not sequential)
+        table, _ = evaluate_model(model, data, "m", sampled=None, stage="valid")
+        expected = table.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10))["value"][0]
+        assert validator(model.score) == pytest.approx(expected)
+        sub = Validator(data, k=10, max_users=2, model=model).inputs  # a subsample keeps RecBole's mask
+        assert len(sub.users) == 2 and sub.mask is not None and sub.exclude_history is (not sequential)
+
+
 def test_make_split_recbole_is_loo_on_the_core():
     rng = np.random.default_rng(0)
     n = 400

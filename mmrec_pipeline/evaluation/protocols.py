@@ -87,6 +87,15 @@ def is_sequential(model) -> bool:
     return isinstance(model, SequentialRecommender)
 
 
+def protocol_masking(inputs: EvalInputs, data: RecDataset, model) -> EvalInputs:
+    """`inputs` masked as the protocol masks `model`: under `recbole` the history (minus the stage's items) for a
+    general model and nothing for a sequential one, as RecBole does; other protocols as `eval_inputs` set them.
+    Test ranking and early stopping (training.Validator) both go through here. `model` None: a general model."""
+    if data.protocol == "recbole":
+        inputs.exclude_history = model is None or not is_sequential(model)
+    return inputs
+
+
 def accounting_rows(inputs: EvalInputs, protocol: str) -> list[dict]:
     """users_total = users_evaluated + the users_dropped:<reason> rows (k null)."""
     rows = []
@@ -140,9 +149,7 @@ def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "def
     `<split>+users:N`, see `sample_users`) instead of every user of the stage."""
     inputs = data.eval_inputs(stage)
     chosen, users_suffix = sample_users(inputs, max_users)
-    inputs, protocol = restrict_users(inputs, chosen), f"{data.protocol}{users_suffix}"
-    if data.protocol == "recbole":
-        inputs.exclude_history = not is_sequential(model)
+    inputs, protocol = protocol_masking(restrict_users(inputs, chosen), data, model), f"{data.protocol}{users_suffix}"
     extra = diversity_inputs(data, item_vectors)
     full = evaluate(model.score, inputs, ks=KS, batch_size=batch_size, **extra)
     rows = [{"protocol": protocol, **r} for r in full.rows]
