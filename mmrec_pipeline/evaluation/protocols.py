@@ -147,6 +147,8 @@ def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "def
     """Metric rows for one trained model; also returns the full-ranking `EvalResult` (per-user values for CIs
     and paired tests, plots, tests). `max_users`: rank a seeded sample of that many users (protocol
     `<split>+users:N`, see `sample_users`) instead of every user of the stage."""
+    if hasattr(model, "at_stage"):  # scores that depend on where the stage's histories end (recent popularity)
+        model.at_stage(data, stage)
     inputs = data.eval_inputs(stage)
     chosen, users_suffix = sample_users(inputs, max_users)
     inputs, protocol = protocol_masking(restrict_users(inputs, chosen), data, model), f"{data.protocol}{users_suffix}"
