@@ -61,6 +61,19 @@ def test_review_after_the_cut_never_reaches_a_summary(echo_summarizer, tmp_path,
     assert stats["training_cut"] == _day(3).isoformat() and stats["computed"] == 2
     assert summaries.check_training_only(out, split)[0]  # the asset check on review_summaries
     assert not summaries.check_training_only(out.with_columns(pl.col("n_reviews") + 1), split)[0]
+    # the ids of the reviews each summary read: A's two training reviews, B's one, none for a description
+    ids = summaries.review_rows(split)
+    train_ids = {i: set(ids.filter((pl.col("item_id") == i) & (pl.col("split") == "train"))["review_id"])
+                 for i in "AB"}
+    assert [set(x) for x in out["review_ids"].to_list()] == [train_ids["A"], train_ids["B"], set()]
+    ok, meta = summaries.check_training_only(out, split)
+    assert meta["review_ids_read"] == 3 and meta["review_ids_not_training"] == 0
+    # same counts, but one id read is A's valid-period review: the ids prove the leak the counts cannot see
+    leak = ids.filter(pl.col("split") == "valid")["review_id"][0]
+    swapped = out.with_columns(pl.when(pl.col("item_id") == "A").then(pl.lit([leak, min(train_ids["A"])]))
+                               .otherwise(pl.col("review_ids")).alias("review_ids"))
+    ok, meta = summaries.check_training_only(swapped, split)
+    assert not ok and meta["leaked_ids"] == [{"item_id": "A", "review_id": leak, "split": "valid"}]
     # the raw-review vectors read the same training rows only: a fake encoder marks a leaked text with 1.0
     def fake_sbert(long, *args):
         vectors = [[1.0 if "LEAK" in t else 0.0, 1.0] for t in long["text"].to_list()]
