@@ -82,3 +82,20 @@ def test_recent_popularity_window_ends_where_the_ranked_histories_end():
     glob.fit(data, ItemFeatures(), Compute(device="cpu"))
     evaluate_model(glob, data, "popularity", "global", sampled=None, cold=False)
     assert glob.counts.tolist() == [2, 1, 0, 0]
+
+
+def test_item_features_take_numeric_lists_only():
+    """A feature table's list of review ids (review_summaries) is not read as a vector."""
+    import datetime as dt
+
+    import polars as pl
+
+    from mmrec_pipeline.data.dataset import RecDataset
+
+    split = pl.DataFrame({"user_id": ["a"], "item_id": ["i0"], "ts": [dt.datetime(2024, 1, 1, tzinfo=dt.UTC)],
+                          "split": ["train"]})
+    items = pl.DataFrame({"item_id": ["i0", "i1"], "title": ["t"] * 2, "description": [""] * 2, "category": ["c"] * 2})
+    table = pl.DataFrame({"item_id": ["i0", "i1"], "sbert_reviews": [[0.5, 1.0], None],
+                          "review_ids": [["3fa1", "9b2c"], []]})
+    feats = ItemFeatures.from_table(RecDataset.from_tables("f", split, items), table)
+    assert list(feats.vectors) == ["sbert_reviews"] and feats.present["sbert_reviews"].tolist() == [True, False]

@@ -50,7 +50,8 @@ class ItemFeatures:
             return feats
         aligned = data.items.select("item_id").join(table, on="item_id", how="left", maintain_order="left")
         for col, dtype in aligned.schema.items():
-            if col == "item_id" or not isinstance(dtype, (pl.List, pl.Array)):
+            # numbers only: a feature table may also carry lists of ids (review_summaries' `review_ids`)
+            if col == "item_id" or not isinstance(dtype, (pl.List, pl.Array)) or not dtype.inner.is_numeric():
                 continue
             present = aligned[col].is_not_null().to_numpy()
             if not present.any():
