@@ -33,7 +33,9 @@ def metrics_complete(context: dg.AssetCheckExecutionContext, metrics: pl.DataFra
 @dg.asset_check(asset="review_summaries", blocking=True, partitions_def=DATASETS,
                 additional_ins={"split": dg.AssetIn("split")})
 def review_summaries_training_only(review_summaries: pl.DataFrame, split: pl.DataFrame) -> dg.AssetCheckResult:
-    """Summaries count (and cover) only training-period reviews: the MMREC label is the review's own rating."""
+    """Summaries count and read only training-period reviews (by review id): the MMREC label is the review's own
+    rating."""
     ok, meta = check_training_only(review_summaries, split)
-    return check_result(ok, meta, "every item's reviews counted from the split's train rows only")
+    return check_result(ok, meta, "every item's reviews counted from the split's train rows only, and every review "
+                        "a summary read (by id) is one of the item's training reviews")
 

@@ -37,8 +37,8 @@ FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in gr
 
 
 def read_per_user(lake: Lake, dataset: str) -> pl.DataFrame | None:
-    """Every model's per-user test metrics (`<lake>/<dataset>/per_user/<model>.parquet`, written by the model
-    assets), or None before any model wrote them."""
+    """Every model's per-user metrics (`<lake>/<dataset>/per_user/<model>.parquet`, written by the model assets:
+    test rows for every seed, the chosen point's `@valid` rows), or None before any model wrote them."""
     folder = lake.per_user(dataset)
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
     return pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
@@ -76,9 +76,13 @@ def report(context: dg.AssetExecutionContext, lake_store: LakeResource, metrics:
     per_user = read_per_user(lake, spec.name)
     if per_user is not None:  # only the models in `metrics`: a stale file of a removed model must not count
         per_user = per_user.join(metrics.select("model", "variant").unique(), on=["model", "variant"], how="semi")
+    # Users the k-core removed before the split (under `temporal` counted on rows before the training cut).
+    rule = (f"dropped by the user {spec.min_user_interactions}-core" + (" on rows before the training cut"
+            if spec.split == "temporal" else "") + (" and the 5-core on items" if spec.split == "recbole" else ""))
+    filtered = {rule: interactions["user_id"].n_unique() - split["user_id"].n_unique()}
     page, md = build_report(spec.name, metrics, facts, spec.split,
                             sections=model_sections(spec, metrics, split, items, lake),
-                            per_user=per_user, families=FAMILY_OF)
+                            per_user=per_user, families=FAMILY_OF, filtered=filtered)
     path = write_text(page, lake.report(spec.name))
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "report": dg.MetadataValue.md(md),
                                           "per_user_rows": per_user.height if per_user is not None else 0})

@@ -1,4 +1,4 @@
-"""`split`: k-core filter, then the dataset's temporal or leave-one-out split."""
+"""`split`: user k-core filter, then the dataset's temporal or leave-one-out split."""
 
 import dagster as dg
 import polars as pl
@@ -6,12 +6,11 @@ import polars as pl
 from assets import DATASETS, op_tags
 from assets.checks import check_result
 from assets.metadata import plain
-from mmrec_pipeline.data.filtering import user_core
 from mmrec_pipeline.data.splits import (
     check_items_known,
     check_no_leak,
     check_temporal_shares,
-    make_split,
+    filter_and_split,
     split_summary,
 )
 from mmrec_pipeline.registry import get_dataset
@@ -30,11 +29,11 @@ SPLIT_CHECKS = {"split_shares": "Temporal splits hold 75/15/10 of the rows, each
 def split(context: dg.AssetExecutionContext, interactions: pl.DataFrame, items: pl.DataFrame):
     """Interactions of users with enough history, each labelled train / valid / test."""
     spec = get_dataset(context.partition_key)
-    kept = user_core(interactions, spec.min_user_interactions, f"dataset '{spec.name}'")
-    out = make_split(kept, spec.split)
+    # Under `temporal` the k-core counts only rows before the training cut (data/splits.py, filter_and_split).
+    out, dropped = filter_and_split(interactions, spec.split, spec.min_user_interactions, f"dataset '{spec.name}'")
     yield dg.Output(out, metadata={
-        "protocol": spec.split, "min_user_interactions": spec.min_user_interactions,
-        "rows_dropped_by_filter": interactions.height - kept.height, **plain(split_summary(out))})
+        "protocol": spec.split, "min_user_interactions": spec.min_user_interactions, **plain(dropped),
+        **plain(split_summary(out))})
     yield from split_checks(out, items, spec.split)
 
 

@@ -13,7 +13,13 @@ validation NDCG@10 (full catalog), test is scored once with the chosen point. Se
 validation NDCG@10 (3,000 valid users), with the row's patience or `--patience`, and stop at `--time-budget`
 training seconds when given (the fit report says which ended the run, and the curve shows whether validation was
 still rising). `--refit` retrains rows already run on train + valid for their best epoch count (no early stopping)
-and scores test: the protocol "leave-one-out, refit on train+valid", saved as `<row>_refit`.
+and scores test: the protocol `loo+refit` ("leave-one-out, refit on train+valid"), saved as `<row>_refit`.
+
+Every published row is `loo`, read from the code behind it: blondered/transformer_benchmark's
+`validate_model_on_holdout` (the SASRec / eSASRec rows) fits once on every interaction but each user's last one,
+with the second-last held out as the early-stopping target (`get_val_mask_func_all`), and nothing is retrained;
+the S3-Rec / ICLRec loaders (the TIGER and S3-Rec rows) train on `items[1:-2]`. So a published figure is compared
+with `loo` rows only; `loo+refit` rows are printed in a table of their own, never beside a published row.
 
 Output: a table and `benchmarks/results/amazon_toys.json`, one entry per row (merged into the file, so rows
 can run in separate processes): config, validation grid, s/epoch (wall, and CPU, which other jobs on the machine
@@ -44,9 +50,8 @@ from machine import machine_info
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data import schema
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.data.filtering import user_core
 from mmrec_pipeline.data.sources import reader
-from mmrec_pipeline.data.splits import make_split
+from mmrec_pipeline.data.splits import filter_and_split
 from mmrec_pipeline.evaluation.protocols import per_user_table
 from mmrec_pipeline.evaluation.significance import bootstrap_ci
 from mmrec_pipeline.models import MODELS
@@ -96,6 +101,9 @@ def rows() -> dict[str, tuple[str, dict]]:
     return out | {name: (name, models[name]) for name in ("sasrec", "gru4rec", "bert4rec", "ease", "item_knn")}
 
 
+# The published rows' protocol, from their code (module notes): trained without each user's last two items'
+# targets (the second-last holds early stopping), the validation item only an input at test time.
+PUBLISHED_PROTOCOL = "loo"
 PUBLISHED = {  # Recall@10 / NDCG@10 on this split, as collected in the eSASRec repository's README
     "SASRec, sampled softmax 256 (best published)": (0.0970, 0.0580),
     "eSASRec": (0.0939, 0.0538),
@@ -107,7 +115,7 @@ PUBLISHED = {  # Recall@10 / NDCG@10 on this split, as collected in the eSASRec 
 def load_toys() -> RecDataset:
     spec = get_dataset("amazon-toys")
     tables = schema.validate(reader(spec.source)(spec.data_dir(), spec.options), spec.name)
-    split = make_split(user_core(tables.interactions, spec.min_user_interactions), spec.split)
+    split, _ = filter_and_split(tables.interactions, spec.split, spec.min_user_interactions)
     return RecDataset.from_tables(spec.name, split, tables.items, protocol=spec.split,
                                   repeats_relevant=spec.repeats_relevant)
 
@@ -133,7 +141,8 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, seeds
     runs, _ = train_variants(model_name, cls, {"default": {}}, data, ItemFeatures(), Compute(device="cpu"),
                              WORK / row, dataset_overrides=overrides, log=log)
     run = runs[0]
-    report, pu = run.report, run.per_user
+    report = run.report
+    pu = run.per_user.filter(run.per_user["protocol"] == data.protocol)  # test rows (the @valid ones are beside)
     curve = report.get("curve", [])
     train_s = sum(r["train_seconds"] for r in curve)
     out = {
@@ -207,14 +216,32 @@ def save(rows: dict) -> dict:
     return doc
 
 
-def print_table(doc: dict) -> None:
-    print(f"{'row':<22}{'valid NDCG@10':>14}{'test R@10':>11}{'test NDCG@10':>14}{'epochs':>8}{'s/epoch':>9}")
+def protocol_of(row: dict) -> str:
+    """A result row's protocol: `loo+refit` for a refit row, else `loo` (rows before the field were `loo`)."""
+    return row.get("protocol") or (f"{PUBLISHED_PROTOCOL}+refit" if row.get("refit_of") else PUBLISHED_PROTOCOL)
+
+
+def by_protocol(doc: dict) -> dict[str, dict]:
+    """{protocol: {row: result}}, the published protocol first: each protocol is a table of its own."""
+    out: dict[str, dict] = {PUBLISHED_PROTOCOL: {}}
     for name, r in doc["rows"].items():
-        spe = f"{r['s_per_epoch_wall']:.1f}" if r.get("s_per_epoch_wall") else "-"
-        print(f"{name:<22}{r['valid']['ndcg']:>14.4f}{r['test']['recall']:>11.4f}{r['test']['ndcg']:>14.4f}"
-              f"{r['epochs'] or '-':>8}{spe:>9}")
-    for name, p in doc["published"].items():
-        print(f"{'published ' + name:<48}{p['recall@10']:>11.4f}{p['ndcg@10']:>14.4f}")
+        out.setdefault(protocol_of(r), {})[name] = r
+    return out
+
+
+def print_table(doc: dict) -> None:
+    for protocol, group in by_protocol(doc).items():
+        print(f"protocol {protocol}" + ("" if protocol == PUBLISHED_PROTOCOL else
+                                        " (not comparable with the published rows, which are "
+                                        f"{PUBLISHED_PROTOCOL})"))
+        print(f"{'row':<40}{'valid NDCG@10':>14}{'test R@10':>11}{'test NDCG@10':>14}{'epochs':>8}{'s/epoch':>9}")
+        for name, r in group.items():
+            spe = f"{r['s_per_epoch_wall']:.1f}" if r.get("s_per_epoch_wall") else "-"
+            print(f"{name:<40}{r['valid']['ndcg']:>14.4f}{r['test']['recall']:>11.4f}{r['test']['ndcg']:>14.4f}"
+                  f"{r['epochs'] or '-':>8}{spe:>9}")
+        if protocol == PUBLISHED_PROTOCOL:
+            for name, p in doc["published"].items():
+                print(f"{'published ' + name:<54}{p['recall@10']:>11.4f}{p['ndcg@10']:>14.4f}")
 
 
 def load_at_start(row: dict) -> float:
@@ -223,33 +250,44 @@ def load_at_start(row: dict) -> float:
 
 
 def markdown(doc: dict) -> str:
-    """The README table: each row with its configuration (SASRec options: what differs from the published
-    configuration), valid NDCG@10, test Recall@10 / NDCG@10 with 95% CIs, epochs, CPU s an epoch, machine."""
+    """The README tables, one per protocol: each row with its protocol and configuration (SASRec options: what
+    differs from the published configuration), valid NDCG@10, test Recall@10 / NDCG@10 with 95% CIs, epochs, CPU s
+    an epoch, machine. The published rows (protocol `loo`, from their code) are in the `loo` table only; the
+    `loo+refit` rows follow in a table of their own, so that no refit row stands beside a published figure."""
     published = {k: v for k, v in rows()["sasrec_ss256"][1].items() if k != "search_space"}
-    lines = [("| row | configuration | valid NDCG@10 | test Recall@10 [95% CI] | test NDCG@10 [95% CI] | epochs (best, "
-              "ended by) | CPU s/epoch | machine, load |"), "|---|---|---|---|---|---|---|---|"]
-    for name, r in doc["rows"].items():
-        config = r["config"]
-        if name.startswith("sasrec_") and name != "sasrec_ss256":
-            config = {k: v for k, v in config.items() if published.get(k) != v}
-        cfg = ", ".join(f"{k} {v}" for k, v in config.items())
-        if config is not r["config"]:
-            cfg = f"published + {cfg}"
-        chosen = ", ".join(f"{k} {v}" for k, v in r["chosen"].items())
-        cfg = "; ".join(x for x in (cfg, f"chosen: {chosen}" if chosen else "") if x)
-        (rl, rh), (nl, nh) = r["test_ci95"]["recall"], r["test_ci95"]["ndcg"]
-        epochs = f"{r['epochs']} ({r['best_epoch']}, {r['stopped_by']})" if r["epochs"] else "-"
-        if r.get("refit_of"):  # same configuration as its row, retrained on train+valid for the row's best epochs
-            cfg = f"{r['refit_of']}, retrained on train+valid"
-            epochs = f"{r['epochs']} (the row's best)" if r["epochs"] else "-"
-        cpu = f"{r['cpu_s_per_epoch_incl_validation']:.1f}" if r.get("cpu_s_per_epoch_incl_validation") else "-"
-        machine = (r.get("machine") or {}).get("cpu", "?").replace("(R)", "")
-        lines.append(f"| {name} | {cfg} | {r['valid']['ndcg']:.4f} | {r['test']['recall']:.4f} [{rl:.4f}, {rh:.4f}] | "
-                     f"{r['test']['ndcg']:.4f} [{nl:.4f}, {nh:.4f}] | {epochs} | {cpu} | "
-                     f"{machine}, {load_at_start(r):.0f} |")
-    for name, p in doc["published"].items():
-        lines.append(f"| published: {name} | | | {p['recall@10']:.4f} | {p['ndcg@10']:.4f} | | | |")
-    return "\n".join(lines)
+    header = [("| row | protocol | configuration | valid NDCG@10 | test Recall@10 [95% CI] | test NDCG@10 [95% CI] | "
+               "epochs (best, ended by) | CPU s/epoch | machine, load |"), "|---|---|---|---|---|---|---|---|---|"]
+    tables = []
+    for protocol, group in by_protocol(doc).items():
+        lines = list(header)
+        for name, r in group.items():
+            config = r["config"]
+            if name.startswith("sasrec_") and name != "sasrec_ss256":
+                config = {k: v for k, v in config.items() if published.get(k) != v}
+            cfg = ", ".join(f"{k} {v}" for k, v in config.items())
+            if config is not r["config"]:
+                cfg = f"published + {cfg}"
+            chosen = ", ".join(f"{k} {v}" for k, v in r["chosen"].items())
+            cfg = "; ".join(x for x in (cfg, f"chosen: {chosen}" if chosen else "") if x)
+            (rl, rh), (nl, nh) = r["test_ci95"]["recall"], r["test_ci95"]["ndcg"]
+            epochs = f"{r['epochs']} ({r['best_epoch']}, {r['stopped_by']})" if r["epochs"] else "-"
+            if r.get("refit_of"):  # same configuration as its row, retrained on train+valid for the row's best epochs
+                cfg = f"{r['refit_of']}, retrained on train+valid"
+                epochs = f"{r['epochs']} (the row's best)" if r["epochs"] else "-"
+            cpu = f"{r['cpu_s_per_epoch_incl_validation']:.1f}" if r.get("cpu_s_per_epoch_incl_validation") else "-"
+            machine = (r.get("machine") or {}).get("cpu", "?").replace("(R)", "")
+            lines.append(f"| {name} | {protocol} | {cfg} | {r['valid']['ndcg']:.4f} | {r['test']['recall']:.4f} "
+                         f"[{rl:.4f}, {rh:.4f}] | {r['test']['ndcg']:.4f} [{nl:.4f}, {nh:.4f}] | {epochs} | {cpu} | "
+                         f"{machine}, {load_at_start(r):.0f} |")
+        if protocol == PUBLISHED_PROTOCOL:
+            for name, p in doc["published"].items():
+                lines.append(f"| published: {name} | {PUBLISHED_PROTOCOL} | | | {p['recall@10']:.4f} | "
+                             f"{p['ndcg@10']:.4f} | | | |")
+        elif group:
+            lines.insert(0, f"Protocol `{protocol}`: not comparable with the published rows "
+                            f"(`{PUBLISHED_PROTOCOL}`).\n")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def main() -> None:

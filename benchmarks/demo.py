@@ -42,11 +42,14 @@ def test_ndcg_with_ci(dataset_dir: Path) -> list[dict]:
     """NDCG@10 per model/variant on test with the 95% percentile bootstrap CI over users (per_user/*.parquet)."""
     import polars as pl
 
+    from mmrec_pipeline.evaluation.report import per_user_stage
     from mmrec_pipeline.evaluation.significance import bootstrap_ci
 
     rows = []
     for path in sorted((dataset_dir / "per_user").glob("*.parquet")):
-        per_user = pl.read_parquet(path)
+        per_user = per_user_stage(pl.read_parquet(path), "test")  # test rows, each user's mean over seeds
+        if per_user is None:
+            continue
         for (model, variant), group in per_user.group_by(["model", "variant"], maintain_order=True):
             values = group["ndcg@10"].to_numpy()
             low, high = bootstrap_ci(values)

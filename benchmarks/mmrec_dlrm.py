@@ -211,9 +211,8 @@ def hm_ranking(lake: Path) -> dict:
     os.environ["MMREC_HOME"] = str(lake)
     from mmrec_pipeline.compute import Compute
     from mmrec_pipeline.data.dataset import RecDataset
-    from mmrec_pipeline.data.filtering import user_core
     from mmrec_pipeline.data.ingest import load_dataset
-    from mmrec_pipeline.data.splits import make_split
+    from mmrec_pipeline.data.splits import filter_and_split
     from mmrec_pipeline.evaluation.protocols import is_pointwise
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import review_summaries
@@ -226,7 +225,7 @@ def hm_ranking(lake: Path) -> dict:
 
     spec = get_dataset("hm")
     tables = load_dataset(spec)
-    split = make_split(user_core(tables.interactions, spec.min_user_interactions), spec.split)
+    split, _ = filter_and_split(tables.interactions, spec.split, spec.min_user_interactions)
     compute, sources, cache = Compute(device="cpu"), ModelSources(), Lake(lake).feature_cache()
     summ, _ = review_summaries(tables.items, split, sources, compute, cache)  # no reviews: descriptions, no LLM
     text, _ = text_embeddings(tables.items, sources, compute, cache, summaries=summ, gpt2=False)

@@ -39,9 +39,8 @@ def prepare(dataset: str, work: Path) -> dict:
 
     from mmrec_pipeline.compute import Compute
     from mmrec_pipeline.data.dataset import RecDataset
-    from mmrec_pipeline.data.filtering import user_core
     from mmrec_pipeline.data.ingest import load_dataset
-    from mmrec_pipeline.data.splits import make_split
+    from mmrec_pipeline.data.splits import filter_and_split
     from mmrec_pipeline.models import CLASSIC
     from mmrec_pipeline.models.base import ItemFeatures
     from mmrec_pipeline.models.runner import train_variants
@@ -51,7 +50,7 @@ def prepare(dataset: str, work: Path) -> dict:
 
     spec = get_dataset(dataset)
     tables = load_dataset(spec)
-    split = make_split(user_core(tables.interactions, spec.min_user_interactions, spec.name), spec.split)
+    split, _ = filter_and_split(tables.interactions, spec.split, spec.min_user_interactions, spec.name)
     data = RecDataset.from_tables(spec.name, split, tables.items, spec.split, spec.repeats_relevant)
     runs = []
     for name in CANDIDATES:

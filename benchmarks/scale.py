@@ -87,17 +87,16 @@ def run_stage(stage: str, scale: float, args) -> dict:
         return {"items": tables.items.height, "users": tables.users.height,
                 "interactions": tables.interactions.height}
     if stage == "split":
-        from mmrec_pipeline.data.filtering import user_core
         from mmrec_pipeline.data.splits import (
             check_items_known,
             check_no_leak,
             check_temporal_shares,
-            make_split,
+            filter_and_split,
             split_summary,
         )
 
         inter = pl.read_parquet(out / "interactions.parquet")
-        split = make_split(user_core(inter, spec.min_user_interactions), spec.split)
+        split, _ = filter_and_split(inter, spec.split, spec.min_user_interactions)
         del inter
         checks = {name: fn(split)[0] for name, fn in (("shares", check_temporal_shares), ("no_leak", check_no_leak))}
         checks["items_known"] = check_items_known(split, pl.read_parquet(out / "items.parquet"))[0]

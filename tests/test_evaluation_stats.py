@@ -13,6 +13,7 @@ from mmrec_pipeline.data.filtering import user_item_core
 from mmrec_pipeline.data.splits import make_split
 from mmrec_pipeline.evaluation.protocols import (
     COLD_UNSCORABLE,
+    METRICS_SCHEMA,
     check_user_accounting,
     evaluate_model,
     is_cold,
@@ -25,7 +26,9 @@ from mmrec_pipeline.evaluation.protocols import (
 )
 from mmrec_pipeline.evaluation.report import (
     build_report,
+    champion_margin,
     cold_start_table,
+    leaderboard,
     leaderboard_with_ci,
     user_accounting,
 )
@@ -232,6 +235,27 @@ def test_recbole_protocol_does_not_mask_history_for_sequential_models(monkeypatc
     assert seq.per_user["mrr@5"].sum() < gen.per_user["mrr@5"].sum()  # i1 takes rank 1 only when unmasked
 
 
+def test_early_stopping_validates_with_the_recbole_masking_rule(monkeypatch):
+    """training.Validator masks as test ranking does under `recbole`: nothing for a sequential model, the history
+    minus the stage's items for a general one, also on a user subsample; its value is evaluate_model's."""
+    from mmrec_pipeline.evaluation import protocols
+    from mmrec_pipeline.models.training import Validator
+
+    split, items = tiny_tables()
+    data = RecDataset.from_tables("tiny", split.with_columns(pl.col("split").replace("test", "valid")), items,
+                                  protocol="recbole")
+    model = TableModel([9, 8, 0, 0, 0])  # i0 (u3's repeat) and i1 (in u1's and u4's history) first
+    for sequential in (True, False):
+        monkeypatch.setattr(protocols, "is_sequential", lambda m, s=sequential: s)
+        validator = Validator(data, k=10, model=model)
+        assert validator.inputs.exclude_history is (not sequential)
+        table, _ = evaluate_model(model, data, "m", sampled=None, stage="valid")
+        expected = table.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10))["value"][0]
+        assert validator(model.score) == pytest.approx(expected)
+        sub = Validator(data, k=10, max_users=2, model=model).inputs  # a subsample keeps RecBole's mask
+        assert len(sub.users) == 2 and sub.mask is not None and sub.exclude_history is (not sequential)
+
+
 def test_make_split_recbole_is_loo_on_the_core():
     rng = np.random.default_rng(0)
     n = 400
@@ -254,21 +278,67 @@ def test_report_shows_cis_markers_accounting_and_cold_start():
         table, full = evaluate_model(TableModel(scores), data, name, variant, sampled=2)
         tables.append(table)
         per_user.append(per_user_table(full, data, name, variant, data.protocol))
-    metrics, per_user = pl.concat(tables), pl.concat(per_user)
+    metrics, per_user = pl.concat(tables + [valid_rows({"popularity/global": 0.2, "content/default": 0.1,
+                                                        "ease/default": 0.3})]), pl.concat(per_user)
     families = {"popularity": "classic", "ease": "classic", "content": "content"}
     board = leaderboard_with_ci(metrics, per_user, families, n_resamples=200)
     assert board["family"].to_list()[:2] == ["classic", "classic"]  # grouped, in the families' order
     assert board.filter(pl.col("model") == "popularity/global")["vs popularity"].to_list() == ["reference"]
     assert all("[" in v for v in board["NDCG@10 [95% CI]"].to_list())
-    assert "best" in board["vs best"].to_list() and set(board["seeds"].to_list()) == {1}
+    assert board.filter(pl.col("model") == "ease/default")["vs best"].to_list() == ["reference"]
+    assert set(board["seeds"].to_list()) == {1} and "ties@10" in board.columns
     accounting = user_accounting(metrics)
     assert accounting.filter((pl.col("protocol") == "temporal") & (pl.col("users") == "total"))["count"][0] == "4"
     page, md = build_report("tiny", metrics, {"items": 6}, "temporal", per_user=per_user, families=families)
     for text in ("Users accounted for", "dropped: no_history", "Cold start", "Wilcoxon", "Holm", "95%",
-                 "Accuracy vs coverage", COLD_UNSCORABLE):
+                 "Accuracy vs coverage", COLD_UNSCORABLE, "never chosen on test", "ties@10",
+                 "it is optimistic"):
         assert text in md and (text in page or text.replace("%", "") in page), text
     _, bare = build_report("tiny", metrics, {"items": 6}, "temporal")  # no per-user files: said plainly
     assert "No per-user values were found" in bare
+
+
+def valid_rows(values: dict[str, float], protocol: str = "temporal@valid") -> pl.DataFrame:
+    """`@valid` NDCG@10 rows of the metrics table, as the runner writes them, with the given values."""
+    return pl.DataFrame([{"model": n.split("/")[0], "variant": n.split("/")[1], "protocol": protocol,
+                          "metric": "ndcg", "k": 10, "value": v} for n, v in values.items()], schema=METRICS_SCHEMA)
+
+
+def test_report_references_are_chosen_on_validation_not_test():
+    """A model that wins on test but loses on validation is not the `vs best` / `vs popularity` reference, nor
+    the champion; the champion's margin over the runner-up is tested on the validation users' values; the
+    users the k-core dropped before the split are in the user accounting."""
+    data = tiny()
+    # on test (relevant: u1 {i2, i5}, u4 {i4}), pop/test_winner ranks i2 and i4 first, pop/valid_winner buries them
+    models = {("popularity", "test_winner"): [0, 0, 5, 0, 5, 0], ("popularity", "valid_winner"): [5, 4, 0, 3, 0, 2],
+              ("ease", "default"): [1, 2, 3, 4, 0, 0]}
+    tables, per_user = [], []
+    for (name, variant), scores in models.items():
+        table, full = evaluate_model(TableModel(scores), data, name, variant, sampled=None)
+        tables.append(table)
+        pu = per_user_table(full, data, name, variant, data.protocol)
+        # validation values per user: the valid winner scores 1 for every user, the others 0
+        valid_pu = pu.with_columns(pl.lit("temporal@valid").alias("protocol"),
+                                   pl.lit(1.0 if variant == "valid_winner" else 0.0).alias("ndcg@10"))
+        per_user += [pu, valid_pu]
+    metrics = pl.concat(tables + [valid_rows({"popularity/test_winner": 0.1, "popularity/valid_winner": 0.5,
+                                              "ease/default": 0.2})])
+    per_user = pl.concat(per_user)
+    test_best = leaderboard(metrics)["name"][0]
+    assert test_best == "popularity/test_winner"  # the premise: it wins on test
+    board = leaderboard_with_ci(metrics, per_user, n_resamples=50)
+    ref = {r["model"]: (r["vs best"], r["vs popularity"]) for r in board.iter_rows(named=True)}
+    assert ref["popularity/valid_winner"] == ("reference", "reference")
+    assert ref["popularity/test_winner"][0] != "reference" and ref["popularity/test_winner"][0].startswith(("▲", "≈"))
+    margin = champion_margin(metrics, per_user)
+    assert margin.row(0, named=True) == pytest.approx({
+        "champion (best on valid)": "popularity/valid_winner", "valid NDCG@10": 0.5, "runner-up": "ease/default",
+        "runner-up valid NDCG@10": 0.2, "margin (paired, valid users)": 1.0,
+        "Wilcoxon p": margin["Wilcoxon p"][0], "valid users": 2})
+    assert margin["Wilcoxon p"][0] == pytest.approx(paired_p_value(np.ones(2), np.zeros(2)))
+    _, md = build_report("tiny", metrics, {"items": 6}, "temporal", per_user=per_user,
+                         filtered={"dropped by the user 5-core on rows before the training cut": 7})
+    assert "Champion on validation" in md and "| (before the split) | dropped by the user 5-core" in md
 
 
 def test_report_escapes_every_text_from_the_data():

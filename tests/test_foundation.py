@@ -8,7 +8,13 @@ import pytest
 
 from mmrec_pipeline.data.filtering import user_core
 from mmrec_pipeline.data.schema import DataError
-from mmrec_pipeline.data.splits import check_no_leak, check_temporal_shares, make_split, split_summary
+from mmrec_pipeline.data.splits import (
+    check_no_leak,
+    check_temporal_shares,
+    filter_and_split,
+    make_split,
+    split_summary,
+)
 from mmrec_pipeline.registry import RegistryError, get_dataset, load_registry
 from mmrec_pipeline.storage import inside, write_parquet
 
@@ -76,6 +82,31 @@ def test_user_core_and_empty_result():
     assert user_core(inter, 4).height == 12
     with pytest.raises(DataError, match="no user has at least 5 interactions"):
         user_core(inter, 5)
+
+
+def test_temporal_user_core_counts_only_rows_before_the_training_cut():
+    """A user whose activity is in the valid/test period (here 8 interactions, all after the training cut)
+    is not kept by the temporal 5-core, though 8 >= 5; a user with 5 training rows and 1 later row is; the
+    returned metadata counts the users dropped. Under `loo` every row counts, so the late user stays."""
+    base = _interactions(n_users=40, per_user=10)
+    end = base["ts"].max()
+    late = pl.DataFrame({"user_id": ["late"] * 8, "item_id": [f"i{j}" for j in range(8)]}).with_columns(
+        pl.lit(end).alias("ts"))
+    start = base["ts"].min()
+    early = pl.DataFrame({"user_id": ["early"] * 6, "item_id": [f"i{j}" for j in range(6)]}).with_columns(
+        pl.when(pl.int_range(pl.len()) < 5).then(pl.lit(start)).otherwise(pl.lit(end)).alias("ts"))
+    inter = pl.concat([base, late.select(base.columns), early.select(base.columns)])
+    split, dropped = filter_and_split(inter, "temporal", 5)
+    users = set(split["user_id"])
+    assert "late" not in users and "early" in users
+    assert dropped["users_dropped_by_filter"] == inter["user_id"].n_unique() - len(users) >= 1
+    assert dropped["rows_dropped_by_filter"] == inter.height - split.height
+    cut = split.filter(pl.col("split") != "train")["ts"].min()
+    counts = split.filter(pl.col("ts") < cut).group_by("user_id").len()
+    assert counts.height == len(users) and counts["len"].min() >= 5  # every kept user: 5 rows before the cut
+    assert check_temporal_shares(split)[0] and check_no_leak(split)[0]
+    assert "late" in set(filter_and_split(inter, "loo", 5)[0]["user_id"])
+    assert filter_and_split(inter, "loo", 5)[1]["users_dropped_by_filter"] == 0
 
 
 def test_paths_stay_inside_the_lake(tmp_path):

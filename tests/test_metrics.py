@@ -351,3 +351,18 @@ def test_auc_matches_pairwise_definition():
     pos, neg = scores[labels == 1], scores[labels == 0]
     pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
     assert auc_accuracy_fpr(labels, scores)["auc"] == pytest.approx(pairwise)
+
+
+def test_cutoff_tie_share():
+    """cutoff_tie@k: the k-th listed item ties with the first one left out (the tie order chose the list)."""
+    table = [[5, 4, 3, 3, 1, 0],   # 3rd and 4th tie: inside a tie at K=3, not at K=2 or K=4
+             [5, 4, 3, 2, 1, 0],   # distinct scores: never
+             [1, 1, 1, 1, 1, 1]]   # one score for all (an unseen-items model): at every K
+    inp = inputs(6, [[5], [5], [5]], [[0], [0], [0]], exclude_history=True)
+    res = evaluate(table_fn(table), inp, ks=(2, 3, 4, 5))
+    assert res.per_user["cutoff_tie@3"].tolist() == [1.0, 0.0, 1.0]
+    assert res.per_user["cutoff_tie@2"].tolist() == [0.0, 0.0, 1.0]
+    assert res.per_user["cutoff_tie@4"].tolist() == [0.0, 0.0, 1.0]
+    assert res.per_user["cutoff_tie@5"].tolist() == [0.0, 0.0, 0.0]  # the item after the 5th is masked (history)
+    assert res.value("cutoff_tie", 3) == pytest.approx(2 / 3)
+    assert_same(res, naive_evaluate(table_fn(table), inp, ks=(2, 3, 4, 5)))

@@ -193,3 +193,23 @@ def test_fused_variant_beats_text_and_popularity_on_sample(sample_dataset, sampl
     ndcg["popularity"] = headline(evaluate_model(popularity, sample_dataset, "popularity", "global",
                                                  sampled=None)[0])["global"]
     assert ndcg["concat"] > ndcg["text"] and ndcg["concat"] > ndcg["popularity"], ndcg
+
+
+def test_example_variant_is_chosen_on_validation_not_test(monkeypatch, tmp_path):
+    """The report's example recommendations come from the variant best on validation, not the one best on test."""
+    import types
+
+    import polars as pl
+
+    from mmrec_pipeline.evaluation import report
+    from mmrec_pipeline.evaluation.report import ReportInputs, Section
+    from mmrec_pipeline.models.mm_llmrec import MMLLMRec
+
+    rows = [("mm_llmrec", "a", "temporal", "ndcg", 10, 0.9), ("mm_llmrec", "b", "temporal", "ndcg", 10, 0.1),
+            ("mm_llmrec", "a", "temporal@valid", "ndcg", 10, 0.1), ("mm_llmrec", "b", "temporal@valid", "ndcg", 10, 0.5)]
+    metrics = pl.DataFrame(rows, schema=["model", "variant", "protocol", "metric", "k", "value"], orient="row")
+    loaded = []
+    monkeypatch.setattr(MMLLMRec, "load", classmethod(lambda cls, path: loaded.append(path.name)))
+    monkeypatch.setattr(report, "qualitative_examples", lambda model, data, title: Section(title))
+    section = MMLLMRec.report_section(ReportInputs(metrics, types.SimpleNamespace(protocol="temporal"), tmp_path))
+    assert loaded == ["b"] and section.title.startswith("mm_llmrec/b")

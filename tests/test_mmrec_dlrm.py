@@ -61,6 +61,19 @@ def test_review_after_the_cut_never_reaches_a_summary(echo_summarizer, tmp_path,
     assert stats["training_cut"] == _day(3).isoformat() and stats["computed"] == 2
     assert summaries.check_training_only(out, split)[0]  # the asset check on review_summaries
     assert not summaries.check_training_only(out.with_columns(pl.col("n_reviews") + 1), split)[0]
+    # the ids of the reviews each summary read: A's two training reviews, B's one, none for a description
+    ids = summaries.review_rows(split)
+    train_ids = {i: set(ids.filter((pl.col("item_id") == i) & (pl.col("split") == "train"))["review_id"])
+                 for i in "AB"}
+    assert [set(x) for x in out["review_ids"].to_list()] == [train_ids["A"], train_ids["B"], set()]
+    ok, meta = summaries.check_training_only(out, split)
+    assert meta["review_ids_read"] == 3 and meta["review_ids_not_training"] == 0
+    # same counts, but one id read is A's valid-period review: the ids prove the leak the counts cannot see
+    leak = ids.filter(pl.col("split") == "valid")["review_id"][0]
+    swapped = out.with_columns(pl.when(pl.col("item_id") == "A").then(pl.lit([leak, min(train_ids["A"])]))
+                               .otherwise(pl.col("review_ids")).alias("review_ids"))
+    ok, meta = summaries.check_training_only(swapped, split)
+    assert not ok and meta["leaked_ids"] == [{"item_id": "A", "review_id": leak, "split": "valid"}]
     # the raw-review vectors read the same training rows only: a fake encoder marks a leaked text with 1.0
     def fake_sbert(long, *args):
         vectors = [[1.0 if "LEAK" in t else 0.0, 1.0] for t in long["text"].to_list()]
@@ -144,6 +157,8 @@ def test_tiny_dlrm_trains_ranks_and_round_trips_its_checkpoint(tmp_path):
     report = model.fit(data, feats, CPU)
     assert [t["dropout"] for t in report["dropout_grid"]] == [0.1, 0.5]
     assert model.config.dropout in (0.1, 0.5) and report["criterion"] == "valid_auc"
+    chosen = next(t for t in report["dropout_grid"] if t["dropout"] == model.config.dropout)
+    assert report["best_epoch"] == chosen["best_epoch"] >= 1  # top level: what a refit / serving retrain reads
     assert report["sparse_features"] == ["user", "item", "category", "attr_colour"]
     # the metadata says how many items have each vector read (a budget-limited summary run leaves fewer)
     assert report["metadata"]["items with sbert_summary"] == f"{data.n_items} of {data.n_items}"
@@ -209,7 +224,8 @@ def test_seed_audit_puts_the_papers_fpr_beside_our_pointwise_row_and_says_where_
     metrics = pl.DataFrame(rows, schema=["model", "variant", "protocol", "metric", "k", "value"], orient="row")
     table = audit_table(metrics, "mmrec_dlrm", MMRecDLRM.paper, "temporal")
     assert table["fpr"].to_list() == [0.1816, 0.5, None]  # paper, ours (pointwise), ours (ranking: no FPR)
-    assert "fpr not computed under `temporal`" in table["protocol"][2]
+    assert "fpr not computed under `temporal`" in table["measured as"][2]
+    assert table["protocol"].to_list() == ["pointwise, split not stated", "pointwise:rating>=4", "temporal"]
     no_ratings = audit_table(metrics.filter(pl.col("protocol") != "pointwise:rating>=4"), "mmrec_dlrm",
                              MMRecDLRM.paper, "temporal")
     assert no_ratings["fpr"].to_list() == [0.1816, None, None]

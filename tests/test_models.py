@@ -51,3 +51,51 @@ def test_scores_cover_the_whole_catalog(trained, sample_dataset):
         s = model.score(inputs.users[:4], inputs.history[:4])
         assert s.shape == (4, sample_dataset.n_items) and torch.isfinite(s).all(), name
         assert np.unique(s[0].numpy()).size > 1 or name == "popularity"
+
+
+def test_recent_popularity_window_ends_where_the_ranked_histories_end():
+    """Recent popularity ranks validation with the window ending at the training cut, and test with it ending at
+    the end of the valid period, where every other model's input history ends; global counts stay train's."""
+    import datetime as dt
+
+    import polars as pl
+
+    from mmrec_pipeline.data.dataset import RecDataset
+    from mmrec_pipeline.models.popularity import Popularity
+
+    day = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    rows = ([("a", "i0", 0, "train"), ("b", "i0", 1, "train"), ("c", "i1", 2, "train")]
+            + [(u, "i2", 40, "valid") for u in "abc"] + [("a", "i3", 50, "test"), ("b", "i3", 50, "test")])
+    split = pl.DataFrame({"user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+                          "ts": [day + dt.timedelta(days=r[2]) for r in rows], "split": [r[3] for r in rows]})
+    items = pl.DataFrame({"item_id": [f"i{i}" for i in range(4)], "title": ["t"] * 4, "description": [""] * 4,
+                          "category": ["c"] * 4})
+    data = RecDataset.from_tables("w", split, items)
+    recent = Popularity(Popularity.Config(window_days=30))
+    recent.fit(data, ItemFeatures(), Compute(device="cpu"))
+    assert recent.counts.tolist() == [2, 1, 0, 0]  # validation: the 30 days before the training cut
+    evaluate_model(recent, data, "popularity", "recent", sampled=None, cold=False)  # test
+    assert recent.counts.tolist() == [0, 0, 3, 0]  # the 30 days before the end of valid: the valid burst
+    evaluate_model(recent, data, "popularity", "recent", sampled=None, stage="valid")
+    assert recent.counts.tolist() == [2, 1, 0, 0]
+    glob = Popularity(Popularity.Config())
+    glob.fit(data, ItemFeatures(), Compute(device="cpu"))
+    evaluate_model(glob, data, "popularity", "global", sampled=None, cold=False)
+    assert glob.counts.tolist() == [2, 1, 0, 0]
+
+
+def test_item_features_take_numeric_lists_only():
+    """A feature table's list of review ids (review_summaries) is not read as a vector."""
+    import datetime as dt
+
+    import polars as pl
+
+    from mmrec_pipeline.data.dataset import RecDataset
+
+    split = pl.DataFrame({"user_id": ["a"], "item_id": ["i0"], "ts": [dt.datetime(2024, 1, 1, tzinfo=dt.UTC)],
+                          "split": ["train"]})
+    items = pl.DataFrame({"item_id": ["i0", "i1"], "title": ["t"] * 2, "description": [""] * 2, "category": ["c"] * 2})
+    table = pl.DataFrame({"item_id": ["i0", "i1"], "sbert_reviews": [[0.5, 1.0], None],
+                          "review_ids": [["3fa1", "9b2c"], []]})
+    feats = ItemFeatures.from_table(RecDataset.from_tables("f", split, items), table)
+    assert list(feats.vectors) == ["sbert_reviews"] and feats.present["sbert_reviews"].tolist() == [True, False]

@@ -89,5 +89,16 @@ def test_audit_reads_the_validation_best_variant_and_the_reproduced_protocol():
     assert ours["hr@5"].to_list() == [0.70, 0.20]
     baseline = t.filter(pl.col("row").str.starts_with("baseline"))
     assert baseline["hr@5"].to_list() == [None, 0.10]
-    assert "not computed" in baseline["protocol"][0]
+    assert "not computed" in baseline["measured as"][0]
+    assert t["protocol"].to_list()[:3] == ["the paper's own", "temporal+sampled:100", "temporal+sampled:100"]
     assert {"mm_llmrec", "lvlm_retrieval"} <= set(published_systems())
+
+
+def test_audit_never_sets_a_refit_row_beside_a_published_figure():
+    """A claim whose reproduction names a `+refit` protocol is refused: refit rows are a protocol of their own."""
+    claim = PaperClaim(system="S", source="x.txt", claim="NDCG@10 = 0.058", protocol="loo", metric="ndcg", k=10,
+                       value=0.058, reproduce={"refit": "{protocol}+refit"}, protocol_name="loo")
+    rows = [("m", "a", "loo@valid", "ndcg", 10, 0.06), ("m", "a", "loo+refit", "ndcg", 10, 0.066)]
+    metrics = pl.DataFrame(rows, schema=["model", "variant", "protocol", "metric", "k", "value"], orient="row")
+    with pytest.raises(ValueError, match="protocol of its own"):
+        audit_table(metrics, "m", claim, "loo")

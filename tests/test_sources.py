@@ -238,6 +238,26 @@ def test_amazon_reads_canonical_tables(tmp_path):
     assert sorted(t.users["user_id"]) == ["U1", "U2"]
 
 
+def test_amazon_drops_all_time_aggregates(tmp_path):
+    """average_rating, rating_number and the details' ranks are snapshots over every review (test period
+    included): none reaches a table a model reads, nor mmrec_dlrm's sparse attribute features."""
+    from mmrec_pipeline.models.mmrec_dlrm import item_categoricals
+
+    meta = [{**m, "average_rating": 4.0 + i % 2, "rating_number": 10 * (i + 1),
+             "details": {"Weight": f"{i} kg", "Best Sellers Rank": {"Tools": 100 + i}, "Customer Reviews": "4.1"}}
+            for i, m in enumerate(META)]
+    folder = amazon_folder(tmp_path)
+    write_lines(folder / "meta_Tools.jsonl", [json.dumps(m) for m in meta])
+    t = validate(amazon.read(folder, {"category": "Tools"}), "amazon")
+    for name, table in (("items", t.items), ("users", t.users), ("interactions", t.interactions)):
+        text = " ".join(str(v) for row in table.iter_rows() for v in row) + " ".join(table.columns)
+        for leak in ("average_rating", "rating_number", "Best Sellers Rank", "Customer Reviews"):
+            assert leak not in text, (name, leak)
+    assert json.loads(t.items["attributes"][0])["details"] == {"Weight": "0 kg"}  # the rest of details is kept
+    names, _, _ = item_categoricals(t.items, 1000)
+    assert not any("rating" in n for n in names)
+
+
 def test_amazon_finds_the_single_meta_file(tmp_path):
     folder = amazon_folder(tmp_path)
     (folder / "meta_Tools.jsonl").unlink()

@@ -80,7 +80,7 @@ def test_test_rows_never_enter_the_choice(sample_tables, sample_dataset):
     altered = RecDataset.from_tables("sample", split.with_columns(pl.Series("item_id", scrambled)), tables.items)
 
     def tune(data):
-        _, _, _, grid, chosen, _ = tune_variant("item_knn", ItemKNN, "default", {}, data, ItemFeatures(),
+        _, _, _, grid, chosen, _, _ = tune_variant("item_knn", ItemKNN, "default", {}, data, ItemFeatures(),
                                                 Compute(device="cpu"), {"search_space": SPACE})
         return grid, chosen
 
@@ -95,16 +95,34 @@ def test_test_rows_never_enter_the_choice(sample_tables, sample_dataset):
 
 
 def test_seeds_report_mean_and_std(sample_dataset, tmp_path):
+    """`seeds: 3`: the per-user table holds every seed's test values (and the chosen point's validation ones);
+    the row is the mean over seeds, the same as the mean over users of each user's mean over seeds, and the
+    report's leaderboard says 3 seeds."""
+    from mmrec_pipeline.evaluation.report import leaderboard_with_ci, per_user_stage
+
     tiny = {"dim": 8, "epochs": 1, "eval_every": 1}
     runs, _ = train_variants("bpr_mf", BPRMF, {"default": tiny}, sample_dataset, ItemFeatures(),
-                             Compute(device="cpu"), tmp_path, {"search_space": {}, "seeds": 2})
+                             Compute(device="cpu"), tmp_path, {"search_space": {}, "seeds": 3})
     run, t = runs[0], runs[0].metrics
     by_seed = json.loads((tmp_path / "default" / "config.json").read_text())["tuning"]["test_ndcg@10_by_seed"]
-    assert run.seeds == 2 and len(by_seed) == 2 and by_seed[0] != by_seed[1]
+    assert run.seeds == 3 and len(by_seed) == 3 and by_seed[0] != by_seed[1]
     row = t.filter((pl.col("protocol") == "temporal") & (pl.col("k") == 10))
     assert row.filter(pl.col("metric") == "ndcg")["value"][0] == pytest.approx(np.mean(by_seed))
     assert row.filter(pl.col("metric") == "ndcg_std")["value"][0] == pytest.approx(np.std(by_seed, ddof=1))
-    assert t.filter(pl.col("metric") == "seeds")["value"].to_list() == [2.0]
+    assert t.filter(pl.col("metric") == "seeds")["value"].to_list() == [3.0]
+    pu = run.per_user
+    test = pu.filter(pl.col("protocol") == "temporal")
+    seed0 = BPRMF.Config().seed
+    assert sorted(test["seed"].unique().to_list()) == [seed0, seed0 + 1, seed0 + 2]
+    assert test.group_by("seed").len()["len"].n_unique() == 1  # the same users under every seed
+    for i, s in enumerate(sorted(test["seed"].unique().to_list())):
+        assert test.filter(pl.col("seed") == s)["ndcg@10"].mean() == pytest.approx(by_seed[i])
+    assert pu.filter(pl.col("protocol") == "temporal@valid")["seed"].unique().to_list() == [seed0]
+    users = per_user_stage(pu, "test")
+    assert users.height == test.height // 3 and users["seeds"].unique().to_list() == [3]
+    assert users["ndcg@10"].mean() == pytest.approx(np.mean(by_seed))
+    board = leaderboard_with_ci(t, pu, n_resamples=50)
+    assert board["seeds"].to_list() == [3]
 
 
 def test_refit_adds_test_rows_of_the_model_retrained_on_train_and_valid(sample_dataset, tmp_path, caplog):

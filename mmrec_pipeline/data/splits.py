@@ -4,14 +4,19 @@
   valid, at or after the second are test, so no valid/test row is earlier than any train row.
 - `loo`: per user, the last interaction is test and the second last valid (ties in time keep file order).
 - `recbole`: RecBole's protocol for comparisons with it and with papers: 5-core on users and items, then `loo`
-  (RecDataset then ranks over the items left, keeps all-repeat users at 0; see evaluation/protocols.py).
+  (RecDataset then ranks over the items left and keeps users whose test items are all repeats: the history minus
+  the test items is masked, so a repeat stays rankable, as RecBole does; see evaluation/protocols.py).
+
+`filter_and_split` applies the dataset's user k-core first. Under `temporal` it counts only rows before the
+training cut (the cuts come from every row), so test-period activity cannot decide who is kept; `loo` and `recbole`
+keep the published k-core over every row of the user (their cut is per user, the user's last items).
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from mmrec_pipeline.data.filtering import user_item_core
+from mmrec_pipeline.data.filtering import user_core, user_item_core
 from mmrec_pipeline.data.schema import DataError
 
 TEMPORAL_SHARES = (0.75, 0.15, 0.10)
@@ -25,8 +30,9 @@ def temporal_cuts(ts: pl.Series) -> tuple:
     return s[int(n * TEMPORAL_SHARES[0])], s[int(n * (TEMPORAL_SHARES[0] + TEMPORAL_SHARES[1]))]
 
 
-def split_temporal(interactions: pl.DataFrame) -> pl.DataFrame:
-    c1, c2 = temporal_cuts(interactions["ts"])
+def split_temporal(interactions: pl.DataFrame, cuts: tuple | None = None) -> pl.DataFrame:
+    """Labels at the given cuts (default: this table's own `temporal_cuts`)."""
+    c1, c2 = cuts or temporal_cuts(interactions["ts"])
     label = (pl.when(pl.col("ts") >= c2).then(pl.lit("test"))
              .when(pl.col("ts") >= c1).then(pl.lit("valid")).otherwise(pl.lit("train")))
     return interactions.with_columns(label.alias("split"))
@@ -40,9 +46,10 @@ def split_loo(interactions: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(label.alias("split")).sort("_row").drop("_row")
 
 
-def make_split(interactions: pl.DataFrame, kind: str) -> pl.DataFrame:
+def make_split(interactions: pl.DataFrame, kind: str, cuts: tuple | None = None) -> pl.DataFrame:
+    """`cuts`: the temporal split's (train cut, test cut) when they were taken before filtering."""
     if kind == "temporal":
-        out = split_temporal(interactions)
+        out = split_temporal(interactions, cuts)
     elif kind == "loo":
         out = split_loo(interactions)
     elif kind == "recbole":  # RecBole's protocol: 5-core on users and items first, then leave-one-out
@@ -55,6 +62,32 @@ def make_split(interactions: pl.DataFrame, kind: str) -> pl.DataFrame:
         raise DataError(f"the {kind} split left no rows in {missing}; the dataset has too few interactions "
                         f"({interactions.height}) or too few distinct timestamps")
     return out
+
+
+def filter_and_split(interactions: pl.DataFrame, kind: str, min_user_interactions: int,
+                     source: str = "interactions") -> tuple[pl.DataFrame, dict]:
+    """(split, what the user k-core dropped): the dataset's user filter, then its split (module notes).
+
+    Under `temporal` a user is kept only with `min_user_interactions` rows before the training cut, and the cuts
+    are the kept rows' 75% / 90% quantiles. Dropping users moves the cuts, so the two are repeated until no
+    further user drops (each round only removes users, so it ends); the split then holds 75/15/10 of its rows and
+    no kept user owes their place to valid- or test-period activity. Under `loo` / `recbole` every row counts."""
+    cuts = None
+    if kind != "temporal":
+        kept = user_core(interactions, min_user_interactions, source)
+    else:
+        kept, rounds = interactions, 0
+        while True:
+            cuts, rounds = temporal_cuts(kept["ts"]), rounds + 1
+            smaller = user_core(kept, min_user_interactions, source, before=cuts[0])
+            if smaller.height == kept.height:
+                break
+            kept = smaller
+    users = interactions["user_id"].n_unique()
+    dropped = {"users_dropped_by_filter": users - (kept["user_id"].n_unique() if kept is not interactions else users),
+               "rows_dropped_by_filter": interactions.height - kept.height,
+               "filter_counts": f"rows before the training cut ({rounds} rounds)" if cuts else "every row"}
+    return make_split(kept, kind, cuts), dropped
 
 
 def split_summary(split: pl.DataFrame) -> dict:

@@ -4,12 +4,18 @@ under the closest protocol we can reproduce and under our own (full-catalog rank
 A model takes part by setting `paper = PaperClaim(...)` on its `Recommender` class (models/base.py); nothing else
 is registered here. Its row is the claim's `variant`, or else the variant that scored best on validation (the
 `<protocol>@valid` rows), never the best on test. Baseline rows are the named model assets, trained here.
+
+Every row names its protocol (column `protocol`: the paper's as `PaperClaim.protocol_name` says, ours as the
+`protocol` value of the metrics table) and how it was measured (`measured as`). A `+refit` protocol (trained on the
+validation item too) is a protocol of its own and is never set beside a published figure: a claim that asks for
+one is refused.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
+from mmrec_pipeline.evaluation.protocols import REFIT_SUFFIX
 from mmrec_pipeline.evaluation.report import Section
 from mmrec_pipeline.models.base import PaperClaim, Recommender
 
@@ -48,8 +54,12 @@ def audit_table(metrics: pl.DataFrame, model: str, claim: PaperClaim, protocol: 
         return None
     name = claim.metric if claim.k is None else f"{claim.metric}@{claim.k}"
     rows = [{"row": f"paper: {claim.system}", "model": "(as published)", name: claim.value,
-             "protocol": claim.protocol}]
+             "protocol": claim.protocol_name, "measured as": claim.protocol}]
     protocols = {label: p.format(protocol=protocol) for label, p in claim.reproduce.items()}
+    refit = [p for p in protocols.values() if REFIT_SUFFIX in p]
+    if refit:
+        raise ValueError(f"{model}: the seed audit would set {refit} beside the published figure; a refit row "
+                         "(trained on the validation item too) is a protocol of its own, not the paper's")
     protocols[f"ours: {protocol} split, whole catalog ranked"] = protocol
     for label, p in protocols.items():
         for who in (model, *claim.baselines):
@@ -58,9 +68,10 @@ def audit_table(metrics: pl.DataFrame, model: str, claim: PaperClaim, protocol: 
                 continue
             x = value(metrics, who, v, p, claim.metric, claim.k)
             rows.append({"row": "ours" if who == model else "baseline (trained here)", "model": f"{who}/{v}",
-                         name: x, "protocol": f"{label} (`{p}`)" if x is not None
+                         name: x, "protocol": p, "measured as": label if x is not None
                          else f"{label}: {name} not computed under `{p}`"})
-    return pl.DataFrame(rows, schema={"row": pl.Utf8, "model": pl.Utf8, name: pl.Float64, "protocol": pl.Utf8})
+    return pl.DataFrame(rows, schema={"row": pl.Utf8, "model": pl.Utf8, name: pl.Float64, "protocol": pl.Utf8,
+                                      "measured as": pl.Utf8})
 
 
 def audit_sections(metrics: pl.DataFrame, protocol: str) -> list[Section]:

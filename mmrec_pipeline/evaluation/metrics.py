@@ -18,6 +18,9 @@ ties broken by lower item index; rel = the user's relevant items; rank j = 1..K)
                 in [0, 2] ([0, 1] for non-negative vectors), or of [category differs] when only
                 item_categories are given; undefined (skipped) for lists with fewer than two items.
 - ``novelty``   mean over the items of L of -log2 p(i), p(i) = (train_counts[i] + 1) / (sum + n_items).
+- ``cutoff_tie`` 1 if the K-th item of L has the same score as the next item not in L (the cut-off falls
+                inside a tie, so the tie order, lower index first, decided what made the list), else 0.
+                Averaged, the share of users for whom that is so (popularity, EASE zeros, unseen items).
 
 Ranking: higher score first; -inf means "never recommend" (such items fill no slot); NaN raises.
 Per-user values are averaged over users; users whose relevant set is empty are skipped and counted.
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 ACCURACY_METRICS = ("hr", "precision", "recall", "ndcg", "mrr", "map")
+TIE_METRIC = "cutoff_tie"  # a diagnostic, not an accuracy metric: see the module notes
 ScoreFn = Callable[[np.ndarray, list[np.ndarray]], torch.Tensor]
 
 
@@ -225,7 +229,7 @@ def _beyond_accuracy_kinds(item_vectors, item_categories, train_counts) -> list[
 
 def _summarise(per_user: dict[str, np.ndarray], covered: dict[int, int], ks, kinds, n_items) -> list[dict]:
     rows = []
-    for metric in (*ACCURACY_METRICS, "coverage", *kinds):
+    for metric in (*ACCURACY_METRICS, "coverage", *kinds, TIE_METRIC):
         for k in ks:
             if metric == "coverage":
                 value = covered[k] / n_items
@@ -287,14 +291,21 @@ def evaluate(
             buffer = torch.empty(min(batch_size, len(selected)), n_items, dtype=dtype, device=device)
         scores = _masked_copy(raw, inputs, sel, buffer)
         del raw
-        top, top_scores = deterministic_topk(scores, k_max)
+        # One item more than K: whether the item after each cut-off ties with the last one in the list.
+        top, top_scores = deterministic_topk(scores, k_max + 1)
         if bool(torch.isnan(top_scores).any()):  # topk ranks NaN above everything, so this sees any
             raise ValueError("score_fn returned NaN scores")
+        head = top_scores[:, :k_max]
+        after = torch.nn.functional.pad(top_scores[:, 1:], (0, head.shape[1] + 1 - top_scores.shape[1]),
+                                        value=-math.inf)
+        tie = (head > -math.inf) & (head == after)
+        top, top_scores = top[:, :k_max], top_scores[:, :k_max]
         valid = top_scores > -math.inf
         if top.shape[1] < k_max:  # catalog smaller than K: pad with empty slots
             pad = k_max - top.shape[1]
             top = torch.nn.functional.pad(top, (0, pad))
             valid = torch.nn.functional.pad(valid, (0, pad), value=False)
+            tie = torch.nn.functional.pad(tie, (0, pad), value=False)
 
         # A hit is a (row, item) pair of the top-k that also occurs among the relevant pairs;
         # the keys row * n_items + item of the relevant pairs come out sorted, so binary search them.
@@ -317,9 +328,10 @@ def evaluate(
         best_slot.scatter_reduce_(0, top[valid], slots[: len(sel)][valid], reduce="amin")
         for name, value in _prefix_metrics(hit, valid, n_rel, dist, info).items():
             chunks.setdefault(name, []).append(value[:, columns].cpu())
+        chunks.setdefault(TIE_METRIC, []).append(tie[:, columns].double().cpu())
 
     per_user = {}
-    for name in (*ACCURACY_METRICS, *kinds):
+    for name in (*ACCURACY_METRICS, *kinds, TIE_METRIC):
         table = torch.cat(chunks[name]).numpy() if chunks else np.zeros((0, len(ks)))
         per_user.update({f"{name}@{k}": table[:, j] for j, k in enumerate(ks)})
     covered = {k: int((best_slot < k).sum()) for k in ks}
@@ -360,7 +372,7 @@ def naive_evaluate(
     categories = _category_codes(item_categories) if item_categories is not None else None
     self_info = _self_information(train_counts, inputs.n_items) if train_counts is not None else None
 
-    per_user: dict[str, list[float]] = {f"{m}@{k}": [] for m in (*ACCURACY_METRICS, *kinds) for k in ks}
+    per_user: dict[str, list[float]] = {f"{m}@{k}": [] for m in (*ACCURACY_METRICS, *kinds, TIE_METRIC) for k in ks}
     seen: dict[int, set] = {k: set() for k in ks}
     evaluated, skipped = [], 0
     for i, user in enumerate(inputs.users):
@@ -393,7 +405,9 @@ def naive_evaluate(
             for j, h in enumerate(hits):
                 running += h
                 ap += h * running / (j + 1)
+            tied = len(top) == k and k < len(order) and scores[order[k]] == scores[order[k - 1]]
             values = {
+                TIE_METRIC: float(tied),
                 "hr": float(n_hits > 0),
                 "precision": n_hits / k,
                 "recall": n_hits / len(rel),

@@ -64,8 +64,11 @@ def is_cold() -> pl.Expr:
     return pl.col("protocol").str.contains("+cold", literal=True)
 
 
+REFIT_SUFFIX = "+refit"
+
+
 def is_refit() -> pl.Expr:
-    return pl.col("protocol").str.contains("+refit", literal=True)
+    return pl.col("protocol").str.contains(REFIT_SUFFIX, literal=True)
 
 
 def is_pointwise() -> pl.Expr:
@@ -82,6 +85,15 @@ def is_sequential(model) -> bool:
     from mmrec_pipeline.models.sequential import SequentialRecommender
 
     return isinstance(model, SequentialRecommender)
+
+
+def protocol_masking(inputs: EvalInputs, data: RecDataset, model) -> EvalInputs:
+    """`inputs` masked as the protocol masks `model`: under `recbole` the history (minus the stage's items) for a
+    general model and nothing for a sequential one, as RecBole does; other protocols as `eval_inputs` set them.
+    Test ranking and early stopping (training.Validator) both go through here. `model` None: a general model."""
+    if data.protocol == "recbole":
+        inputs.exclude_history = model is None or not is_sequential(model)
+    return inputs
 
 
 def accounting_rows(inputs: EvalInputs, protocol: str) -> list[dict]:
@@ -135,11 +147,11 @@ def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "def
     """Metric rows for one trained model; also returns the full-ranking `EvalResult` (per-user values for CIs
     and paired tests, plots, tests). `max_users`: rank a seeded sample of that many users (protocol
     `<split>+users:N`, see `sample_users`) instead of every user of the stage."""
+    if hasattr(model, "at_stage"):  # scores that depend on where the stage's histories end (recent popularity)
+        model.at_stage(data, stage)
     inputs = data.eval_inputs(stage)
     chosen, users_suffix = sample_users(inputs, max_users)
-    inputs, protocol = restrict_users(inputs, chosen), f"{data.protocol}{users_suffix}"
-    if data.protocol == "recbole":
-        inputs.exclude_history = not is_sequential(model)
+    inputs, protocol = protocol_masking(restrict_users(inputs, chosen), data, model), f"{data.protocol}{users_suffix}"
     extra = diversity_inputs(data, item_vectors)
     full = evaluate(model.score, inputs, ks=KS, batch_size=batch_size, **extra)
     rows = [{"protocol": protocol, **r} for r in full.rows]

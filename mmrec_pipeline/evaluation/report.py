@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from markupsafe import Markup, escape
 
+from mmrec_pipeline.evaluation.metrics import TIE_METRIC
 from mmrec_pipeline.evaluation.protocols import (
     COLD_UNSCORABLE,
     is_cold,
@@ -27,12 +28,19 @@ from mmrec_pipeline.evaluation.protocols import (
     is_sampled,
     is_test_stage,
 )
-from mmrec_pipeline.evaluation.significance import ALPHA, bootstrap_ci, paired_tests, pareto_front
+from mmrec_pipeline.evaluation.significance import (
+    ALPHA,
+    bootstrap_ci,
+    paired_p_value,
+    paired_tests,
+    pareto_front,
+)
 
 if TYPE_CHECKING:
     from mmrec_pipeline.data.dataset import RecDataset
 
-LEADERBOARD_METRICS = ["ndcg", "hr", "recall", "precision", "mrr", "map", "coverage", "diversity", "novelty"]
+LEADERBOARD_METRICS = ["ndcg", "hr", "recall", "precision", "mrr", "map", "coverage", "diversity", "novelty",
+                       TIE_METRIC]
 
 
 def pyplot():
@@ -96,34 +104,68 @@ def _marker(p_holm: float | None, diff: float | None) -> str:
     return f"{'▲' if diff > 0 else '▼'} (p={p_holm:.2g})"
 
 
+def per_user_stage(per_user: pl.DataFrame | None, stage: str = "test") -> pl.DataFrame | None:
+    """One row per model, variant and user of the headline protocol's `stage` (test, or the `@valid` rows):
+    with several training seeds a user's value is the mean over the seeds (column `seeds` counts them), so a row's
+    mean over users is the leaderboard's mean over seeds, and its CI and paired tests describe that same mean."""
+    if per_user is None or not per_user.height:
+        return None
+    pu = per_user if "seed" in per_user.columns else per_user.with_columns(pl.lit(0, dtype=pl.Int64).alias("seed"))
+    protocol = pl.col("protocol")
+    keep = (protocol.str.ends_with("@valid") & ~protocol.str.contains("+", literal=True) if stage == "valid"
+            else ~protocol.str.contains("[+@]"))
+    values = [c for c in pu.columns if "@" in c]
+    out = (pu.filter(keep).group_by(["model", "variant", "user_id"], maintain_order=True)
+           .agg(*[pl.col(c).mean() for c in values], pl.col("seed").n_unique().alias("seeds")))
+    return out if out.height else None
+
+
+def valid_ndcg(metrics: pl.DataFrame, k: int = 10) -> dict[str, float]:
+    """{model/variant: NDCG@k on the headline protocol's `@valid` rows}: what references are chosen by."""
+    t = metrics.filter(pl.col("protocol").str.ends_with("@valid") & ~pl.col("protocol").str.contains("+", literal=True)
+                       & (pl.col("metric") == "ndcg") & (pl.col("k") == k) & pl.col("value").is_not_nan())
+    return {f"{m}/{v}": x for m, v, x in t.select("model", "variant", "value").iter_rows()}
+
+
+def best_on_valid(names, valid: dict[str, float]) -> str | None:
+    """The name in `names` with the best validation value (the first on ties), None when none has one."""
+    scored = [n for n in names if n in valid]
+    return max(scored, key=lambda n: valid[n]) if scored else None
+
+
 def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, families: dict[str, str] | None = None,
                         k: int = 10, n_resamples: int = 1000) -> pl.DataFrame:
     """The leaderboard a reader can compare rows of: grouped by model family (best NDCG@k first inside each),
-    NDCG@k and Recall@k with 95% bootstrap CIs over users, and Wilcoxon + Holm markers against the best model
-    and against the best popularity variant. `seeds` says how many training seeds each row averages."""
+    NDCG@k and Recall@k with 95% bootstrap CIs over users, and Wilcoxon + Holm markers against the reference
+    rows, the best model and the best popularity variant, both chosen by their validation NDCG@k (`@valid` rows),
+    never by test. `seeds` says how many training seeds each row averages; with several, each user's value is
+    the mean over them (`per_user_stage`). `ties@k`: share of test users whose top-k cut-off is inside a tie."""
     board = leaderboard(metrics, k)
     families = families or {}
     board = board.with_columns(pl.col("model").replace_strict(families, default="other").alias("family"))
     cis: dict[str, dict[str, tuple[float, float]]] = {}
     vs_best = vs_pop = {}
     best = pop = None
-    if per_user is not None and per_user.height:
-        named = per_user.with_columns((pl.col("model") + "/" + pl.col("variant")).alias("name"))
+    valid = valid_ndcg(metrics, k)
+    test_users = per_user_stage(per_user, "test")
+    if test_users is not None:
+        named = test_users.with_columns((pl.col("model") + "/" + pl.col("variant")).alias("name"))
         for (name,), group in named.group_by("name"):
             cis[name] = {m: bootstrap_ci(group[f"{m}@{k}"].to_numpy(), n_resamples)
                          for m in ("ndcg", "recall") if f"{m}@{k}" in group.columns}
         ranked = board.filter(pl.col("name").is_in(list(cis)))
-        if ranked.height:
-            best = ranked["name"][0]
-            pops = ranked.filter(pl.col("model") == "popularity")["name"]
-            pop = pops[0] if len(pops) else None
-            metric = f"ndcg@{k}"
-            vs_best = {r["name"]: r for r in paired_tests(per_user, metric, best).iter_rows(named=True)}
-            if pop:
-                vs_pop = {r["name"]: r for r in paired_tests(per_user, metric, pop).iter_rows(named=True)}
-    seeds = (per_user.group_by(["model", "variant"]).agg(pl.col("seed").n_unique()).rows()
-             if per_user is not None and "seed" in per_user.columns else [])
-    n_seeds = {f"{m}/{v}": n for m, v, n in seeds}
+        best = best_on_valid(ranked["name"].to_list(), valid)
+        pop = best_on_valid(ranked.filter(pl.col("model") == "popularity")["name"].to_list(), valid)
+        metric = f"ndcg@{k}"
+        if best:
+            vs_best = {r["name"]: r for r in paired_tests(test_users, metric, best).iter_rows(named=True)}
+        if pop:
+            vs_pop = {r["name"]: r for r in paired_tests(test_users, metric, pop).iter_rows(named=True)}
+    seeds_rows = metrics.filter((pl.col("metric") == "seeds") & ~pl.col("protocol").str.contains("[+@]"))
+    n_seeds = {f"{m}/{v}": int(x) for m, v, x in seeds_rows.select("model", "variant", "value").iter_rows()}
+    if test_users is not None:  # per-user files say it too (the only record of runs older than the `seeds` row)
+        for m, v, n in test_users.group_by(["model", "variant"]).agg(pl.col("seeds").max()).rows():
+            n_seeds[f"{m}/{v}"] = max(n_seeds.get(f"{m}/{v}", 1), n)
     rows = []
     for r in board.iter_rows(named=True):
         name = r["name"]
@@ -133,8 +175,10 @@ def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, fa
             f"NDCG@{k} [95% CI]": _fmt_ci(r.get("ndcg"), ci.get("ndcg")),
             f"Recall@{k} [95% CI]": _fmt_ci(r.get("recall"), ci.get("recall")),
             f"HR@{k}": _fmt_ci(r.get("hr"), None), f"coverage@{k}": _fmt_ci(r.get("coverage"), None),
-            "vs best": "best" if name == best else _marker(*_pd(vs_best.get(name))),
+            f"valid NDCG@{k}": _fmt_ci(valid.get(name), None),
+            "vs best": "reference" if name == best else (_marker(*_pd(vs_best.get(name))) if best else "n/a"),
             "vs popularity": "reference" if name == pop else (_marker(*_pd(vs_pop.get(name))) if pop else "n/a"),
+            f"ties@{k}": _fmt_ci(r.get(TIE_METRIC), None),
             "seeds": n_seeds.get(name, 1)})
     order = {f: i for i, f in enumerate(dict.fromkeys(families.values()))}
     out = pl.DataFrame(rows, schema_overrides={"seeds": pl.Int64}) if rows else pl.DataFrame()
@@ -144,16 +188,47 @@ def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, fa
     return out
 
 
+def champion_margin(metrics: pl.DataFrame, per_user: pl.DataFrame | None, k: int = 10) -> pl.DataFrame:
+    """The best row on validation NDCG@k (the champion, unless serving pins another) against the runner-up:
+    both validation values, the mean per-user difference on the validation users both were scored on and its
+    two-sided Wilcoxon signed-rank p-value. Empty without two rows that have validation values."""
+    valid = valid_ndcg(metrics, k)
+    ranked = sorted(valid, key=lambda n: -valid[n])
+    valid_users = per_user_stage(per_user, "valid")
+    if len(ranked) < 2:
+        return pl.DataFrame()
+    champion, runner_up = ranked[:2]
+    diff = p = users = None
+    if valid_users is not None:
+        metric = f"ndcg@{k}"
+        wide = (valid_users.select((pl.col("model") + "/" + pl.col("variant")).alias("name"), "user_id", metric)
+                .filter(pl.col("name").is_in([champion, runner_up]))
+                .pivot(on="name", index="user_id", values=metric, aggregate_function="first").drop_nulls())
+        if champion in wide.columns and runner_up in wide.columns and wide.height:
+            a, b = wide[champion].to_numpy(), wide[runner_up].to_numpy()
+            diff, p, users = float(np.mean(a - b)), paired_p_value(a, b), wide.height
+    return pl.DataFrame([{"champion (best on valid)": champion, f"valid NDCG@{k}": valid[champion],
+                          "runner-up": runner_up, f"runner-up valid NDCG@{k}": valid[runner_up],
+                          "margin (paired, valid users)": diff, "Wilcoxon p": p, "valid users": users}],
+                        schema_overrides={"margin (paired, valid users)": pl.Float64, "Wilcoxon p": pl.Float64,
+                                          "valid users": pl.Int64})
+
+
 def _pd(row: dict | None) -> tuple[float | None, float | None]:
     return (None, None) if row is None else (row["p_holm"], row["diff"])
 
 
-def user_accounting(metrics: pl.DataFrame) -> pl.DataFrame:
-    """protocol, count, users: test users total / evaluated / dropped with the reason, per protocol. One value
-    when every model saw the same users (they do under one protocol), else the range over models."""
+def user_accounting(metrics: pl.DataFrame, filtered: dict[str, int] | None = None) -> pl.DataFrame:
+    """protocol, users, count: test users total / evaluated / dropped with the reason, per protocol. One value
+    when every model saw the same users (they do under one protocol), else the range over models. `filtered`:
+    {reason: users} removed before the split (the user k-core), in a first row of their own."""
     t = metrics.filter(pl.col("metric").str.starts_with("users_") & ~is_sampled())
     if t.height == 0:
         return pl.DataFrame()
+    if filtered:
+        before = pl.DataFrame({"protocol": "(before the split)", "users": list(filtered),
+                               "count": [str(n) for n in filtered.values()]})
+        return pl.concat([before, user_accounting(metrics)])
     g = t.group_by(["protocol", "metric"], maintain_order=True).agg(pl.col("value").min().alias("lo"),
                                                                       pl.col("value").max().alias("hi"))
     return g.select("protocol", pl.col("metric").str.replace("users_", "").str.replace(":", ": ").alias("users"),
@@ -358,10 +433,11 @@ def render_markdown(dataset: str, intro: str, sections: list[Section]) -> str:
 
 def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str,
                  sections: list[Section] | None = None, per_user: pl.DataFrame | None = None,
-                 families: dict[str, str] | None = None) -> tuple[str, str]:
+                 families: dict[str, str] | None = None, filtered: dict[str, int] | None = None) -> tuple[str, str]:
     """(html, markdown) for one dataset. `facts`: dataset and split figures; `sections`: the blocks the models
-    add (their `report_section`) and the seed audit; `per_user`: the models' per-user test metrics (CIs and paired
-    tests); `families`: {model: family}."""
+    add (their `report_section`) and the seed audit; `per_user`: the models' per-user test (every seed) and
+    validation metrics (CIs and paired tests); `families`: {model: family}; `filtered`: {reason: users} dropped
+    before the split (user accounting)."""
     board = leaderboard(metrics)
     ranked = leaderboard_with_ci(metrics, per_user, families)
     plots = {"NDCG@10 by model": plot_bars(board, "ndcg", f"{dataset}: NDCG@10 (full catalog)")}
@@ -371,7 +447,8 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
     plots["NDCG@K"] = plot_per_k(metrics, "ndcg")
     plots["Recall@K"] = plot_per_k(metrics, "recall")
     sampled = sampled_vs_full(metrics)
-    accounting = user_accounting(metrics)
+    accounting = user_accounting(metrics, filtered)
+    margin = champion_margin(metrics, per_user)
     cold = cold_start_table(metrics)
     facts_df = pl.DataFrame({"figure": list(facts), "value": [str(v) for v in facts.values()]})
     intro = (f"Protocol: **{protocol}** split, every model ranks the **whole catalog**; items in the user's history "
@@ -381,16 +458,28 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
     if protocol == "recbole":
         intro += (" Under **recbole** (RecBole's protocol, for comparisons with RecBole and papers): 5-core on users "
                   "and items, leave-one-out, the pool is the items left, users whose test items are all repeats are "
-                  "kept and score 0, history is masked for general models but not for sequential ones.")
+                  "kept and stay rankable (the history minus the test items is masked, as RecBole does), history is "
+                  "masked for general models but not for sequential ones.")
     stats_note = (f"Full-catalog ranking under **{protocol}**, K = 10, grouped by model family. Brackets: 95% "
                   "percentile bootstrap CI over test users (1000 resamples, seed 0). `vs best` / `vs popularity`: "
-                  "two-sided Wilcoxon signed-rank test of per-user NDCG@10 against the best row / the best popularity "
-                  f"variant, Holm-corrected over the rows compared with each reference; ▲ / ▼ = significantly "
-                  f"better / worse at α = {ALPHA}, ≈ = not significant. `seeds`: training seeds behind the row "
-                  "(1 = single-seed).")
+                  "two-sided Wilcoxon signed-rank test of per-user NDCG@10 against the reference row: the row best "
+                  "on **validation** NDCG@10 / the popularity variant best on validation (`valid NDCG@10`; never "
+                  "chosen on test), Holm-corrected over the rows compared with each reference; ▲ / ▼ = "
+                  f"significantly better / worse at α = {ALPHA}, ≈ = not significant. `ties@10`: share of test users "
+                  "whose 10th and 11th items have the same score, so the tie order (lower item index first), not the "
+                  "model, decided the end of the list. `seeds`: training seeds behind the row (1 = single-seed); "
+                  "with more, the row is the mean over seeds, and its CI and tests are over each user's mean over "
+                  "the seeds (the spread over seeds is the `ndcg_std` row of the metrics table).")
     if per_user is None or not per_user.height:
         stats_note += " No per-user values were found, so no CI or test is shown (n/a)."
     blocks = [Section("Leaderboard (K = 10)", stats_note, [ranked])]
+    if margin.height:
+        blocks.append(Section("Champion on validation", (
+            "The row best on validation NDCG@10 against the runner-up. Each `valid NDCG@10` is the **maximum over "
+            "that model's tuning grid** on these same validation users, so it is optimistic (more so for a larger "
+            "grid), and the margin is a selection-biased upper estimate. `margin`: mean per-user difference of "
+            "validation NDCG@10 on the users both were scored on; `Wilcoxon p`: two-sided signed-rank test of "
+            "those differences (no correction)."), [margin]))
     if accounting.height:
         blocks.append(Section("Users accounted for", "Test users: total in the test period, evaluated, and dropped "
                               "with the reason, per protocol.", [accounting]))

@@ -83,16 +83,22 @@ def training_cut(train: pl.DataFrame) -> str:
     return train["ts"].max().isoformat() if train.height else ""
 
 
-def item_reviews(items: pl.DataFrame, interactions: pl.DataFrame, max_reviews: int) -> pl.DataFrame:
-    """item_id, reviews (list[str], most recent first, at most `max_reviews`), review_ids (theirs), all_ids (of
-    every review of the item), n_reviews (all of them). A review id hashes user, time and text."""
+def review_rows(interactions: pl.DataFrame) -> pl.DataFrame:
+    """The rows that carry a review, with its text (`review`: title and text) and `review_id`, a hash of user,
+    time and text: the same review has the same id in every table and run."""
     reviews = (interactions
                .filter(pl.col("review_text").is_not_null() | pl.col("review_title").is_not_null())
                .with_columns(pl.concat_str([pl.col("review_title").fill_null(""), pl.col("review_text").fill_null("")],
                                            separator=": ").str.strip_chars(": ").alias("review"))
                .filter(pl.col("review").str.len_chars() > 0))
     ids = [content_key(u, t.isoformat(), r)[:16] for u, t, r in reviews.select("user_id", "ts", "review").iter_rows()]
-    reviews = (reviews.with_columns(pl.Series("review_id", ids, dtype=pl.Utf8))
+    return reviews.with_columns(pl.Series("review_id", ids, dtype=pl.Utf8))
+
+
+def item_reviews(items: pl.DataFrame, interactions: pl.DataFrame, max_reviews: int) -> pl.DataFrame:
+    """item_id, reviews (list[str], most recent first, at most `max_reviews`), review_ids (theirs), all_ids (of
+    every review of the item), n_reviews (all of them). Ids from `review_rows`."""
+    reviews = (review_rows(interactions)
                .sort(["item_id", "ts", "user_id"], descending=[False, True, False])
                .group_by("item_id", maintain_order=True)
                .agg(pl.col("review").head(max_reviews).alias("reviews"),
@@ -280,7 +286,8 @@ def review_summaries(
 ) -> tuple[pl.DataFrame, dict]:
     """One row per item: `item_id`, `summary`, `summary_source` (reviews | description | null), `n_reviews` (the
     item's training reviews), `n_reviews_summarised` (how many of them the summary covers; fewer when a cached
-    summary was kept under the refresh policy).
+    summary was kept under the refresh policy), `review_ids` (the ids of the reviews the summary read, empty
+    for a description; `check_training_only` proves each is a training review of the item).
 
     `split` is the split table; only its train rows are read. Items whose summary is left for a later run
     (`max_items_per_run`) have a null summary and source."""
@@ -313,10 +320,12 @@ def review_summaries(
         todo.filter("_compute").select("item_id", "reviews", "review_ids", "n_reviews", "_key"),
         lambda row: row["_key"], compute_fn, cache, chunk_size=config.max_batch * 4,
         max_items_per_run=max_items_per_run, log=log, what="review summaries")
-    new = todo.filter("_compute").select("item_id", "_key").with_columns(rows["summary"], rows["n_reviews"])
+    new = todo.filter("_compute").select("item_id", "_key").with_columns(rows["summary"], rows["n_reviews"],
+                                                                         rows["review_ids"].alias("read_ids"))
     stored = cache.read(todo.filter(~pl.col("_compute") & pl.col("_key").is_not_null())
                         .select("item_id", pl.col("_key").alias("key")), log).rename({"key": "_key"})
-    found = pl.concat([new, stored.select("item_id", "_key", "summary", "n_reviews")])
+    found = pl.concat([new, stored.select("item_id", "_key", "summary", "n_reviews",
+                                          pl.col("review_ids").alias("read_ids"))])
     found = found.rename({"n_reviews": "n_reviews_summarised"})
     per_item = todo.join(found.unique(["item_id", "_key"], keep="last"), on=["item_id", "_key"], how="left",
                          maintain_order="left")
@@ -329,7 +338,9 @@ def review_summaries(
         .otherwise(pl.lit(None, dtype=pl.Utf8)).alias("summary_source"),
         "n_reviews",
         pl.when(pl.col("summary").is_not_null()).then(pl.col("n_reviews_summarised")).otherwise(0)
-        .fill_null(0).cast(pl.Int64).alias("n_reviews_summarised"))
+        .fill_null(0).cast(pl.Int64).alias("n_reviews_summarised"),
+        pl.when(pl.col("_has") & pl.col("summary").is_not_null()).then(pl.col("read_ids"))
+        .otherwise(pl.lit([], dtype=pl.List(pl.Utf8))).fill_null([]).alias("review_ids"))
     stats.update({"items": items.height, "with_reviews": int(has_reviews.sum()),
                   "from_description": int((~has_reviews).sum()), "training_cut": cut,
                   "reused": actions.count("exact"), "kept_stale": actions.count("keep"),
@@ -361,15 +372,26 @@ def raw_review_vectors(items: pl.DataFrame, split: pl.DataFrame, sources: ModelS
 
 
 def check_training_only(summaries: pl.DataFrame, split: pl.DataFrame) -> tuple[bool, dict]:
-    """Each item's `n_reviews` equals its count of training-period reviews in `split`, and no summary covers more
-    reviews than that (a summary that had read valid/test reviews would count them)."""
-    reviews = training_reviews(split).filter(
-        pl.concat_str([pl.col("review_title").fill_null(""), pl.col("review_text").fill_null("")])
-        .str.strip_chars().str.len_chars() > 0)
-    expected = reviews.group_by("item_id").len("expected")
+    """Each item's `n_reviews` equals its count of training-period reviews in `split`, no summary covers more
+    reviews than that, and every review id a summary read (`review_ids`) is one of the item's training reviews:
+    an id of a valid/test review (or of no review in the split) is a failure, named in `leaked_ids`."""
+    train = review_rows(training_reviews(split))
+    expected = train.group_by("item_id").len("expected")
     joined = summaries.select("item_id", "n_reviews", "n_reviews_summarised").join(
         expected, on="item_id", how="left").with_columns(pl.col("expected").fill_null(0))
     bad = joined.filter((pl.col("n_reviews") != pl.col("expected"))
                         | (pl.col("n_reviews_summarised") > pl.col("n_reviews")))
-    return bad.height == 0, {"items": summaries.height, "items_failing": bad.height,
-                             "examples": bad.head(5).to_dicts()}
+    meta = {"items": summaries.height, "items_failing": bad.height, "examples": bad.head(5).to_dicts()}
+    if "review_ids" not in summaries.columns:  # a table written before summaries carried their review ids
+        meta["review_ids"] = "not recorded: counts checked only"
+        return bad.height == 0, meta
+    read = summaries.select("item_id", "review_ids").explode("review_ids").drop_nulls("review_ids")
+    foreign = read.join(train.select("item_id", pl.col("review_id").alias("review_ids")),
+                        on=["item_id", "review_ids"], how="anti")
+    # stage of each foreign id, for the message (hashing the other stages' reviews only when there is one)
+    stages = dict(review_rows(split.filter(pl.col("split") != "train")).select("review_id", "split").iter_rows()
+                  ) if foreign.height else {}
+    meta.update({"review_ids_read": read.height, "review_ids_not_training": foreign.height,
+                 "leaked_ids": [{"item_id": i, "review_id": r, "split": stages.get(r, "not in the split")}
+                                for i, r in foreign.head(5).iter_rows()]})
+    return bad.height == 0 and foreign.height == 0, meta

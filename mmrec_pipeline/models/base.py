@@ -56,7 +56,8 @@ class ItemFeatures:
             return feats
         aligned = data.items.select("item_id").join(table, on="item_id", how="left", maintain_order="left")
         for col, dtype in aligned.schema.items():
-            if col == "item_id" or not isinstance(dtype, (pl.List, pl.Array)):
+            # numbers only: a feature table may also carry lists of ids (review_summaries' `review_ids`)
+            if col == "item_id" or not isinstance(dtype, (pl.List, pl.Array)) or not dtype.inner.is_numeric():
                 continue
             present = aligned[col].is_not_null().to_numpy()
             if not present.any():
@@ -94,6 +95,9 @@ class PaperClaim:
     reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
     baselines: tuple[str, ...] = ()
     notes: str = ""
+    # the paper's protocol in a few words, read from its code or text (the audit's `protocol` column); a metrics
+    # `protocol` value (e.g. "loo") when the paper's is one of ours
+    protocol_name: str = "the paper's own"
 
 
 class Recommender(abc.ABC):

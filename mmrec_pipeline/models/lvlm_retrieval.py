@@ -213,6 +213,7 @@ class LVLMRetrieval(Recommender):
         protocol="Kaggle Clothing, Shoes & Jewelry subset (4,708 items, 2,914 users); mean-of-history cosine "
                  "retrieval; strategies ranked against different candidate pools, fusions trained on a constant loss",
         metric="recall", k=10, value=0.3539, variant="caption_llava",
+        protocol_name="a candidate pool per strategy",
         reproduce={"100 sampled negatives per user (a reduced candidate pool)": "{protocol}+sampled:100"},
         notes="Our captions come from whichever captioner ran (the offline one without LVLM weights); every "
               "strategy ranks the same full catalog for the same users.")

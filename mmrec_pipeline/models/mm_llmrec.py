@@ -351,21 +351,19 @@ class MMLLMRec(Recommender):
         metric="hr", k=5, value=0.833, variant="concat",
         reproduce={"100 sampled negatives per user (a candidate list, as generative scoring effectively uses)":
                    "{protocol}+sampled:100"},
-        baselines=("vbpr", "deepconn", "sasrec"),
+        baselines=("vbpr", "deepconn", "sasrec"), protocol_name="temporal 75/15/10, generated text, EOS counted as hits",
         notes="End-of-sequence-as-hit is not reproduced: it is an artefact of the authors' generation code, not a "
               "ranking protocol; the sampled row shows how far a candidate protocol alone inflates HR@5.")
 
     @classmethod
     def report_section(cls, inputs: ReportInputs) -> Section | None:
-        """Example recommendations of the variant that leads the leaderboard."""
-        import polars as pl
+        """Example recommendations of the variant best on validation (never chosen on test)."""
+        from mmrec_pipeline.evaluation.audit import validation_best
+        from mmrec_pipeline.evaluation.report import qualitative_examples
 
-        from mmrec_pipeline.evaluation.report import leaderboard, qualitative_examples
-
-        board = leaderboard(inputs.metrics).filter(pl.col("model") == cls.name)
-        if board.height == 0:
+        variant = validation_best(inputs.metrics, cls.name, inputs.data.protocol)
+        if variant is None:
             return None
-        variant = board["variant"][0]
         return qualitative_examples(cls.load(inputs.models_dir / cls.name / variant), inputs.data,
                                     f"{cls.name}/{variant}: example recommendations")
 

@@ -224,7 +224,7 @@ class MMRecDLRM(Recommender):
               "83.48% (dropout 0.5), a 19.4% lower FPR than without them at 10% lower accuracy",
         protocol="pointwise classification of observed restaurant reviews (label = high rating), weighted BCE "
                  "(basic / square-root), dropout 0.1/0.3/0.5; one dataset, split not stated in the summary we have",
-        metric="fpr", k=None, value=0.1816,
+        metric="fpr", k=None, value=0.1816, protocol_name="pointwise, split not stated",
         reproduce={"the paper's pointwise task: observed test-period reviews, label = rating >= 4":
                    "pointwise:rating>=4"},
         notes="Lower is better. Our row is the variant best on validation NDCG@10; the pointwise row exists only on "
@@ -334,8 +334,9 @@ class MMRecDLRM(Recommender):
         self.net.load_state_dict(best["state"])
         self.net.eval()
         criterion = "valid_auc" if has_ratings else "valid_ndcg@10"
+        # best_epoch: the chosen dropout's, so a refit or serving retrain runs that many epochs, not every one
         self.report = {"seconds": time.perf_counter() - start, "epochs": sum(t["epochs"] for t in tried),
-                       "curve": best["curve"], "criterion": criterion, "dropout_grid": tried,
+                       "best_epoch": best["best_epoch"], "curve": best["curve"], "criterion": criterion, "dropout_grid": tried,
                        "chosen_dropout": best["dropout"], "positive_weight": weight, "has_ratings": has_ratings,
                        "training_examples": len(labels), "positives": n_pos, "features": list(self.columns.values()),
                        "sparse_features": ["user", "item", *self.sparse_names],

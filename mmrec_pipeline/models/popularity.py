@@ -1,5 +1,9 @@
 """Popularity: the same ranking for everyone, by training interaction counts (global) or by counts in the
-last `window_days` of training (recent)."""
+last `window_days` before the ranked stage (recent).
+
+The recent window ends where the ranked users' histories end, as every other model's input does: at the training
+cut when validation is ranked (fit), at the end of the valid period when test is ranked (`at_stage`, which
+`evaluate_model` calls; it reads only the stages before the ranked one)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from mmrec_pipeline.data.schema import SPLITS
 from mmrec_pipeline.models.base import Recommender
 
 
@@ -33,14 +38,23 @@ class Popularity(Recommender):
 
     def fit(self, data, features, compute, log=None) -> dict:
         start = time.perf_counter()
-        train = data.train
-        if self.config.window_days is not None:
-            end = train["t"].max()
-            train = train.filter(pl.col("t") > end - self.config.window_days * 86400)
-        counts = np.bincount(train["item_idx"].to_numpy(), minlength=data.n_items).astype(np.float32)
         self.n_items = data.n_items
-        self.counts = torch.from_numpy(counts)
-        return {"seconds": time.perf_counter() - start, "interactions_counted": int(train.height)}
+        self.counts, counted = self.window_counts(data, "train")
+        return {"seconds": time.perf_counter() - start, "interactions_counted": counted}
+
+    def window_counts(self, data, *stages: str) -> tuple[torch.Tensor, int]:
+        """(item counts, rows counted) over the rows of `stages`, in the last `window_days` of them if recent."""
+        rows = data.rows(*stages)
+        if self.config.window_days is not None and rows.height:
+            rows = rows.filter(pl.col("t") > rows["t"].max() - self.config.window_days * 86400)
+        counts = np.bincount(rows["item_idx"].to_numpy(), minlength=data.n_items).astype(np.float32)
+        return torch.from_numpy(counts), rows.height
+
+    def at_stage(self, data, stage: str) -> None:
+        """Before `stage` is ranked: the recent window ends where that stage's histories end (the stages before
+        it); the global counts stay the training ones."""
+        if self.config.window_days is not None:
+            self.counts, _ = self.window_counts(data, *SPLITS[:SPLITS.index(stage)])
 
     def score(self, users, history) -> torch.Tensor:
         return self.counts.expand(len(users), -1).clone()

@@ -13,11 +13,13 @@ Runner keys of a dataset's model overrides (datasets.yaml `models: {<model>: {..
 - `search_space: {field: [values, ...]}` replaces the declared grid (a larger one for a real dataset; `{}` = none);
 - `seeds: N` refits the chosen point with seeds seed, seed+1, … seed+N-1 and reports the mean of every test
   metric, with `<metric>_std` rows (sample std over seeds) and a `seeds` row (1 for single-seed rows). Models
-  without a `seed` field are deterministic and always run once;
+  without a `seed` field are deterministic and always run once. The per-user table holds every seed's test
+  values (column `seed`); the row's mean over seeds is the mean over users of each user's mean over seeds;
 - `variants: [name, ...]` trains only those of the model's variants (the others are reported as skipped);
 - `refit: true` also retrains the chosen point on train + valid for its validation-chosen epochs and scores test
-  again, as protocol `<protocol>+refit` (the protocol of published leave-one-out figures that train on the
-  validation item; `refit_test`). The checkpoint and the `<protocol>` rows stay the train-only model's.
+  again, as protocol `<protocol>+refit` (`refit_test`): a protocol of its own (what serving does), not the one of
+  a published leave-one-out figure trained on train only. The checkpoint and the `<protocol>` rows stay the
+  train-only model's.
 A config field the dataset sets explicitly is never tuned.
 """
 
@@ -57,7 +59,9 @@ class VariantRun:
     chosen: dict = dataclasses.field(default_factory=dict)
     seeds: int = 1
     tune_seconds: float = 0.0  # fitting + validating the points that were not chosen
-    per_user: pl.DataFrame | None = None  # test metric@10 per evaluated user (for CIs and paired tests)
+    # metric@10 per evaluated user (CIs and paired tests): test rows for every seed (column `seed`), and the chosen
+    # point's validation rows (protocol `<protocol>@valid`)
+    per_user: pl.DataFrame | None = None
 
 
 def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: dict | None,
@@ -117,8 +121,9 @@ def seed_summary(tables: list[pl.DataFrame], protocol: str) -> pl.DataFrame:
 def tune_variant(name: str, cls: type[Recommender], variant: str, overrides: dict, data: RecDataset,
                  features: ItemFeatures, compute: Compute, dataset_overrides: dict | None, item_vectors=None,
                  log: logging.Logger | None = None, sources: ModelSources | None = None):
-    """(model, fit report, valid table, grid, chosen point, seconds spent on the other points) for one variant.
-    Only train rows (fit) and valid rows (choice) are read. Raises `MissingFeature` when the variant cannot fit."""
+    """(model, fit report, valid table, grid, chosen point, seconds spent on the other points, the chosen point's
+    full-ranking validation result) for one variant. Only train rows (fit) and valid rows (choice) are read.
+    Raises `MissingFeature` when the variant cannot fit."""
     dataset_overrides = dataset_overrides or {}
     base = build(cls, overrides, dataset_overrides, sources)
     space = dataset_overrides.get("search_space")
@@ -129,7 +134,8 @@ def tune_variant(name: str, cls: type[Recommender], variant: str, overrides: dic
         model = build(cls, {**overrides, **point}, dataset_overrides, sources)
         start = time.perf_counter()
         report = model.fit(data, features, compute, log)
-        valid, _ = evaluate_model(model, data, name, variant, item_vectors=item_vectors, sampled=None, stage="valid")
+        valid, valid_full = evaluate_model(model, data, name, variant, item_vectors=item_vectors, sampled=None,
+                                           stage="valid")
         seconds = time.perf_counter() - start
         grid.append({**point, "valid_ndcg@10": selection_value(valid), "fit_seconds": round(seconds, 2)})
         spent.append(seconds)
@@ -137,12 +143,12 @@ def tune_variant(name: str, cls: type[Recommender], variant: str, overrides: dic
             log.info(f"{name}/{variant} grid point {len(grid)}/{len(points)} {point}: "
                      f"valid NDCG@10 {grid[-1]['valid_ndcg@10']:.4f} ({seconds:.1f}s)")
         if choose(grid) == len(grid) - 1:
-            best = (model, report, valid)
+            best = (model, report, valid, valid_full)
     chosen = choose(grid)
-    model, report, valid = best
+    model, report, valid, valid_full = best
     if log and len(points) > 1:
         log.info(f"{name}/{variant}: chose {points[chosen]} on validation")
-    return model, report, valid, grid, points[chosen], sum(spent) - spent[chosen]
+    return model, report, valid, grid, points[chosen], sum(spent) - spent[chosen], valid_full
 
 
 def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict], data: RecDataset,
@@ -162,7 +168,7 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
             log.info(f"{name}/{variant}: training on {data.train.height} interactions "
                      f"({data.n_users} users, {data.n_items} items)")
         try:
-            model, report, valid, grid, chosen, tune_seconds = tune_variant(
+            model, report, valid, grid, chosen, tune_seconds, valid_full = tune_variant(
                 name, cls, variant, overrides, data, features, compute, dataset_overrides, item_vectors, log, sources)
         except MissingFeature as e:
             skipped[variant] = str(e)
@@ -173,15 +179,20 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         if n_seeds > 1 and not seeded and log:
             log.info(f"{name}: no `seed` field (deterministic), trained once instead of {n_seeds} times")
         start = time.perf_counter()
+        seed0 = int(getattr(model.config, "seed", 0))
         first, full = evaluate_model(model, data, name, variant, item_vectors=item_vectors)
         tables = [first]
         test_by_seed = [selection_value(tables[0])]
+        per_user = [with_seed(per_user_table(full, data, name, variant, data.protocol), seed0),
+                    with_seed(per_user_table(valid_full, data, name, variant, f"{data.protocol}@valid"), seed0)]
         for s in range(1, n_seeds if seeded else 1):
-            other = build(cls, {**overrides, **chosen, "seed": model.config.seed + s},
+            other = build(cls, {**overrides, **chosen, "seed": seed0 + s},
                           {k: v for k, v in (dataset_overrides or {}).items() if k != "seed"}, sources)
             other.fit(data, features, compute, log)
-            tables.append(evaluate_model(other, data, name, variant, item_vectors=item_vectors)[0])
+            table, other_full = evaluate_model(other, data, name, variant, item_vectors=item_vectors)
+            tables.append(table)
             test_by_seed.append(selection_value(tables[-1]))
+            per_user.append(with_seed(per_user_table(other_full, data, name, variant, data.protocol), seed0 + s))
         eval_seconds = time.perf_counter() - start
         tuning = {"selected_on": f"{data.protocol}@valid ndcg@10 (full catalog)", "grid": grid, "chosen": chosen,
                   "seeds": len(tables), "test_ndcg@10_by_seed": test_by_seed}
@@ -196,8 +207,14 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
                                   log, model.sources)
             metrics = pl.concat([metrics, refit])
         runs.append(VariantRun(variant, model, report, metrics, eval_seconds, grid, chosen, len(tables), tune_seconds,
-                               per_user=per_user_table(full, data, name, variant, data.protocol)))
+                               per_user=pl.concat(per_user)))
     return runs, skipped
+
+
+def with_seed(per_user: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """The per-user table with the training seed that produced it (column `seed`, after `protocol`)."""
+    return per_user.with_columns(pl.lit(seed, dtype=pl.Int64).alias("seed")).select(
+        "model", "variant", "protocol", "seed", pl.exclude("model", "variant", "protocol", "seed"))
 
 
 def refit_config(cls: type[Recommender], config: dict, report: dict) -> tuple[object, dict]:

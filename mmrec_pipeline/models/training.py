@@ -39,20 +39,26 @@ def seed_everything(seed: int) -> None:
 
 
 def subsample(inputs: EvalInputs, max_users: int, seed: int = 0) -> EvalInputs:
-    """At most `max_users` users of `inputs` (validation during training need not see every user)."""
+    """At most `max_users` users of `inputs` (validation during training need not see every user); each kept
+    user keeps their protocol mask (`recbole`) and candidates."""
     if len(inputs.users) <= max_users:
         return inputs
     keep = np.sort(np.random.default_rng(seed).choice(len(inputs.users), max_users, replace=False))
     return EvalInputs(n_items=inputs.n_items, users=inputs.users[keep], history=[inputs.history[i] for i in keep],
-                      relevant=[inputs.relevant[i] for i in keep], exclude_history=inputs.exclude_history)
+                      relevant=[inputs.relevant[i] for i in keep], exclude_history=inputs.exclude_history,
+                      candidates=None if inputs.candidates is None else [inputs.candidates[i] for i in keep],
+                      mask=None if inputs.mask is None else [inputs.mask[i] for i in keep])
 
 
 class Validator:
-    """NDCG@k on the valid stage through the shared evaluator (the same code as the test report)."""
+    """NDCG@k on the valid stage through the shared evaluator (the same code as the test report), masked as the
+    protocol masks `model`'s test ranking (`recbole`: nothing for a sequential model; see `protocol_masking`)."""
 
-    def __init__(self, data: RecDataset, k: int = 10, max_users: int = 3000, seed: int = 0):
+    def __init__(self, data: RecDataset, k: int = 10, max_users: int = 3000, seed: int = 0, model=None):
+        from mmrec_pipeline.evaluation.protocols import protocol_masking
+
         self.k = k
-        self.inputs = subsample(data.eval_inputs("valid"), max_users, seed)
+        self.inputs = subsample(protocol_masking(data.eval_inputs("valid"), data, model), max_users, seed)
 
     def __call__(self, score_fn) -> float:
         if len(self.inputs.users) == 0:
@@ -134,7 +140,7 @@ class Trainer:
         epoch: loss, train_seconds and `metric` where validated), `best_<metric>` and training throughput."""
         s = self.settings
         if validate is None:
-            validator = Validator(data)
+            validator = Validator(data, model=model)
             validate = lambda: validator(model.score)
         params = [p for p in params if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=fusable(params))

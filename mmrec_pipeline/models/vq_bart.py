@@ -626,6 +626,7 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
     """BERTScore of the generated next-item text next to the ranking metrics, for every vq_bart variant and the
     GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the BERTScore of the top-1
     recommended item's text), VQ tokenizer quality, and qualitative examples."""
+    from mmrec_pipeline.evaluation.audit import validation_best
     from mmrec_pipeline.evaluation.report import EXAMPLES_NOTE, Section, full_ranking, top_items, user_example
     from mmrec_pipeline.models import CLASSIC, SEQUENTIAL
     from mmrec_pipeline.models.training import subsample
@@ -633,7 +634,9 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
     inputs = subsample(data.eval_inputs("test"), max_users, seed)
     texts = item_texts(data.items)
     test_seqs = data.sequences("test")
-    refs = [texts[test_seqs[u][0]] for u in inputs.users]  # the true next item: the first test-period purchase
+    # The true next item: the first test-period purchase the protocol evaluates (a repeat it excludes is skipped).
+    refs = [texts[next(i for i in test_seqs[u] if i in set(rel.tolist()))]
+            for u, rel in zip(inputs.users, inputs.relevant)]
     full = full_ranking(metrics)
 
     def ranking(model: str, variant: str) -> dict:
@@ -661,7 +664,7 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
         t = full.filter((pl.col("model") == name) & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
         if t.height == 0:
             continue
-        variant = t.sort("value", descending=True)["variant"][0]
+        variant = validation_best(metrics, name, data.protocol)  # chosen on validation, never on test
         model = registry[name].load(to_path(models_dir) / name / variant)
         top = top_items(model, inputs, 1)
         rows.append({"model": f"{name}/{variant}", "history": None, "image tokens/item": None,
@@ -676,7 +679,8 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
         tokenizer = (f"the dataset's VQ-VAE ({q['config']['image_size']} px, codebook {q['config']['codebook_size']}): "
                      f"held-out PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.3f} over {q['holdout_images']} images")
     note = (f"Protocol: {len(inputs.users)} test users (seeded subsample of the `{data.protocol}` test users); the "
-            f"reference text is each user's first test-period item ('title. category. attributes'). BERTScore = "
+            f"reference text is each user's first evaluated test-period item ('title. category. attributes'); "
+            f"baselines: each one's variant best on validation. BERTScore = "
             f"bert-score 0.3.13 with all-MiniLM-L6-v2 (layer {BERTSCORE_LAYERS}, no idf, no rescaling); the paper "
             f"does not name its encoder (bert-score's English default is roberta-large), so values are not "
             f"comparable to its table. Ranking columns: the shared evaluator, full catalog, all test users. Image "

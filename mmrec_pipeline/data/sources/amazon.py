@@ -9,6 +9,9 @@ Folder layout (`options["category"]` names the category; without it the single `
     images/**/<parent_asin>.{jpg,jpeg,png,webp}   optional local images
 
 Items are keyed by `parent_asin` (reviews of colour/size variants belong to the parent product).
+All-time aggregates of the meta file (`average_rating`, `rating_number`, and the `details` entries "Best Sellers
+Rank" and "Customer Reviews") are dropped here: they are snapshots over every review, test period included, and
+any attribute can become a model feature (mmrec_dlrm turns small-cardinality attributes into sparse features).
 description = the description paragraphs followed by the feature bullets; category = the most specific entry
 of `categories`, else `main_category`; a price that is not a number ("—", "from 3.99") becomes null.
 
@@ -53,6 +56,8 @@ SECONDS_BELOW = 10**11  # auto: smaller values are seconds
 TIMESTAMP_FLOOR = dt.datetime(1994, 7, 1, tzinfo=dt.UTC)  # Amazon's founding
 REVIEW_REQUIRED = ("user_id", "parent_asin", "timestamp")
 MAX_BAD_FRACTION, MAX_BAD_FREE = 0.01, 10
+# `details` entries that are all-time aggregates (ranks and ratings over every review): a leak, dropped at ingest
+AGGREGATE_DETAILS = ("best sellers rank", "customer reviews")
 
 
 def read(path: Path, options: dict) -> SourceTables:
@@ -203,15 +208,22 @@ def read_meta(file: Path, image_dir: Path, tables: SourceTables) -> pl.DataFrame
 
 
 def meta_attributes(m: dict, categories: list[str]) -> str:
-    """Structured fields worth keeping; the first remote image URL lets a later step download it."""
+    """Structured fields worth keeping; the first remote image URL lets a later step download it. The meta
+    file's all-time aggregates are left out (module notes)."""
     images = m.get("images")
     first_image = images[0] if isinstance(images, list) and images else None
     url = (first_image.get("hi_res") or first_image.get("large")) if isinstance(first_image, dict) else None
     return to_json({
         "main_category": m.get("main_category"), "store": m.get("store"),
-        "average_rating": m.get("average_rating"), "rating_number": m.get("rating_number"),
-        "categories": categories or None, "details": m.get("details") or None, "image_url": url,
+        "categories": categories or None, "details": without_aggregates(m.get("details")) or None, "image_url": url,
     })
+
+
+def without_aggregates(details: object) -> object:
+    """`details` without its all-time aggregate entries (AGGREGATE_DETAILS, any letter case)."""
+    if not isinstance(details, dict):
+        return details
+    return {k: v for k, v in details.items() if str(k).strip().lower() not in AGGREGATE_DETAILS}
 
 
 def read_reviews(file: Path, tables: SourceTables, unit: str = "auto") -> pl.DataFrame:
