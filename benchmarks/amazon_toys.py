@@ -53,6 +53,7 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.sources import reader
 from mmrec_pipeline.data.splits import filter_and_split
 from mmrec_pipeline.evaluation.protocols import per_user_table
+from mmrec_pipeline.evaluation.report import per_user_stage
 from mmrec_pipeline.evaluation.significance import bootstrap_ci
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures
@@ -142,7 +143,7 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, seeds
                              WORK / row, dataset_overrides=overrides, log=log)
     run = runs[0]
     report = run.report
-    pu = run.per_user.filter(run.per_user["protocol"] == data.protocol)  # test rows (the @valid ones are beside)
+    pu = per_user_stage(run.per_user, "test")  # test rows; with seeds, each user's mean over them (as the report)
     curve = report.get("curve", [])
     train_s = sum(r["train_seconds"] for r in curve)
     out = {
@@ -160,7 +161,7 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, seeds
         "test_users": pu.height,
     }
     if run.seeds > 1:  # test rows are the mean over seeds; the std is the seeds' sample std
-        out["seeds"] = run.seeds
+        out["seeds"], out["test_ci95_of"] = run.seeds, "each user's mean over the seeds"
         out["test_std"] = {m: value(run.metrics, f"{m}_std", data.protocol) for m in ("recall", "ndcg")}
     if curve:  # CPU seconds of the whole run per epoch (validation included): the load-independent figure
         out["cpu_s_per_epoch_incl_validation"] = out["cpu_seconds_total"] / len(curve)
@@ -264,21 +265,27 @@ def markdown(doc: dict) -> str:
             config = r["config"]
             if name.startswith("sasrec_") and name != "sasrec_ss256":
                 config = {k: v for k, v in config.items() if published.get(k) != v}
-            cfg = ", ".join(f"{k} {v}" for k, v in config.items())
+            cfg = ", ".join(f"{k} {v}" for k, v in config.items() if k != "seeds")
             if config is not r["config"]:
                 cfg = f"published + {cfg}"
             chosen = ", ".join(f"{k} {v}" for k, v in r["chosen"].items())
             cfg = "; ".join(x for x in (cfg, f"chosen: {chosen}" if chosen else "") if x)
             (rl, rh), (nl, nh) = r["test_ci95"]["recall"], r["test_ci95"]["ndcg"]
+            recall = f"{r['test']['recall']:.4f} [{rl:.4f}, {rh:.4f}]"
+            ndcg = f"{r['test']['ndcg']:.4f} [{nl:.4f}, {nh:.4f}]"
+            if r.get("seeds", 1) > 1:  # the mean over seeds ± their std; the CI's basis is stated
+                sd, of = r["test_std"], r.get("test_ci95_of", "each user's mean over the seeds")
+                recall = f"{r['test']['recall']:.4f} ± {sd['recall']:.4f} ({r['seeds']} seeds) [{rl:.4f}, {rh:.4f}]"
+                ndcg = (f"{r['test']['ndcg']:.4f} ± {sd['ndcg']:.4f} ({r['seeds']} seeds) [{nl:.4f}, {nh:.4f}]; "
+                        f"CI of {of}")
             epochs = f"{r['epochs']} ({r['best_epoch']}, {r['stopped_by']})" if r["epochs"] else "-"
             if r.get("refit_of"):  # same configuration as its row, retrained on train+valid for the row's best epochs
                 cfg = f"{r['refit_of']}, retrained on train+valid"
                 epochs = f"{r['epochs']} (the row's best)" if r["epochs"] else "-"
             cpu = f"{r['cpu_s_per_epoch_incl_validation']:.1f}" if r.get("cpu_s_per_epoch_incl_validation") else "-"
             machine = (r.get("machine") or {}).get("cpu", "?").replace("(R)", "")
-            lines.append(f"| {name} | {protocol} | {cfg} | {r['valid']['ndcg']:.4f} | {r['test']['recall']:.4f} "
-                         f"[{rl:.4f}, {rh:.4f}] | {r['test']['ndcg']:.4f} [{nl:.4f}, {nh:.4f}] | {epochs} | {cpu} | "
-                         f"{machine}, {load_at_start(r):.0f} |")
+            lines.append(f"| {name} | {protocol} | {cfg} | {r['valid']['ndcg']:.4f} | {recall} | {ndcg} | {epochs} | "
+                         f"{cpu} | {machine}, {load_at_start(r):.0f} |")
         if protocol == PUBLISHED_PROTOCOL:
             for name, p in doc["published"].items():
                 lines.append(f"| published: {name} | {PUBLISHED_PROTOCOL} | | | {p['recall@10']:.4f} | "
