@@ -114,7 +114,8 @@ def run_stage(stage: str, scale: float, args) -> dict:
         model = cls(cls.Config(**overrides))
         report = model.fit(data, ItemFeatures(), Compute(device="cpu"))
         model.save(out / "models" / stage)
-        return {"fit_seconds": round(report["seconds"], 1), "train_rows": data.train.height,
+        return {"fit_seconds": round(report["seconds"], 1), "train_seconds": round(report.get("train_seconds", 0), 1),
+                "train_rows": data.train.height,
                 "users": data.n_users, "items": data.n_items}
     if stage == "evaluate":
         from mmrec_pipeline.evaluation.protocols import evaluate_model

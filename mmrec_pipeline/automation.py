@@ -8,8 +8,12 @@
   such a night never happens.
 - The automation-condition sensor evaluates all this (running by default); `items_missing_features` resumes
   budget-limited caption/feature backfills.
+- `recommendations` carries a freshness policy (`NIGHTLY_FRESHNESS`): a night whose refresh failed or never ran
+  shows it overdue in the UI (Dagster's freshness daemon evaluates it). `metrics` has none: it refreshes only when
+  data or code change, so its age says nothing about a failed night.
 """
 
+import datetime as dt
 import sys
 
 import dagster as dg
@@ -24,6 +28,9 @@ from mmrec_pipeline.versions import code_version
 from resources.storage import LakeResource
 
 NIGHTLY = "0 2 * * *"
+# The nightly refresh starts at 02:00 and must have materialized `recommendations` by 06:00: a materialization in
+# the four hours before the last 06:00 deadline (or any later one) is fresh; none since is overdue.
+NIGHTLY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 6 * * *", lower_bound_delta=dt.timedelta(hours=4))
 OBSERVE = "0 * * * *"
 AC = dg.AutomationCondition
 
@@ -62,10 +69,13 @@ def condition_for(key: dg.AssetKey) -> dg.AutomationCondition:
 
 
 def with_refresh_policy(assets_defs: list) -> list:
-    """Each asset with its automation condition, and feature/model assets with their code version."""
+    """Each asset with its automation condition, feature/model assets with their code version, and
+    `recommendations` with its freshness policy."""
     def spec(s: dg.AssetSpec) -> dg.AssetSpec:
         version = CODE_VERSIONS.get(s.key.to_user_string(), s.code_version)
-        return s.replace_attributes(automation_condition=condition_for(s.key), code_version=version)
+        freshness = NIGHTLY_FRESHNESS if s.key.to_user_string() == "recommendations" else s.freshness_policy
+        return s.replace_attributes(automation_condition=condition_for(s.key), code_version=version,
+                                    freshness_policy=freshness)
 
     out = []
     for a in assets_defs:

@@ -78,3 +78,31 @@ def test_changed_raw_file_refreshes_downstream_and_a_quiet_night_only_recommenda
     observe([raw_files], instance=instance, partition_key="sample")
     requested, cursor = tick(night + dt.timedelta(minutes=5), cursor)
     assert requested == partitioned
+
+
+def test_recommendations_are_overdue_after_a_night_without_a_refresh():
+    """The freshness daemon's own evaluation of `recommendations`' policy: fresh after the night's materialization,
+    overdue (FAIL, shown in the UI) once the next night's 06:00 deadline passes without one."""
+    import asyncio
+
+    from dagster._core.definitions.freshness import FreshnessState
+    from dagster._core.definitions.freshness_evaluator import FRESHNESS_EVALUATORS_BY_POLICY_TYPE
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.test_utils import freeze_time
+
+    from mmrec_pipeline.definitions import defs
+
+    node = defs.resolve_asset_graph().get(dg.AssetKey("recommendations"))
+    evaluator = FRESHNESS_EVALUATORS_BY_POLICY_TYPE[type(node.freshness_policy)]()
+    night = dt.datetime(2026, 3, 2, 2, 40, tzinfo=dt.UTC)
+    with dg.instance_for_test() as instance:
+        def state(at: dt.datetime) -> FreshnessState:
+            with freeze_time(at):
+                return asyncio.run(evaluator.evaluate_freshness(LoadingContextForTest(instance), node))
+
+        with freeze_time(night):
+            instance.report_runless_asset_event(dg.AssetMaterialization("recommendations", partition="sample"))
+        assert state(night + dt.timedelta(hours=12)) == FreshnessState.PASS
+        assert state(night + dt.timedelta(days=1, hours=3)) == FreshnessState.PASS  # 05:40, before 06:00
+        assert state(night + dt.timedelta(days=1, hours=4)) == FreshnessState.FAIL  # 06:40: the night failed
+    assert defs.resolve_asset_graph().get(dg.AssetKey("metrics")).freshness_policy is None

@@ -111,3 +111,32 @@ def test_settings_read_the_model_config_and_progress_is_logged(caplog):
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("refit epoch 2/2"))
     assert report["epochs"] == 2 and "no validation users: every epoch runs" in line, line
     assert "nan" not in line and "early stopping" not in line, line
+
+
+def test_bpr_mf_steps_touch_only_the_rows_of_their_batch(sample_dataset, monkeypatch):
+    """BPR-MF's tables have sparse gradients and lazy Adam updates only the rows a step used, so an epoch's cost
+    follows the training rows, not steps x table size."""
+    from mmrec_pipeline.models.bpr_mf import BPRMF
+
+    seen = {}
+
+    def one_step(self, model, params, data=None, **kw):
+        batch = model.train_batches(torch.Generator().manual_seed(0))[0][:8]
+        before = [p.detach().clone() for p in params]
+        model.batch_loss(batch)[0].backward()
+        seen["sparse"] = [p.grad.is_sparse for p in params]
+        torch.optim.SparseAdam(params, lr=0.1).step()
+        seen["changed"] = set((params[0].detach() != before[0]).any(1).nonzero().flatten().tolist())
+        seen["batch_users"] = set(model._users[batch].tolist())
+        seen["optimizer"] = self.settings.optimizer
+        return {"best_epoch": 0}
+
+    monkeypatch.setattr(Trainer, "fit", one_step)
+    BPRMF(batch_size=64).fit(sample_dataset, None, None)
+    assert seen["optimizer"] == "sparse_adam" and all(seen["sparse"])
+    assert seen["changed"] and seen["changed"] <= seen["batch_users"]
+
+
+def test_sparse_adam_refuses_weight_decay():
+    with pytest.raises(ValueError, match="sparse_adam has no weight decay"):
+        Trainer(TrainSettings(optimizer="sparse_adam", weight_decay=0.1))

@@ -6,7 +6,11 @@ At evaluation time a user's history runs up to the evaluated stage, past what th
 (and a quarter of the sample's test users have no training rows at all). By default (`user_vector="history"`)
 a user is therefore folded in as the mean factor of their history items; `user_vector="factor"` gives the
 classic trained user factor (fold-in only for users without training rows). The runner chooses between the two
-on validation (`search_space`)."""
+on validation (`search_space`).
+
+The factors and the bias are embedding tables with sparse gradients, trained by lazy Adam: a step reads and updates
+only the rows of its batch, so an epoch costs in proportion to the training rows, not to steps x (users + items).
+VBPR (a subclass) keeps dense gradients: its image projection is one dense matrix that every step updates."""
 
 from __future__ import annotations
 
@@ -41,25 +45,28 @@ class BPRMF(Recommender):
     name = "bpr_mf"
     Config = BPRConfig
     search_space = SEARCH_SPACE
+    sparse_gradients = True  # see the module docstring
 
     def fit(self, data, features, compute, log=None) -> dict:
         cfg = self.config
         seed_everything(cfg.seed)
         self.n_items = data.n_items
         side = self.init_side(data, features)  # VBPR's image projection; nothing for BPR-MF
-        self.user_emb = torch.nn.Embedding(data.n_users, self.user_dim())
-        self.item_emb = torch.nn.Embedding(data.n_items, cfg.dim)
-        self.item_bias = torch.zeros(data.n_items, requires_grad=True)  # x_ui = b_i + <p_u, q_i>
+        sparse = self.sparse_gradients and not side
+        self.user_emb = torch.nn.Embedding(data.n_users, self.user_dim(), sparse=sparse)
+        self.item_emb = torch.nn.Embedding(data.n_items, cfg.dim, sparse=sparse)
+        self.bias_emb = torch.nn.Embedding(data.n_items, 1, sparse=sparse)  # x_ui = b_i + <p_u, q_i>
         torch.nn.init.normal_(self.user_emb.weight, std=0.1)
         torch.nn.init.normal_(self.item_emb.weight, std=0.1)
+        torch.nn.init.zeros_(self.bias_emb.weight)
         self.trained_user = torch.zeros(data.n_users, dtype=torch.bool)
         self._users = torch.as_tensor(data.train["user_idx"].to_numpy().copy())
         self._items = torch.as_tensor(data.train["item_idx"].to_numpy().copy())
         self.trained_user[self._users] = True
         # The L2 penalty is in the loss (on the factors a batch uses, as in BPR), not the optimizer's decay.
-        settings = TrainSettings.of(cfg, weight_decay=0.0)
+        settings = TrainSettings.of(cfg, weight_decay=0.0, optimizer="sparse_adam" if sparse else "adamw")
         trainer = Trainer(settings, compute, log, self.name, unit="triples")
-        report = trainer.fit(self, [self.user_emb.weight, self.item_emb.weight, self.item_bias, *side], data)
+        report = trainer.fit(self, [self.user_emb.weight, self.item_emb.weight, self.bias_emb.weight, *side], data)
         self.finish_side()
         del self._users, self._items, self._gen
         return report
@@ -94,10 +101,14 @@ class BPRMF(Recommender):
 
     def item_rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(vectors, bias) of the items `idx`, as the user vector sees them."""
-        return self.item_emb(idx), self.item_bias[idx]
+        return self.item_emb(idx), self.bias_emb(idx)[:, 0]
 
     def item_table(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.item_emb.weight, self.item_bias
+
+    @property
+    def item_bias(self) -> torch.Tensor:
+        return self.bias_emb.weight[:, 0]
 
     @torch.no_grad()
     def score(self, users, history) -> torch.Tensor:
@@ -117,10 +128,10 @@ class BPRMF(Recommender):
 
     def state_dict(self):
         return {"user": self.user_emb.weight.data, "item": self.item_emb.weight.data,
-                "item_bias": self.item_bias.data, "trained_user": self.trained_user}
+                "item_bias": self.item_bias.detach().contiguous(), "trained_user": self.trained_user}
 
     def load_state_dict(self, state):
         self.user_emb = torch.nn.Embedding.from_pretrained(state["user"].clone(), freeze=False)
         self.item_emb = torch.nn.Embedding.from_pretrained(state["item"].clone(), freeze=False)
-        self.item_bias = state["item_bias"].clone().requires_grad_(True)
+        self.bias_emb = torch.nn.Embedding.from_pretrained(state["item_bias"][:, None].clone(), freeze=False)
         self.trained_user = state["trained_user"].clone()

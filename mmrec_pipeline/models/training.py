@@ -8,7 +8,8 @@ A model that trains iteratively gives the `Trainer` three things (RecBole's `Tra
   what items/s counts; a Python int, so that counting needs no device sync);
 - `train_state()` / `load_train_state(state)` (optional; default the checkpoint's `state_dict`): what early
   stopping keeps of the best epoch.
-The trainer does the rest: AdamW (its fused kernel where torch has one: `fusable`) with a warm-up schedule
+The trainer does the rest: AdamW (its fused kernel where torch has one: `fusable`; or lazy Adam,
+`optimizer="sparse_adam"`, for embedding tables with sparse gradients) with a warm-up schedule
 (`transformers.get_scheduler`), gradient accumulation and clipping, epochs or a time budget, validation every
 `eval_every` epochs, early stopping with the best state restored, and progress (loss, items/s, ETA) to one logger.
 """
@@ -97,6 +98,10 @@ class TrainSettings:
     epochs: int = 10  # upper bound; early stopping usually ends sooner
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    # adamw | sparse_adam: lazy Adam (torch.optim.SparseAdam) for parameters whose gradients are sparse (embeddings
+    # with sparse=True): a step updates only the rows a batch used, so an epoch costs the rows trained on, not
+    # (steps x table size). It has no weight decay: such a model puts its L2 in the loss.
+    optimizer: str = "adamw"
     warmup_steps: int = 0  # optimizer steps of linear warm-up
     schedule: str = "constant"  # after warm-up: constant | linear | cosine (decay to 0 at the last epoch's end)
     grad_accum: int = 1  # micro-batches per optimizer step
@@ -130,6 +135,10 @@ class Trainer:
         """`name` and `unit` (what `batch_loss` counts: targets, triples, examples, …) label the progress lines."""
         if settings.schedule not in ("constant", "linear", "cosine"):
             raise ValueError(f"{name}: schedule must be constant, linear or cosine, got '{settings.schedule}'")
+        if settings.optimizer not in ("adamw", "sparse_adam"):
+            raise ValueError(f"{name}: optimizer must be adamw or sparse_adam, got '{settings.optimizer}'")
+        if settings.optimizer == "sparse_adam" and settings.weight_decay:
+            raise ValueError(f"{name}: sparse_adam has no weight decay; put the L2 penalty in the loss")
         self.settings, self.compute, self.name, self.unit = settings, compute or Compute(device="cpu"), name, unit
         self.log = logger(log)
 
@@ -143,7 +152,10 @@ class Trainer:
             validator = Validator(data, model=model)
             validate = lambda: validator(model.score)
         params = [p for p in params if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=fusable(params))
+        if s.optimizer == "sparse_adam":
+            opt = torch.optim.SparseAdam(params, lr=s.lr)
+        else:
+            opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=fusable(params))
         gen = torch.Generator().manual_seed(s.seed)  # shuffling, masking, negatives: on the CPU, so runs repeat
         stopper, curve, sched = EarlyStopping(s.patience), [], None
         start, train_seconds, items_done, stopped_by = time.perf_counter(), 0.0, 0, "epochs"
