@@ -4,8 +4,6 @@ import dataclasses
 import functools
 import logging
 import operator
-import os
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -20,8 +18,8 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from assets import checks, evaluation, features, ingest, models, serving, splits
 from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
-from mmrec_pipeline.storage import pid_alive
 from resources import env_name, executor, resources_for_env
+from resources.runs import reap_dead_runs
 
 # (run id, step key) -> CPU seconds of the steps that ran in this process (in-process runs: MMREC_ENV=test).
 STEP_CPU_SECONDS: dict[tuple[str, str], float] = {}
@@ -210,17 +208,6 @@ def step_failures(events: list) -> list[str]:
 
 def fail_runs_of_dead_processes(this_process: bool = False) -> list[str]:
     """Mark STARTED runs of `mmrec run` processes on this host that no longer exist as failed (a kill -9 or a
-    lost machine leaves them STARTED forever). With `this_process`, this process's own unfinished runs."""
-    instance = dg.DagsterInstance.get()
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
-                                                   tags={"mmrec/host": socket.gethostname()}))
-    failed = []
-    for r in runs:
-        pid = r.tags.get("mmrec/pid", "")
-        mine = pid == str(os.getpid())
-        gone = mine if this_process else (pid.isdigit() and not mine and not pid_alive(int(pid)))
-        if not gone:
-            continue
-        instance.report_run_failed(r, f"mmrec run process {pid} on {r.tags['mmrec/host']} is gone")
-        failed.append(r.run_id)
-    return failed
+    lost machine leaves them STARTED forever), and release the pool slots of every finished run (else the next
+    run waits on the `gpu` pool forever). With `this_process`, this process's own unfinished runs."""
+    return reap_dead_runs(dg.DagsterInstance.get(), this_process)

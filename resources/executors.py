@@ -15,6 +15,7 @@ import dagster as dg
 import yaml
 
 from mmrec_pipeline.backbones import bitsandbytes_installed
+from resources.runs import use_pool_waiting_context, watch_run_process
 
 K8S_EXECUTOR_YAML = Path(__file__).resolve().parents[1] / "deploy" / "k8s_executor.yaml"
 
@@ -62,6 +63,12 @@ CPU_STEP_PRELOAD = ["transformers.optimization", "sentence_transformers"]
 
 def step_preload() -> list[str]:
     return STEP_PRELOAD + ([] if bitsandbytes_installed() else CPU_STEP_PRELOAD)
+
+
+# Wherever the code location is loaded (the run process, the forkserver the step processes fork from): steps
+# blocked on a pool wait without spinning and give up in time, and a step process stops when its run process dies.
+use_pool_waiting_context()
+watch_run_process()
 
 
 def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:

@@ -1,0 +1,194 @@
+"""Runs that die, wait on a pool, or start together (issue 33): a killed run does not block the next one, a step
+waiting on a pool names the holder and gives up in time, a step whose run process died stops, two processes set
+up a new instance together, two runs do not compute the same feature items twice."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.storage.dagster_run import DagsterRun
+
+from mmrec_pipeline.storage import pid_alive
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def started_run(instance: dg.DagsterInstance, pid: int) -> DagsterRun:
+    run = DagsterRun(job_name="__ASSET_JOB", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.STARTED,
+                     tags={"mmrec/pid": str(pid), "mmrec/host": socket.gethostname()})
+    instance.add_run(run)
+    return run
+
+
+@pytest.fixture
+def instance():
+    from mmrec_pipeline.cli import instance_home
+
+    instance_home()
+    with dg.DagsterInstance.get() as instance:
+        yield instance
+
+
+def test_a_killed_run_releases_its_pool_slots(instance):
+    """The issue's case: a run killed -9 holds the only slot of a pool; the next run's start frees it."""
+    from mmrec_pipeline.definitions import fail_runs_of_dead_processes
+
+    storage, pool = instance.event_log_storage, f"pool-{uuid.uuid4().hex[:6]}"
+    storage.set_concurrency_slots(pool, 1)
+    killed = started_run(instance, dead_pid())
+    assert storage.claim_concurrency_slot(pool, killed.run_id, "image_embeddings").is_claimed
+    waiting = str(uuid.uuid4())
+    assert not storage.claim_concurrency_slot(pool, waiting, "image_embeddings").is_claimed
+    assert killed.run_id in fail_runs_of_dead_processes()
+    assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert storage.claim_concurrency_slot(pool, waiting, "image_embeddings").is_claimed
+    storage.free_concurrency_slots_for_run(waiting)
+
+
+def pool_job(pool: str) -> dg.JobDefinition:
+    @dg.op(pool=pool)
+    def gpu_step() -> int:
+        return 1
+
+    @dg.job(executor_def=dg.in_process_executor)
+    def pooled():
+        gpu_step()
+
+    return pooled
+
+
+def test_a_step_waiting_on_a_pool_names_the_holder_and_gives_up(instance, monkeypatch, caplog):
+    storage, pool = instance.event_log_storage, f"pool-{uuid.uuid4().hex[:6]}"
+    storage.set_concurrency_slots(pool, 1)
+    holder = started_run(instance, os.getppid())  # a live process: its slot is really taken
+    assert storage.claim_concurrency_slot(pool, holder.run_id, "image_embeddings").is_claimed
+    monkeypatch.setenv("MMREC_POOL_WAIT_S", "1.5")
+    start = time.process_time()
+    with caplog.at_level("INFO", logger="mmrec.runs"):
+        result = pool_job(pool).execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"waits for pool '{pool}', held by run {holder.run_id} (step image_embeddings)" in m
+               for m in messages), messages
+    failure = next(e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    assert "PoolWaitTimeout" in str(failure.event_specific_data.error) and "MMREC_POOL_WAIT_S" in str(
+        failure.event_specific_data.error)
+    assert time.process_time() - start < 1.2  # waited 1.5 s without spinning a core
+    storage.free_concurrency_slots_for_run(holder.run_id)
+
+
+def test_a_step_waiting_on_a_holder_that_died_proceeds(instance, monkeypatch):
+    storage, pool = instance.event_log_storage, f"pool-{uuid.uuid4().hex[:6]}"
+    storage.set_concurrency_slots(pool, 1)
+    holder = started_run(instance, dead_pid())  # killed after it claimed, while the next run waits
+    assert storage.claim_concurrency_slot(pool, holder.run_id, "image_embeddings").is_claimed
+    monkeypatch.setenv("MMREC_POOL_WAIT_S", "30")
+    result = pool_job(pool).execute_in_process(instance=instance, raise_on_error=False)
+    assert result.success
+    assert instance.get_run_by_id(holder.run_id).status == dg.DagsterRunStatus.FAILURE
+
+
+CHAIN = """
+import multiprocessing, os, sys, time
+
+
+def step(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["resources.executors"])  # as the local executor's forkserver preloads it
+    ctx.Process(target=step, args=(sys.argv[1],)).start()
+    time.sleep(120)
+"""
+
+
+def test_a_step_process_stops_when_its_run_process_is_killed(tmp_path):
+    """kill -9 of the run process alone (not its group): the step process it started through the forkserver
+    stops within seconds instead of running on."""
+    script, pid_file = tmp_path / "chain.py", tmp_path / "step.pid"
+    script.write_text(textwrap.dedent(CHAIN))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, str(script), str(pid_file)], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        step = int(pid_file.read_text())
+        time.sleep(1.5)  # the watch has found its parent
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        deadline = time.monotonic() + 15
+        while alive(step) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(step), "the step process outlived its run process"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it has stopped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return pid_alive(pid)
+    return state != "Z"
+
+
+SET_UP = """
+import sys, time
+from pathlib import Path
+import dagster as dg, torch  # imported before the start signal: both set the instance up at the same moment
+import resources.runs
+from mmrec_pipeline.cli import instance_home
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.005)
+instance_home()
+with dg.DagsterInstance.get() as instance:
+    instance.add_run(dg._core.storage.dagster_run.DagsterRun(job_name="j", run_id=sys.argv[2]))
+"""
+
+
+def test_two_processes_set_up_a_new_instance_together(tmp_path):
+    """Two `mmrec run`s started at once on a new home: one creates the databases, the other waits; both record
+    their run and the instance works afterwards (no 'alembic_version already exists', no second head)."""
+    home, go = tmp_path / "home", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MMREC_HOME": str(home), "DAGSTER_HOME": str(home / "dagster"),
+           "OMP_NUM_THREADS": "1"}
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", SET_UP, str(go), i], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in ids]
+    time.sleep(15)  # both have imported what they need and wait for the signal
+    go.touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert {r.run_id for r in instance.get_runs()} == set(ids)
+        assert list(instance.all_instigator_state()) == []  # the schedule storage opens
+    for db in ("history/runs", "schedules/schedules", "history/runs/index"):
+        with sqlite3.connect(home / "dagster" / f"{db}.db") as conn:  # one alembic head each
+            assert len(conn.execute("select version_num from alembic_version").fetchall()) == 1, db
