@@ -192,3 +192,37 @@ def test_two_processes_set_up_a_new_instance_together(tmp_path):
     for db in ("history/runs", "schedules/schedules", "history/runs/index"):
         with sqlite3.connect(home / "dagster" / f"{db}.db") as conn:  # one alembic head each
             assert len(conn.execute("select version_num from alembic_version").fetchall()) == 1, db
+
+
+def test_two_runs_do_not_compute_the_same_feature_items(tmp_path):
+    """Two runs (threads here: flock locks conflict between separate opens of the file, as between processes)
+    fill one store from the same items: every item is computed once, and each run returns every item's value."""
+    import threading
+
+    import polars as pl
+
+    from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
+
+    items = pl.DataFrame({"item_id": [f"i{n}" for n in range(40)], "text": [f"t{n}" for n in range(40)]})
+    cache = FeatureCache(tmp_path, "text", "toy", {"v": 1}, {"length": pl.Int64})
+    computed: list[str] = []
+    results = {}
+
+    def compute(chunk: pl.DataFrame) -> pl.DataFrame:
+        computed.extend(chunk["item_id"])
+        time.sleep(0.05)  # long enough for the other run to reach the same chunk
+        return pl.DataFrame({"length": chunk["text"].str.len_chars().cast(pl.Int64)})
+
+    def run(name: str) -> None:
+        results[name] = compute_incremental(items, lambda r: r["text"], compute, cache, chunk_size=8)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(computed) == sorted(items["item_id"])  # each once
+    for table, stats in results.values():
+        assert table["length"].to_list() == [len(t) for t in items["text"]]
+        assert stats["failed"] == 0 and stats["remaining"] == 0
+    assert sum(stats["computed"] for _, stats in results.values()) == 40
