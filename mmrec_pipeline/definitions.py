@@ -10,6 +10,10 @@ from pathlib import Path
 
 import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+from dagster._core.execution.api import execute_run
+from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 # Partitioned asset checks are a Dagster preview feature; the split checks rely on them deliberately.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -20,6 +24,9 @@ from assets import checks, evaluation, features, ingest, models, serving, splits
 from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
 from resources import env_name, executor, resources_for_env
 from resources.runs import reap_dead_runs
+
+REPO = Path(__file__).resolve().parents[1]
+WORKSPACE = REPO / "workspace.yaml"  # the UI's code location (`mmrec ui`)
 
 # (run id, step key) -> CPU seconds of the steps that ran in this process (in-process runs: MMREC_ENV=test).
 STEP_CPU_SECONDS: dict[tuple[str, str], float] = {}
@@ -173,12 +180,30 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: list, pa
                                         run_config=run_config, raise_on_error=False, tags=tags)
         return result.success, result.run_id, result.all_events
     # The job's executor runs only for a job the workers can rebuild: this module's `defs`, by module name.
-    recon = ReconstructableRepository.for_module(__name__, "defs", str(Path(__file__).resolve().parents[1]))
+    recon = ReconstructableRepository.for_module(__name__, "defs", str(REPO))
     if partition:
         tags = {**(tags or {}), **job.get_tags_for_partition_key(partition, selected_asset_keys=keys)}
-    with dg.execute_job(recon.get_reconstructable_job(job.name), instance, asset_selection=keys, tags=tags,
-                        raise_on_error=False) as result:
+    # What dg.execute_job does, plus the origin the UI's workspace gives the job: the run is listed under the
+    # code location (Overview, the job's runs) and "Re-execute" launches it there.
+    recon_job = recon.get_reconstructable_job(job.name)
+    load_data = recon_job.repository.get_definition().repository_load_data
+    recon_job = recon_job.with_repository_load_data(load_data)
+    job_def = recon_job.get_definition()
+    run = instance.create_run_for_job(
+        job_def=job_def, tags={**job_def.run_tags, **(tags or {})}, asset_selection=frozenset(keys),
+        job_code_origin=recon_job.get_python_origin(), remote_job_origin=workspace_job_origin(job.name),
+        repository_load_data=load_data)
+    with execute_run(recon_job, run, instance, raise_on_error=False) as result:
         return result.success, result.run_id, result.all_events
+
+
+def workspace_job_origin(job_name: str, workspace: Path = WORKSPACE) -> RemoteJobOrigin | None:
+    """The job's origin as the UI loads it from `workspace.yaml` (its code location and repository); None when
+    the file is not there (an installed package run from elsewhere: its runs stay unattached, as before)."""
+    if not workspace.exists():
+        return None
+    (location,) = WorkspaceFileTarget([str(workspace)]).create_origins()
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
 
 
 def step_failures(events: list) -> list[str]:

@@ -226,3 +226,31 @@ def test_two_runs_do_not_compute_the_same_feature_items(tmp_path):
         assert table["length"].to_list() == [len(t) for t in items["text"]]
         assert stats["failed"] == 0 and stats["remaining"] == 0
     assert sum(stats["computed"] for _, stats in results.values()) == 40
+
+
+def test_a_cli_run_belongs_to_the_workspace_code_location(tmp_path):
+    """`mmrec run` (local executor, as `make demo`) records its run with the origin the UI loads from
+    workspace.yaml: listed under that code location, and re-executable there."""
+    from test_bad_input import tiny_recbole
+
+    from mmrec_pipeline.definitions import WORKSPACE
+
+    tiny_recbole(tmp_path / "data" / "tiny")
+    (tmp_path / "datasets.yaml").write_text("datasets:\n  tiny:\n    source: recbole\n    path: tiny\n    split: loo\n")
+    lake = tmp_path / "lake"
+    env = {**os.environ, "MMREC_DATA": str(tmp_path / "data"), "MMREC_DATASETS": str(tmp_path / "datasets.yaml"),
+           "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "local",
+           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "tiny", "--select", "items"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    (location,) = WorkspaceFileTarget([str(WORKSPACE)]).create_origins()
+    with dg.DagsterInstance.from_config(str(lake / "dagster")) as instance:
+        (run,) = instance.get_runs()
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    origin = run.remote_job_origin
+    assert origin.location_name == location.location_name == "mmrec_pipeline.definitions"
+    assert origin.repository_origin.repository_name == "__repository__" and origin.job_name == "__ASSET_JOB"
+    assert run.tags_for_storage()[".dagster/repository"] == "__repository__@mmrec_pipeline.definitions"
