@@ -221,3 +221,14 @@ def test_backfill_runs_say_what_remains_and_whether_they_catch_up():
                     "mmrec/backfill_eta": "~5.0 h (30 runs, one per ~10 min)"}
     assert backfill_tags({"review_summaries": 20}, models, 600) == {
         "mmrec/backfill": "final", "mmrec/backfill_remaining": "review_summaries=20"}
+
+
+def test_metadata_floats_are_shown_to_four_significant_digits():
+    from assets.checks import check_result
+    from assets.metadata import plain
+
+    meta = plain({"users_per_second": 10011.344144036268, "ndcg@10": 0.0123456, "users": 3, "nan": float("nan"),
+                  "name": "x", "fixed": True})
+    assert meta["users_per_second"] == 10010.0 and meta["ndcg@10"] == 0.01235 and meta["users"] == 3
+    assert meta["name"] == "x" and meta["nan"] != meta["nan"]
+    assert check_result(True, {"share": 0.333333333}, "d").metadata["share"].value == 0.3333
