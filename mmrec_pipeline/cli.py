@@ -56,12 +56,11 @@ def instance_home() -> Path:
 
 
 def ui(port: int) -> int:
-    """`dagster dev` on 127.0.0.1 with the same instance as `mmrec run`."""
-    instance_home()
-    cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-           "-p", str(port)]
-    os.chdir(Path(__file__).resolve().parent.parent)
-    os.execv(cmd[0], cmd)
+    """The Dagster UI on 127.0.0.1 with the same instance as `mmrec run` (resources/ui.py)."""
+    home = instance_home()
+    from resources.ui import serve_ui
+
+    return serve_ui(port, Path(__file__).resolve().parent.parent, home)
 
 
 def run(dataset: str, select: str | None, verbose: bool = False) -> int:

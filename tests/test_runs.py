@@ -254,3 +254,51 @@ def test_a_cli_run_belongs_to_the_workspace_code_location(tmp_path):
     assert origin.location_name == location.location_name == "mmrec_pipeline.definitions"
     assert origin.repository_origin.repository_name == "__repository__" and origin.job_name == "__ASSET_JOB"
     assert run.tags_for_storage()[".dagster/repository"] == "__repository__@mmrec_pipeline.definitions"
+
+
+def test_mmrec_ui_serves_the_code_location_on_localhost_and_stops_its_services(tmp_path):
+    """`mmrec ui`: Dagster's code server, daemon and webserver (not the superseded `dagster dev`), on 127.0.0.1;
+    the UI lists the workspace's code location loaded; SIGTERM stops all three."""
+    import json
+    import urllib.request
+
+    from resources.ui import free_port
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MMREC_HOME": str(tmp_path), "MMREC_ENV": "local",
+           "DAGSTER_HOME": str(tmp_path / "dagster"), "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONWARNINGS", None)
+    log = tmp_path / "ui.log"
+    with open(log, "w") as out:
+        ui = subprocess.Popen([sys.executable, "-m", "mmrec_pipeline", "ui", "--port", str(port)], env=env,
+                              stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    # The repository the CLI's runs name (test_a_cli_run_belongs_to_the_workspace_code_location) is the UI's.
+    query = {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
+                      "locationOrLoadError { __typename } } } } repositoryOrError(repositorySelector: "
+                      '{repositoryLocationName: "mmrec_pipeline.definitions", repositoryName: "__repository__"}) '
+                      "{ __typename } }"}
+    try:
+        deadline, entries = time.monotonic() + 400, None
+        while time.monotonic() < deadline and ui.poll() is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", json.dumps(query).encode(),
+                                                 {"Content-Type": "application/json"})
+                data = json.load(urllib.request.urlopen(request, timeout=10))["data"]
+                entries = data["workspaceOrError"]["locationEntries"]
+                if entries and entries[0]["loadStatus"] == "LOADED":
+                    break
+            except OSError:
+                pass
+            time.sleep(2)
+        assert entries == [{"name": "mmrec_pipeline.definitions", "loadStatus": "LOADED",
+                            "locationOrLoadError": {"__typename": "RepositoryLocation"}}], log.read_text()[-3000:]
+        assert data["repositoryOrError"] == {"__typename": "Repository"}
+        assert "superseded" not in log.read_text().lower()
+        ui.terminate()
+        assert ui.wait(timeout=60) != 0
+        children = subprocess.run(["pgrep", "-s", str(ui.pid)], capture_output=True, text=True,
+                                  check=False).stdout.split()
+        assert children == [], log.read_text()[-2000:]  # no service outlives `mmrec ui`
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(ui.pid, signal.SIGKILL)
