@@ -103,7 +103,7 @@ class PoolWaitingConcurrencyContext(InstanceConcurrencyContext):
         self._wait_s = pool_wait_seconds()
 
     def claim(self, concurrency_key: str, step_key: str, step_priority: int = 0) -> bool:
-        if super().claim(concurrency_key, step_key, step_priority) or step_key not in self._pending_claims:
+        if super().claim(concurrency_key, step_key, step_priority):
             self._blocked.pop(step_key, None)
             return True
         now = time.monotonic()
@@ -111,25 +111,28 @@ class PoolWaitingConcurrencyContext(InstanceConcurrencyContext):
         holders = None
         if now - reported >= REPORT_EVERY_S:
             reap_dead_runs(self._instance)  # a holder killed meanwhile frees its slots: the next claim gets one
-            holders = self._holders(concurrency_key)
+            holders, others = self._holders(concurrency_key)
+            if not others:  # queued behind this run's own steps: the executor's normal order, not a wait
+                since = now
             self._report(f"step {step_key} waits for pool '{concurrency_key}', held by {holders}; it gives up "
-                         f"after {self._wait_s:g} s ({POOL_WAIT_ENV}) at the latest")
+                         f"after {self._wait_s:g} s on other runs ({POOL_WAIT_ENV})")
             reported = now
         self._blocked[step_key] = (since, reported)
         if now - since > self._wait_s:
-            holders = holders or self._holders(concurrency_key)
+            holders = holders or self._holders(concurrency_key)[0]
             raise PoolWaitTimeout(
                 f"step {step_key} waited {now - since:.0f} s for a slot of pool '{concurrency_key}', held by "
                 f"{holders}; raise {POOL_WAIT_ENV} to wait longer, or end the holding run (a run whose process "
-                "is gone is released by the next `mmrec run`; `dagster run delete` or the UI's Pools page "
-                "releases any)")
+                "is gone is released by the next `mmrec run`; the UI's Pools page releases any)")
         time.sleep(BLOCKED_SLEEP_S)
         return False
 
-    def _holders(self, pool: str) -> str:
-        info = self._instance.event_log_storage.get_concurrency_info(pool)
-        claimed = [f"run {s.run_id} (step {s.step_key})" for s in info.claimed_slots if s.run_id != self._run_id]
-        return ", ".join(claimed) or "no other run (slots being released)"
+    def _holders(self, pool: str) -> tuple[str, bool]:
+        """Who holds the pool's slots, readable; whether another run holds one."""
+        slots = self._instance.event_log_storage.get_concurrency_info(pool).claimed_slots
+        text = ", ".join(f"{'this run' if s.run_id == self._run_id else 'run ' + s.run_id} (step {s.step_key})"
+                         for s in slots)
+        return text or "nobody (slots being released)", any(s.run_id != self._run_id for s in slots)
 
     def _report(self, message: str) -> None:
         log.info(message)

@@ -136,7 +136,8 @@ def test_a_step_process_stops_when_its_run_process_is_killed(tmp_path):
         while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
             time.sleep(0.2)
         step = int(pid_file.read_text())
-        time.sleep(1.5)  # the watch has found its parent
+        time.sleep(3)  # the watch has found its parent, and leaves the step alone while the parent lives
+        assert alive(step)
         os.kill(run.pid, signal.SIGKILL)
         run.wait()
         deadline = time.monotonic() + 15
@@ -302,3 +303,23 @@ def test_mmrec_ui_serves_the_code_location_on_localhost_and_stops_its_services(t
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(ui.pid, signal.SIGKILL)
+
+
+def test_a_step_queued_behind_its_own_run_waits_without_a_deadline(instance, monkeypatch):
+    """On a GPU machine (pool limit 1) a run's second `gpu` step waits for its first, however long that takes;
+    the deadline counts only time blocked by other runs."""
+    from resources import runs
+
+    storage, pool = instance.event_log_storage, f"pool-{uuid.uuid4().hex[:6]}"
+    storage.set_concurrency_slots(pool, 1)
+    run = started_run(instance, os.getpid())
+    monkeypatch.setenv("MMREC_POOL_WAIT_S", "0.3")
+    monkeypatch.setattr(runs, "REPORT_EVERY_S", 0.0)
+    context = runs.PoolWaitingConcurrencyContext(instance, run)
+    assert context.claim(pool, "image_embeddings")
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0:
+        assert not context.claim(pool, "captions")  # blocked by its own step: no PoolWaitTimeout
+    context.free_step("image_embeddings")
+    assert context.claim(pool, "captions")
+    storage.free_concurrency_slots_for_run(run.run_id)
