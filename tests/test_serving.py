@@ -230,3 +230,21 @@ def test_metrics_check_asks_pointwise_protocols_for_auc_not_ndcg():
                              "temporal")
     assert not ok and meta["missing_rows"] == 1
     assert meta["missing_examples"] == ["mmrec_dlrm/full-none pointwise:rating>=4 auc"]
+
+
+def test_feature_check_passes_when_only_the_budget_left_items_for_the_backfill():
+    """`make demo` summarizes 32 of sample's items and leaves the rest to the `items_missing_features` sensor: the
+    check passes (every missing item is one the budget left); a failed item, or a hole the budget does not
+    explain, fails it."""
+    from assets.features import completeness
+    from mmrec_pipeline.features.families import FEATURES
+
+    feature = FEATURES["review_summaries"]
+    items = pl.DataFrame({"item_id": ["a", "b", "c"], "image_sha256": ["x", "y", "z"]})
+    table = pl.DataFrame({"item_id": ["a", "b", "c"], "summary": ["good", None, None]})
+    result = completeness(feature, table, items, {"remaining": 2, "failed": 0})
+    assert result.passed and result.description == "2 items left for the backfill by this budget-limited run"
+    assert completeness(feature, table.with_columns(pl.lit("ok").alias("summary")), items, {}).passed
+    assert not completeness(feature, table, items, {"remaining": 1, "failed": 0}).passed
+    failed = completeness(feature, table, items, {"remaining": 1, "failed": 1})
+    assert not failed.passed and failed.severity.value == "ERROR"
