@@ -128,6 +128,7 @@ def show_run_notices() -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s - mmrec - %(levelname)s - %(message)s"))
         notices.addHandler(handler)
         notices.setLevel(logging.INFO)
+        notices.propagate = False  # printed once, whatever handlers the root logger has
 
 
 def refresh_catalog_or_warn(lake: Lake) -> None:

@@ -208,27 +208,31 @@ def workspace_job_origin(job_name: str, workspace: Path = WORKSPACE) -> RemoteJo
 
 def step_failures(events: list) -> list[str]:
     """'<step>: <ErrorClass>: <message>' per failed step, from the first error that is not Dagster's wrapper
-    ('Error occurred while executing op'): our DataError; newlines folded so each is one line."""
-    lines = []
+    ('Error occurred while executing op'): our DataError; newlines folded so each is one line. A run that failed
+    outside its steps (e.g. a step that waited too long for a pool, `resources.runs.PoolWaitTimeout`) has one line
+    '(run): ...' instead."""
+    lines, run_lines = [], []
     for event in events:
-        if not event.is_step_failure:
-            continue
-        error = event.step_failure_data.error
-        while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
-            error = error.cause
-        if error is None:
-            lines.append(f"{event.step_key}: failed (no error recorded)")
-            continue
-        if error.cls_name == "DagsterExecutionInterruptedError":
-            lines.append(f"{event.step_key}: interrupted (SIGINT/SIGTERM); tables written before the stop are kept")
-            continue
-        message = error.message.strip()
-        head, sep, rest = message.partition(": ")  # 'pkg.mod.DataError: text' -> 'text'
-        if sep and head.rsplit(".", 1)[-1] == error.cls_name:
-            message = rest
-        text = " | ".join(line.strip() for line in message.splitlines() if line.strip())
-        lines.append(f"{event.step_key}: {error.cls_name}: {text}" if error.cls_name else f"{event.step_key}: {text}")
-    return lines
+        if event.is_step_failure:
+            lines.append(_failure_line(event.step_key, event.step_failure_data.error))
+        elif event.is_run_failure and event.job_failure_data is not None and event.job_failure_data.error:
+            run_lines.append(_failure_line("(run)", event.job_failure_data.error))
+    return lines or run_lines
+
+
+def _failure_line(name: str, error) -> str:
+    while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+        error = error.cause
+    if error is None:
+        return f"{name}: failed (no error recorded)"
+    if error.cls_name == "DagsterExecutionInterruptedError":
+        return f"{name}: interrupted (SIGINT/SIGTERM); tables written before the stop are kept"
+    message = error.message.strip()
+    head, sep, rest = message.partition(": ")  # 'pkg.mod.DataError: text' -> 'text'
+    if sep and head.rsplit(".", 1)[-1] == error.cls_name:
+        message = rest
+    text = " | ".join(line.strip() for line in message.splitlines() if line.strip())
+    return f"{name}: {error.cls_name}: {text}" if error.cls_name else f"{name}: {text}"
 
 
 def fail_runs_of_dead_processes(this_process: bool = False) -> list[str]:
