@@ -162,7 +162,9 @@ def _watch_parent() -> None:
         if parent is None and time.monotonic() > deadline:
             return  # a plain fork, not a multiprocessing child: nothing to watch
         time.sleep(PARENT_POLL_S)
-    while pid_alive(parent.pid) and parent.is_alive():
+    # By pid: a forkserver child's parent sentinel is not the run process's life. A parent not yet reaped (a
+    # zombie) still counts as alive: the step then runs on, as it did before this watch.
+    while pid_alive(parent.pid):
         time.sleep(PARENT_POLL_S)
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(STOP_GRACE_S)
