@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS
+from assets.metadata import rounded
 from mmrec_pipeline.evaluation.protocols import check_metrics, check_user_accounting
 from mmrec_pipeline.features.summaries import check_training_only
 from mmrec_pipeline.registry import get_dataset
@@ -13,7 +14,7 @@ from mmrec_pipeline.registry import get_dataset
 
 def check_result(ok: bool, meta: dict, description: str, name: str | None = None) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(check_name=name, passed=bool(ok), description=description, metadata={
-        k: dg.MetadataValue.json(v) if isinstance(v, (list, dict)) else v for k, v in meta.items()})
+        k: dg.MetadataValue.json(v) if isinstance(v, (list, dict)) else rounded(v) for k, v in meta.items()})
 
 
 @dg.asset_check(asset="metrics", partitions_def=DATASETS)

@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS
+from assets.metadata import rounded
 from assets.models import all_model_names
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.splits import split_summary
@@ -59,7 +60,7 @@ def metrics(**model_tables: pl.DataFrame | None) -> dg.Output[pl.DataFrame]:
     accounting = user_accounting(table)  # test users total / evaluated / dropped by reason, per protocol
     return dg.Output(table, metadata={
         "models": table["model"].n_unique(), "variants": board.height,
-        "best": board["name"][0] if board.height else "", "best_ndcg@10": float(board["ndcg"][0]) if board.height else 0.0,
+        "best": board["name"][0] if board.height else "", "best_ndcg@10": rounded(float(board["ndcg"][0])) if board.height else 0.0,
         "test_users": dg.MetadataValue.md(md_table(accounting)) if accounting.height else "",
         "models_not_materialized": ", ".join(absent)})
 

@@ -39,19 +39,22 @@ def _metadata(table: pl.DataFrame, stats: dict) -> dict:
 
 
 def completeness(feature: Feature, table: pl.DataFrame, items: pl.DataFrame, meta: dict) -> dg.AssetCheckResult:
-    """`<feature>_complete`: ERROR when items failed, WARN when only a budget-limited run left items for later (the
-    new-items sensor resumes the backfill)."""
+    """`<feature>_complete`: passes when no item failed and every item without a value is one a budget-limited run
+    left for later (the `items_missing_features` sensor resumes that backfill; its runs' tags say how far it is);
+    ERROR when items failed, WARN when more items lack a value than the run left for later."""
     failed = sum(int(v) for k, v in meta.items() if k == "failed" or k.endswith(".failed"))
     missing = items_without_feature(items, table, feature.needs_image, VALUE_COLUMNS.get(feature.name))
     remaining = int(meta.get("remaining", 0) or 0)
-    ok, budget_left = failed == 0 and missing.height == 0, remaining > 0 and failed == 0
+    ok, budget_left = failed == 0 and missing.height <= remaining, remaining > 0 and failed == 0
+    description = ("complete" if missing.height == 0 else
+                   f"{missing.height} items left for the backfill by this budget-limited run" if ok else
+                   "items failed or were left without a value")
     return dg.AssetCheckResult(
         check_name=f"{feature.name}_complete", passed=ok,
         severity=dg.AssetCheckSeverity.WARN if budget_left else dg.AssetCheckSeverity.ERROR,
         metadata={"failed": failed, "items_without_value": missing.height, "remaining_reported": remaining,
                   "examples": dg.MetadataValue.json(missing["item_id"].head(5).to_list())},
-        description="complete" if ok else ("budget-limited run: the backfill continues" if budget_left
-                                           else "items failed or were left without a value"))
+        description=description)
 
 
 def feature_asset(feature: Feature) -> dg.AssetsDefinition:
@@ -62,8 +65,8 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
               op_tags=op_tags(feature.pool, feature.long_running), description=feature.description,
               # The check runs in the asset's own step: one process start less per feature (local executor).
               check_specs=[dg.AssetCheckSpec(f"{feature.name}_complete", asset=feature.name,
-                                             description=f"No item failed and none remains without {feature.name} "
-                                                         "after the run")])
+                                             description=f"No item failed, and every item without {feature.name} "
+                                                         "is one a budget-limited run left for the backfill")])
     def _feature(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
                  model_sources: ModelSourcesResource, lake_store: LakeResource, **inputs: pl.DataFrame):
         spec, lake = get_dataset(context.partition_key), lake_store.lake()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 
 import dagster as dg
 import polars as pl
@@ -26,14 +27,25 @@ def png_markdown(png: bytes, alt: str = "plot") -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
+SIGNIFICANT_DIGITS = 4
+
+
+def rounded(value):
+    """A float to `SIGNIFICANT_DIGITS` significant digits (the UI shows every digit it is given:
+    `users_per_second 10011.344144036268`); anything else as it is."""
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+    return value
+
+
 def plain(values: dict) -> dict:
-    """Numbers and strings as metadata, everything else as JSON."""
+    """Numbers (floats rounded) and strings as metadata, everything else as JSON."""
     out = {}
     for k, v in values.items():
         if isinstance(v, bool) or v is None:
             out[k] = dg.MetadataValue.text(str(v))
         elif isinstance(v, (int, float, str)):
-            out[k] = v
+            out[k] = rounded(v)
         else:
             out[k] = dg.MetadataValue.json(v)
     return out

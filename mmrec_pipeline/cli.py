@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_database, instance_yaml, postgres_url
+from mmrec_pipeline.locks import file_lock
 from mmrec_pipeline.registry import GENERATED_SOURCES, RegistryError, load_registry
-from mmrec_pipeline.storage import Lake
+from mmrec_pipeline.storage import Lake, write_text
 
 
 def instance_home() -> Path:
@@ -34,25 +35,32 @@ def instance_home() -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(default)))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        import torch
+    # Runs started together on a new home would each create (and migrate) Dagster's databases: alembic fails
+    # ("table alembic_version already exists") or leaves two heads. One process creates them; the others wait.
+    with file_lock(home / ".mmrec-instance.lock",
+                   on_wait=lambda: print(f"waiting for another process to set up the Dagster instance in {home}",
+                                         file=sys.stderr)):
+        if not config.exists():
+            import torch
 
-        config.write_text(instance_yaml(env, cuda=torch.cuda.is_available()))
-    if env in POSTGRES_ENVS:
-        if "postgres" not in config.read_text():
-            raise InstanceError(f"{config} is an SQLite instance but MMREC_ENV={env} stores the instance in "
-                                f"PostgreSQL: point DAGSTER_HOME at an empty folder (e.g. {default})")
-        ensure_database(postgres_url())
+            write_text(instance_yaml(env, cuda=torch.cuda.is_available()), config)
+        if env in POSTGRES_ENVS:
+            if "postgres" not in config.read_text():
+                raise InstanceError(f"{config} is an SQLite instance but MMREC_ENV={env} stores the instance in "
+                                    f"PostgreSQL: point DAGSTER_HOME at an empty folder (e.g. {default})")
+            ensure_database(postgres_url())
+        from resources.runs import create_instance
+
+        create_instance()
     return home
 
 
 def ui(port: int) -> int:
-    """`dagster dev` on 127.0.0.1 with the same instance as `mmrec run`."""
-    instance_home()
-    cmd = [str(Path(sys.executable).parent / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1",
-           "-p", str(port)]
-    os.chdir(Path(__file__).resolve().parent.parent)
-    os.execv(cmd[0], cmd)
+    """The Dagster UI on 127.0.0.1 with the same instance as `mmrec run` (resources/ui.py)."""
+    home = instance_home()
+    from resources.ui import serve_ui
+
+    return serve_ui(port, Path(__file__).resolve().parent.parent, home)
 
 
 def run(dataset: str, select: str | None, verbose: bool = False) -> int:
@@ -63,6 +71,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     instance_home()
     from mmrec_pipeline.definitions import fail_runs_of_dead_processes, materialize_dataset, timing_table
 
+    show_run_notices()
     for run_id in fail_runs_of_dead_processes():
         print(f"marked run {run_id} failed: its process is gone (killed?)", file=sys.stderr)
     # SIGTERM (a scheduler, `kill`) stops a run as Ctrl-C does: Dagster raises in the running step, records
@@ -108,6 +117,18 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
     for failure in failures:
         print(f"failed step {failure}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def show_run_notices() -> None:
+    """Print what `resources.runs` says at INFO (a step waiting for a pool and who holds it, slots released):
+    Dagster's console logger prints only the run's own events."""
+    notices = logging.getLogger("mmrec.runs")
+    if not notices.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s - mmrec - %(levelname)s - %(message)s"))
+        notices.addHandler(handler)
+        notices.setLevel(logging.INFO)
+        notices.propagate = False  # printed once, whatever handlers the root logger has
 
 
 def refresh_catalog_or_warn(lake: Lake) -> None:

@@ -4,14 +4,16 @@ import dataclasses
 import functools
 import logging
 import operator
-import os
-import socket
 import time
 import warnings
 from pathlib import Path
 
 import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+from dagster._core.execution.api import execute_run
+from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 # Partitioned asset checks are a Dagster preview feature; the split checks rely on them deliberately.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -20,8 +22,11 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from assets import checks, evaluation, features, ingest, models, serving, splits
 from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
-from mmrec_pipeline.storage import pid_alive
 from resources import env_name, executor, resources_for_env
+from resources.runs import reap_dead_runs
+
+REPO = Path(__file__).resolve().parents[1]
+WORKSPACE = REPO / "workspace.yaml"  # the UI's code location (`mmrec ui`)
 
 # (run id, step key) -> CPU seconds of the steps that ran in this process (in-process runs: MMREC_ENV=test).
 STEP_CPU_SECONDS: dict[tuple[str, str], float] = {}
@@ -175,52 +180,63 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: list, pa
                                         run_config=run_config, raise_on_error=False, tags=tags)
         return result.success, result.run_id, result.all_events
     # The job's executor runs only for a job the workers can rebuild: this module's `defs`, by module name.
-    recon = ReconstructableRepository.for_module(__name__, "defs", str(Path(__file__).resolve().parents[1]))
+    recon = ReconstructableRepository.for_module(__name__, "defs", str(REPO))
     if partition:
         tags = {**(tags or {}), **job.get_tags_for_partition_key(partition, selected_asset_keys=keys)}
-    with dg.execute_job(recon.get_reconstructable_job(job.name), instance, asset_selection=keys, tags=tags,
-                        raise_on_error=False) as result:
+    # What dg.execute_job does, plus the origin the UI's workspace gives the job: the run is listed under the
+    # code location (Overview, the job's runs) and "Re-execute" launches it there.
+    recon_job = recon.get_reconstructable_job(job.name)
+    load_data = recon_job.repository.get_definition().repository_load_data
+    recon_job = recon_job.with_repository_load_data(load_data)
+    job_def = recon_job.get_definition()
+    run = instance.create_run_for_job(
+        job_def=job_def, tags={**job_def.run_tags, **(tags or {})}, asset_selection=frozenset(keys),
+        job_code_origin=recon_job.get_python_origin(), remote_job_origin=workspace_job_origin(job.name),
+        repository_load_data=load_data)
+    with execute_run(recon_job, run, instance, raise_on_error=False) as result:
         return result.success, result.run_id, result.all_events
+
+
+def workspace_job_origin(job_name: str, workspace: Path = WORKSPACE) -> RemoteJobOrigin | None:
+    """The job's origin as the UI loads it from `workspace.yaml` (its code location and repository); None when
+    the file is not there (an installed package run from elsewhere: its runs stay unattached, as before)."""
+    if not workspace.exists():
+        return None
+    (location,) = WorkspaceFileTarget([str(workspace)]).create_origins()
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
 
 
 def step_failures(events: list) -> list[str]:
     """'<step>: <ErrorClass>: <message>' per failed step, from the first error that is not Dagster's wrapper
-    ('Error occurred while executing op'): our DataError; newlines folded so each is one line."""
-    lines = []
+    ('Error occurred while executing op'): our DataError; newlines folded so each is one line. A run that failed
+    outside its steps (e.g. a step that waited too long for a pool, `resources.runs.PoolWaitTimeout`) has one line
+    '(run): ...' instead."""
+    lines, run_lines = [], []
     for event in events:
-        if not event.is_step_failure:
-            continue
-        error = event.step_failure_data.error
-        while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
-            error = error.cause
-        if error is None:
-            lines.append(f"{event.step_key}: failed (no error recorded)")
-            continue
-        if error.cls_name == "DagsterExecutionInterruptedError":
-            lines.append(f"{event.step_key}: interrupted (SIGINT/SIGTERM); tables written before the stop are kept")
-            continue
-        message = error.message.strip()
-        head, sep, rest = message.partition(": ")  # 'pkg.mod.DataError: text' -> 'text'
-        if sep and head.rsplit(".", 1)[-1] == error.cls_name:
-            message = rest
-        text = " | ".join(line.strip() for line in message.splitlines() if line.strip())
-        lines.append(f"{event.step_key}: {error.cls_name}: {text}" if error.cls_name else f"{event.step_key}: {text}")
-    return lines
+        if event.is_step_failure:
+            lines.append(_failure_line(event.step_key, event.step_failure_data.error))
+        elif event.is_run_failure and event.job_failure_data is not None and event.job_failure_data.error:
+            run_lines.append(_failure_line("(run)", event.job_failure_data.error))
+    return lines or run_lines
+
+
+def _failure_line(name: str, error) -> str:
+    while error is not None and error.cause is not None and (error.cls_name or "").startswith("Dagster"):
+        error = error.cause
+    if error is None:
+        return f"{name}: failed (no error recorded)"
+    if error.cls_name == "DagsterExecutionInterruptedError":
+        return f"{name}: interrupted (SIGINT/SIGTERM); tables written before the stop are kept"
+    message = error.message.strip()
+    head, sep, rest = message.partition(": ")  # 'pkg.mod.DataError: text' -> 'text'
+    if sep and head.rsplit(".", 1)[-1] == error.cls_name:
+        message = rest
+    text = " | ".join(line.strip() for line in message.splitlines() if line.strip())
+    return f"{name}: {error.cls_name}: {text}" if error.cls_name else f"{name}: {text}"
 
 
 def fail_runs_of_dead_processes(this_process: bool = False) -> list[str]:
     """Mark STARTED runs of `mmrec run` processes on this host that no longer exist as failed (a kill -9 or a
-    lost machine leaves them STARTED forever). With `this_process`, this process's own unfinished runs."""
-    instance = dg.DagsterInstance.get()
-    runs = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED],
-                                                   tags={"mmrec/host": socket.gethostname()}))
-    failed = []
-    for r in runs:
-        pid = r.tags.get("mmrec/pid", "")
-        mine = pid == str(os.getpid())
-        gone = mine if this_process else (pid.isdigit() and not mine and not pid_alive(int(pid)))
-        if not gone:
-            continue
-        instance.report_run_failed(r, f"mmrec run process {pid} on {r.tags['mmrec/host']} is gone")
-        failed.append(r.run_id)
-    return failed
+    lost machine leaves them STARTED forever), and release the pool slots of every finished run (else the next
+    run waits on the `gpu` pool forever). With `this_process`, this process's own unfinished runs."""
+    return reap_dead_runs(dg.DagsterInstance.get(), this_process)

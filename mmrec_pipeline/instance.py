@@ -22,8 +22,9 @@ class InstanceError(RuntimeError):
 # GPU-heavy assets run in pool `gpu`; only they use a pool, so the default limit is the GPU's: one step at a time.
 # A local instance on a machine without CUDA has no GPU to share: its limit is the local executor's concurrency
 # (resources.CONCURRENT_STEPS), so captions, summaries and the VQ tokenizer run side by side on the two cores.
-# Run monitoring lets the daemon (`make ui`) mark runs whose worker died as failed; `mmrec run` does the
-# same for its own runs at start (fail_runs_of_dead_processes).
+# Run monitoring lets the daemon (`make ui`) mark runs whose worker died as failed and release the pool slots
+# such a run still holds a minute after it ended; `mmrec run` does both for its own runs at start
+# (fail_runs_of_dead_processes).
 _COMMON = """telemetry:
   enabled: false
 concurrency:
@@ -31,6 +32,7 @@ concurrency:
     default_limit: {pool_limit}
 run_monitoring:
   enabled: true
+  free_slots_after_run_end_seconds: 60
 """
 CPU_ONLY_POOL_LIMIT = 2
 

@@ -15,6 +15,7 @@ import dagster as dg
 import yaml
 
 from mmrec_pipeline.backbones import bitsandbytes_installed
+from resources.runs import PoolWaitingConcurrencyContext, use_pool_waiting_context, watch_run_process
 
 K8S_EXECUTOR_YAML = Path(__file__).resolve().parents[1] / "deploy" / "k8s_executor.yaml"
 
@@ -64,9 +65,18 @@ def step_preload() -> list[str]:
     return STEP_PRELOAD + ([] if bitsandbytes_installed() else CPU_STEP_PRELOAD)
 
 
+# Wherever the code location is loaded (the run process, the forkserver the step processes fork from): steps
+# blocked on a pool wait without spinning and give up in time, and a step process stops when its run process dies.
+use_pool_waiting_context()
+watch_run_process()
+
+
 def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
     if env == "deploy":
-        from dagster_celery import celery_executor
+        from dagster_celery import celery_executor, core_execution_loop
+
+        # Its orchestration loop claims pool slots as the local executors do: wait there the same way.
+        core_execution_loop.InstanceConcurrencyContext = PoolWaitingConcurrencyContext
 
         args = celery_app_args()
         return celery_executor.configured({k: args[k] for k in ("broker", "backend", "config_source")})

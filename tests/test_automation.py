@@ -4,6 +4,7 @@ recorded as runless events (the heavy assets are not run: the assertions are abo
 
 import datetime as dt
 import os
+import uuid
 
 import dagster as dg
 from dagster._core.definitions.observe import (
@@ -106,3 +107,42 @@ def test_recommendations_are_overdue_after_a_night_without_a_refresh():
         assert state(night + dt.timedelta(days=1, hours=3)) == FreshnessState.PASS  # 05:40, before 06:00
         assert state(night + dt.timedelta(days=1, hours=4)) == FreshnessState.FAIL  # 06:40: the night failed
     assert defs.resolve_asset_graph().get(dg.AssetKey("metrics")).freshness_policy is None
+
+
+def test_partial_backfill_runs_do_not_retrain_the_models_the_last_one_does():
+    """The `items_missing_features` sensor's budget-limited runs (tag mmrec/backfill=partial) update the feature
+    tables without retraining what depends on them; the run that catches up (final) refreshes them."""
+    from dagster._core.events import DagsterEvent, StepMaterializationData
+    from dagster._core.storage.dagster_run import DagsterRun
+
+    from mmrec_pipeline.automation import BACKFILL_TAG
+    from mmrec_pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    instance = dg.DagsterInstance.ephemeral()
+    cursor = None
+
+    def tick(minutes: int) -> set:
+        nonlocal cursor
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor,
+                                                   evaluation_time=START + dt.timedelta(minutes=minutes))
+        cursor = result.cursor
+        return {r for r in _requested(result) if r[0] != "raw_files"}
+
+    def features_run(backfill: str) -> None:
+        run = DagsterRun(job_name="features_job", run_id=str(uuid.uuid4()), status=dg.DagsterRunStatus.SUCCESS,
+                         tags={BACKFILL_TAG: backfill, "dagster/partition": "sample"})
+        instance.add_run(run)
+        event = DagsterEvent(event_type_value=dg.DagsterEventType.ASSET_MATERIALIZATION.value,
+                             job_name="features_job", event_specific_data=StepMaterializationData(
+                                 dg.AssetMaterialization("review_summaries", partition="sample")))
+        instance.report_dagster_event(event, run_id=run.run_id)
+
+    tick(0)
+    _materialize_all(instance, graph, "sample")
+    assert tick(1) == set()
+    features_run("partial")
+    assert tick(2) == set()  # 32 more summaries: nothing retrains
+    features_run("final")
+    children = {(k.to_user_string(), "sample") for k in graph.get(dg.AssetKey("review_summaries")).child_keys}
+    assert children and children <= tick(3)  # caught up: what reads the summaries refreshes

@@ -229,10 +229,37 @@ def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatc
     write_parquet(pl.DataFrame({"item_id": ids, "caption_offline": ["red dress", None, None]}),
                   sample / "captions.parquet")  # c has no image: not a gap
 
-    context = dg.build_sensor_context(resources={"lake_store": LakeResource(root=str(tmp_path))})
+    context = dg.build_sensor_context(resources={"lake_store": LakeResource(root=str(tmp_path))},
+                                      instance=dg.DagsterInstance.ephemeral())
     requests = list(items_missing_features(context))
     assert [(r.partition_key, r.run_key) for r in requests] == [("sample", "sample:captions=1")]
+    assert requests[0].tags["mmrec/backfill"] == "final"  # no budget on captions: this run catches up
 
     write_parquet(pl.DataFrame({"item_id": ids, "caption_offline": ["red dress", "blue bag", None]}),
                   sample / "captions.parquet")
     assert list(items_missing_features(context)) == []
+
+
+def test_backfill_runs_say_what_remains_and_whether_they_catch_up():
+    """sample's budget of 32 review summaries a run: 952 missing is a partial run with an ETA (the UI shows the
+    run's tags); 20 missing is the final run, after which the models retrain."""
+    from mmrec_pipeline.automation import backfill_tags
+    from mmrec_pipeline.registry import get_dataset
+
+    models = get_dataset("sample").models
+    tags = backfill_tags({"review_summaries": 952, "captions": 3}, models, cadence_s=600)
+    assert tags == {"mmrec/backfill": "partial", "mmrec/backfill_remaining": "captions=3, review_summaries=952",
+                    "mmrec/backfill_eta": "~5.0 h (30 runs, one per ~10 min)"}
+    assert backfill_tags({"review_summaries": 20}, models, 600) == {
+        "mmrec/backfill": "final", "mmrec/backfill_remaining": "review_summaries=20"}
+
+
+def test_metadata_floats_are_shown_to_four_significant_digits():
+    from assets.checks import check_result
+    from assets.metadata import plain
+
+    meta = plain({"users_per_second": 10011.344144036268, "ndcg@10": 0.0123456, "users": 3, "nan": float("nan"),
+                  "name": "x", "fixed": True})
+    assert meta["users_per_second"] == 10010.0 and meta["ndcg@10"] == 0.01235 and meta["users"] == 3
+    assert meta["name"] == "x" and meta["nan"] != meta["nan"]
+    assert check_result(True, {"share": 0.333333333}, "d").metadata["share"].value == 0.3333

@@ -211,3 +211,40 @@ def test_iterative_champion_retrains_with_its_best_epoch_and_no_validation(sampl
                           "temporal", False, {}, Compute(device="cpu"), tmp_path,
                           serving.ServingConfig(k=10, active_days=28))
     assert facts["fixed"] == {"epochs": best_epoch} and facts["rows"] == 10 * facts["active_users"] > 0
+
+
+def test_metrics_check_asks_pointwise_protocols_for_auc_not_ndcg():
+    """mmrec_dlrm's `pointwise:rating>=4` rows classify reviews (AUC, log loss, no K): the check wants AUC for every
+    variant there, not NDCG@K (issue 33: it failed every `make demo` on sample)."""
+    from mmrec_pipeline.evaluation.protocols import check_metrics
+
+    variants = ("full-basic", "full-none", "raw-basic")
+    ranking = [{"model": "mmrec_dlrm", "variant": v, "protocol": p, "metric": "ndcg", "k": k, "value": 0.1}
+               for v in variants for p in ("temporal", "temporal@valid") for k in (5, 10, 20)]
+    pointwise = [{"model": "mmrec_dlrm", "variant": v, "protocol": "pointwise:rating>=4", "metric": m, "k": None,
+                  "value": 0.7} for v in variants for m in ("auc", "logloss", "accuracy", "fpr")]
+    table = pl.DataFrame(ranking + pointwise, schema_overrides={"k": pl.Int64})
+    ok, meta = check_metrics(table, "temporal")
+    assert ok, meta
+    ok, meta = check_metrics(table.filter(~((pl.col("variant") == "full-none") & (pl.col("metric") == "auc"))),
+                             "temporal")
+    assert not ok and meta["missing_rows"] == 1
+    assert meta["missing_examples"] == ["mmrec_dlrm/full-none pointwise:rating>=4 auc"]
+
+
+def test_feature_check_passes_when_only_the_budget_left_items_for_the_backfill():
+    """`make demo` summarizes 32 of sample's items and leaves the rest to the `items_missing_features` sensor: the
+    check passes (every missing item is one the budget left); a failed item, or a hole the budget does not
+    explain, fails it."""
+    from assets.features import completeness
+    from mmrec_pipeline.features.families import FEATURES
+
+    feature = FEATURES["review_summaries"]
+    items = pl.DataFrame({"item_id": ["a", "b", "c"], "image_sha256": ["x", "y", "z"]})
+    table = pl.DataFrame({"item_id": ["a", "b", "c"], "summary": ["good", None, None]})
+    result = completeness(feature, table, items, {"remaining": 2, "failed": 0})
+    assert result.passed and result.description == "2 items left for the backfill by this budget-limited run"
+    assert completeness(feature, table.with_columns(pl.lit("ok").alias("summary")), items, {}).passed
+    assert not completeness(feature, table, items, {"remaining": 1, "failed": 0}).passed
+    failed = completeness(feature, table, items, {"remaining": 1, "failed": 1})
+    assert not failed.passed and failed.severity.value == "ERROR"

@@ -46,7 +46,6 @@ regenerated.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
 import json
@@ -60,6 +59,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from mmrec_pipeline.data.images import attach_images
 from mmrec_pipeline.data.schema import DataError, SourceTables, to_json
+from mmrec_pipeline.locks import file_lock
 from mmrec_pipeline.storage import atomic_write, write_json, write_parquet
 
 # Bump when the output of the generator changes, so stored samples are regenerated.
@@ -581,21 +581,10 @@ def _manifest_ok(out_dir: Path, version: int, seed: int) -> bool:
             and all((out_dir / f).is_file() for f in m.get("files", [])))
 
 
-@contextlib.contextmanager
 def _lock(out_dir: Path):
     """One generator per folder at a time (parallel ingest steps may all ask for the sample at once)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: concurrent writers produce identical files anyway
-        yield
-        return
-    with open(out_dir / ".lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(out_dir / ".lock")
 
 
 def generate(out_dir: Path, version: int = 1, seed: int = DEFAULT_SEED) -> Path:

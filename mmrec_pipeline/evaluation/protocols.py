@@ -216,8 +216,9 @@ def check_user_accounting(metrics: pl.DataFrame) -> tuple[bool, dict]:
 
 def check_metrics(table: pl.DataFrame, protocol: str, ks: tuple[int, ...] = KS) -> tuple[bool, dict]:
     """No NaN/null values (except the stated cold-start NaN of a model that cannot rank unseen items); every
-    variant of a model has NDCG at every K for each protocol the model claims (any protocol one of its variants
-    has), and every model has the test (`protocol`) and `protocol@valid` rows."""
+    variant of a model has NDCG at every K for each ranking protocol the model claims (any protocol one of its
+    variants has), and AUC for each pointwise protocol it claims (a classification: no ranking, no K); every
+    model has the test (`protocol`) and `protocol@valid` rows."""
     # A cold-start NaN is the stated "cannot rank unseen items" (cold_rows), not a broken metric.
     bad = table.filter((pl.col("value").is_null() | pl.col("value").is_nan())
                        & ~pl.col("protocol").str.ends_with("+cold"))
@@ -226,11 +227,15 @@ def check_metrics(table: pl.DataFrame, protocol: str, ks: tuple[int, ...] = KS) 
         pl.DataFrame({"protocol": [protocol, f"{protocol}@valid"]}), how="cross")
     expected = (pl.concat([claimed, required]).unique()
                 .join(table.select("model", "variant").unique(), on="model")
-                .join(pl.DataFrame({"k": list(ks)}, schema={"k": pl.Int64}), how="cross"))
-    have = table.filter(pl.col("metric") == "ndcg").select("model", "variant", "protocol", "k").unique()
-    missing = expected.join(have, on=["model", "variant", "protocol", "k"], how="anti").sort(
-        "model", "variant", "protocol", "k")
-    examples = [f"{r['model']}/{r['variant']} {r['protocol']} ndcg@{r['k']}" for r in missing.head(5).iter_rows(named=True)]
+                .with_columns(pl.when(is_pointwise()).then(pl.lit("auc")).otherwise(pl.lit("ndcg")).alias("metric"))
+                .join(pl.DataFrame({"k": list(ks)}, schema={"k": pl.Int64}), how="cross")
+                .with_columns(pl.when(is_pointwise()).then(None).otherwise(pl.col("k")).alias("k"))
+                .unique())
+    keys = ["model", "variant", "protocol", "metric", "k"]
+    have = table.filter(pl.col("metric").is_in(["ndcg", "auc"])).select(keys).unique()
+    missing = expected.join(have, on=keys, how="anti", nulls_equal=True).sort(keys)
+    examples = [f"{r['model']}/{r['variant']} {r['protocol']} {r['metric']}" + (f"@{r['k']}" if r["k"] else "")
+                for r in missing.head(5).iter_rows(named=True)]
     nan_examples = [f"{r['model']}/{r['variant']} {r['protocol']} {r['metric']}@{r['k']}"
                     for r in bad.head(5).iter_rows(named=True)]
     return bad.height == 0 and missing.height == 0, {

@@ -10,12 +10,15 @@ changed title, image or prompt is computed again.
 in chunks, and append each chunk as its own Parquet part, written atomically. A crash loses at most the chunk
 in flight; the next run resumes where it stopped. A part's name ends with the start of its sha256, checked on
 every read (the bytes are read anyway): a part that does not match or cannot be parsed is moved aside with a
-warning naming it (`storage.quarantine`) and its rows are computed again. Concurrent runs may compute the same
-key twice; reads keep one row per (item_id, key), so duplicates are harmless. `compact()` merges parts.
+warning naming it (`storage.quarantine`) and its rows are computed again. Runs side by side on one local lake take
+turns per chunk (a lock file per store) and skip what the other stored meanwhile, so no item is computed twice; on
+object storage (no locks) they may compute a key twice, and reads keep one row per (item_id, key). `compact()`
+merges parts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -31,6 +34,7 @@ import polars as pl
 
 from mmrec_pipeline.compute import Progress, logger
 from mmrec_pipeline.features.sources import ModelNotAvailable
+from mmrec_pipeline.locks import file_lock
 from mmrec_pipeline.storage import (
     CorruptFileError,
     Lake,
@@ -134,6 +138,28 @@ class FeatureCache:
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}-{digest}.parquet"
         return atomic_write(self.dir / name, lambda tmp: tmp.write_bytes(data))
 
+    def stored_keys(self, parts, log=None) -> pl.DataFrame:
+        """(item_id, key) of the rows in `parts`, read through the hash check; a part a compaction removed meanwhile
+        is skipped (its rows are in the merged part), a corrupt one moved aside (its rows count as missing)."""
+        frames = []
+        for part in parts:
+            try:
+                frames.append(self._read_part(part).select(KEY_COLUMNS))
+            except FileNotFoundError:
+                continue
+            except CorruptFileError as e:
+                quarantine(part, str(e), "its rows are computed again", log)
+        return pl.concat(frames) if frames else pl.DataFrame(schema={"item_id": pl.Utf8, "key": pl.Utf8})
+
+    def computing(self, log: logging.Logger | None = None, what: str = ""):
+        """Exclusive use of the store while a chunk is computed and appended, between processes on this machine
+        (or a shared POSIX file system); nothing on object storage."""
+        if not is_local(self.dir):
+            return contextlib.nullcontext()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return file_lock(self.dir / ".compute.lock", on_wait=lambda: logger(log).info(
+            f"{what or self.model_key}: another run is computing items of this store; waiting for its chunk"))
+
     def compact(self) -> int:
         """Merge every part into one (duplicates dropped); returns the number of parts merged.
 
@@ -204,21 +230,31 @@ def compute_incremental(
     missing = want.join(have.select(KEY_COLUMNS), on=KEY_COLUMNS, how="anti", maintain_order="left")
     todo = missing if max_items_per_run is None else missing.head(max(0, max_items_per_run))
 
-    progress = Progress(what or f"{cache.family}/{cache.model}", todo.height, log)
+    what = what or f"{cache.family}/{cache.model}"
+    progress = Progress(what, todo.height, log)
     new, failed, t_compute = [], 0, time.perf_counter()
+    known, by_others = set(cache.parts()), pl.DataFrame(schema={"item_id": pl.Utf8, "key": pl.Utf8})
     for chunk in todo.iter_slices(chunk_size):
-        values = compute_fn(chunk)
-        if values.height != chunk.height:
-            raise RuntimeError(f"{cache.family}/{cache.model}: compute_fn returned {values.height} rows "
-                               f"for {chunk.height} inputs")
-        rows = pl.concat([chunk.select(KEY_COLUMNS), values.select(list(cache.schema)).cast(cache.schema)],
-                         how="horizontal")
-        ok = rows.filter(~pl.all_horizontal(pl.col(list(cache.schema)).is_null()))
-        failed += rows.height - ok.height
-        if ok.height:
-            cache.append(ok)  # each chunk is durable on its own: a crash loses only the chunk in flight
-            new.append(ok)
-        progress.update(chunk.height)
+        n = chunk.height
+        with cache.computing(log, what):
+            fresh = set(cache.parts()) - known  # parts another run stored meanwhile: skip their items
+            if fresh:
+                known |= fresh
+                by_others = pl.concat([by_others, cache.stored_keys(fresh, log)])
+            if by_others.height:
+                chunk = chunk.join(by_others, on=KEY_COLUMNS, how="anti", maintain_order="left")
+            if chunk.height:
+                ok, chunk_failed = _compute_chunk(chunk, compute_fn, cache)
+                failed += chunk_failed
+                if ok.height:
+                    known.add(cache.append(ok))  # each chunk is durable on its own: a crash loses only this chunk
+                    new.append(ok)
+        progress.update(n)
+    if by_others.height:
+        mine = pl.concat(new).select(KEY_COLUMNS) if new else by_others.clear()
+        by_others = cache.read(todo.join(by_others, on=KEY_COLUMNS, how="semi")
+                               .join(mine, on=KEY_COLUMNS, how="anti"))
+        new.append(by_others)
     compute_s = time.perf_counter() - t_compute
 
     if len(cache.parts()) > AUTO_COMPACT_PARTS:
@@ -227,10 +263,10 @@ def compute_incremental(
     found = pl.concat([have, *new]) if new else have
     out = (keyed.select(KEY_COLUMNS).with_row_index("_row")
            .join(found, on=KEY_COLUMNS, how="left").sort("_row").drop("_row", "key"))
-    computed = todo.height - failed
+    computed = todo.height - failed - by_others.height
     stats = {
         "computed": computed,
-        "reused": have.height,
+        "reused": have.height + by_others.height,
         "remaining": missing.height - todo.height,
         "failed": failed,
         "missing_input": keyed.height - keyed["key"].count(),
@@ -239,6 +275,19 @@ def compute_incremental(
         "model_key": cache.model_key,
     }
     return out, stats
+
+
+def _compute_chunk(chunk: pl.DataFrame, compute_fn: Callable[[pl.DataFrame], pl.DataFrame],
+                   cache: FeatureCache) -> tuple[pl.DataFrame, int]:
+    """The chunk's stored rows (key columns + values) and how many rows failed (all values null)."""
+    values = compute_fn(chunk)
+    if values.height != chunk.height:
+        raise RuntimeError(f"{cache.family}/{cache.model}: compute_fn returned {values.height} rows "
+                           f"for {chunk.height} inputs")
+    rows = pl.concat([chunk.select(KEY_COLUMNS), values.select(list(cache.schema)).cast(cache.schema)],
+                     how="horizontal")
+    ok = rows.filter(~pl.all_horizontal(pl.col(list(cache.schema)).is_null()))
+    return ok, rows.height - ok.height
 
 
 def per_model(
