@@ -28,7 +28,7 @@ CHECK = "ranker_sound"
 
 @dg.asset(name="ranker", partitions_def=DATASETS, group_name="models", io_manager_key="lake",
           ins={"split": dg.AssetIn("split"), "items": dg.AssetIn("items"),
-               **{t: dg.AssetIn(t) for t in FEATURE_TABLES},
+               **{t: dg.AssetIn(t, metadata={"allow_missing": True}) for t in FEATURE_TABLES},
                **{m: dg.AssetIn(m, metadata={"allow_missing": True}) for m in all_model_names}},
           check_specs=[dg.AssetCheckSpec(CHECK, asset="ranker", description=(
               "candidate union recall >= every source's; the ranker is tested on the same users as the reference "
@@ -49,9 +49,9 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
     sources = {name: (f"{m}/{v}", MODELS[m].load(lake.models(spec.name, m, v), model_sources.sources()))
                for name, (m, v) in chosen.items()}
     vectors = ranker.ItemVectors.from_tables(data, *(tables[t] for t in FEATURE_TABLES))
-    text = ranker.ItemVectors.from_tables(data, None, tables["text_embeddings"], None)
+    # LightGBM gets the step's threads (ComputeResource.cpu_threads set torch's); diversity: the sentence vectors
     run = ranker.run_ranker(data, sources, vectors, config, threads=torch.get_num_threads(),
-                            item_vectors=text.vectors.get("text"), log=context.log)
+                            item_vectors=vectors.vectors.get("text"), log=context.log)
     reference = ranker.validation_best(metrics, spec.split)
     per_user = run.per_user
     if reference:
