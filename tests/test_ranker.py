@@ -151,3 +151,13 @@ def test_candidate_scores_rank_candidates_first():
     s = scorer.score(np.array([11, 10]), [np.zeros(0)] * 2).numpy()
     assert s[1].argsort()[::-1][:2].tolist() == [1, 3]  # user 10: item 1 (2.0), then 3 (-5.0), then the rest
     assert (s[1][[0, 2, 4]] < -5.0).all() and s[0].argmax() == 2
+
+
+def test_without_multimodal_features_no_multimodal_is_the_full_fit(toy):
+    split, items, _, _, _ = toy
+    data = RecDataset.from_tables("toy", split, items)
+    config = ranker.RankerConfig(top_n=15, num_leaves=(7,), max_rounds=30, early_stopping=10, min_data_in_leaf=5)
+    run = ranker.run_ranker(data, sources_for(data), ranker.ItemVectors({}, {}), config)
+    rows = {v: run.metrics.filter(pl.col("variant") == v).drop("variant") for v in ("full", "no_multimodal")}
+    assert rows["full"].equals(rows["no_multimodal"]) and run.chosen["full"] == run.chosen["no_multimodal"]
+    assert "multimodal" not in set(run.gains["family"])

@@ -470,26 +470,23 @@ def run_ranker(data: RecDataset, sources: dict[str, tuple[str, object]], vectors
     train_t, hold_t = (valid.filter(pl.col("row").is_in(r.tolist())) for r in (fit_rows, hold_rows))
     hold_users = stages["valid"].inputs.users[hold_rows]
     metrics, per_user, gains, chosen = [], [], [], {}
+    fitted = {}  # columns -> its fit and rows: a variant that drops no column (e.g. no multimodal feature) reuses
     for variant, drop in VARIANTS.items():
         t0 = time.perf_counter()
         columns = feature_columns(valid, drop)
-        booster, point, grid = fit_lightgbm(train_t, hold_t, columns, config, threads)
+        if tuple(columns) not in fitted:
+            fitted[tuple(columns)] = fit_and_score(data, stages, tables, train_t, hold_t, hold_users, columns, config,
+                                                   threads, item_vectors, variant)
+        booster, point, grid, rows, users_rows = fitted[tuple(columns)]
         chosen[variant] = {**point, "features": len(columns), "grid": grid}
         gain = booster.feature_importance("gain", iteration=booster.best_iteration)
         gains.append(pl.DataFrame({"variant": variant, "family": [family(c) for c in columns], "gain": gain})
                      .group_by("variant", "family").agg(pl.col("gain").sum()))
-        predict = {name: booster.predict(tables[name].select(columns).to_numpy().astype(np.float32),
-                                         num_iteration=booster.best_iteration) for name in tables}
-        # @valid: the holdout users only (the fit users' rows would flatter it)
-        scorer = CandidateScores(stages["valid"].inputs.users, valid, predict["valid"], data.n_items)
-        metrics.append(valid_rows(scorer, data, variant, hold_users, item_vectors))
-        scorer = CandidateScores(stages["test"].inputs.users, tables["test"], predict["test"], data.n_items)
-        test, full = evaluate_model(scorer, data, NAME, variant, item_vectors=item_vectors)
-        metrics.append(test)
-        per_user.append(per_user_table(full, data, NAME, variant, data.protocol))
+        metrics.append(rows.with_columns(pl.lit(variant).alias("variant")))
+        per_user.append(users_rows.with_columns(pl.lit(variant).alias("variant")))
         if log:
-            log.info(f"ranker/{variant}: {point}, test NDCG@10 {full.value('ndcg', 10):.4f} "
-                     f"({time.perf_counter() - t0:.1f}s)")
+            ndcg = rows.filter((pl.col("protocol") == data.protocol) & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
+            log.info(f"ranker/{variant}: {point}, test NDCG@10 {ndcg['value'][0]:.4f} ({time.perf_counter() - t0:.1f}s)")
     gains = pl.concat(gains).with_columns((pl.col("gain") / pl.col("gain").sum().over("variant")).alias("share"))
     clock["total"] = time.perf_counter() - start
     return RankerRun(pl.concat(metrics), pl.concat(per_user), pl.concat(recall),
@@ -497,6 +494,21 @@ def run_ranker(data: RecDataset, sources: dict[str, tuple[str, object]], vectors
                      {s: ref for s, (ref, _) in sources.items()},
                      {"fit": len(fit_rows), "holdout": len(hold_rows), "test": len(stages["test"].inputs.users)},
                      {k: round(v, 2) for k, v in clock.items()})
+
+
+def fit_and_score(data: RecDataset, stages: dict, tables: dict, train_t: pl.DataFrame, hold_t: pl.DataFrame,
+                  hold_users: np.ndarray, columns: list[str], config: RankerConfig, threads: int,
+                  item_vectors: np.ndarray | None, variant: str):
+    """(booster, chosen point, grid, metric rows, per-user test rows) of one feature set."""
+    booster, point, grid = fit_lightgbm(train_t, hold_t, columns, config, threads)
+    predict = {name: booster.predict(tables[name].select(columns).to_numpy().astype(np.float32),
+                                     num_iteration=booster.best_iteration) for name in tables}
+    # @valid: the holdout users only (the fit users' rows would flatter it)
+    scorer = CandidateScores(stages["valid"].inputs.users, tables["valid"], predict["valid"], data.n_items)
+    valid = valid_rows(scorer, data, variant, hold_users, item_vectors)
+    scorer = CandidateScores(stages["test"].inputs.users, tables["test"], predict["test"], data.n_items)
+    test, full = evaluate_model(scorer, data, NAME, variant, item_vectors=item_vectors)
+    return booster, point, grid, pl.concat([valid, test]), per_user_table(full, data, NAME, variant, data.protocol)
 
 
 def valid_rows(scorer: CandidateScores, data: RecDataset, variant: str, users: np.ndarray,
