@@ -54,8 +54,8 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
                             item_vectors=vectors.vectors.get("text"), log=context.log)
     reference = ranker.validation_best(metrics, spec.split)
     per_user = run.per_user
-    if reference:
-        ref_file = lake.per_user(spec.name) / f"{reference.split('/')[0]}.parquet"
+    ref_file = lake.per_user(spec.name) / f"{reference.split('/')[0]}.parquet" if reference else None
+    if ref_file is not None and ref_file.exists():  # its per-user values: the CIs and the paired tests
         ref_rows = read_parquet(ref_file).filter(pl.col("variant") == reference.split("/")[1])
         per_user = pl.concat([per_user, ref_rows.select(per_user.columns)])
     ablation = ranker.ablation_table(per_user, pl.concat([metrics, run.metrics]), reference)
