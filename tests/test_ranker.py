@@ -144,6 +144,8 @@ def test_ranker_trains_and_produces_evaluator_rows(toy):
     assert table.height == 4
     assert (table["ci_low"] <= table["test_ndcg@10"]).all() and (table["test_ndcg@10"] <= table["ci_high"]).all()
     assert table.filter(pl.col("name") == "ranker/full")["p_holm"][0] is not None
+    versus_full = table.filter(pl.col("name").is_in(["ranker/no_multimodal", "ranker/no_sources"]))["p_holm_vs_full"]
+    assert versus_full.is_not_null().all() and table.filter(pl.col("name") == "ranker/full")["p_holm_vs_full"][0] is None
 
 
 def test_candidate_scores_rank_candidates_first():

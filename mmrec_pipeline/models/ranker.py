@@ -532,17 +532,20 @@ def valid_rows(scorer: CandidateScores, data: RecDataset, variant: str, users: n
 
 
 ABLATION_COLUMNS = ("name", "valid_ndcg@10", "test_ndcg@10", "ci_low", "ci_high", "diff_vs_reference", "p_holm",
-                    "users")
+                    "diff_vs_full", "p_holm_vs_full", "users")
 
 
 def ablation_table(per_user: pl.DataFrame, metrics: pl.DataFrame, reference: str | None,
                    metric: str = "ndcg@10") -> pl.DataFrame:
     """One row per ranker variant and the reference (the validation-best single model): valid and test
-    NDCG@10, the test value's 95% bootstrap CI, and the Wilcoxon + Holm test against the reference on the same
-    test users."""
+    NDCG@10, the test value's 95% bootstrap CI, the Wilcoxon + Holm test against the reference on the same
+    test users (Holm over the three variants), and each ablation's against `ranker/full` (Holm over the two): does
+    the dropped family help?"""
     names = per_user.select((pl.col("model") + "/" + pl.col("variant")).alias("name"), "user_id", metric)
     tests = paired_tests(per_user, metric, reference) if reference else pl.DataFrame(
         schema={"name": pl.Utf8, "diff": pl.Float64, "p": pl.Float64, "p_holm": pl.Float64})
+    vs_full = paired_tests(per_user.filter(pl.col("model") == NAME), metric, f"{NAME}/full").select(
+        "name", pl.col("diff").alias("diff_vs_full"), pl.col("p_holm").alias("p_holm_vs_full"))
     valid = metrics.filter(pl.col("protocol").str.ends_with("@valid") & (pl.col("metric") == "ndcg")
                            & (pl.col("k") == 10) & ~pl.col("protocol").str.contains("+", literal=True)).select(
         (pl.col("model") + "/" + pl.col("variant")).alias("name"), pl.col("value").alias("valid_ndcg@10"))
@@ -554,7 +557,8 @@ def ablation_table(per_user: pl.DataFrame, metrics: pl.DataFrame, reference: str
         low, high = bootstrap_ci(values)
         rows.append({"name": name, "test_ndcg@10": float(np.nanmean(values)), "ci_low": low, "ci_high": high,
                      "users": len(values)})
-    table = pl.DataFrame(rows).join(valid, on="name", how="left").join(tests, on="name", how="left")
+    table = (pl.DataFrame(rows).join(valid, on="name", how="left").join(tests, on="name", how="left")
+             .join(vs_full, on="name", how="left"))
     return table.rename({"diff": "diff_vs_reference"}).select(ABLATION_COLUMNS)
 
 
@@ -584,8 +588,9 @@ def report_section(inputs):
             f"ranking is the `@valid` row. Test: {s['users']['test']} users, features from train + valid rows, the "
             f"sources as trained on train. Items outside the candidates rank after them. Reference: the "
             f"validation-best single model `{s['reference']}`; `p_holm`: Wilcoxon signed-rank on per-user NDCG@10 "
-            "vs the reference, Holm-corrected over the three variants. Gains: share of the model's total gain per "
-            "feature family.")
+            "vs the reference, Holm-corrected over the three variants; `p_holm_vs_full`: the same test of each ablation "
+            "against `ranker/full` (Holm over the two): whether the dropped family helps. Gains: share of the "
+            "model's total gain per feature family.")
     ablation = pl.DataFrame(s["ablation"]).select(ABLATION_COLUMNS)
     recall = pl.DataFrame(s["recall"]).select("stage", "source", "N", "recall", "candidates_per_user")
     return Section("Two-stage ranker (candidates + LightGBM)", note, [ablation, recall, gains])
