@@ -17,7 +17,7 @@ from mmrec_pipeline.evaluation.report import (
     md_table,
     user_accounting,
 )
-from mmrec_pipeline.models import FAMILIES, MODELS
+from mmrec_pipeline.models import FAMILIES, MODELS, ranker
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import Lake, read_parquet, write_text
 from resources.storage import LakeResource
@@ -31,10 +31,12 @@ def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
     ran = set(metrics["model"].unique().to_list())
     sections = [cls.report_section(inputs) for name, cls in MODELS.items()
                 if name in ran and cls.report_section is not None]
+    if ranker.NAME in ran:  # the two-stage ranker is not a registry model: its block comes after theirs
+        sections.append(ranker.report_section(inputs))
     return [s for s in sections if s is not None] + audit_sections(metrics, spec.split)
 
 
-FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in group}
+FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in group} | {ranker.NAME: "two-stage"}
 
 
 def read_per_user(lake: Lake, dataset: str) -> pl.DataFrame | None:
@@ -48,7 +50,7 @@ def read_per_user(lake: Lake, dataset: str) -> pl.DataFrame | None:
 # A model asset never materialized for a dataset (e.g. `mmrec run --select popularity+`) is left out and named in
 # the metadata; one that failed stops `metrics` as any failed upstream step does.
 @dg.asset(partitions_def=DATASETS, group_name="evaluation", io_manager_key="lake",
-          ins={name: dg.AssetIn(name, metadata={"allow_missing": True}) for name in all_model_names})
+          ins={name: dg.AssetIn(name, metadata={"allow_missing": True}) for name in (*all_model_names, ranker.NAME)})
 def metrics(**model_tables: pl.DataFrame | None) -> dg.Output[pl.DataFrame]:
     """The long table: model, variant, protocol, metric, k, value — every trained model of the dataset."""
     absent = sorted(name for name, t in model_tables.items() if t is None)

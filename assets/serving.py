@@ -10,7 +10,7 @@ from assets.models import model_assets
 from mmrec_pipeline import serving
 from mmrec_pipeline.evaluation.report import md_table, plot_drift
 from mmrec_pipeline.lake import refresh_catalog
-from mmrec_pipeline.models import MODELS
+from mmrec_pipeline.models import MODELS, ranker
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import read_parquet
 from mmrec_pipeline.versions import code_version
@@ -41,7 +41,9 @@ def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Out
     """Every model/variant ranked by validation NDCG@10 (full ranking, `<protocol>@valid`), test next to it;
     `champion` marks the best on validation, or the model pinned by `models.serving.champion`."""
     spec = get_dataset(context.partition_key)
-    ranking = serving.validation_ranking(metrics, spec.split)
+    # The two-stage ranker is left out: `recommendations` retrains a registry model on every interaction, and the
+    # ranker (candidates from several checkpoints + LightGBM) has no such retraining path yet.
+    ranking = serving.validation_ranking(metrics.filter(pl.col("model") != ranker.NAME), spec.split)
     best = serving.choose_champion(ranking, _config(spec.name).champion)
     table = ranking.with_columns(((pl.col("model") == best["model"]) & (pl.col("variant") == best["variant"]))
                                  .alias("champion"))

@@ -23,10 +23,11 @@ import sys
 import dagster as dg
 
 from assets import DATASETS
+from mmrec_pipeline.evaluation import metrics, protocols
 from mmrec_pipeline.features import vq
 from mmrec_pipeline.features.families import FEATURES
 from mmrec_pipeline.lake import feature_gaps
-from mmrec_pipeline.models import MODELS
+from mmrec_pipeline.models import MODELS, ranker
 from mmrec_pipeline.registry import available_datasets, get_dataset
 from mmrec_pipeline.versions import code_version
 from resources.storage import LakeResource
@@ -64,13 +65,13 @@ def model_code_version(cls) -> str:
     used = {c for c in cls.__mro__ if c.__module__.startswith("mmrec_pipeline.")}
     used |= {v for v in vars(module).values()
              if isinstance(v, type) and v.__module__.startswith("mmrec_pipeline.models.")}
-    from mmrec_pipeline.evaluation import metrics, protocols
     from mmrec_pipeline.models import runner, training
     return code_version(module, *used, runner, training, protocols, metrics)
 
 
 CODE_VERSIONS = {**{name: code_version(*mods) for name, mods in FEATURE_CODE.items()},
-                 **{name: model_code_version(cls) for name, cls in MODELS.items()}}
+                 **{name: model_code_version(cls) for name, cls in MODELS.items()},
+                 ranker.NAME: code_version(ranker, protocols, metrics)}
 
 
 def condition_for(key: dg.AssetKey) -> dg.AutomationCondition:

@@ -20,7 +20,7 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 # Dagster's own selection parser calls a beta parameter; the warning would end up in every `mmrec run --select`.
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
-from assets import checks, evaluation, features, ingest, models, serving, splits
+from assets import checks, evaluation, features, ingest, models, ranker, serving, splits
 from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
 from resources import env_name, executor, resources_for_env
 from resources.runs import reap_dead_runs
@@ -60,7 +60,8 @@ def step_cpu_clock(_context) -> logging.Logger:
     return clock
 
 
-all_assets = with_refresh_policy(dg.load_assets_from_modules([ingest, splits, features, models, evaluation, serving]))
+all_assets = with_refresh_policy(dg.load_assets_from_modules(
+    [ingest, splits, features, models, ranker, evaluation, serving]))
 all_checks = dg.load_asset_checks_from_modules([checks])
 
 defs = dg.Definitions(

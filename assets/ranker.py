@@ -1,0 +1,75 @@
+"""The `ranker` asset per dataset: candidates from the trained models' checkpoints, a LightGBM lambdarank ranker
+over their scores and the multimodal features, and its ablations. Domain logic: `mmrec_pipeline/models/ranker.py`.
+
+It reads every model asset's rows (allowed missing): the sources' validation choice and the validation-best single
+model, the ranker's reference in the Wilcoxon + Holm tests. Its table is the ranker's rows of the metrics table."""
+
+import dagster as dg
+import polars as pl
+import torch
+
+from assets import DATASETS
+from assets.checks import check_result
+from assets.metadata import plain
+from assets.models import all_model_names
+from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.evaluation.protocols import headline
+from mmrec_pipeline.evaluation.report import md_table
+from mmrec_pipeline.models import MODELS, ranker
+from mmrec_pipeline.registry import get_dataset
+from mmrec_pipeline.storage import read_parquet, write_parquet
+from resources.compute import ComputeResource
+from resources.models import ModelSourcesResource
+from resources.storage import LakeResource
+
+FEATURE_TABLES = ("image_embeddings", "text_embeddings", "vq_codes")
+CHECK = "ranker_sound"
+
+
+@dg.asset(name="ranker", partitions_def=DATASETS, group_name="models", io_manager_key="lake",
+          ins={"split": dg.AssetIn("split"), "items": dg.AssetIn("items"),
+               **{t: dg.AssetIn(t, metadata={"allow_missing": True}) for t in FEATURE_TABLES},
+               **{m: dg.AssetIn(m, metadata={"allow_missing": True}) for m in all_model_names}},
+          check_specs=[dg.AssetCheckSpec(CHECK, asset="ranker", description=(
+              "candidate union recall >= every source's; the ranker is tested on the same users as the reference "
+              "and validated on the holdout users only"))])
+def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, model_sources: ModelSourcesResource,
+                 lake_store: LakeResource, split: pl.DataFrame, items: pl.DataFrame, **tables):
+    """Two-stage recommender: the union of the trained sources' top-N, ordered by LightGBM lambdarank (variants
+    full, no_multimodal, no_sources), fitted on valid users, scored once on test."""
+    spec = get_dataset(context.partition_key)
+    config = ranker.RankerConfig.from_overrides(spec.models.get("ranker"))
+    data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
+    metrics = pl.concat([t for m, t in tables.items() if m in all_model_names and t is not None and t.height])
+    lake = lake_store.lake()
+    chosen = ranker.choose_sources(metrics, spec.split)
+    if not chosen:
+        raise FileNotFoundError("ranker: none of its source models is materialized for this dataset "
+                                f"({', '.join(ranker.SOURCE_MODELS)})")
+    sources = {name: (f"{m}/{v}", MODELS[m].load(lake.models(spec.name, m, v), model_sources.sources()))
+               for name, (m, v) in chosen.items()}
+    vectors = ranker.ItemVectors.from_tables(data, *(tables[t] for t in FEATURE_TABLES))
+    # LightGBM gets the step's threads (ComputeResource.cpu_threads set torch's); diversity: the sentence vectors
+    run = ranker.run_ranker(data, sources, vectors, config, threads=torch.get_num_threads(),
+                            item_vectors=vectors.vectors.get("text"), log=context.log)
+    reference = ranker.validation_best(metrics, spec.split)
+    per_user = run.per_user
+    ref_file = lake.per_user(spec.name) / f"{reference.split('/')[0]}.parquet" if reference else None
+    if ref_file is not None and ref_file.exists():  # its per-user values: the CIs and the paired tests
+        ref_rows = read_parquet(ref_file).filter(pl.col("variant") == reference.split("/")[1])
+        per_user = pl.concat([per_user, ref_rows.select(per_user.columns)])
+    ablation = ranker.ablation_table(per_user, pl.concat([metrics, run.metrics]), reference)
+    write_parquet(run.per_user, lake.per_user(spec.name) / f"{ranker.NAME}.parquet")
+    ranker.write_summary(run, ablation, reference, lake.models(spec.name, ranker.NAME))
+    ok, facts = ranker.check_run(run, metrics, reference, spec.split)
+    gains = run.gains.pivot(on="variant", index="family", values="share").fill_null(0.0)
+    yield dg.Output(run.metrics, metadata={
+        **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(run.metrics).items()}),
+        "reference": reference or "", "sources": dg.MetadataValue.json(run.sources),
+        "candidate_recall": dg.MetadataValue.md(md_table(run.recall)),
+        "gain_by_family": dg.MetadataValue.md(md_table(gains)),
+        "ablation": dg.MetadataValue.md(md_table(ablation)),
+        **plain({f"chosen {v}": {k: x for k, x in c.items() if k != "grid"} for v, c in run.chosen.items()}),
+        **plain({f"users {k}": v for k, v in run.users.items()}),
+        **plain({f"seconds {k}": v for k, v in run.seconds.items()})})
+    yield check_result(ok, facts, "candidate recall and user sets as the protocol requires", CHECK)
