@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS, GPU, op_tags
+from assets.automation import CODE_VERSIONS, REFRESH
 from assets.metadata import plain, table_preview
 from mmrec_pipeline.compute import pin_feature_dtype
 from mmrec_pipeline.features.families import FEATURES, Feature, FeatureRun
@@ -63,6 +64,7 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
     @dg.asset(name=feature.name, ins={k: dg.AssetIn(k) for k in feature.inputs}, deps=list(feature.after),
               partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool=feature.pool,
               op_tags=op_tags(feature.pool, feature.long_running), description=feature.description,
+              automation_condition=REFRESH, code_version=CODE_VERSIONS[feature.name],
               # The check runs in the asset's own step: one process start less per feature (local executor).
               check_specs=[dg.AssetCheckSpec(f"{feature.name}_complete", asset=feature.name,
                                              description=f"No item failed, and every item without {feature.name} "
@@ -87,7 +89,8 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
 feature_assets = [feature_asset(f) for f in FEATURES.values()]
 
 
-@dg.asset(partitions_def=DATASETS, group_name="features", **GPU, deps=["items"])
+@dg.asset(partitions_def=DATASETS, group_name="features", **GPU, deps=["items"], automation_condition=REFRESH,
+          code_version=CODE_VERSIONS["vq_tokenizer"])
 def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
                  model_sources: ModelSourcesResource, lake_store: LakeResource) -> dg.MaterializeResult:
     """A VQ-VAE trained on the dataset's own images (kept while its config is unchanged, so codes of existing items

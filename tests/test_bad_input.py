@@ -106,8 +106,8 @@ def test_io_manager_refuses_a_partition_outside_the_lake(tmp_path):
 def test_catalog_quotes_identifiers_and_skips_an_unreadable_table(tmp_path):
     import duckdb
 
-    from mmrec_pipeline.cli import refresh_catalog_or_warn
     from mmrec_pipeline.lake import CATALOG, CatalogError, refresh_catalog
+    from resources.cli import refresh_catalog_or_warn
 
     write_parquet(pl.DataFrame({"a": [1]}), tmp_path / 'q"x' / "items.parquet")
     write_parquet(pl.DataFrame({"a": [2]}), tmp_path / "good" / "items.parquet")
@@ -173,7 +173,8 @@ def test_mmrec_run_selection_errors_are_one_line(monkeypatch, capsys, select):
 
 
 def test_comma_selection_is_a_union():
-    from mmrec_pipeline.definitions import defs, resolve_selection
+    from assets.definitions import defs
+    from resources.runner import resolve_selection
 
     graph = defs.resolve_asset_graph()
     names = {k.to_user_string() for k in resolve_selection("group:ingest,group:splits", graph)}
@@ -216,8 +217,8 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
 def test_runs_of_dead_processes_are_marked_failed():
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from mmrec_pipeline.cli import instance_home
-    from mmrec_pipeline.definitions import fail_runs_of_dead_processes
+    from resources.cli import instance_home
+    from resources.runner import fail_runs_of_dead_processes
 
     instance_home()
     instance = dg.DagsterInstance.get()

@@ -284,7 +284,7 @@ def test_k8s_executor_config_gpu_steps_request_one_gpu(monkeypatch):
     from kubernetes.client import ApiClient
     from kubernetes.utils import parse_quantity
 
-    from mmrec_pipeline.definitions import defs
+    from assets.definitions import defs
     from resources import executor
     from resources.executors import k8s_executor_config
 
@@ -318,7 +318,7 @@ def test_k8s_executor_config_gpu_steps_request_one_gpu(monkeypatch):
 def test_helm_values_and_dockerfile_agree_with_the_project():
     values = yaml.safe_load((REPO / "deploy" / "helm-values.yaml").read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
-    assert deployment["dagsterApiGrpcArgs"][:2] == ["--module-name", "mmrec_pipeline.definitions"]
+    assert deployment["dagsterApiGrpcArgs"][:2] == ["--module-name", "assets.definitions"]
     env = {e["name"]: e["value"] for e in deployment["env"]}
     assert env["MMREC_ENV"] == "k8s"
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
@@ -327,7 +327,7 @@ def test_helm_values_and_dockerfile_agree_with_the_project():
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlDatabase"]
     # The chart's ports and the image's gRPC server agree; every COPY source of the Dockerfile exists.
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
-    assert f'"{deployment["port"]}"' in dockerfile and "mmrec_pipeline.definitions" in dockerfile
+    assert f'"{deployment["port"]}"' in dockerfile and "assets.definitions" in dockerfile
     for line in dockerfile.splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:

@@ -20,7 +20,7 @@ from mmrec_pipeline.storage import inside, write_parquet
 
 
 def test_definitions_load():
-    from mmrec_pipeline.definitions import defs
+    from assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
@@ -218,7 +218,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatch):
     """Items without captions (a new catalog version, or a budget-limited backfill) → one features run for that
     dataset; the same gap is not requested twice; no gap → no request."""
-    from mmrec_pipeline.automation import items_missing_features
+    from assets.definitions import items_missing_features
     from resources.storage import LakeResource
 
     monkeypatch.setenv("MMREC_HOME", str(tmp_path))
@@ -243,7 +243,7 @@ def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatc
 def test_backfill_runs_say_what_remains_and_whether_they_catch_up():
     """sample's budget of 32 review summaries a run: 952 missing is a partial run with an ETA (the UI shows the
     run's tags); 20 missing is the final run, after which the models retrain."""
-    from mmrec_pipeline.automation import backfill_tags
+    from assets.definitions import backfill_tags
     from mmrec_pipeline.registry import get_dataset
 
     models = get_dataset("sample").models
