@@ -278,7 +278,7 @@ def test_every_asset_runs_on_an_image_less_dataset_and_a_killed_run_recovers(tmp
     lake = tmp_path / "lake"
     env = {**os.environ, "MMREC_DATA": str(tmp_path / "data"), "MMREC_DATASETS": str(tmp_path / "datasets.yaml"),
            "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "local"}
-    cmd = [sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "tiny"]
+    cmd = [sys.executable, "-m", "resources.cli", "run", "--dataset", "tiny"]
 
     # First run: SIGTERM as soon as its first step starts (stopping it later, once a model step starts, tests the
     # same recovery: every step the second run executes again; it cost ~20 s of CPU more).

@@ -215,7 +215,7 @@ def test_deploy_instance_is_postgres_default_stays_sqlite(instance, pg_url, tmp_
 
 def test_dataset_steps_run_in_celery_workers(instance, workers, deploy_env, shared_data):
     """`mmrec run` of ml-100k ingest -> split (+ its blocking checks) under MMREC_ENV=deploy."""
-    proc = subprocess.Popen([sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "ml-100k",
+    proc = subprocess.Popen([sys.executable, "-m", "resources.cli", "run", "--dataset", "ml-100k",
                              "--select", "group:ingest or group:splits"], cwd=REPO, env=deploy_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert "run succeeded for dataset 'ml-100k'" in _finish(proc)
