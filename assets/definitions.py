@@ -51,7 +51,7 @@ def items_missing_features(context: dg.SensorEvaluationContext, lake_store: Lake
         gaps = {t: n for t, n in feature_gaps(lake.dataset(name)).items() if n}
         if gaps:
             key = f"{name}:" + ",".join(f"{t}={n}" for t, n in sorted(gaps.items()))
-            tags = backfill_tags(gaps, get_dataset(name).models, _run_cadence(context.instance, name))
+            tags = backfill_tags(gaps, get_dataset(name).features, _run_cadence(context.instance, name))
             progress[name] = {k.removeprefix("mmrec/"): v for k, v in tags.items()}
             context.log.info(f"{name}: {tags}")
             yield dg.RunRequest(run_key=key, partition_key=name, tags={"mmrec/feature_gaps": key, **tags})
@@ -60,7 +60,7 @@ def items_missing_features(context: dg.SensorEvaluationContext, lake_store: Lake
 
 def backfill_tags(gaps: dict[str, int], settings: dict, cadence_s: float) -> dict[str, str]:
     """Tags of the features run that fills `gaps` ({feature table: items without a value}) under the dataset's
-    per-run budgets (`models: {<feature>: {max_items_per_run: N}}`): `partial` when it leaves items for later
+    per-run budgets (`features: {<feature>: {max_items_per_run: N}}`): `partial` when it leaves items for later
     runs, `final` when it catches up; the items remaining and, for a partial run, an ETA at one run per
     `cadence_s`."""
     runs = {t: math.ceil(n / budget) for t, n in gaps.items()

@@ -72,12 +72,12 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
     def _feature(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
                  model_sources: ModelSourcesResource, lake_store: LakeResource, **inputs: pl.DataFrame):
         spec, lake = get_dataset(context.partition_key), lake_store.lake()
-        # The run's budget, else the dataset's (`models: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
+        # The run's budget, else the dataset's (`features: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
         # budget on review summaries; the `items_missing_features` sensor runs the rest later).
-        budget = config.max_items_per_run or spec.models.get(feature.name, {}).get("max_items_per_run")
+        budget = config.max_items_per_run or spec.features.get(feature.name, {}).get("max_items_per_run")
         settings = pin_feature_dtype(compute.settings(), lake.feature_dtype(spec.name), context.log)
         run = FeatureRun(model_sources.sources(), settings, lake.feature_cache(), lake.dataset(spec.name),
-                         spec.models, budget or None, context.log)
+                         spec.features, budget or None, context.log)
         table, stats = feature.compute(run, **inputs)
         meta = _metadata(table, stats)
         yield dg.Output(table, metadata=meta)
@@ -100,7 +100,7 @@ def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
     spec = get_dataset(context.partition_key)
     lake = lake_store.lake()
     items = read_parquet(lake.table(spec.name, "items"), columns=["image_path"])
-    profile = spec.models.get("vq_vae", {}).get("profile", "demo")
+    profile = spec.features.get("vq_vae", {}).get("profile", "demo")
     folder = lake.models(spec.name, "vq_vae")
     images = items["image_path"].drop_nulls().n_unique()
     if images < MIN_TRAIN_IMAGES:  # e.g. MovieLens: no images; vq_codes then writes null codes

@@ -246,6 +246,27 @@ def test_hm_text_price_names_the_row(tmp_path):
 # ---------------------------------------------------------------- 7, 8: end to end on an image-less dataset
 
 
+def test_registry_names_the_new_key_of_feature_and_serving_settings_under_models(tmp_path, monkeypatch):
+    """A registry written before `features:` and `serving:` had keys of their own: one line per moved setting,
+    naming where it goes; a feature key that is no feature is named too."""
+    registry(tmp_path, "datasets:\n  x:\n    source: sample\n    models: {review_summaries: {max_items_per_run: 3},"
+                       " vq_vae: {profile: small}, serving: {k: 5}, sasrec: {lr: 0.01}}\n"
+                       "  y: {source: sample, features: {sasrec: {lr: 0.01}}}\n", monkeypatch)
+    with pytest.raises(RegistryError) as e:
+        load_registry()
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4, lines
+    assert "'models.review_summaries' is a feature setting, now under 'features:'" in lines[0]
+    assert "'models.vq_vae' is a feature setting, now under 'features:'" in lines[1]
+    assert "dataset 'x': 'models.serving' is now the entry's own key 'serving:'" in lines[2]
+    assert "dataset 'y': features ['sasrec'] are not features" in lines[3]
+    registry(tmp_path, "datasets:\n  x:\n    source: sample\n    features: {review_summaries: {max_items_per_run: 3}}"
+                       "\n    serving: {k: 5}\n    models: {sasrec: {lr: 0.01}}\n", monkeypatch)
+    spec = load_registry()["x"]
+    assert (spec.features, spec.serving, spec.models) == (
+        {"review_summaries": {"max_items_per_run": 3}}, {"k": 5}, {"sasrec": {"lr": 0.01}})
+
+
 # Each model trains an epoch or two at one grid point: this test is about every asset running and a killed run
 # recovering; the grids and the models' quality are tested on their own (test_tuning, the model tests).
 TINY_MODELS = json.dumps({

@@ -246,11 +246,11 @@ def test_backfill_runs_say_what_remains_and_whether_they_catch_up():
     from assets.definitions import backfill_tags
     from mmrec_pipeline.registry import get_dataset
 
-    models = get_dataset("sample").models
-    tags = backfill_tags({"review_summaries": 952, "captions": 3}, models, cadence_s=600)
+    features = get_dataset("sample").features
+    tags = backfill_tags({"review_summaries": 952, "captions": 3}, features, cadence_s=600)
     assert tags == {"mmrec/backfill": "partial", "mmrec/backfill_remaining": "captions=3, review_summaries=952",
                     "mmrec/backfill_eta": "~5.0 h (30 runs, one per ~10 min)"}
-    assert backfill_tags({"review_summaries": 20}, models, 600) == {
+    assert backfill_tags({"review_summaries": 20}, features, 600) == {
         "mmrec/backfill": "final", "mmrec/backfill_remaining": "review_summaries=20"}
 
 
