@@ -243,7 +243,7 @@ def test_a_cli_run_belongs_to_the_workspace_code_location(tmp_path):
     env = {**os.environ, "MMREC_DATA": str(tmp_path / "data"), "MMREC_DATASETS": str(tmp_path / "datasets.yaml"),
            "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "local",
            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "tiny", "--select", "items"],
+    done = subprocess.run([sys.executable, "-m", "resources.cli", "run", "--dataset", "tiny", "--select", "items"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from dagster._core.workspace.load_target import WorkspaceFileTarget
@@ -272,7 +272,7 @@ def test_mmrec_ui_serves_the_code_location_on_localhost_and_stops_its_services(t
     env.pop("PYTHONWARNINGS", None)
     log = tmp_path / "ui.log"
     with open(log, "w") as out:
-        ui = subprocess.Popen([sys.executable, "-m", "mmrec_pipeline", "ui", "--port", str(port)], env=env,
+        ui = subprocess.Popen([sys.executable, "-m", "resources.cli", "ui", "--port", str(port)], env=env,
                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     # The repository the CLI's runs name (test_a_cli_run_belongs_to_the_workspace_code_location) is the UI's.
     query = {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
