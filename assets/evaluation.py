@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS
+from assets.automation import ACROSS_DATASETS, REFRESH
 from assets.metadata import rounded
 from assets.models import all_model_names
 from mmrec_pipeline.data.dataset import RecDataset
@@ -49,7 +50,7 @@ def read_per_user(lake: Lake, dataset: str) -> pl.DataFrame | None:
 
 # A model asset never materialized for a dataset (e.g. `mmrec run --select popularity+`) is left out and named in
 # the metadata; one that failed stops `metrics` as any failed upstream step does.
-@dg.asset(partitions_def=DATASETS, group_name="evaluation", io_manager_key="lake",
+@dg.asset(partitions_def=DATASETS, group_name="evaluation", io_manager_key="lake", automation_condition=REFRESH,
           ins={name: dg.AssetIn(name, metadata={"allow_missing": True}) for name in (*all_model_names, ranker.NAME)})
 def metrics(**model_tables: pl.DataFrame | None) -> dg.Output[pl.DataFrame]:
     """The long table: model, variant, protocol, metric, k, value — every trained model of the dataset."""
@@ -67,7 +68,7 @@ def metrics(**model_tables: pl.DataFrame | None) -> dg.Output[pl.DataFrame]:
         "models_not_materialized": ", ".join(absent)})
 
 
-@dg.asset(partitions_def=DATASETS, group_name="evaluation")
+@dg.asset(partitions_def=DATASETS, group_name="evaluation", automation_condition=REFRESH)
 def report(context: dg.AssetExecutionContext, lake_store: LakeResource, metrics: pl.DataFrame, split: pl.DataFrame,
            items: pl.DataFrame, interactions: pl.DataFrame) -> dg.MaterializeResult:
     """`$MMREC_HOME/<dataset>/report.html`: leaderboard, per-K curves, metric bars, dataset and split figures."""
@@ -91,7 +92,7 @@ def report(context: dg.AssetExecutionContext, lake_store: LakeResource, metrics:
                                           "per_user_rows": per_user.height if per_user is not None else 0})
 
 
-@dg.asset(name="leaderboard", group_name="evaluation", io_manager_key="lake",
+@dg.asset(name="leaderboard", group_name="evaluation", io_manager_key="lake", automation_condition=ACROSS_DATASETS,
           ins={"metrics": dg.AssetIn("metrics", partition_mapping=dg.AllPartitionMapping(),
                                      metadata={"allow_missing_partitions": True})})
 def leaderboard_all(metrics: dict[str, pl.DataFrame]) -> pl.DataFrame:

@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS, GPU, op_tags
+from assets.automation import CODE_VERSIONS, REFRESH
 from assets.metadata import plain, table_preview
 from mmrec_pipeline.compute import pin_feature_dtype
 from mmrec_pipeline.features.families import FEATURES, Feature, FeatureRun
@@ -63,6 +64,7 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
     @dg.asset(name=feature.name, ins={k: dg.AssetIn(k) for k in feature.inputs}, deps=list(feature.after),
               partitions_def=DATASETS, group_name="features", io_manager_key="lake", pool=feature.pool,
               op_tags=op_tags(feature.pool, feature.long_running), description=feature.description,
+              automation_condition=REFRESH, code_version=CODE_VERSIONS[feature.name],
               # The check runs in the asset's own step: one process start less per feature (local executor).
               check_specs=[dg.AssetCheckSpec(f"{feature.name}_complete", asset=feature.name,
                                              description=f"No item failed, and every item without {feature.name} "
@@ -70,12 +72,12 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
     def _feature(context: dg.AssetExecutionContext, config: FeatureRunConfig, compute: ComputeResource,
                  model_sources: ModelSourcesResource, lake_store: LakeResource, **inputs: pl.DataFrame):
         spec, lake = get_dataset(context.partition_key), lake_store.lake()
-        # The run's budget, else the dataset's (`models: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
+        # The run's budget, else the dataset's (`features: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
         # budget on review summaries; the `items_missing_features` sensor runs the rest later).
-        budget = config.max_items_per_run or spec.models.get(feature.name, {}).get("max_items_per_run")
+        budget = config.max_items_per_run or spec.features.get(feature.name, {}).get("max_items_per_run")
         settings = pin_feature_dtype(compute.settings(), lake.feature_dtype(spec.name), context.log)
         run = FeatureRun(model_sources.sources(), settings, lake.feature_cache(), lake.dataset(spec.name),
-                         spec.models, budget or None, context.log)
+                         spec.features, budget or None, context.log)
         table, stats = feature.compute(run, **inputs)
         meta = _metadata(table, stats)
         yield dg.Output(table, metadata=meta)
@@ -87,7 +89,8 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
 feature_assets = [feature_asset(f) for f in FEATURES.values()]
 
 
-@dg.asset(partitions_def=DATASETS, group_name="features", **GPU, deps=["items"])
+@dg.asset(partitions_def=DATASETS, group_name="features", **GPU, deps=["items"], automation_condition=REFRESH,
+          code_version=CODE_VERSIONS["vq_tokenizer"])
 def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
                  model_sources: ModelSourcesResource, lake_store: LakeResource) -> dg.MaterializeResult:
     """A VQ-VAE trained on the dataset's own images (kept while its config is unchanged, so codes of existing items
@@ -97,7 +100,7 @@ def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
     spec = get_dataset(context.partition_key)
     lake = lake_store.lake()
     items = read_parquet(lake.table(spec.name, "items"), columns=["image_path"])
-    profile = spec.models.get("vq_vae", {}).get("profile", "demo")
+    profile = spec.features.get("vq_vae", {}).get("profile", "demo")
     folder = lake.models(spec.name, "vq_vae")
     images = items["image_path"].drop_nulls().n_unique()
     if images < MIN_TRAIN_IMAGES:  # e.g. MovieLens: no images; vq_codes then writes null codes

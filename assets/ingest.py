@@ -5,8 +5,8 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS
+from assets.automation import OBSERVE_RAW, REFRESH
 from assets.metadata import plain, table_preview
-from mmrec_pipeline.automation import OBSERVE_RAW
 from mmrec_pipeline.data.ingest import generate_source, load_dataset
 from mmrec_pipeline.registry import get_dataset, load_registry
 from mmrec_pipeline.versions import dataset_version
@@ -33,7 +33,8 @@ def raw_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
 
 
 @dg.multi_asset(
-    outs={name: dg.AssetOut(group_name="ingest", io_manager_key="lake", description=desc) for name, desc in {
+    outs={name: dg.AssetOut(group_name="ingest", io_manager_key="lake", description=desc,
+                             automation_condition=REFRESH) for name, desc in {
         "items": "The item catalog: text, price, attributes, image path and hash.",
         "users": "Users and their optional attributes.",
         "interactions": "Every interaction (canonical, unfiltered), sorted by user and time.",

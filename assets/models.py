@@ -13,6 +13,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS, op_tags
+from assets.automation import CODE_VERSIONS, REFRESH
 from assets.checks import check_result
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
@@ -49,7 +50,8 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
 
     # The tuning check runs in the asset's own step: one process start less per model under the local executor.
     @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=cls.pool,
-              op_tags=op_tags(cls.pool, cls.long_running),
+              op_tags=op_tags(cls.pool, cls.long_running), automation_condition=REFRESH,
+              code_version=CODE_VERSIONS[name],
               description=(sys.modules[cls.__module__].__doc__ or cls.__doc__ or name).strip().split("\n\n")[0],
               check_specs=[dg.AssetCheckSpec(TUNING_CHECK, asset=name, description="Each variant's checkpoint holds the "
                                              "point of its grid with the best validation NDCG@10")])

@@ -9,6 +9,7 @@ import polars as pl
 import torch
 
 from assets import DATASETS
+from assets.automation import CODE_VERSIONS, REFRESH
 from assets.checks import check_result
 from assets.metadata import plain
 from assets.models import all_model_names
@@ -27,6 +28,7 @@ CHECK = "ranker_sound"
 
 
 @dg.asset(name="ranker", partitions_def=DATASETS, group_name="models", io_manager_key="lake",
+          automation_condition=REFRESH, code_version=CODE_VERSIONS[ranker.NAME],
           ins={"split": dg.AssetIn("split"), "items": dg.AssetIn("items"),
                **{t: dg.AssetIn(t, metadata={"allow_missing": True}) for t in FEATURE_TABLES},
                **{m: dg.AssetIn(m, metadata={"allow_missing": True}) for m in all_model_names}},

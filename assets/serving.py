@@ -5,6 +5,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS
+from assets.automation import NIGHTLY_FRESHNESS, NIGHTLY_REFRESH, REFRESH
 from assets.metadata import plain, png_markdown, table_preview
 from assets.models import model_assets
 from mmrec_pipeline import serving
@@ -32,14 +33,14 @@ CHECKS = {
 
 
 def _config(dataset: str) -> serving.ServingConfig:
-    return serving.ServingConfig.from_overrides(get_dataset(dataset).models.get("serving"))
+    return serving.ServingConfig.from_overrides(get_dataset(dataset).serving)
 
 
 @dg.asset(partitions_def=DATASETS, group_name="serving", io_manager_key="lake",
-          code_version=code_version(serving.validation_ranking))
+          code_version=code_version(serving.validation_ranking), automation_condition=REFRESH)
 def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """Every model/variant ranked by validation NDCG@10 (full ranking, `<protocol>@valid`), test next to it;
-    `champion` marks the best on validation, or the model pinned by `models.serving.champion`."""
+    `champion` marks the best on validation, or the model pinned by `serving: {champion: ...}`."""
     spec = get_dataset(context.partition_key)
     # The two-stage ranker is left out: `recommendations` retrains a registry model on every interaction, and the
     # ranker (candidates from several checkpoints + LightGBM) has no such retraining path yet.
@@ -55,7 +56,8 @@ def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Out
 
 
 @dg.asset(partitions_def=DATASETS, group_name="serving", deps=FEATURE_TABLES,
-          code_version=code_version(serving, serving.ServingConfig),
+          code_version=code_version(serving, serving.ServingConfig), automation_condition=NIGHTLY_REFRESH,
+          freshness_policy=NIGHTLY_FRESHNESS,
           check_specs=[dg.AssetCheckSpec(name, asset="recommendations", description=d) for name, d in CHECKS.items()])
 def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource, lake_store: LakeResource,
                     model_sources: ModelSourcesResource, champion: pl.DataFrame,

@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 
 from assets import DATASETS, op_tags
+from assets.automation import REFRESH
 from assets.checks import check_result
 from assets.metadata import plain
 from mmrec_pipeline.data.splits import (
@@ -23,6 +24,7 @@ SPLIT_CHECKS = {"split_shares": "Temporal splits hold 75/15/10 of the rows, each
 
 # Priority: the split heads the longest chain of the demo (split -> review summaries -> text embeddings -> models).
 @dg.asset(partitions_def=DATASETS, group_name="splits", io_manager_key="lake", op_tags=op_tags(None, long_running=True),
+          automation_condition=REFRESH,
           ins={"interactions": dg.AssetIn("interactions"), "items": dg.AssetIn("items")},
           check_specs=[dg.AssetCheckSpec(name, asset="split", description=d, blocking=True)
                        for name, d in SPLIT_CHECKS.items()])

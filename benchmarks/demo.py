@@ -107,10 +107,10 @@ def main() -> None:
     os.environ.pop("DAGSTER_HOME", None)
     machine = machine_info()
 
-    from mmrec_pipeline.cli import instance_home, process_tags
+    from resources.cli import instance_home, process_tags
 
     instance_home()
-    from mmrec_pipeline.definitions import materialize_dataset, timing_table
+    from resources.runner import materialize_dataset, timing_table
 
     wall, cpu = time.perf_counter(), cpu_seconds()
     outcome = materialize_dataset("sample", tags=process_tags())

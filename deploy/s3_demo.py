@@ -62,12 +62,12 @@ def run(bucket: str, dataset: str = "sample") -> dict:
     if bucket not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
         s3.create_bucket(Bucket=bucket)
     os.environ["MMREC_HOME"] = f"s3://{bucket}/lake"
-    from mmrec_pipeline.definitions import all_assets
+    from assets.definitions import defs
     from mmrec_pipeline.storage import Lake
     from resources import resources_for_env
 
     result = dg.materialize(
-        all_assets, selection=SELECTION, partition_key=dataset, instance=dg.DagsterInstance.ephemeral(),
+        defs.assets, selection=SELECTION, partition_key=dataset, instance=dg.DagsterInstance.ephemeral(),
         resources=resources_for_env(), raise_on_error=False,
         run_config={"ops": {op: {"config": {"max_items_per_run": n}} for op, n in BUDGETS.items()}})
     failures = [e.step_failure_data.error.to_string() for e in result.all_events if e.is_step_failure]

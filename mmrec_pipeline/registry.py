@@ -16,6 +16,7 @@ from typing import Any, Literal
 import pydantic
 import yaml
 
+from mmrec_pipeline.features.families import FEATURES
 from mmrec_pipeline.storage import Lake
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,8 @@ SPLIT_KINDS = ("temporal", "loo", "recbole")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 NAME_RULE = "letters, digits, '-' and '_', starting with a letter or digit, at most 64 characters"
 RESERVED_NAMES = {"dagster", "main"}  # the instance folder in the lake; DuckDB's schema for root tables
+# What `features:` may configure: each feature table, and the VQ tokenizer's VQ-VAE (`vq_vae: {profile: ...}`).
+FEATURE_SETTINGS = (*FEATURES, "vq_vae")
 
 
 class RegistryError(ValueError):
@@ -74,6 +77,8 @@ class DatasetSpec:
     obtain: str = ""  # how a user gets the files, shown when they are missing
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # reader options
     models: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-model config overrides
+    features: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-feature settings
+    serving: dict[str, Any] = dataclasses.field(default_factory=dict)  # ServingConfig overrides
 
     def data_dir(self) -> Path:
         if self.path is None:
@@ -95,6 +100,26 @@ class _Entry(pydantic.BaseModel):
     obtain: str = ""
     options: dict[str, Any] = {}
     models: dict[str, dict[str, Any]] = {}
+    features: dict[str, dict[str, Any]] = {}
+    serving: dict[str, Any] = {}
+
+
+def _moved_settings(name: str, entry: dict) -> list[str]:
+    """Feature and serving settings once lived under `models:` (a registry written before they had keys of
+    their own): one line each naming the key they belong under now."""
+    models, errors = entry.get("models"), []
+    for key in models if isinstance(models, dict) else ():
+        if key == "serving":
+            errors.append(f"dataset '{name}': 'models.serving' is now the entry's own key 'serving:' "
+                          "(serving: {k: 20, ...})")
+        elif key in FEATURE_SETTINGS:
+            errors.append(f"dataset '{name}': 'models.{key}' is a feature setting, now under 'features:' "
+                          f"(features: {{{key}: {{...}}}})")
+    features = entry.get("features")
+    unknown = sorted(set(features) - set(FEATURE_SETTINGS)) if isinstance(features, dict) else []
+    if unknown:
+        errors.append(f"dataset '{name}': features {unknown} are not features; known: {list(FEATURE_SETTINGS)}")
+    return errors
 
 
 def _entry_errors(name: str, entry: object) -> list[str]:
@@ -106,6 +131,7 @@ def _entry_errors(name: str, entry: object) -> list[str]:
     if not isinstance(entry, dict):
         got = "nothing" if entry is None else f"a {type(entry).__name__} ({entry!r:.60})"
         return [*errors, f"dataset '{name}': expected a mapping of fields (source: ..., path: ...), got {got}"]
+    errors += _moved_settings(name, entry)
     try:
         _Entry.model_validate(entry)
     except pydantic.ValidationError as e:

@@ -45,7 +45,7 @@ RECOMMENDATIONS_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Ut
 
 @dataclasses.dataclass(frozen=True)
 class ServingConfig:
-    """datasets.yaml: `models: {serving: {k: 50, active_days: 28, champion: ease/default}}`."""
+    """datasets.yaml: `serving: {k: 50, active_days: 28, champion: ease/default}` in a dataset's entry."""
 
     k: int = 50
     active_days: int = 28  # users with an interaction this many days before the dataset's latest one; 0 = all
@@ -58,7 +58,7 @@ class ServingConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides or {}) - fields
         if unknown:
-            raise ValueError(f"{registry_name()} models.serving: unknown field(s) {sorted(unknown)}; "
+            raise ValueError(f"{registry_name()} serving: unknown field(s) {sorted(unknown)}; "
                              f"allowed: {sorted(fields)}")
         return cls(**(overrides or {}))
 

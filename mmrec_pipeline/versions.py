@@ -30,11 +30,15 @@ def files_fingerprint(folder: Path) -> str | None:
 
 def dataset_version(spec: DatasetSpec) -> str | None:
     """The data version of a dataset partition: its raw files plus its registry entry (options, split, filters,
-    model overrides), so editing datasets.yaml recomputes that dataset only. None: the files are absent."""
+    model, feature and serving settings), so editing datasets.yaml recomputes that dataset only. None: the files
+    are absent."""
     files = files_fingerprint(spec.data_dir())
     if files is None:
         return None
-    entry = json.dumps(dataclasses.asdict(spec), sort_keys=True, default=str)
+    # `features:` and `serving:` were split out of `models:`: left out while empty, an entry that had neither keeps
+    # its data version, so the split alone refreshes nothing.
+    fields = {k: v for k, v in dataclasses.asdict(spec).items() if v or k not in ("features", "serving")}
+    entry = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(f"{files}\n{entry}".encode()).hexdigest()[:16]
 
 

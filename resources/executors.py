@@ -53,7 +53,7 @@ def k8s_executor_config() -> dict:
     return yaml.safe_load(K8S_EXECUTOR_YAML.read_text())
 
 
-STEP_PRELOAD = ["mmrec_pipeline.definitions", "transformers.modeling_utils", "dagster._core.storage.sqlite_storage",
+STEP_PRELOAD = ["assets.definitions", "transformers.modeling_utils", "dagster._core.storage.sqlite_storage",
                 "alembic.command", "alembic.runtime.migration"]
 # What the training steps (the Trainer's schedules import peft) and the steps that embed text import, preloaded only
 # where bitsandbytes is absent (the `gpu` extra is not installed): its import initialises CUDA, after which a

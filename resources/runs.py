@@ -7,6 +7,7 @@
 - `PoolWaitingConcurrencyContext`: a step blocked on a pool names the run(s) holding it at INFO, releases the
   slots of holders that died meanwhile, waits without spinning a core and gives up after `MMREC_POOL_WAIT_S`.
 - `watch_run_process`: a step process stops (as on Ctrl-C) when the run process that started it is gone.
+- `step_cpu_clock`: the logger that records each in-process step's CPU seconds for `mmrec run`'s timing table.
 """
 
 from __future__ import annotations
@@ -32,6 +33,39 @@ PARENT_POLL_S = 1.0
 STOP_GRACE_S = 30.0  # after the interrupt, the time a step has to record its failure before it is ended
 
 log = logging.getLogger("mmrec.runs")
+
+
+# (run id, step key) -> CPU seconds of the steps that ran in this process (in-process runs: MMREC_ENV=test).
+STEP_CPU_SECONDS: dict[tuple[str, str], float] = {}
+
+
+class _StepCpuClock(logging.Handler):
+    """This process's CPU time (every thread) between a step's start and end events. Steps of an in-process run
+    execute one at a time, so the difference is the step's own CPU time, which a shared machine's load does not
+    inflate as it does wall time."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.started: dict[tuple[str, str], float] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "dagster_event", None)
+        if event is None or not event.step_key:
+            return
+        key = (record.dagster_meta["run_id"], event.step_key)
+        if event.is_step_start:
+            self.started[key] = time.process_time()
+        elif (event.is_step_success or event.is_step_failure) and key in self.started:
+            STEP_CPU_SECONDS[key] = time.process_time() - self.started.pop(key)
+
+
+@dg.logger(description="Records each step's CPU seconds for the timing table that `mmrec run` prints.")
+def step_cpu_clock(_context) -> logging.Logger:
+    # A logger of its own per run, outside the logging tree (as Dagster's console logger): nothing propagates.
+    clock = logging.Logger("mmrec.step_cpu_clock", logging.DEBUG)  # noqa: LOG001
+    clock.addHandler(_StepCpuClock())
+    return clock
+
 
 
 class PoolWaitTimeout(RuntimeError):

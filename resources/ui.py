@@ -21,7 +21,7 @@ from dagster._grpc.client import DagsterGrpcClient
 
 from mmrec_pipeline.storage import write_text
 
-LOCATION = "mmrec_pipeline.definitions"  # the module workspace.yaml loads, and so the code location's name
+LOCATION = "assets.definitions"  # the module workspace.yaml loads, and so the code location's name
 HOST = "127.0.0.1"  # never on another interface: the UI can launch runs
 CODE_SERVER_START_S = 600.0
 

@@ -33,8 +33,8 @@ def _materialize_all(instance, graph, partition: str) -> None:
 
 
 def test_changed_raw_file_refreshes_downstream_and_a_quiet_night_only_recommendations(sample_tables):
+    from assets.definitions import defs
     from assets.ingest import raw_files
-    from mmrec_pipeline.definitions import defs
 
     graph = defs.resolve_asset_graph()
     partitioned = {(k.to_user_string(), "sample") for k in graph.materializable_asset_keys
@@ -91,7 +91,7 @@ def test_recommendations_are_overdue_after_a_night_without_a_refresh():
     from dagster._core.loader import LoadingContextForTest
     from dagster._core.test_utils import freeze_time
 
-    from mmrec_pipeline.definitions import defs
+    from assets.definitions import defs
 
     node = defs.resolve_asset_graph().get(dg.AssetKey("recommendations"))
     evaluator = FRESHNESS_EVALUATORS_BY_POLICY_TYPE[type(node.freshness_policy)]()
@@ -115,8 +115,8 @@ def test_partial_backfill_runs_do_not_retrain_the_models_the_last_one_does():
     from dagster._core.events import DagsterEvent, StepMaterializationData
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from mmrec_pipeline.automation import BACKFILL_TAG
-    from mmrec_pipeline.definitions import defs
+    from assets.automation import BACKFILL_TAG
+    from assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     instance = dg.DagsterInstance.ephemeral()

@@ -106,8 +106,8 @@ def test_io_manager_refuses_a_partition_outside_the_lake(tmp_path):
 def test_catalog_quotes_identifiers_and_skips_an_unreadable_table(tmp_path):
     import duckdb
 
-    from mmrec_pipeline.cli import refresh_catalog_or_warn
     from mmrec_pipeline.lake import CATALOG, CatalogError, refresh_catalog
+    from resources.cli import refresh_catalog_or_warn
 
     write_parquet(pl.DataFrame({"a": [1]}), tmp_path / 'q"x' / "items.parquet")
     write_parquet(pl.DataFrame({"a": [2]}), tmp_path / "good" / "items.parquet")
@@ -173,7 +173,8 @@ def test_mmrec_run_selection_errors_are_one_line(monkeypatch, capsys, select):
 
 
 def test_comma_selection_is_a_union():
-    from mmrec_pipeline.definitions import defs, resolve_selection
+    from assets.definitions import defs
+    from resources.runner import resolve_selection
 
     graph = defs.resolve_asset_graph()
     names = {k.to_user_string() for k in resolve_selection("group:ingest,group:splits", graph)}
@@ -216,8 +217,8 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
 def test_runs_of_dead_processes_are_marked_failed():
     from dagster._core.storage.dagster_run import DagsterRun
 
-    from mmrec_pipeline.cli import instance_home
-    from mmrec_pipeline.definitions import fail_runs_of_dead_processes
+    from resources.cli import instance_home
+    from resources.runner import fail_runs_of_dead_processes
 
     instance_home()
     instance = dg.DagsterInstance.get()
@@ -243,6 +244,27 @@ def test_hm_text_price_names_the_row(tmp_path):
 
 
 # ---------------------------------------------------------------- 7, 8: end to end on an image-less dataset
+
+
+def test_registry_names_the_new_key_of_feature_and_serving_settings_under_models(tmp_path, monkeypatch):
+    """A registry written before `features:` and `serving:` had keys of their own: one line per moved setting,
+    naming where it goes; a feature key that is no feature is named too."""
+    registry(tmp_path, "datasets:\n  x:\n    source: sample\n    models: {review_summaries: {max_items_per_run: 3},"
+                       " vq_vae: {profile: small}, serving: {k: 5}, sasrec: {lr: 0.01}}\n"
+                       "  y: {source: sample, features: {sasrec: {lr: 0.01}}}\n", monkeypatch)
+    with pytest.raises(RegistryError) as e:
+        load_registry()
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4, lines
+    assert "'models.review_summaries' is a feature setting, now under 'features:'" in lines[0]
+    assert "'models.vq_vae' is a feature setting, now under 'features:'" in lines[1]
+    assert "dataset 'x': 'models.serving' is now the entry's own key 'serving:'" in lines[2]
+    assert "dataset 'y': features ['sasrec'] are not features" in lines[3]
+    registry(tmp_path, "datasets:\n  x:\n    source: sample\n    features: {review_summaries: {max_items_per_run: 3}}"
+                       "\n    serving: {k: 5}\n    models: {sasrec: {lr: 0.01}}\n", monkeypatch)
+    spec = load_registry()["x"]
+    assert (spec.features, spec.serving, spec.models) == (
+        {"review_summaries": {"max_items_per_run": 3}}, {"k": 5}, {"sasrec": {"lr": 0.01}})
 
 
 # Each model trains an epoch or two at one grid point: this test is about every asset running and a killed run
@@ -277,7 +299,7 @@ def test_every_asset_runs_on_an_image_less_dataset_and_a_killed_run_recovers(tmp
     lake = tmp_path / "lake"
     env = {**os.environ, "MMREC_DATA": str(tmp_path / "data"), "MMREC_DATASETS": str(tmp_path / "datasets.yaml"),
            "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "local"}
-    cmd = [sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "tiny"]
+    cmd = [sys.executable, "-m", "resources.cli", "run", "--dataset", "tiny"]
 
     # First run: SIGTERM as soon as its first step starts (stopping it later, once a model step starts, tests the
     # same recovery: every step the second run executes again; it cost ~20 s of CPU more).

@@ -215,7 +215,7 @@ def test_deploy_instance_is_postgres_default_stays_sqlite(instance, pg_url, tmp_
 
 def test_dataset_steps_run_in_celery_workers(instance, workers, deploy_env, shared_data):
     """`mmrec run` of ml-100k ingest -> split (+ its blocking checks) under MMREC_ENV=deploy."""
-    proc = subprocess.Popen([sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "ml-100k",
+    proc = subprocess.Popen([sys.executable, "-m", "resources.cli", "run", "--dataset", "ml-100k",
                              "--select", "group:ingest or group:splits"], cwd=REPO, env=deploy_env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert "run succeeded for dataset 'ml-100k'" in _finish(proc)
@@ -284,7 +284,7 @@ def test_k8s_executor_config_gpu_steps_request_one_gpu(monkeypatch):
     from kubernetes.client import ApiClient
     from kubernetes.utils import parse_quantity
 
-    from mmrec_pipeline.definitions import defs
+    from assets.definitions import defs
     from resources import executor
     from resources.executors import k8s_executor_config
 
@@ -318,7 +318,7 @@ def test_k8s_executor_config_gpu_steps_request_one_gpu(monkeypatch):
 def test_helm_values_and_dockerfile_agree_with_the_project():
     values = yaml.safe_load((REPO / "deploy" / "helm-values.yaml").read_text())
     (deployment,) = values["dagster-user-deployments"]["deployments"]
-    assert deployment["dagsterApiGrpcArgs"][:2] == ["--module-name", "mmrec_pipeline.definitions"]
+    assert deployment["dagsterApiGrpcArgs"][:2] == ["--module-name", "assets.definitions"]
     env = {e["name"]: e["value"] for e in deployment["env"]}
     assert env["MMREC_ENV"] == "k8s"
     assert deployment["includeConfigInLaunchedRuns"]["enabled"] is True
@@ -327,7 +327,7 @@ def test_helm_values_and_dockerfile_agree_with_the_project():
     assert values["postgresql"]["enabled"] is False and values["postgresql"]["postgresqlDatabase"]
     # The chart's ports and the image's gRPC server agree; every COPY source of the Dockerfile exists.
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
-    assert f'"{deployment["port"]}"' in dockerfile and "mmrec_pipeline.definitions" in dockerfile
+    assert f'"{deployment["port"]}"' in dockerfile and "assets.definitions" in dockerfile
     for line in dockerfile.splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:

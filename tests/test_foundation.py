@@ -20,7 +20,7 @@ from mmrec_pipeline.storage import inside, write_parquet
 
 
 def test_definitions_load():
-    from mmrec_pipeline.definitions import defs
+    from assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
@@ -218,7 +218,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatch):
     """Items without captions (a new catalog version, or a budget-limited backfill) → one features run for that
     dataset; the same gap is not requested twice; no gap → no request."""
-    from mmrec_pipeline.automation import items_missing_features
+    from assets.definitions import items_missing_features
     from resources.storage import LakeResource
 
     monkeypatch.setenv("MMREC_HOME", str(tmp_path))
@@ -243,14 +243,14 @@ def test_new_items_sensor_requests_one_features_run_per_gap(tmp_path, monkeypatc
 def test_backfill_runs_say_what_remains_and_whether_they_catch_up():
     """sample's budget of 32 review summaries a run: 952 missing is a partial run with an ETA (the UI shows the
     run's tags); 20 missing is the final run, after which the models retrain."""
-    from mmrec_pipeline.automation import backfill_tags
+    from assets.definitions import backfill_tags
     from mmrec_pipeline.registry import get_dataset
 
-    models = get_dataset("sample").models
-    tags = backfill_tags({"review_summaries": 952, "captions": 3}, models, cadence_s=600)
+    features = get_dataset("sample").features
+    tags = backfill_tags({"review_summaries": 952, "captions": 3}, features, cadence_s=600)
     assert tags == {"mmrec/backfill": "partial", "mmrec/backfill_remaining": "captions=3, review_summaries=952",
                     "mmrec/backfill_eta": "~5.0 h (30 runs, one per ~10 min)"}
-    assert backfill_tags({"review_summaries": 20}, models, 600) == {
+    assert backfill_tags({"review_summaries": 20}, features, 600) == {
         "mmrec/backfill": "final", "mmrec/backfill_remaining": "review_summaries=20"}
 
 

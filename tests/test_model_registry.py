@@ -71,8 +71,9 @@ from mmrec_pipeline import models
 models.CLASSIC["toy"] = Toy  # the one registry entry
 
 import dagster as dg
-from mmrec_pipeline.automation import CODE_VERSIONS
-from mmrec_pipeline.definitions import defs, materialize_dataset
+from assets.automation import CODE_VERSIONS
+from assets.definitions import defs
+from resources.runner import materialize_dataset
 graph = defs.resolve_asset_graph()
 toy = graph.get(dg.AssetKey("toy"))
 checks = [k.name for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key == dg.AssetKey("toy")]

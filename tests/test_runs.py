@@ -40,7 +40,7 @@ def started_run(instance: dg.DagsterInstance, pid: int) -> DagsterRun:
 
 @pytest.fixture
 def instance():
-    from mmrec_pipeline.cli import instance_home
+    from resources.cli import instance_home
 
     instance_home()
     with dg.DagsterInstance.get() as instance:
@@ -49,7 +49,7 @@ def instance():
 
 def test_a_killed_run_releases_its_pool_slots(instance):
     """The issue's case: a run killed -9 holds the only slot of a pool; the next run's start frees it."""
-    from mmrec_pipeline.definitions import fail_runs_of_dead_processes
+    from resources.runner import fail_runs_of_dead_processes
 
     storage, pool = instance.event_log_storage, f"pool-{uuid.uuid4().hex[:6]}"
     storage.set_concurrency_slots(pool, 1)
@@ -76,7 +76,7 @@ def pool_job(pool: str) -> dg.JobDefinition:
 
 
 def test_a_step_waiting_on_a_pool_names_the_holder_and_gives_up(instance, monkeypatch, caplog):
-    from mmrec_pipeline.definitions import step_failures
+    from resources.runner import step_failures
 
     storage, pool = instance.event_log_storage, f"pool-{uuid.uuid4().hex[:6]}"
     storage.set_concurrency_slots(pool, 1)
@@ -164,7 +164,7 @@ import sys, time
 from pathlib import Path
 import dagster as dg, torch  # imported before the start signal: both set the instance up at the same moment
 import resources.runs
-from mmrec_pipeline.cli import instance_home
+from resources.cli import instance_home
 go = Path(sys.argv[1])
 while not go.exists():
     time.sleep(0.005)
@@ -235,7 +235,7 @@ def test_a_cli_run_belongs_to_the_workspace_code_location(tmp_path):
     workspace.yaml: listed under that code location, and re-executable there."""
     from test_bad_input import tiny_recbole
 
-    from mmrec_pipeline.definitions import WORKSPACE
+    from resources.runner import WORKSPACE
 
     tiny_recbole(tmp_path / "data" / "tiny")
     (tmp_path / "datasets.yaml").write_text("datasets:\n  tiny:\n    source: recbole\n    path: tiny\n    split: loo\n")
@@ -243,7 +243,7 @@ def test_a_cli_run_belongs_to_the_workspace_code_location(tmp_path):
     env = {**os.environ, "MMREC_DATA": str(tmp_path / "data"), "MMREC_DATASETS": str(tmp_path / "datasets.yaml"),
            "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "local",
            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "mmrec_pipeline", "run", "--dataset", "tiny", "--select", "items"],
+    done = subprocess.run([sys.executable, "-m", "resources.cli", "run", "--dataset", "tiny", "--select", "items"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from dagster._core.workspace.load_target import WorkspaceFileTarget
@@ -253,9 +253,9 @@ def test_a_cli_run_belongs_to_the_workspace_code_location(tmp_path):
         (run,) = instance.get_runs()
     assert run.status == dg.DagsterRunStatus.SUCCESS
     origin = run.remote_job_origin
-    assert origin.location_name == location.location_name == "mmrec_pipeline.definitions"
+    assert origin.location_name == location.location_name == "assets.definitions"
     assert origin.repository_origin.repository_name == "__repository__" and origin.job_name == "__ASSET_JOB"
-    assert run.tags_for_storage()[".dagster/repository"] == "__repository__@mmrec_pipeline.definitions"
+    assert run.tags_for_storage()[".dagster/repository"] == "__repository__@assets.definitions"
 
 
 def test_mmrec_ui_serves_the_code_location_on_localhost_and_stops_its_services(tmp_path):
@@ -272,12 +272,12 @@ def test_mmrec_ui_serves_the_code_location_on_localhost_and_stops_its_services(t
     env.pop("PYTHONWARNINGS", None)
     log = tmp_path / "ui.log"
     with open(log, "w") as out:
-        ui = subprocess.Popen([sys.executable, "-m", "mmrec_pipeline", "ui", "--port", str(port)], env=env,
+        ui = subprocess.Popen([sys.executable, "-m", "resources.cli", "ui", "--port", str(port)], env=env,
                               stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     # The repository the CLI's runs name (test_a_cli_run_belongs_to_the_workspace_code_location) is the UI's.
     query = {"query": "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
                       "locationOrLoadError { __typename } } } } repositoryOrError(repositorySelector: "
-                      '{repositoryLocationName: "mmrec_pipeline.definitions", repositoryName: "__repository__"}) '
+                      '{repositoryLocationName: "assets.definitions", repositoryName: "__repository__"}) '
                       "{ __typename } }"}
     try:
         deadline, entries = time.monotonic() + 400, None
@@ -292,7 +292,7 @@ def test_mmrec_ui_serves_the_code_location_on_localhost_and_stops_its_services(t
             except OSError:
                 pass
             time.sleep(2)
-        assert entries == [{"name": "mmrec_pipeline.definitions", "loadStatus": "LOADED",
+        assert entries == [{"name": "assets.definitions", "loadStatus": "LOADED",
                             "locationOrLoadError": {"__typename": "RepositoryLocation"}}], log.read_text()[-3000:]
         assert data["repositoryOrError"] == {"__typename": "Repository"}
         assert "superseded" not in log.read_text().lower()

@@ -91,7 +91,7 @@ def sample_lake(sample_tables, sample_dataset, lake):
 
 
 def _run(selection, instance):
-    from mmrec_pipeline.definitions import defs
+    from assets.definitions import defs
 
     job = defs.resolve_implicit_global_asset_job_def()
     graph = defs.resolve_asset_graph()
@@ -105,7 +105,7 @@ def _run(selection, instance):
 def test_checks_registered_and_pass_on_sample(sample_lake, sample_dataset, lake):
     import dagster as dg
 
-    from mmrec_pipeline.definitions import defs
+    from assets.definitions import defs
 
     registered = {k.to_user_string() for k in defs.resolve_asset_graph().asset_check_keys}
     assert {f"recommendations:{c}" for c in RECOMMENDATION_CHECKS} | {"metrics:metrics_complete"} | {

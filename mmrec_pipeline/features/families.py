@@ -33,7 +33,7 @@ class FeatureRun:
     compute: Compute
     cache_root: Path  # the shared content-addressed store (`Lake.feature_cache()`; a Path or a remote UPath)
     dataset_dir: Path  # the dataset's lake folder (the VQ tokenizer lives under it)
-    overrides: dict  # the dataset's `models:` overrides in datasets.yaml
+    overrides: dict  # the dataset's `features:` settings in datasets.yaml
     max_items_per_run: int | None = None  # the rest is left for the next run (the new-items sensor resumes)
     log: logging.Logger | None = None  # or Dagster's context.log
 

@@ -1,7 +1,8 @@
 """`mmrec`: run a dataset's assets through the project's Definitions, recorded in the Dagster instance.
 
-    mmrec run --dataset sample [--select group:ingest] [--verbose]
+    mmrec run --dataset sample [--select group:ingest] [--verbose]    (or: python -m resources.cli run ...)
     mmrec datasets
+    mmrec ui [--port 3000]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from mmrec_pipeline.instance import POSTGRES_ENVS, InstanceError, ensure_databas
 from mmrec_pipeline.locks import file_lock
 from mmrec_pipeline.registry import GENERATED_SOURCES, RegistryError, load_registry
 from mmrec_pipeline.storage import Lake, write_text
+from resources.runs import create_instance
+from resources.ui import serve_ui
 
 
 def instance_home() -> Path:
@@ -49,8 +52,6 @@ def instance_home() -> Path:
                 raise InstanceError(f"{config} is an SQLite instance but MMREC_ENV={env} stores the instance in "
                                     f"PostgreSQL: point DAGSTER_HOME at an empty folder (e.g. {default})")
             ensure_database(postgres_url())
-        from resources.runs import create_instance
-
         create_instance()
     return home
 
@@ -58,8 +59,6 @@ def instance_home() -> Path:
 def ui(port: int) -> int:
     """The Dagster UI on 127.0.0.1 with the same instance as `mmrec run` (resources/ui.py)."""
     home = instance_home()
-    from resources.ui import serve_ui
-
     return serve_ui(port, Path(__file__).resolve().parent.parent, home)
 
 
@@ -69,7 +68,8 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
         print(f"error: unknown dataset '{dataset}'; known: {', '.join(specs)}", file=sys.stderr)
         return 2
     instance_home()
-    from mmrec_pipeline.definitions import fail_runs_of_dead_processes, materialize_dataset, timing_table
+    # The code location loads every asset (torch, the models): only `mmrec run` pays for it.
+    from resources.runner import fail_runs_of_dead_processes, materialize_dataset, timing_table
 
     show_run_notices()
     for run_id in fail_runs_of_dead_processes():

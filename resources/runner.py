@@ -1,11 +1,9 @@
-"""The Dagster code location: every asset, check, resource, job and sensor (refresh is declarative: automation.py)."""
+"""The run executor of `mmrec run`: one dataset's partition through the code location's job, recorded in the
+instance (as the UI's runs, so the UI lists and re-executes them), then its step timings and failures."""
 
 import dataclasses
 import functools
-import logging
 import operator
-import time
-import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -15,65 +13,12 @@ from dagster._core.execution.api import execute_run
 from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.workspace.load_target import WorkspaceFileTarget
 
-# Partitioned asset checks are a Dagster preview feature; the split checks rely on them deliberately.
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-# Dagster's own selection parser calls a beta parameter; the warning would end up in every `mmrec run --select`.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-
-from assets import checks, evaluation, features, ingest, models, ranker, serving, splits
-from mmrec_pipeline.automation import jobs, schedules, sensors, with_refresh_policy
-from resources import env_name, executor, resources_for_env
-from resources.runs import reap_dead_runs
+from assets import definitions
+from resources import env_name
+from resources.runs import STEP_CPU_SECONDS, reap_dead_runs
 
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO / "workspace.yaml"  # the UI's code location (`mmrec ui`)
-
-# (run id, step key) -> CPU seconds of the steps that ran in this process (in-process runs: MMREC_ENV=test).
-STEP_CPU_SECONDS: dict[tuple[str, str], float] = {}
-
-
-class _StepCpuClock(logging.Handler):
-    """This process's CPU time (every thread) between a step's start and end events. Steps of an in-process run
-    execute one at a time, so the difference is the step's own CPU time, which a shared machine's load does not
-    inflate as it does wall time."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.started: dict[tuple[str, str], float] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "dagster_event", None)
-        if event is None or not event.step_key:
-            return
-        key = (record.dagster_meta["run_id"], event.step_key)
-        if event.is_step_start:
-            self.started[key] = time.process_time()
-        elif (event.is_step_success or event.is_step_failure) and key in self.started:
-            STEP_CPU_SECONDS[key] = time.process_time() - self.started.pop(key)
-
-
-@dg.logger(description="Records each step's CPU seconds for the timing table that `mmrec run` prints.")
-def step_cpu_clock(_context) -> logging.Logger:
-    # A logger of its own per run, outside the logging tree (as Dagster's console logger): nothing propagates.
-    clock = logging.Logger("mmrec.step_cpu_clock", logging.DEBUG)  # noqa: LOG001
-    clock.addHandler(_StepCpuClock())
-    return clock
-
-
-all_assets = with_refresh_policy(dg.load_assets_from_modules(
-    [ingest, splits, features, models, ranker, evaluation, serving]))
-all_checks = dg.load_asset_checks_from_modules([checks])
-
-defs = dg.Definitions(
-    assets=all_assets,
-    asset_checks=all_checks,
-    resources=resources_for_env(),
-    jobs=jobs,
-    schedules=schedules,
-    sensors=sensors,
-    executor=executor(),
-    loggers={"console": dg.colored_console_logger, "step_cpu_clock": step_cpu_clock},
-)
 
 
 def resolve_selection(select: str | None, graph) -> set[dg.AssetKey]:
@@ -120,8 +65,8 @@ def materialize_dataset(dataset: str, select: str | None = None,
     cross-dataset leaderboard) run after the partition succeeds.
     """
     instance = dg.DagsterInstance.get()
-    job = defs.resolve_implicit_global_asset_job_def()
-    graph = defs.resolve_asset_graph()
+    job = definitions.defs.resolve_implicit_global_asset_job_def()
+    graph = definitions.defs.resolve_asset_graph()
     selected = resolve_selection(select, graph)
     keys = [k for k in selected if graph.get(k).partitions_def is not None]
     if not keys:
@@ -180,8 +125,8 @@ def _execute(job: dg.JobDefinition, instance: dg.DagsterInstance, keys: list, pa
         result = job.execute_in_process(instance=instance, partition_key=partition, asset_selection=keys,
                                         run_config=run_config, raise_on_error=False, tags=tags)
         return result.success, result.run_id, result.all_events
-    # The job's executor runs only for a job the workers can rebuild: this module's `defs`, by module name.
-    recon = ReconstructableRepository.for_module(__name__, "defs", str(REPO))
+    # The job's executor runs only for a job the workers can rebuild: the code location's `defs`, by module name.
+    recon = ReconstructableRepository.for_module(definitions.__name__, "defs", str(REPO))
     if partition:
         tags = {**(tags or {}), **job.get_tags_for_partition_key(partition, selected_asset_keys=keys)}
     # What dg.execute_job does, plus the origin the UI's workspace gives the job: the run is listed under the

@@ -1,5 +1,0 @@
-import sys
-
-from mmrec_pipeline.cli import main
-
-sys.exit(main())
