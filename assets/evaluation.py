@@ -33,7 +33,7 @@ def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
                 if name in ran and cls.report_section is not None]
     if ranker.NAME in ran:  # the two-stage ranker is not a registry model: its block comes after theirs
         sections.append(ranker.report_section(inputs))
-    return [s for s in sections if s is not None] + audit_sections(metrics, spec.split)
+    return [s for s in sections if s is not None] + audit_sections(metrics, spec.split, MODELS)
 
 
 FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in group} | {ranker.NAME: "two-stage"}

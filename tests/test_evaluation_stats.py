@@ -125,7 +125,12 @@ def tiny_tables() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 class TableModel:
-    """Scores = a fixed per-item vector, the same for every user."""
+    """Scores = a fixed per-item vector, the same for every user; a general model (the `RankedModel` contract)."""
+
+    kind = "general"
+
+    def at_stage(self, data, stage):
+        """Fixed scores: nothing depends on where the stage's histories end."""
 
     def __init__(self, item_scores):
         self.item_scores = torch.as_tensor(item_scores, dtype=torch.float32)

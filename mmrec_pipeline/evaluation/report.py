@@ -554,7 +554,7 @@ def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
 def qualitative_examples(model, data: RecDataset, title: str, n_users: int = 3, top: int = 5,
                          seed: int = 0) -> Section:
     """A few seeded test users with their most recent items and the model's top recommendations."""
-    from mmrec_pipeline.models.training import subsample
+    from mmrec_pipeline.evaluation.protocols import subsample
 
     picked = subsample(data.eval_inputs("test"), n_users, seed)
     if len(picked.users) == 0:

@@ -12,7 +12,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -20,6 +20,10 @@ import torch
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
+
+# The report's types and the paper claim belong to evaluation/: models import them, evaluation imports no model.
+from mmrec_pipeline.evaluation.audit import PaperClaim
+from mmrec_pipeline.evaluation.report import ReportInputs, Section
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import (
     CorruptFileError,
@@ -29,9 +33,6 @@ from mmrec_pipeline.storage import (
     to_path,
     write_safetensors,
 )
-
-if TYPE_CHECKING:
-    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 
 class MissingFeature(ValueError):
@@ -76,35 +77,14 @@ class ItemFeatures:
         return self.vectors.get(name)
 
 
-@dataclasses.dataclass(frozen=True)
-class PaperClaim:
-    """A published system's headline claim, as its paper states it, for the report's seed audit.
-
-    `reproduce` maps a label (e.g. "sampled: 100 negatives per user") to the `protocol` value of our metrics
-    table whose rows come closest to the paper's protocol (`{protocol}` = the dataset's split protocol); the
-    audit reads `metric`@`k` under it and under our own full-catalog protocol. `baselines` names the model assets that stand for the paper's baselines."""
-
-    system: str  # the paper's name for it
-    source: str  # file under ../shared/papers/
-    claim: str  # the headline, quoted or closely paraphrased
-    protocol: str  # how the paper measured it
-    metric: str  # our metric name of the headline (hr, ndcg, recall, fpr, …)
-    k: int | None  # None: a metric without a cut-off (pointwise classification)
-    value: float  # the paper's figure
-    variant: str = ""  # our variant that stands for the headline system; "" = the model's best on validation
-    reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
-    baselines: tuple[str, ...] = ()
-    notes: str = ""
-    # the paper's protocol in a few words, read from its code or text (the audit's `protocol` column); a metrics
-    # `protocol` value (e.g. "loo") when the paper's is one of ours
-    protocol_name: str = "the paper's own"
-
-
 class Recommender(abc.ABC):
     """Subclasses set `name` and `Config` (a dataclass), and implement fit/score/state."""
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    # How the protocol treats it (RecBole's `ModelType`): "general" or "sequential". Under `recbole` a general
+    # model's history is masked at ranking time, a sequential one's is not (evaluation/protocols.py).
+    kind: ClassVar[str] = "general"
     # The grid the runner tunes on validation: {config field: (a few values)}. Empty = nothing to tune.
     search_space: ClassVar[dict[str, tuple]] = {}
     # Published systems only: what their paper claims and under which protocol (the report's seed audit).
@@ -150,6 +130,14 @@ class Recommender(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def at_stage(self, data: RecDataset, stage: str) -> None:
+        """Called before a stage is ranked; a model whose scores depend on where that stage's histories end
+        (recent popularity) adapts here. Default: nothing."""
+
+    def extra_metrics(self, data: RecDataset, model_name: str, variant: str) -> pl.DataFrame | None:
+        """Rows of protocols beside ranking (METRICS_SCHEMA), e.g. mmrec_dlrm's pointwise one. Default: none."""
+        return None
 
     def extra_config(self) -> dict:
         """Shapes and other plain facts `load` needs before `load_state_dict`."""

@@ -200,8 +200,9 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         # Beside the checkpoint: what retraining on all interactions needs (best_epoch chosen on valid).
         write_json(fit_summary(report), to_path(out_dir) / variant / FIT_REPORT)
         metrics = pl.concat([seed_summary(tables, data.protocol), valid])
-        if hasattr(model, "extra_metrics"):  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
-            metrics = pl.concat([metrics, model.extra_metrics(data, name, variant)])
+        extra = model.extra_metrics(data, name, variant)  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
+        if extra is not None:
+            metrics = pl.concat([metrics, extra])
         if (dataset_overrides or {}).get("refit"):
             refit, _ = refit_test(cls, model.config, report, data, features, compute, name, variant, item_vectors,
                                   log, model.sources)

@@ -627,9 +627,9 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
     GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the BERTScore of the top-1
     recommended item's text), VQ tokenizer quality, and qualitative examples."""
     from mmrec_pipeline.evaluation.audit import validation_best
+    from mmrec_pipeline.evaluation.protocols import subsample
     from mmrec_pipeline.evaluation.report import EXAMPLES_NOTE, Section, full_ranking, top_items, user_example
     from mmrec_pipeline.models import CLASSIC, SEQUENTIAL
-    from mmrec_pipeline.models.training import subsample
 
     inputs = subsample(data.eval_inputs("test"), max_users, seed)
     texts = item_texts(data.items)
