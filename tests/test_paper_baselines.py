@@ -26,7 +26,7 @@ def vbpr(sample_dataset):
     rng = np.random.default_rng(0)
     present = rng.random(sample_dataset.n_items) > 0.1
     vectors = rng.random((sample_dataset.n_items, 48)).astype(np.float32) * present[:, None]
-    features = ItemFeatures({"resnet18": vectors}, {"resnet18": present})
+    features = ItemFeatures({"resnet18": vectors}, {"resnet18": present}, {"resnet18": "image"})
     model = VBPR(VBPR.Config(dim=16, visual_dim=8, epochs=4, eval_every=2))
     return model, model.fit(sample_dataset, features, Compute(device="cpu"))
 

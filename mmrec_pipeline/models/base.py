@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,19 +39,42 @@ class MissingFeature(ValueError):
     """A model variant needs an item feature the dataset does not have; the message names the feature asset."""
 
 
+MODALITIES = ("image", "text", "caption", "summary", "vq_codes")
+
+
+def modality_of(source: str, column: str) -> str | None:
+    """The modality a feature table's vector column carries: by the asset it came from, and within
+    `text_embeddings` (sentence vectors of every text field) by the field. None: an unknown source."""
+    if source in ("image_embeddings", "vq_codes"):
+        return {"image_embeddings": "image", "vq_codes": "vq_codes"}[source]
+    if source not in ("text_embeddings", "review_summaries", "captions"):
+        return None
+    if "caption" in column:  # sbert_caption_<model>, sbert_title_caption_<model>
+        return "caption"
+    if source == "review_summaries" or column in ("sbert_summary", "sbert_reviews"):
+        return "summary"
+    return "text"
+
+
 @dataclasses.dataclass
 class ItemFeatures:
-    """Per-item vectors aligned with the catalog order of a `RecDataset` (row i = item index i).
+    """Per-item vectors aligned with the catalog order of a `RecDataset` (row i = item index i), by column name,
+    and typed by modality (as Cornac's `train_set.item_image`): `features.image` is {column: vectors} of every
+    image vector, likewise `text`, `caption`, `summary`, `vq_codes` (`modality` records each column's).
 
-    `present[name]` marks items that have the feature; missing rows are zeros.
+    `present[name]` marks items that have the feature; missing rows are zeros. Built by `item_features` from the
+    feature tables a model declares, the same way for training (assets/models.py) and serving (serving.py).
     """
 
     vectors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     present: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    modality: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> one of MODALITIES
 
     @classmethod
-    def from_table(cls, data: RecDataset, table: pl.DataFrame | None, prefix: str = "") -> ItemFeatures:
-        """Take every list-of-float column of a feature table (one row per item_id) as a feature."""
+    def from_table(cls, data: RecDataset, table: pl.DataFrame | None, prefix: str = "",
+                   source: str = "") -> ItemFeatures:
+        """Take every list-of-float column of a feature table (one row per item_id) as a feature; `source`: the
+        feature asset the table is (its columns' modality, `modality_of`)."""
         feats = cls()
         if table is None or table.height == 0:
             return feats
@@ -68,13 +91,51 @@ class ItemFeatures:
             mat[present] = np.asarray(aligned[col].drop_nulls().to_list(), dtype=np.float32)
             feats.vectors[prefix + col] = mat
             feats.present[prefix + col] = present
+            if (kind := modality_of(source, col)) is not None:
+                feats.modality[prefix + col] = kind
         return feats
 
     def merge(self, other: ItemFeatures) -> ItemFeatures:
-        return ItemFeatures({**self.vectors, **other.vectors}, {**self.present, **other.present})
+        return ItemFeatures({**self.vectors, **other.vectors}, {**self.present, **other.present},
+                            {**self.modality, **other.modality})
+
+    def of(self, modality: str) -> dict[str, np.ndarray]:
+        """{column: vectors} of one modality (one of MODALITIES), in the order the columns were added."""
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality '{modality}'; one of {MODALITIES}")
+        return {c: v for c, v in self.vectors.items() if self.modality.get(c) == modality}
+
+    @property
+    def image(self) -> dict[str, np.ndarray]:
+        return self.of("image")
+
+    @property
+    def text(self) -> dict[str, np.ndarray]:
+        return self.of("text")
+
+    @property
+    def caption(self) -> dict[str, np.ndarray]:
+        return self.of("caption")
+
+    @property
+    def summary(self) -> dict[str, np.ndarray]:
+        return self.of("summary")
+
+    @property
+    def vq_codes(self) -> dict[str, np.ndarray]:
+        return self.of("vq_codes")
 
     def get(self, name: str) -> np.ndarray | None:
         return self.vectors.get(name)
+
+
+def item_features(data: RecDataset, tables: Mapping[str, pl.DataFrame | None]) -> ItemFeatures:
+    """The `ItemFeatures` of feature tables by asset name ({"image_embeddings": table, ...}), each column typed
+    by the asset it came from. The one assembly for training and serving."""
+    feats = ItemFeatures()
+    for source, table in tables.items():
+        feats = feats.merge(ItemFeatures.from_table(data, table, source=source))
+    return feats
 
 
 class Recommender(abc.ABC):
