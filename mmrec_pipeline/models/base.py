@@ -200,6 +200,12 @@ class Recommender(abc.ABC):
         """Rows of protocols beside ranking (METRICS_SCHEMA), e.g. mmrec_dlrm's pointwise one. Default: none."""
         return None
 
+    def report_facts(self, histories: dict[str, np.ndarray]) -> dict:
+        """Facts its report section needs that only the trained model knows, for the report's test users
+        ({user index: input history}); saved beside the checkpoint with its top items (evaluation/report.py
+        `report_facts`), so the report never loads a checkpoint. Default: none."""
+        return {}
+
     def extra_config(self) -> dict:
         """Shapes and other plain facts `load` needs before `load_state_dict`."""
         return {"n_items": self.n_items}

@@ -359,12 +359,12 @@ class MMLLMRec(Recommender):
     def report_section(cls, inputs: ReportInputs) -> Section | None:
         """Example recommendations of the variant best on validation (never chosen on test)."""
         from mmrec_pipeline.evaluation.audit import validation_best
-        from mmrec_pipeline.evaluation.report import qualitative_examples
+        from mmrec_pipeline.evaluation.report import qualitative_examples, read_report_facts
 
         variant = validation_best(inputs.metrics, cls.name, inputs.data.protocol)
         if variant is None:
             return None
-        return qualitative_examples(cls.load(inputs.models_dir / cls.name / variant), inputs.data,
+        return qualitative_examples(read_report_facts(inputs.models_dir, cls.name, variant), inputs.data,
                                     f"{cls.name}/{variant}: example recommendations")
 
     @classmethod

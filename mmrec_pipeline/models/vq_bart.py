@@ -48,6 +48,7 @@ import torch
 
 from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute, logger
+from mmrec_pipeline.evaluation.report import REPORT_USERS
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.training import (
@@ -348,6 +349,14 @@ class VQBart(Recommender):
         return generation_section(inputs.metrics, inputs.data, inputs.models_dir,
                                   inputs.models_dir / "vq_vae" / "report.json")
 
+    def report_facts(self, histories: dict[str, np.ndarray]) -> dict:
+        """The generated next-item text for the report's users, and the input shape (its section's columns)."""
+        users = list(histories)
+        generated = self.generate([histories[u] for u in users])
+        cfg = self.config
+        return {"generated": dict(zip(users, generated, strict=True)), "history": cfg.history,
+                "image_tokens_per_item": cfg.image_grid ** 2 if cfg.use_image else 0}
+
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
         self.config = self.config.resolved()
@@ -594,9 +603,6 @@ class VQBart(Recommender):
 
 BERTSCORE_LAYERS = 6  # all-MiniLM-L6-v2 has 6 layers; bert-score needs the layer named for an unlisted encoder
 BASELINES = ("gru4rec", "popularity")
-# test users the report decodes and BERTScores per row (was 500): the report's part of one variant (reload, decode,
-# two BERTScores) takes ~6 CPU s with 1 thread on `sample` at 300 (benchmarks/vq_bart.py, part `sample`)
-REPORT_USERS = 300
 
 
 @functools.cache
@@ -625,11 +631,17 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
                        max_users: int = REPORT_USERS, n_examples: int = 3, seed: int = 0) -> Section:
     """BERTScore of the generated next-item text next to the ranking metrics, for every vq_bart variant and the
     GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the BERTScore of the top-1
-    recommended item's text), VQ tokenizer quality, and qualitative examples."""
+    recommended item's text), VQ tokenizer quality, and qualitative examples. Reads each variant's report facts
+    (generated texts, top items: written when the assets trained), never a checkpoint."""
     from mmrec_pipeline.evaluation.audit import validation_best
     from mmrec_pipeline.evaluation.protocols import subsample
-    from mmrec_pipeline.evaluation.report import EXAMPLES_NOTE, Section, full_ranking, top_items, user_example
-    from mmrec_pipeline.models import CLASSIC, SEQUENTIAL
+    from mmrec_pipeline.evaluation.report import (
+        EXAMPLES_NOTE,
+        Section,
+        full_ranking,
+        read_report_facts,
+        user_example,
+    )
 
     inputs = subsample(data.eval_inputs("test"), max_users, seed)
     texts = item_texts(data.items)
@@ -647,26 +659,24 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
 
     rows, examples = [], None
     variants = full.filter(pl.col("model") == "vq_bart")["variant"].unique(maintain_order=True).to_list()
+    users = [str(int(u)) for u in inputs.users]
     for variant in variants:
-        model = VQBart.load(to_path(models_dir) / "vq_bart" / variant)
-        generated = model.generate(inputs.history)
-        top = top_items(model, inputs, 5)
+        facts = read_report_facts(models_dir, "vq_bart", variant)
+        generated = [facts["generated"][u] for u in users]
+        top = [facts["top"][u] for u in users]
         gen, top1 = bertscore(generated, refs), bertscore([texts[t[0]] for t in top], refs)
-        cfg = model.config
-        rows.append({"model": f"vq_bart/{variant}", "history": cfg.history,
-                     "image tokens/item": cfg.image_grid ** 2 if cfg.use_image else 0,
+        rows.append({"model": f"vq_bart/{variant}", "history": facts["history"],
+                     "image tokens/item": facts["image_tokens_per_item"],
                      "BERTScore F1 (generated)": gen["F1"], "BERTScore P": gen["P"], "BERTScore R": gen["R"],
                      "BERTScore F1 (top-1 item)": top1["F1"], **ranking("vq_bart", variant)})
         if examples is None or variant == "image":
             examples = (variant, generated, top)
-    registry = {**CLASSIC, **SEQUENTIAL}
     for name in BASELINES:
         t = full.filter((pl.col("model") == name) & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
         if t.height == 0:
             continue
         variant = validation_best(metrics, name, data.protocol)  # chosen on validation, never on test
-        model = registry[name].load(to_path(models_dir) / name / variant)
-        top = top_items(model, inputs, 1)
+        top = [read_report_facts(models_dir, name, variant)["top"][u] for u in users]
         rows.append({"model": f"{name}/{variant}", "history": None, "image tokens/item": None,
                      "BERTScore F1 (generated)": None, "BERTScore P": None, "BERTScore R": None,
                      "BERTScore F1 (top-1 item)": bertscore([texts[t[0]] for t in top], refs)["F1"],
