@@ -100,8 +100,8 @@ def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_i
 
     from mmrec_pipeline.evaluation.protocols import evaluate_model
     from mmrec_pipeline.evaluation.report import REPORT_FACTS, build_report, report_facts
+    from mmrec_pipeline.evaluation.sections.vq_bart import generation_section
     from mmrec_pipeline.models.popularity import Popularity
-    from mmrec_pipeline.models.vq_bart import generation_section
     from mmrec_pipeline.storage import write_json
 
     model, _ = tiny_image_model
@@ -124,7 +124,7 @@ def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_i
 
 
 def test_bertscore_ranks_a_close_text_above_an_unrelated_one_and_empty_at_zero():
-    from mmrec_pipeline.models.vq_bart import bertscore
+    from mmrec_pipeline.evaluation.sections.vq_bart import bertscore
 
     ref = ["Kestrel Green Ziggy Fedora. hats. cotton, premium"]
     close = bertscore(["Kestrel Green Fedora. hats. cotton"], ref)["F1"]
