@@ -160,8 +160,9 @@ class Recommender(abc.ABC):
     pool: ClassVar[str | None] = None
     # Minutes where other models take seconds: its step starts before shorter ones when steps run side by side.
     long_running: ClassVar[bool] = False
-    # The model's own block in the dataset's report (tables, examples), when the leaderboard rows are not enough: a
-    # classmethod `(ReportInputs) -> Section | None` (evaluation/report.py). None = the model adds no section.
+    # The model's own block in the dataset's report (tables, examples), when the leaderboard rows are not enough:
+    # `(ReportInputs) -> Section | None`, kept in evaluation/sections/<model>.py (`staticmethod(section)`); it reads
+    # what `report_facts` saved, never a checkpoint. None = the model adds no section.
     report_section: ClassVar[Callable[[ReportInputs], Section | None] | None] = None
 
     @classmethod
