@@ -27,6 +27,8 @@ from mmrec_pipeline.evaluation.protocols import (
     is_refit,
     is_sampled,
     is_test_stage,
+    restrict_users,
+    subsample,
 )
 from mmrec_pipeline.evaluation.significance import (
     ALPHA,
@@ -35,6 +37,7 @@ from mmrec_pipeline.evaluation.significance import (
     paired_tests,
     pareto_front,
 )
+from mmrec_pipeline.storage import read_json_file, to_path
 
 if TYPE_CHECKING:
     from mmrec_pipeline.data.dataset import RecDataset
@@ -564,8 +567,6 @@ REPORT_USERS = 300
 
 def report_users(data: RecDataset, max_users: int = REPORT_USERS, seed: int = 0) -> np.ndarray:
     """The test users whose top items a model's asset saves for the report: both seeded samples."""
-    from mmrec_pipeline.evaluation.protocols import subsample
-
     inputs = data.eval_inputs("test")
     return np.union1d(subsample(inputs, max_users, seed).users, subsample(inputs, EXAMPLE_USERS, seed).users)
 
@@ -573,8 +574,6 @@ def report_users(data: RecDataset, max_users: int = REPORT_USERS, seed: int = 0)
 def report_facts(model, data: RecDataset, max_users: int = REPORT_USERS) -> dict:
     """The trained model's top items for `report_users` (as the evaluator ranks them), plus what its class adds
     (`Recommender.report_facts`, e.g. vq_bart's generated texts): the REPORT_FACTS file of one variant."""
-    from mmrec_pipeline.evaluation.protocols import restrict_users
-
     inputs = restrict_users(data.eval_inputs("test"), report_users(data, max_users))
     top = top_items(model, inputs, REPORT_TOP_K)
     users = [str(int(u)) for u in inputs.users]
@@ -584,8 +583,6 @@ def report_facts(model, data: RecDataset, max_users: int = REPORT_USERS) -> dict
 
 def read_report_facts(models_dir: Path, model: str, variant: str) -> dict:
     """A variant's REPORT_FACTS; a clear error when its asset predates them (re-materialize it)."""
-    from mmrec_pipeline.storage import read_json_file, to_path
-
     path = to_path(models_dir) / model / variant / REPORT_FACTS
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: re-materialize the '{model}' asset (its report facts are "
@@ -597,8 +594,6 @@ def qualitative_examples(facts: dict, data: RecDataset, title: str, n_users: int
                          top: int = REPORT_TOP_K, seed: int = 0) -> Section:
     """A few seeded test users with their most recent items and the model's top recommendations (`facts`: the
     variant's REPORT_FACTS)."""
-    from mmrec_pipeline.evaluation.protocols import subsample
-
     picked = subsample(data.eval_inputs("test"), n_users, seed)
     if len(picked.users) == 0:
         return Section(title, "No test users.")
