@@ -21,7 +21,7 @@ import sys
 
 import dagster as dg
 
-from mmrec_pipeline.evaluation import metrics, protocols
+from mmrec_pipeline.evaluation import metrics, protocols, report
 from mmrec_pipeline.features import vq
 from mmrec_pipeline.features.families import FEATURES
 from mmrec_pipeline.models import MODELS, ranker
@@ -55,13 +55,13 @@ FEATURE_CODE = {**{name: feature.code() for name, feature in FEATURES.items()}, 
 
 def model_code_version(cls) -> str:
     """The model's module, its bases' and the model modules it uses (e.g. hybrid: BPR-MF and content), plus the
-    training/evaluation code that produces its metrics."""
+    training/evaluation code that produces its metrics and the report facts saved beside its checkpoint."""
     module = sys.modules[cls.__module__]
     used = {c for c in cls.__mro__ if c.__module__.startswith("mmrec_pipeline.")}
     used |= {v for v in vars(module).values()
              if isinstance(v, type) and v.__module__.startswith("mmrec_pipeline.models.")}
     from mmrec_pipeline.models import runner, training
-    return code_version(module, *used, runner, training, protocols, metrics)
+    return code_version(module, *used, runner, training, protocols, metrics, report)
 
 
 CODE_VERSIONS = {**{name: code_version(*mods) for name, mods in FEATURE_CODE.items()},

@@ -18,6 +18,7 @@ from mmrec_pipeline.evaluation.report import (
     md_table,
     user_accounting,
 )
+from mmrec_pipeline.evaluation.sections.ranker import section as ranker_section
 from mmrec_pipeline.models import FAMILIES, MODELS, ranker
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import Lake, read_parquet, write_text
@@ -33,8 +34,8 @@ def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
     sections = [cls.report_section(inputs) for name, cls in MODELS.items()
                 if name in ran and cls.report_section is not None]
     if ranker.NAME in ran:  # the two-stage ranker is not a registry model: its block comes after theirs
-        sections.append(ranker.report_section(inputs))
-    return [s for s in sections if s is not None] + audit_sections(metrics, spec.split)
+        sections.append(ranker_section(inputs))
+    return [s for s in sections if s is not None] + audit_sections(metrics, spec.split, MODELS)
 
 
 FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in group} | {ranker.NAME: "two-stage"}

@@ -20,7 +20,7 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline, is_test_stage
 from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
 from mmrec_pipeline.models import MODELS
-from mmrec_pipeline.models.base import ItemFeatures, Recommender
+from mmrec_pipeline.models.base import Recommender, item_features
 from mmrec_pipeline.models.runner import check_tuning_records, train_variants
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import write_parquet
@@ -59,9 +59,7 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
                lake_store: LakeResource, **tables: pl.DataFrame):
         spec = get_dataset(context.partition_key)
         data = RecDataset.from_tables(spec.name, tables["split"], tables["items"], spec.split, spec.repeats_relevant)
-        feats = ItemFeatures()
-        for f in features:
-            feats = feats.merge(ItemFeatures.from_table(data, tables[f]))
+        feats = item_features(data, {f: tables[f] for f in features})
         lake = lake_store.lake()
         out_dir = lake.models(spec.name, name)
         runs, skipped = train_variants(name, cls, cls.variants, data, feats, compute.settings(), out_dir,

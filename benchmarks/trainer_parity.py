@@ -45,7 +45,7 @@ def sample(with_features: bool):
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import raw_review_vectors
     from mmrec_pipeline.features.text import text_embeddings
-    from mmrec_pipeline.models.base import ItemFeatures
+    from mmrec_pipeline.models.base import ItemFeatures, item_features
     from mmrec_pipeline.storage import Lake
 
     tables = validate(read(Lake().sample_raw("sample"), {"version": 1, "seed": 7}), "sample")
@@ -57,8 +57,7 @@ def sample(with_features: bool):
     image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
     text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
     raw, _ = raw_review_vectors(tables.items, split, sources, compute, cache, max_reviews=20)
-    feats = ItemFeatures.from_table(data, image).merge(ItemFeatures.from_table(data, text))
-    return data, feats.merge(ItemFeatures.from_table(data, raw))
+    return data, item_features(data, {"image_embeddings": image, "text_embeddings": text, "review_summaries": raw})
 
 
 def build(name: str):

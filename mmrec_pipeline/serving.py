@@ -27,7 +27,7 @@ import torch
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features.sources import ModelSources
-from mmrec_pipeline.models.base import ItemFeatures, Recommender
+from mmrec_pipeline.models.base import Recommender, item_features
 from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
 from mmrec_pipeline.registry import registry_name
 from mmrec_pipeline.storage import (
@@ -216,9 +216,7 @@ def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: 
           sources: ModelSources | None = None) -> dict:
     """Retrain the champion on all interactions and write `out_dir/recommendations.parquet`; returns facts."""
     data = all_interactions(split, name, items, protocol, repeats_relevant)
-    features = ItemFeatures()
-    for table in feature_tables.values():
-        features = features.merge(ItemFeatures.from_table(data, table))
+    features = item_features(data, feature_tables)
     model_config, fixed = retrain_config(cls, checkpoint)
     model = cls(model_config)
     model.sources = sources or model.sources

@@ -107,7 +107,7 @@ def sample_features(sample_tables, sample_dataset, shared_feature_cache):
     from mmrec_pipeline.features.image import image_embeddings
     from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import text_embeddings
-    from mmrec_pipeline.models.base import ItemFeatures
+    from mmrec_pipeline.models.base import item_features
 
     tables, _ = sample_tables
     compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), shared_feature_cache
@@ -116,7 +116,7 @@ def sample_features(sample_tables, sample_dataset, shared_feature_cache):
         fcntl.flock(lock, fcntl.LOCK_EX)  # a worker that needs them while the other computes them waits, then reads
         image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
         text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
-    features = ItemFeatures.from_table(sample_dataset, image).merge(ItemFeatures.from_table(sample_dataset, text))
+    features = item_features(sample_dataset, {"image_embeddings": image, "text_embeddings": text})
     return {"image": image, "text": text, "features": features}
 
 

@@ -125,7 +125,12 @@ def tiny_tables() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 class TableModel:
-    """Scores = a fixed per-item vector, the same for every user."""
+    """Scores = a fixed per-item vector, the same for every user; a general model (the `RankedModel` contract)."""
+
+    kind = "general"
+
+    def at_stage(self, data, stage):
+        """Fixed scores: nothing depends on where the stage's histories end."""
 
     def __init__(self, item_scores):
         self.item_scores = torch.as_tensor(item_scores, dtype=torch.float32)
@@ -343,13 +348,16 @@ def test_report_references_are_chosen_on_validation_not_test():
 
 def test_report_escapes_every_text_from_the_data():
     """Titles, generated text, model/variant names and user ids reach report.html escaped, never as markup."""
-    from mmrec_pipeline.evaluation.report import Section, qualitative_examples
+    from mmrec_pipeline.evaluation.report import Section, qualitative_examples, top_items
 
     attack = "<script>alert('x')</script>"
     data = tiny()
     data.items = data.items.with_columns(pl.lit(attack).alias("title"))
     table, _ = evaluate_model(TableModel([6, 5, 4, 3, 2, 1]), data, "popularity", attack, sampled=None)
-    examples = qualitative_examples(TableModel([6, 5, 4, 3, 2, 1]), data, "examples")
+    inputs = data.eval_inputs("test")  # the report facts a model's asset saves: its top items per test user
+    facts = {"top": {str(int(u)): t for u, t in zip(inputs.users, top_items(TableModel([6, 5, 4, 3, 2, 1]),
+                                                                               inputs, 5), strict=True)}}
+    examples = qualitative_examples(facts, data, "examples")
     examples.examples[0].generated = attack
     custom = Section("a model's section", f"**note** with `{attack}`", [pl.DataFrame({"caption": [attack]})])
     page, md = build_report("tiny", table, {"items": 6}, "temporal", sections=[examples, custom])

@@ -9,6 +9,7 @@ import torch
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.evaluation.protocols import evaluate_model
+from mmrec_pipeline.evaluation.sections.lvlm_retrieval import strategy_table
 from mmrec_pipeline.models import LVLM
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.content import user_profiles
@@ -21,7 +22,6 @@ from mmrec_pipeline.models.lvlm_retrieval import (
     next_item_examples,
     profile_weights,
     required_features,
-    strategy_table,
 )
 
 CPU = Compute(device="cpu")

@@ -208,8 +208,8 @@ def test_example_variant_is_chosen_on_validation_not_test(monkeypatch, tmp_path)
     rows = [("mm_llmrec", "a", "temporal", "ndcg", 10, 0.9), ("mm_llmrec", "b", "temporal", "ndcg", 10, 0.1),
             ("mm_llmrec", "a", "temporal@valid", "ndcg", 10, 0.1), ("mm_llmrec", "b", "temporal@valid", "ndcg", 10, 0.5)]
     metrics = pl.DataFrame(rows, schema=["model", "variant", "protocol", "metric", "k", "value"], orient="row")
-    loaded = []
-    monkeypatch.setattr(MMLLMRec, "load", classmethod(lambda cls, path: loaded.append(path.name)))
-    monkeypatch.setattr(report, "qualitative_examples", lambda model, data, title: Section(title))
+    read = []
+    monkeypatch.setattr(report, "read_report_facts", lambda models_dir, model, variant: read.append(variant))
+    monkeypatch.setattr(report, "qualitative_examples", lambda facts, data, title: Section(title))
     section = MMLLMRec.report_section(ReportInputs(metrics, types.SimpleNamespace(protocol="temporal"), tmp_path))
-    assert loaded == ["b"] and section.title.startswith("mm_llmrec/b")
+    assert read == ["b"] and section.title.startswith("mm_llmrec/b")

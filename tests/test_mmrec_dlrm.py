@@ -20,11 +20,10 @@ from mmrec_pipeline.models.base import ItemFeatures, MissingFeature
 # find_spec, not importorskip: importing torchrec (1.7 s) at collection would cost both xdist workers
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchrec") is None, reason="torchrec is not installed")
 
+from mmrec_pipeline.evaluation.sections.mmrec_dlrm import report_note, report_table
 from mmrec_pipeline.models.mmrec_dlrm import (
     MMRecDLRM,
     pos_weight,
-    report_note,
-    report_table,
     weighted_bce,
 )
 

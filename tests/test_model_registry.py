@@ -1,6 +1,7 @@
 """Models declare what they need: adding one takes its class and one registry entry. A toy model registered in a
 fresh process (the registry is read when the Definitions are built) becomes an asset that trains its declared
-variants, writes its metrics rows, feeds `metrics` and the report, and gets a tuning check and a code version."""
+variants, writes its metrics rows, feeds `metrics` and the report, and gets a tuning check and a code version.
+The same holds for a model outside the package, named in `MMREC_MODELS` (`name=module:Class`)."""
 
 import dataclasses
 import json
@@ -11,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pytest
 import torch
 
+from mmrec_pipeline import models
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
 from mmrec_pipeline.models import FAMILIES, MODELS
 from mmrec_pipeline.models.base import Recommender
@@ -63,13 +66,15 @@ class Toy(Recommender):
 
 
 # Runs in a fresh process: one registry entry, then the code location is built and the toy materialized.
-SCRIPT = """
-import json, sys
-sys.path.insert(0, {tests!r})
+REGISTRY_LINE = """
 from test_model_registry import Toy
 from mmrec_pipeline import models
 models.CLASSIC["toy"] = Toy  # the one registry entry
-
+"""
+SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+{register}
 import dagster as dg
 from assets.automation import CODE_VERSIONS
 from assets.definitions import defs
@@ -96,8 +101,11 @@ def test_registry_names_are_the_class_names_and_declarations_are_well_formed():
     assert list(MODELS) == [n for f in FAMILIES.values() for n in f] and "toy" not in MODELS
 
 
+@pytest.mark.parametrize("how", ["registry line", "MMREC_MODELS"])
 def test_a_toy_model_with_one_registry_entry_is_an_asset_with_metrics_and_a_report_section(
-        sample_tables, sample_features, tmp_path):
+        how, sample_tables, sample_features, tmp_path):
+    """`registry line`: the class added to a family in models/__init__.py; `MMREC_MODELS`: the package untouched,
+    the class (defined here, in tests/) named in the environment, as a team that installs the package does."""
     tables, split = sample_tables
     lake = tmp_path / "lake"
     folder = lake / "sample"
@@ -108,8 +116,12 @@ def test_a_toy_model_with_one_registry_entry_is_an_asset_with_metrics_and_a_repo
         write_parquet(pl.DataFrame(schema=METRICS_SCHEMA), folder / f"{other}.parquet")
     env = {**os.environ, "MMREC_HOME": str(lake), "DAGSTER_HOME": str(lake / "dagster"), "MMREC_ENV": "test",
            "PYTHONPATH": str(REPO)}
+    if how == "MMREC_MODELS":  # the step processes import the model too: its folder is on their path
+        env |= {"MMREC_MODELS": "toy=test_model_registry:Toy", "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    register = REGISTRY_LINE if how == "registry line" else ""
     (lake / "dagster").mkdir()
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(REPO / "tests"))], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(REPO / "tests"), register=register)],
+                          cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900, check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -156,3 +168,20 @@ def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path,
     toy.n_items, toy.counts = 3, torch.ones(3)
     toy.save(tmp_path / "toy")
     assert Toy.load(tmp_path / "toy", sources=sources).sources is sources
+
+
+def test_a_model_outside_the_package_is_registered_by_name_and_bad_entries_are_named(monkeypatch):
+    monkeypatch.setattr(models, "CUSTOM", {})
+    monkeypatch.setitem(models.FAMILIES, "custom", models.CUSTOM)
+    models.register_from("toy=test_model_registry:Toy")
+    assert MODELS["toy"] is models.load_class("test_model_registry:Toy") and "toy" in models.CUSTOM
+    for entry, says in [("toy", "name=module:Class"), ("toy=test_model_registry", "module:Class"),
+                        ("toy=no_such_module:Toy", "cannot load"), ("toy=test_model_registry:Nope", "cannot load"),
+                        ("other=test_model_registry:Toy", "names itself 'toy'"),
+                        ("popularity=mmrec_pipeline.models.ease:EASE", "names itself 'ease'"),
+                        ("toy=test_model_registry:ToyConfig", "not a Recommender subclass")]:
+        with pytest.raises(ValueError, match=says) as e:
+            models.register_from(entry)
+        assert "MMREC_MODELS" in str(e.value) and entry in str(e.value)
+    with pytest.raises(ValueError, match="already registered"):
+        models.register("ease", type("EASE2", (Toy,), {"name": "ease"}))

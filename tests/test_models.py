@@ -2,6 +2,7 @@
 collaborative ones beat popularity under full-catalog ranking."""
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -99,3 +100,25 @@ def test_item_features_take_numeric_lists_only():
                           "review_ids": [["3fa1", "9b2c"], []]})
     feats = ItemFeatures.from_table(RecDataset.from_tables("f", split, items), table)
     assert list(feats.vectors) == ["sbert_reviews"] and feats.present["sbert_reviews"].tolist() == [True, False]
+
+
+def test_item_features_are_typed_by_the_modality_of_the_asset_they_come_from(sample_dataset):
+    """One assembly (training and serving): image vectors under `image`, caption and summary sentence vectors
+    under their own modality, VQ codes under `vq_codes`; every column stays reachable by name."""
+    from mmrec_pipeline.models.base import item_features
+
+    ids = sample_dataset.items["item_id"]
+    def table(**cols):
+        return pl.DataFrame({"item_id": ids, **{c: [[float(i), 1.0] for i in range(len(ids))] for c in cols}})
+    feats = item_features(sample_dataset, {
+        "image_embeddings": table(efficientnet_lite0=1),
+        "text_embeddings": table(sbert_text=1, sbert_caption_offline=1, sbert_title_caption_offline=1,
+                                 sbert_summary=1),
+        "review_summaries": table(sbert_reviews=1), "vq_codes": table(vq_codes=1), "unknown": None})
+    assert list(feats.image) == ["efficientnet_lite0"] and list(feats.text) == ["sbert_text"]
+    assert list(feats.caption) == ["sbert_caption_offline", "sbert_title_caption_offline"]
+    assert list(feats.summary) == ["sbert_summary", "sbert_reviews"] and list(feats.vq_codes) == ["vq_codes"]
+    assert feats.image["efficientnet_lite0"].shape == (sample_dataset.n_items, 2)
+    assert feats.get("sbert_text") is feats.text["sbert_text"]
+    with pytest.raises(ValueError, match="unknown modality"):
+        feats.of("audio")

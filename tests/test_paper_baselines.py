@@ -8,6 +8,7 @@ import torch
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.audit import audit_table, published_systems
+from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim
 from mmrec_pipeline.models.deepconn import DeepCoNN
 from mmrec_pipeline.models.vbpr import VBPR
@@ -25,7 +26,7 @@ def vbpr(sample_dataset):
     rng = np.random.default_rng(0)
     present = rng.random(sample_dataset.n_items) > 0.1
     vectors = rng.random((sample_dataset.n_items, 48)).astype(np.float32) * present[:, None]
-    features = ItemFeatures({"resnet18": vectors}, {"resnet18": present})
+    features = ItemFeatures({"resnet18": vectors}, {"resnet18": present}, {"resnet18": "image"})
     model = VBPR(VBPR.Config(dim=16, visual_dim=8, epochs=4, eval_every=2))
     return model, model.fit(sample_dataset, features, Compute(device="cpu"))
 
@@ -91,7 +92,7 @@ def test_audit_reads_the_validation_best_variant_and_the_reproduced_protocol():
     assert baseline["hr@5"].to_list() == [None, 0.10]
     assert "not computed" in baseline["measured as"][0]
     assert t["protocol"].to_list()[:3] == ["the paper's own", "temporal+sampled:100", "temporal+sampled:100"]
-    assert {"mm_llmrec", "lvlm_retrieval"} <= set(published_systems())
+    assert {"mm_llmrec", "lvlm_retrieval"} <= set(published_systems(MODELS))
 
 
 def test_audit_never_sets_a_refit_row_beside_a_published_figure():

@@ -175,3 +175,19 @@ def test_tuning_check_reads_the_checkpoints(sample_dataset, tmp_path):
     path.write_text(json.dumps(meta))
     ok, info = check_tuning_records(tmp_path)
     assert not ok and "validation argmax" in info["failures"][0]
+
+
+def test_the_runner_saves_what_the_report_shows_beside_the_checkpoint(sample_dataset, tmp_path):
+    """The report reads a variant's top items for its sampled test users from REPORT_FACTS, never the checkpoint:
+    they are the trained model's own ranking, as the evaluator masks it."""
+    from mmrec_pipeline.evaluation.protocols import restrict_users
+    from mmrec_pipeline.evaluation.report import REPORT_FACTS, REPORT_TOP_K, report_users, top_items
+    from mmrec_pipeline.storage import read_json_file
+
+    runs, _ = train_variants("item_knn", ItemKNN, {"default": {}}, sample_dataset, ItemFeatures(),
+                             Compute(device="cpu"), tmp_path, {"search_space": {}})
+    facts = read_json_file(tmp_path / "default" / REPORT_FACTS)
+    users = report_users(sample_dataset)
+    assert sorted(facts["top"], key=int) == [str(u) for u in users] and len(users) > 3
+    picked = restrict_users(sample_dataset.eval_inputs("test"), users[:1])
+    assert facts["top"][str(users[0])] == top_items(runs[0].model, picked, REPORT_TOP_K)[0]

@@ -99,15 +99,18 @@ def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_i
     import polars as pl
 
     from mmrec_pipeline.evaluation.protocols import evaluate_model
-    from mmrec_pipeline.evaluation.report import build_report
+    from mmrec_pipeline.evaluation.report import REPORT_FACTS, build_report, report_facts
+    from mmrec_pipeline.evaluation.sections.vq_bart import generation_section
     from mmrec_pipeline.models.popularity import Popularity
-    from mmrec_pipeline.models.vq_bart import generation_section
+    from mmrec_pipeline.storage import write_json
 
     model, _ = tiny_image_model
     popularity = Popularity()
     popularity.fit(sample_dataset, ItemFeatures(), Compute(device="cpu"))
-    model.save(tmp_path / "vq_bart" / "image")
-    popularity.save(tmp_path / "popularity" / "global")
+    # what the assets save beside their checkpoints when they train; the section reads only these
+    write_json(report_facts(model, sample_dataset, max_users=40), tmp_path / "vq_bart" / "image" / REPORT_FACTS)
+    write_json(report_facts(popularity, sample_dataset, max_users=40),
+               tmp_path / "popularity" / "global" / REPORT_FACTS)
     metrics = pl.concat([evaluate_model(model, sample_dataset, "vq_bart", "image", sampled=None)[0],
                          evaluate_model(popularity, sample_dataset, "popularity", "global", sampled=None)[0]])
     section = generation_section(metrics, sample_dataset, tmp_path, max_users=40)
@@ -121,7 +124,7 @@ def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_i
 
 
 def test_bertscore_ranks_a_close_text_above_an_unrelated_one_and_empty_at_zero():
-    from mmrec_pipeline.models.vq_bart import bertscore
+    from mmrec_pipeline.evaluation.sections.vq_bart import bertscore
 
     ref = ["Kestrel Green Ziggy Fedora. hats. cotton, premium"]
     close = bertscore(["Kestrel Green Fedora. hats. cotton"], ref)["F1"]

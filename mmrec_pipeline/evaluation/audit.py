@@ -1,9 +1,9 @@
 """The seed audit: for each published system we build, its paper's headline claim and protocol beside our numbers
 under the closest protocol we can reproduce and under our own (full-catalog ranking).
 
-A model takes part by setting `paper = PaperClaim(...)` on its `Recommender` class (models/base.py); nothing else
-is registered here. Its row is the claim's `variant`, or else the variant that scored best on validation (the
-`<protocol>@valid` rows), never the best on test. Baseline rows are the named model assets, trained here.
+A model takes part by setting `paper = PaperClaim(...)` on its `Recommender` class (models/base.py); the caller
+passes the registry, so nothing is registered here. Its row is the claim's `variant`, or else the variant that
+scored best on validation (the `<protocol>@valid` rows), never the best on test. Baseline rows are the named model assets, trained here.
 
 Every row names its protocol (column `protocol`: the paper's as `PaperClaim.protocol_name` says, ours as the
 `protocol` value of the metrics table) and how it was measured (`measured as`). A `+refit` protocol (trained on the
@@ -13,22 +13,43 @@ one is refused.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+
 import polars as pl
 
 from mmrec_pipeline.evaluation.protocols import REFIT_SUFFIX
 from mmrec_pipeline.evaluation.report import Section
-from mmrec_pipeline.models.base import PaperClaim, Recommender
 
 
-def published_systems() -> dict[str, PaperClaim]:
-    """{model name: claim} of every imported `Recommender` subclass that declares a paper claim."""
-    out, todo = {}, list(Recommender.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo += cls.__subclasses__()
-        if getattr(cls, "paper", None) is not None and getattr(cls, "name", None):
-            out[cls.name] = cls.paper
-    return dict(sorted(out.items()))
+@dataclasses.dataclass(frozen=True)
+class PaperClaim:
+    """A published system's headline claim, as its paper states it, for the report's seed audit.
+
+    `reproduce` maps a label (e.g. "sampled: 100 negatives per user") to the `protocol` value of our metrics
+    table whose rows come closest to the paper's protocol (`{protocol}` = the dataset's split protocol); the
+    audit reads `metric`@`k` under it and under our own full-catalog protocol. `baselines` names the model assets
+    that stand for the paper's baselines."""
+
+    system: str  # the paper's name for it
+    source: str  # file under ../shared/papers/
+    claim: str  # the headline, quoted or closely paraphrased
+    protocol: str  # how the paper measured it
+    metric: str  # our metric name of the headline (hr, ndcg, recall, fpr, …)
+    k: int | None  # None: a metric without a cut-off (pointwise classification)
+    value: float  # the paper's figure
+    variant: str = ""  # our variant that stands for the headline system; "" = the model's best on validation
+    reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
+    baselines: tuple[str, ...] = ()
+    notes: str = ""
+    # the paper's protocol in a few words, read from its code or text (the audit's `protocol` column); a metrics
+    # `protocol` value (e.g. "loo") when the paper's is one of ours
+    protocol_name: str = "the paper's own"
+
+
+def published_systems(models: Mapping[str, type]) -> dict[str, PaperClaim]:
+    """{model name: claim} of the registered models (`models`: name -> class) that declare a paper claim."""
+    return dict(sorted((name, cls.paper) for name, cls in models.items() if getattr(cls, "paper", None) is not None))
 
 
 def value(metrics: pl.DataFrame, model: str, variant: str, protocol: str, metric: str, k: int | None) -> float | None:
@@ -74,10 +95,10 @@ def audit_table(metrics: pl.DataFrame, model: str, claim: PaperClaim, protocol: 
                                       "measured as": pl.Utf8})
 
 
-def audit_sections(metrics: pl.DataFrame, protocol: str) -> list[Section]:
-    """One report section per published system that has rows in `metrics`."""
+def audit_sections(metrics: pl.DataFrame, protocol: str, models: Mapping[str, type]) -> list[Section]:
+    """One report section per published system of `models` (the registry) that has rows in `metrics`."""
     sections = []
-    for model, claim in published_systems().items():
+    for model, claim in published_systems(models).items():
         table = audit_table(metrics, model, claim, protocol)
         if table is None:
             continue

@@ -28,6 +28,7 @@ Accounting rows (k null) under each protocol: `users_total` (test-stage users) =
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -42,6 +43,18 @@ PER_USER_METRICS = ("ndcg", "recall", "hr", "mrr")
 COLD_UNSCORABLE = "scores every item unseen in training alike, so it cannot rank cold items"
 METRICS_SCHEMA = {"model": pl.Utf8, "variant": pl.Utf8, "protocol": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64,
                   "value": pl.Float64}
+
+
+class RankedModel(Protocol):
+    """What the evaluator reads of a model (models/base.py's `Recommender` implements it): its declared kind
+    (`"general"` or `"sequential"`, which decides the `recbole` masking), a hook called before a stage is ranked,
+    and scores over the whole catalog."""
+
+    kind: str
+
+    def at_stage(self, data: RecDataset, stage: str) -> None: ...
+
+    def score(self, users: np.ndarray, history: list[np.ndarray]) -> torch.Tensor: ...
 
 
 def is_main() -> pl.Expr:
@@ -81,10 +94,10 @@ def diversity_inputs(data: RecDataset, item_vectors: np.ndarray | None = None) -
     return {"item_vectors": item_vectors, "item_categories": cats, "train_counts": data.train_counts()}
 
 
-def is_sequential(model) -> bool:
-    from mmrec_pipeline.models.sequential import SequentialRecommender
-
-    return isinstance(model, SequentialRecommender)
+def is_sequential(model: RankedModel) -> bool:
+    """What the model class declares (`Recommender.kind`, as RecBole's `ModelType`); nothing is imported from
+    models/, so a new sequential model needs no change here."""
+    return model.kind == "sequential"
 
 
 def protocol_masking(inputs: EvalInputs, data: RecDataset, model) -> EvalInputs:
@@ -127,6 +140,18 @@ def sample_users(inputs: EvalInputs, max_users: int | None, seed: int = 0) -> tu
     return np.sort(inputs.users[keep]), f"+users:{max_users}"
 
 
+def subsample(inputs: EvalInputs, max_users: int, seed: int = 0) -> EvalInputs:
+    """At most `max_users` users of `inputs` (validation during training need not see every user); each kept
+    user keeps their protocol mask (`recbole`) and candidates."""
+    if len(inputs.users) <= max_users:
+        return inputs
+    keep = np.sort(np.random.default_rng(seed).choice(len(inputs.users), max_users, replace=False))
+    return EvalInputs(n_items=inputs.n_items, users=inputs.users[keep], history=[inputs.history[i] for i in keep],
+                      relevant=[inputs.relevant[i] for i in keep], exclude_history=inputs.exclude_history,
+                      candidates=None if inputs.candidates is None else [inputs.candidates[i] for i in keep],
+                      mask=None if inputs.mask is None else [inputs.mask[i] for i in keep])
+
+
 def restrict_users(inputs: EvalInputs, users: np.ndarray | None) -> EvalInputs:
     """`inputs` for the users in `users` only (all when None); the others count as `users_dropped:not_sampled`."""
     if users is None:
@@ -140,15 +165,14 @@ def restrict_users(inputs: EvalInputs, users: np.ndarray | None) -> EvalInputs:
         dropped={**inputs.dropped, "not_sampled": len(inputs.users) - len(keep)})
 
 
-def evaluate_model(model, data: RecDataset, model_name: str, variant: str = "default",
+def evaluate_model(model: RankedModel, data: RecDataset, model_name: str, variant: str = "default",
                    item_vectors: np.ndarray | None = None, sampled: int | None = SAMPLED_NEGATIVES,
                    stage: str = "test", batch_size: int = 256, cold: bool = True,
                    max_users: int | None = None) -> tuple[pl.DataFrame, EvalResult]:
     """Metric rows for one trained model; also returns the full-ranking `EvalResult` (per-user values for CIs
     and paired tests, plots, tests). `max_users`: rank a seeded sample of that many users (protocol
     `<split>+users:N`, see `sample_users`) instead of every user of the stage."""
-    if hasattr(model, "at_stage"):  # scores that depend on where the stage's histories end (recent popularity)
-        model.at_stage(data, stage)
+    model.at_stage(data, stage)  # scores that depend on where the stage's histories end (recent popularity)
     inputs = data.eval_inputs(stage)
     chosen, users_suffix = sample_users(inputs, max_users)
     inputs, protocol = protocol_masking(restrict_users(inputs, chosen), data, model), f"{data.protocol}{users_suffix}"

@@ -27,6 +27,8 @@ from mmrec_pipeline.evaluation.protocols import (
     is_refit,
     is_sampled,
     is_test_stage,
+    restrict_users,
+    subsample,
 )
 from mmrec_pipeline.evaluation.significance import (
     ALPHA,
@@ -35,6 +37,7 @@ from mmrec_pipeline.evaluation.significance import (
     paired_tests,
     pareto_front,
 )
+from mmrec_pipeline.storage import read_json_file, to_path
 
 if TYPE_CHECKING:
     from mmrec_pipeline.data.dataset import RecDataset
@@ -551,16 +554,51 @@ def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
     return out
 
 
-def qualitative_examples(model, data: RecDataset, title: str, n_users: int = 3, top: int = 5,
-                         seed: int = 0) -> Section:
-    """A few seeded test users with their most recent items and the model's top recommendations."""
-    from mmrec_pipeline.models.training import subsample
+# What the report shows of a model's own recommendations is computed when its asset runs and saved beside each
+# variant's checkpoint (REPORT_FACTS), so the report never loads a checkpoint. The users: seeded samples of the test
+# users, EXAMPLE_USERS for example rows and REPORT_USERS for tables over users (vq_bart's BERTScore).
+REPORT_FACTS = "report_facts.json"
+REPORT_TOP_K = 5
+EXAMPLE_USERS = 3
+# test users vq_bart's section decodes and BERTScores per row: the cost of one variant (decode, two BERTScores)
+# is in benchmarks/vq_bart.py, part `sample`
+REPORT_USERS = 300
 
+
+def report_users(data: RecDataset, max_users: int = REPORT_USERS, seed: int = 0) -> np.ndarray:
+    """The test users whose top items a model's asset saves for the report: both seeded samples."""
+    inputs = data.eval_inputs("test")
+    return np.union1d(subsample(inputs, max_users, seed).users, subsample(inputs, EXAMPLE_USERS, seed).users)
+
+
+def report_facts(model, data: RecDataset, max_users: int = REPORT_USERS) -> dict:
+    """The trained model's top items for `report_users` (as the evaluator ranks them), plus what its class adds
+    (`Recommender.report_facts`, e.g. vq_bart's generated texts): the REPORT_FACTS file of one variant."""
+    inputs = restrict_users(data.eval_inputs("test"), report_users(data, max_users))
+    top = top_items(model, inputs, REPORT_TOP_K)
+    users = [str(int(u)) for u in inputs.users]
+    return {"top": dict(zip(users, top, strict=True)),
+            **model.report_facts(dict(zip(users, inputs.history, strict=True)))}
+
+
+def read_report_facts(models_dir: Path, model: str, variant: str) -> dict:
+    """A variant's REPORT_FACTS; a clear error when its asset predates them (re-materialize it)."""
+    path = to_path(models_dir) / model / variant / REPORT_FACTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: re-materialize the '{model}' asset (its report facts are "
+                                "written when it trains)")
+    return read_json_file(path)
+
+
+def qualitative_examples(facts: dict, data: RecDataset, title: str, n_users: int = EXAMPLE_USERS,
+                         top: int = REPORT_TOP_K, seed: int = 0) -> Section:
+    """A few seeded test users with their most recent items and the model's top recommendations (`facts`: the
+    variant's REPORT_FACTS)."""
     picked = subsample(data.eval_inputs("test"), n_users, seed)
     if len(picked.users) == 0:
         return Section(title, "No test users.")
-    examples = [user_example(data, picked.users[r], picked.history[r], recs, set(picked.relevant[r].tolist()))
-                for r, recs in enumerate(top_items(model, picked, top))]
+    examples = [user_example(data, u, picked.history[r], facts["top"][str(int(u))][:top],
+                             set(picked.relevant[r].tolist())) for r, u in enumerate(picked.users)]
     return Section(title, examples=examples, examples_note=EXAMPLES_NOTE)
 
 

@@ -1,10 +1,17 @@
 """The model registry: asset name -> Recommender class, grouped by family.
 
 Each entry becomes one Dagster asset per dataset that trains and evaluates all its variants; the class declares
-everything the asset needs (`variants`, `feature_assets`, `pool`, `report_section`: models/base.py). Adding a model
-is its module plus one line here.
+everything the asset needs (`variants`, `feature_assets`, `pool`, `kind`, `report_section`: models/base.py). Adding
+a model is its module plus one line here.
+
+A model outside the package gets the same asset, tuning, checks, metrics rows and report section: name it in the
+environment variable `MMREC_MODELS` (`name=module:Class`, comma-separated; read when this module is imported, so
+the code location, `mmrec` and workers must all see it), or call `register(name, cls)` before the Definitions are
+built. Either lands in the `custom` family.
 """
 
+import importlib
+import os
 from collections.abc import Iterator, Mapping
 
 from mmrec_pipeline.models.base import Recommender
@@ -52,10 +59,13 @@ MMREC_DLRM = {"mmrec_dlrm": MMRecDLRM}
 # VBPR reads the image vectors, DeepCoNN the training rows' review text.
 BASELINES = {"vbpr": VBPR, "deepconn": DeepCoNN}
 
+# Models defined outside the package (`MMREC_MODELS`, `register`).
+CUSTOM: dict[str, type[Recommender]] = {}
+
 # Every model asset, by family: the report groups its leaderboard by these.
 FAMILIES = {"classic": CLASSIC, "sequential": SEQUENTIAL, "mm_llmrec (MM-GPT2Rec)": MM_LLMREC,
             "lvlm_retrieval": LVLM, "vq_bart (VQGAN + BART)": VQ_BART, "mmrec_dlrm (MMREC)": MMREC_DLRM,
-            "paper baselines": BASELINES}
+            "paper baselines": BASELINES, "custom": CUSTOM}
 
 
 class _AllModels(Mapping):
@@ -76,3 +86,44 @@ class _AllModels(Mapping):
 
 
 MODELS: Mapping[str, type[Recommender]] = _AllModels()
+
+
+MODELS_ENV = "MMREC_MODELS"
+
+
+def register(name: str, cls: type[Recommender]) -> None:
+    """Add a model defined anywhere as the asset `name` (its class's `name`: the checkpoint's model name)."""
+    if not (isinstance(cls, type) and issubclass(cls, Recommender)):
+        raise TypeError(f"model '{name}': {cls!r} is not a Recommender subclass (mmrec_pipeline.models.base)")
+    if getattr(cls, "name", None) != name:
+        raise ValueError(f"model '{name}': the class {cls.__qualname__} names itself "
+                         f"'{getattr(cls, 'name', None)}'; the registry name and `name` must be the same")
+    if name in MODELS and MODELS[name] is not cls:
+        raise ValueError(f"model '{name}' is already registered ({MODELS[name].__module__}); pick another name")
+    CUSTOM[name] = cls
+
+
+def load_class(reference: str) -> type:
+    """The class `module:Class` names (the module importable from sys.path)."""
+    module, sep, attr = reference.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"'{reference}' is not of the form module:Class")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load '{reference}': {e}") from e
+
+
+def register_from(value: str, source: str = MODELS_ENV) -> None:
+    """Register every `name=module:Class` of a comma-separated list (the `MMREC_MODELS` syntax)."""
+    for entry in filter(None, (e.strip() for e in value.split(","))):
+        name, sep, reference = entry.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"{source}: entry '{entry}' is not of the form name=module:Class")
+        try:
+            register(name.strip(), load_class(reference.strip()))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: entry '{entry}': {e}") from e
+
+
+register_from(os.environ.get(MODELS_ENV, ""))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
@@ -20,6 +20,10 @@ import torch
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
+
+# The report's types and the paper claim belong to evaluation/: models import them, evaluation imports no model.
+from mmrec_pipeline.evaluation.audit import PaperClaim
+from mmrec_pipeline.evaluation.report import ReportInputs, Section
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import (
     CorruptFileError,
@@ -30,27 +34,47 @@ from mmrec_pipeline.storage import (
     write_safetensors,
 )
 
-if TYPE_CHECKING:
-    from mmrec_pipeline.evaluation.report import ReportInputs, Section
-
 
 class MissingFeature(ValueError):
     """A model variant needs an item feature the dataset does not have; the message names the feature asset."""
 
 
+MODALITIES = ("image", "text", "caption", "summary", "vq_codes")
+
+
+def modality_of(source: str, column: str) -> str | None:
+    """The modality a feature table's vector column carries: by the asset it came from, and within
+    `text_embeddings` (sentence vectors of every text field) by the field. None: an unknown source."""
+    if source in ("image_embeddings", "vq_codes"):
+        return {"image_embeddings": "image", "vq_codes": "vq_codes"}[source]
+    if source not in ("text_embeddings", "review_summaries", "captions"):
+        return None
+    if "caption" in column:  # sbert_caption_<model>, sbert_title_caption_<model>
+        return "caption"
+    if source == "review_summaries" or column in ("sbert_summary", "sbert_reviews"):
+        return "summary"
+    return "text"
+
+
 @dataclasses.dataclass
 class ItemFeatures:
-    """Per-item vectors aligned with the catalog order of a `RecDataset` (row i = item index i).
+    """Per-item vectors aligned with the catalog order of a `RecDataset` (row i = item index i), by column name,
+    and typed by modality (as Cornac's `train_set.item_image`): `features.image` is {column: vectors} of every
+    image vector, likewise `text`, `caption`, `summary`, `vq_codes` (`modality` records each column's).
 
-    `present[name]` marks items that have the feature; missing rows are zeros.
+    `present[name]` marks items that have the feature; missing rows are zeros. Built by `item_features` from the
+    feature tables a model declares, the same way for training (assets/models.py) and serving (serving.py).
     """
 
     vectors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     present: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    modality: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> one of MODALITIES
 
     @classmethod
-    def from_table(cls, data: RecDataset, table: pl.DataFrame | None, prefix: str = "") -> ItemFeatures:
-        """Take every list-of-float column of a feature table (one row per item_id) as a feature."""
+    def from_table(cls, data: RecDataset, table: pl.DataFrame | None, prefix: str = "",
+                   source: str = "") -> ItemFeatures:
+        """Take every list-of-float column of a feature table (one row per item_id) as a feature; `source`: the
+        feature asset the table is (its columns' modality, `modality_of`)."""
         feats = cls()
         if table is None or table.height == 0:
             return feats
@@ -67,37 +91,51 @@ class ItemFeatures:
             mat[present] = np.asarray(aligned[col].drop_nulls().to_list(), dtype=np.float32)
             feats.vectors[prefix + col] = mat
             feats.present[prefix + col] = present
+            if (kind := modality_of(source, col)) is not None:
+                feats.modality[prefix + col] = kind
         return feats
 
     def merge(self, other: ItemFeatures) -> ItemFeatures:
-        return ItemFeatures({**self.vectors, **other.vectors}, {**self.present, **other.present})
+        return ItemFeatures({**self.vectors, **other.vectors}, {**self.present, **other.present},
+                            {**self.modality, **other.modality})
+
+    def of(self, modality: str) -> dict[str, np.ndarray]:
+        """{column: vectors} of one modality (one of MODALITIES), in the order the columns were added."""
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality '{modality}'; one of {MODALITIES}")
+        return {c: v for c, v in self.vectors.items() if self.modality.get(c) == modality}
+
+    @property
+    def image(self) -> dict[str, np.ndarray]:
+        return self.of("image")
+
+    @property
+    def text(self) -> dict[str, np.ndarray]:
+        return self.of("text")
+
+    @property
+    def caption(self) -> dict[str, np.ndarray]:
+        return self.of("caption")
+
+    @property
+    def summary(self) -> dict[str, np.ndarray]:
+        return self.of("summary")
+
+    @property
+    def vq_codes(self) -> dict[str, np.ndarray]:
+        return self.of("vq_codes")
 
     def get(self, name: str) -> np.ndarray | None:
         return self.vectors.get(name)
 
 
-@dataclasses.dataclass(frozen=True)
-class PaperClaim:
-    """A published system's headline claim, as its paper states it, for the report's seed audit.
-
-    `reproduce` maps a label (e.g. "sampled: 100 negatives per user") to the `protocol` value of our metrics
-    table whose rows come closest to the paper's protocol (`{protocol}` = the dataset's split protocol); the
-    audit reads `metric`@`k` under it and under our own full-catalog protocol. `baselines` names the model assets that stand for the paper's baselines."""
-
-    system: str  # the paper's name for it
-    source: str  # file under ../shared/papers/
-    claim: str  # the headline, quoted or closely paraphrased
-    protocol: str  # how the paper measured it
-    metric: str  # our metric name of the headline (hr, ndcg, recall, fpr, …)
-    k: int | None  # None: a metric without a cut-off (pointwise classification)
-    value: float  # the paper's figure
-    variant: str = ""  # our variant that stands for the headline system; "" = the model's best on validation
-    reproduce: dict[str, str] = dataclasses.field(default_factory=dict)
-    baselines: tuple[str, ...] = ()
-    notes: str = ""
-    # the paper's protocol in a few words, read from its code or text (the audit's `protocol` column); a metrics
-    # `protocol` value (e.g. "loo") when the paper's is one of ours
-    protocol_name: str = "the paper's own"
+def item_features(data: RecDataset, tables: Mapping[str, pl.DataFrame | None]) -> ItemFeatures:
+    """The `ItemFeatures` of feature tables by asset name ({"image_embeddings": table, ...}), each column typed
+    by the asset it came from. The one assembly for training and serving."""
+    feats = ItemFeatures()
+    for source, table in tables.items():
+        feats = feats.merge(ItemFeatures.from_table(data, table, source=source))
+    return feats
 
 
 class Recommender(abc.ABC):
@@ -105,6 +143,9 @@ class Recommender(abc.ABC):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    # How the protocol treats it (RecBole's `ModelType`): "general" or "sequential". Under `recbole` a general
+    # model's history is masked at ranking time, a sequential one's is not (evaluation/protocols.py).
+    kind: ClassVar[str] = "general"
     # The grid the runner tunes on validation: {config field: (a few values)}. Empty = nothing to tune.
     search_space: ClassVar[dict[str, tuple]] = {}
     # Published systems only: what their paper claims and under which protocol (the report's seed audit).
@@ -119,8 +160,9 @@ class Recommender(abc.ABC):
     pool: ClassVar[str | None] = None
     # Minutes where other models take seconds: its step starts before shorter ones when steps run side by side.
     long_running: ClassVar[bool] = False
-    # The model's own block in the dataset's report (tables, examples), when the leaderboard rows are not enough: a
-    # classmethod `(ReportInputs) -> Section | None` (evaluation/report.py). None = the model adds no section.
+    # The model's own block in the dataset's report (tables, examples), when the leaderboard rows are not enough:
+    # `(ReportInputs) -> Section | None`, kept in evaluation/sections/<model>.py (`staticmethod(section)`); it reads
+    # what `report_facts` saved, never a checkpoint. None = the model adds no section.
     report_section: ClassVar[Callable[[ReportInputs], Section | None] | None] = None
 
     @classmethod
@@ -150,6 +192,20 @@ class Recommender(abc.ABC):
 
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def at_stage(self, data: RecDataset, stage: str) -> None:
+        """Called before a stage is ranked; a model whose scores depend on where that stage's histories end
+        (recent popularity) adapts here. Default: nothing."""
+
+    def extra_metrics(self, data: RecDataset, model_name: str, variant: str) -> pl.DataFrame | None:
+        """Rows of protocols beside ranking (METRICS_SCHEMA), e.g. mmrec_dlrm's pointwise one. Default: none."""
+        return None
+
+    def report_facts(self, histories: dict[str, np.ndarray]) -> dict:
+        """Facts its report section needs that only the trained model knows, for the report's test users
+        ({user index: input history}); saved beside the checkpoint with its top items (evaluation/report.py
+        `report_facts`), so the report never loads a checkpoint. Default: none."""
+        return {}
 
     def extra_config(self) -> dict:
         """Shapes and other plain facts `load` needs before `load_state_dict`."""

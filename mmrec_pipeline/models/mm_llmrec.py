@@ -45,7 +45,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -54,6 +53,7 @@ from torch import nn
 
 from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute, logger
+from mmrec_pipeline.evaluation.sections import mm_llmrec as mm_llmrec_section
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.training import (
@@ -65,9 +65,6 @@ from mmrec_pipeline.models.training import (
     seed_everything,
     windows,
 )
-
-if TYPE_CHECKING:
-    from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
 # The ablation, one variant per representation of the items: {variant: config overrides}.
 VARIANTS = {v: {"variant": v} for v in ("id", "text", "image", "concat", "weighted", "attention")}
@@ -355,17 +352,7 @@ class MMLLMRec(Recommender):
         notes="End-of-sequence-as-hit is not reproduced: it is an artefact of the authors' generation code, not a "
               "ranking protocol; the sampled row shows how far a candidate protocol alone inflates HR@5.")
 
-    @classmethod
-    def report_section(cls, inputs: ReportInputs) -> Section | None:
-        """Example recommendations of the variant best on validation (never chosen on test)."""
-        from mmrec_pipeline.evaluation.audit import validation_best
-        from mmrec_pipeline.evaluation.report import qualitative_examples
-
-        variant = validation_best(inputs.metrics, cls.name, inputs.data.protocol)
-        if variant is None:
-            return None
-        return qualitative_examples(cls.load(inputs.models_dir / cls.name / variant), inputs.data,
-                                    f"{cls.name}/{variant}: example recommendations")
+    report_section = staticmethod(mm_llmrec_section.section)
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import math
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -38,7 +37,9 @@ from torch import nn
 from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.metrics import auc_accuracy_fpr
-from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, is_pointwise, is_sampled, is_test_stage
+from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
+from mmrec_pipeline.evaluation.sections import mmrec_dlrm as mmrec_dlrm_section
+from mmrec_pipeline.evaluation.sections.mmrec_dlrm import LOSSES
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.content import user_profiles
 from mmrec_pipeline.models.training import (
@@ -49,13 +50,9 @@ from mmrec_pipeline.models.training import (
     shuffled_batches,
 )
 
-if TYPE_CHECKING:
-    from mmrec_pipeline.evaluation.report import ReportInputs, Section
-
 BASE = ("title", "description")
 MODALITIES = {"raw": ("reviews",), "summary": ("summary",), "raw_captions": ("reviews", "caption"),
               "full": ("summary", "caption")}
-LOSSES = ("none", "basic", "sqrt")
 # feature -> text_embeddings / review_summaries columns, first present wins
 FEATURE_COLUMNS = {"title": "sbert_title", "description": "sbert_description", "reviews": "sbert_reviews",
                    "summary": "sbert_summary", "caption": "sbert_caption_blip2|sbert_caption_llava|sbert_caption_offline"}
@@ -231,19 +228,7 @@ class MMRecDLRM(Recommender):
               "datasets with ratings (none on H&M); FPR is not defined for full-catalog ranking, whose NDCG@10 the "
               "report's mmrec_dlrm section shows.")
 
-    @classmethod
-    def report_section(cls, inputs: ReportInputs) -> Section:
-        """The paper's pointwise table beside full-catalog ranking, one row per variant."""
-        from mmrec_pipeline.evaluation.report import Section
-
-        configs = {c.parent.name: json.loads(c.read_text())["config"]
-                   for c in (inputs.models_dir / cls.name).glob("*/config.json")}
-        table = report_table(inputs.metrics, {v: c["dropout"] for v, c in configs.items()})
-        pointwise = inputs.metrics.filter((pl.col("model") == cls.name) & is_pointwise())
-        threshold = next(iter(configs.values()))["rating_threshold"] if pointwise.height and configs else None
-        note = report_note(table, threshold, "every catalog item scored by the DLRM for each test user (full "
-                           "catalog, the same users and evaluator as every other model); NDCG/recall @10")
-        return Section("mmrec_dlrm: the paper's pointwise protocol beside full-catalog ranking", note, [table])
+    report_section = staticmethod(mmrec_dlrm_section.section)
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
@@ -464,50 +449,3 @@ class MMRecDLRM(Recommender):
         self.n_items, self.n_users = extra["n_items"], extra["n_users"]
         self.columns, self.dims = extra["columns"], extra["dims"]
         self.sparse_names, self.sparse_sizes = extra["sparse_names"], extra["sparse_sizes"]
-
-
-# ------------------------------------------------------------------------------------------------------
-# Report
-
-
-def report_table(metrics: pl.DataFrame, dropouts: dict[str, float] | None = None) -> pl.DataFrame:
-    """One row per mmrec_dlrm variant: the paper's pointwise metrics (test) beside full-catalog ranking @10."""
-    rows = metrics.filter(pl.col("model") == "mmrec_dlrm")
-    point = rows.filter(is_pointwise())
-    rank = rows.filter(~is_sampled() & is_test_stage() & ~is_pointwise() & (pl.col("k") == 10)
-                       & pl.col("metric").is_in(["ndcg", "recall"]))
-    variants = pl.DataFrame({"variant": rows["variant"].unique(maintain_order=True)})
-    if point.height:
-        wide = point.pivot(on="metric", index="variant", values="value", aggregate_function="first")
-        variants = variants.join(wide.select("variant", *[c for c in ("accuracy", "fpr", "auc", "logloss")
-                                                          if c in wide.columns]), on="variant", how="left")
-    if rank.height:
-        wide = rank.with_columns(pl.col("metric") + "@10").pivot(on="metric", index="variant", values="value",
-                                                                  aggregate_function="first")
-        variants = variants.join(wide, on="variant", how="left")
-    if dropouts:
-        variants = variants.with_columns(pl.col("variant").replace_strict(dropouts, default=None,
-                                                                          return_dtype=pl.Float64).alias("dropout"))
-    return variants
-
-
-def report_note(table: pl.DataFrame, threshold: float | None, ranking: str) -> str:
-    """What the table's numbers mean, and whether `full` beats raw reviews on FPR at equal or better AUC."""
-    lines = [("Review summaries (and the raw-review vectors) are built from **training-period reviews only**; a "
-              "summary is refreshed when its item's training reviews grow past the refresh thresholds."),
-             f"Ranking: {ranking}."]
-    if threshold is None or "fpr" not in table.columns:
-        lines.append("Pointwise protocol skipped: this dataset has no ratings (the DLRM is trained on purchases "
-                     "vs sampled non-purchases and only ranks).")
-        return " ".join(lines)
-    lines.insert(0, f"Pointwise protocol (the paper's): observed test-period reviews, label = rating ≥ {threshold:g}, "
-                    "accuracy and FPR at probability 0.5, AUC and log-loss; dropout chosen on validation AUC.")
-    by = {r["variant"]: r for r in table.iter_rows(named=True)}
-    for loss in LOSSES:
-        full, raw = by.get(f"full-{loss}"), by.get(f"raw-{loss}")
-        if full and raw and full.get("fpr") is not None and raw.get("fpr") is not None:
-            better = full["fpr"] < raw["fpr"] and full["auc"] >= raw["auc"]
-            lines.append(f"full-{loss} vs raw-{loss}: FPR {full['fpr']:.4f} vs {raw['fpr']:.4f}, AUC {full['auc']:.4f} "
-                         f"vs {raw['auc']:.4f}: " + ("lower FPR at equal or better AUC." if better else
-                                                     "not a lower FPR at equal or better AUC on this dataset."))
-    return " ".join(lines)

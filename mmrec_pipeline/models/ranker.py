@@ -28,7 +28,6 @@ their train + valid histories).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ from mmrec_pipeline.evaluation.protocols import (
     per_user_table,
     restrict_users,
 )
+from mmrec_pipeline.evaluation.sections.ranker import ABLATION_COLUMNS
 from mmrec_pipeline.evaluation.significance import bootstrap_ci, paired_tests
 
 NAME = "ranker"
@@ -405,6 +405,11 @@ class CandidateScores:
     """A score function for the shared evaluator: the ranker's scores on each user's candidates and, for every
     other item, one score below all of them (those items rank after the candidates, ties by item index)."""
 
+    kind = "general"  # the evaluator masks its history under `recbole`, as for every non-sequential model
+
+    def at_stage(self, data, stage: str) -> None:
+        """The scores are fixed per stage when built: nothing to move."""
+
     def __init__(self, users: np.ndarray, table: pl.DataFrame, scores: np.ndarray, n_items: int):
         order = np.lexsort((table["item"].to_numpy(), table["row"].to_numpy()))
         self.items = table["item"].to_numpy()[order]
@@ -531,10 +536,6 @@ def valid_rows(scorer: CandidateScores, data: RecDataset, variant: str, users: n
 # the ablation table and the report
 
 
-ABLATION_COLUMNS = ("name", "valid_ndcg@10", "test_ndcg@10", "ci_low", "ci_high", "diff_vs_reference", "p_holm",
-                    "diff_vs_full", "p_holm_vs_full", "users")
-
-
 def ablation_table(per_user: pl.DataFrame, metrics: pl.DataFrame, reference: str | None,
                    metric: str = "ndcg@10") -> pl.DataFrame:
     """One row per ranker variant and the reference (the validation-best single model): valid and test
@@ -571,29 +572,6 @@ def write_summary(run: RankerRun, ablation: pl.DataFrame, reference: str | None,
                "ablation": ablation.to_dicts()}
     write_json(summary, directory / "summary.json")
     return summary
-
-
-def report_section(inputs):
-    """The report's ranker block: candidate recall, gains by family and the ablation table (from summary.json)."""
-    from mmrec_pipeline.evaluation.report import Section
-
-    path = inputs.models_dir / NAME / "summary.json"
-    if not path.exists():
-        return None
-    s = json.loads(path.read_text())
-    gains = pl.DataFrame(s["gains"]).pivot(on="variant", index="family", values="share").fill_null(0.0)
-    note = (f"Two-stage ranker: candidates = the union of each source's top-N (sources: "
-            f"{', '.join(f'{k} = `{v}`' for k, v in s['sources'].items())}), ordered by LightGBM lambdarank fitted "
-            f"on {s['users']['fit']} valid users; rounds and leaves chosen on {s['users']['holdout']} others, whose "
-            f"ranking is the `@valid` row. Test: {s['users']['test']} users, features from train + valid rows, the "
-            f"sources as trained on train. Items outside the candidates rank after them. Reference: the "
-            f"validation-best single model `{s['reference']}`; `p_holm`: Wilcoxon signed-rank on per-user NDCG@10 "
-            "vs the reference, Holm-corrected over the three variants; `p_holm_vs_full`: the same test of each ablation "
-            "against `ranker/full` (Holm over the two): whether the dropped family helps. Gains: share of the "
-            "model's total gain per feature family.")
-    ablation = pl.DataFrame(s["ablation"]).select(ABLATION_COLUMNS)
-    recall = pl.DataFrame(s["recall"]).select("stage", "source", "N", "recall", "candidates_per_user")
-    return Section("Two-stage ranker (candidates + LightGBM)", note, [ablation, recall, gains])
 
 
 def check_run(run: RankerRun, metrics: pl.DataFrame, reference: str | None, protocol: str) -> tuple[bool, dict]:

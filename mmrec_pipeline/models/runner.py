@@ -38,6 +38,7 @@ import polars as pl
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import evaluate_model, is_sampled, per_user_table
+from mmrec_pipeline.evaluation.report import REPORT_FACTS, report_facts
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.storage import to_path, write_json
@@ -199,9 +200,11 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         model.save(to_path(out_dir) / variant, tuning=tuning)
         # Beside the checkpoint: what retraining on all interactions needs (best_epoch chosen on valid).
         write_json(fit_summary(report), to_path(out_dir) / variant / FIT_REPORT)
+        write_json(report_facts(model, data), to_path(out_dir) / variant / REPORT_FACTS)
         metrics = pl.concat([seed_summary(tables, data.protocol), valid])
-        if hasattr(model, "extra_metrics"):  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
-            metrics = pl.concat([metrics, model.extra_metrics(data, name, variant)])
+        extra = model.extra_metrics(data, name, variant)  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
+        if extra is not None:
+            metrics = pl.concat([metrics, extra])
         if (dataset_overrides or {}).get("refit"):
             refit, _ = refit_test(cls, model.config, report, data, features, compute, name, variant, item_vectors,
                                   log, model.sources)

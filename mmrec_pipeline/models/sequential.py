@@ -227,6 +227,8 @@ class SequentialRecommender(Recommender):
     """A model that encodes a left-padded item sequence into one vector per position and scores items by the
     dot product with their embeddings. Subclasses build the network and may change how batches are made."""
 
+    kind = "sequential"
+
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
         self.net: nn.Module | None = None

@@ -28,7 +28,8 @@ import torch
 
 from mmrec_pipeline.compute import Compute, Progress, logger
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.metrics import EvalInputs, evaluate
+from mmrec_pipeline.evaluation.metrics import evaluate
+from mmrec_pipeline.evaluation.protocols import protocol_masking, subsample
 
 IGNORE = -100  # target of positions that are not trained (padding, unmasked tokens); torch's and HF's default
 
@@ -39,25 +40,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def subsample(inputs: EvalInputs, max_users: int, seed: int = 0) -> EvalInputs:
-    """At most `max_users` users of `inputs` (validation during training need not see every user); each kept
-    user keeps their protocol mask (`recbole`) and candidates."""
-    if len(inputs.users) <= max_users:
-        return inputs
-    keep = np.sort(np.random.default_rng(seed).choice(len(inputs.users), max_users, replace=False))
-    return EvalInputs(n_items=inputs.n_items, users=inputs.users[keep], history=[inputs.history[i] for i in keep],
-                      relevant=[inputs.relevant[i] for i in keep], exclude_history=inputs.exclude_history,
-                      candidates=None if inputs.candidates is None else [inputs.candidates[i] for i in keep],
-                      mask=None if inputs.mask is None else [inputs.mask[i] for i in keep])
-
-
 class Validator:
     """NDCG@k on the valid stage through the shared evaluator (the same code as the test report), masked as the
     protocol masks `model`'s test ranking (`recbole`: nothing for a sequential model; see `protocol_masking`)."""
 
     def __init__(self, data: RecDataset, k: int = 10, max_users: int = 3000, seed: int = 0, model=None):
-        from mmrec_pipeline.evaluation.protocols import protocol_masking
-
         self.k = k
         self.inputs = subsample(protocol_masking(data.eval_inputs("valid"), data, model), max_users, seed)
 

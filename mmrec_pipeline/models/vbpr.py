@@ -48,11 +48,12 @@ class VBPR(BPRMF):
 
     def init_side(self, data, features) -> list[torch.Tensor]:
         choices = self.config.image_feature.split("|")
-        column = next((c for c in choices if features is not None and features.get(c) is not None), None)
+        images = features.image if features is not None else {}  # the image modality's vectors by column
+        column = next((c for c in choices if c in images), None)
         if column is None:
             raise MissingFeature(f"vbpr needs an image vector (one of {', '.join(choices)}) and this dataset has "
                                  "none: materialize the `image_embeddings` asset for it.")
-        vectors = torch.from_numpy(features.vectors[column]).float()
+        vectors = torch.from_numpy(images[column]).float()
         present = torch.from_numpy(features.present[column]).bool()
         centred = vectors - vectors[present].mean(0) if present.any() else vectors
         self.features = torch.where(present[:, None], F.normalize(centred, dim=1), torch.zeros_like(vectors))
