@@ -58,7 +58,7 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
     per_user = run.per_user
     ref_file = lake.per_user(spec.name) / f"{reference.split('/')[0]}.parquet" if reference else None
     if ref_file is not None and ref_file.exists():  # its per-user values: the CIs and the paired tests
-        ref_rows = read_parquet(ref_file).filter(pl.col("variant") == reference.split("/")[1])
+        ref_rows = ranker.reference_test_rows(read_parquet(ref_file), reference, spec.split)
         per_user = pl.concat([per_user, ref_rows.select(per_user.columns)])
     ablation = ranker.ablation_table(per_user, pl.concat([metrics, run.metrics]), reference)
     write_parquet(run.per_user, lake.per_user(spec.name) / f"{ranker.NAME}.parquet")

@@ -49,6 +49,7 @@ from mmrec_pipeline.evaluation.protocols import (
     per_user_table,
     restrict_users,
 )
+from mmrec_pipeline.evaluation.report import per_user_stage
 from mmrec_pipeline.evaluation.sections.ranker import ABLATION_COLUMNS
 from mmrec_pipeline.evaluation.significance import bootstrap_ci, paired_tests
 
@@ -534,6 +535,15 @@ def valid_rows(scorer: CandidateScores, data: RecDataset, variant: str, users: n
 
 # ----------------------------------------------------------------------------------------------------------------
 # the ablation table and the report
+
+
+def reference_test_rows(per_user: pl.DataFrame, reference: str, protocol: str) -> pl.DataFrame:
+    """The reference's test rows from its model's per-user file, which also holds `@valid` rows and one row per
+    training seed: each user's mean over the seeds on the headline protocol, as the leaderboard's CIs use."""
+    rows = per_user_stage(per_user.filter(pl.col("variant") == reference.split("/")[1]), "test")
+    if rows is None:
+        raise ValueError(f"{reference}: its per-user file holds no `{protocol}` test rows")
+    return rows.with_columns(pl.lit(protocol).alias("protocol"))
 
 
 def ablation_table(per_user: pl.DataFrame, metrics: pl.DataFrame, reference: str | None,
