@@ -148,7 +148,7 @@ def test_amazon_timestamp_unit_and_plausibility(tmp_path):
 
 
 def test_mmrec_run_ends_with_the_root_cause_per_failed_step(tmp_path, monkeypatch, capsys):
-    from mmrec_pipeline import cli
+    from resources import cli
 
     monkeypatch.setenv("MMREC_DATA", str(tmp_path))  # no amazon/Gift_Cards folder there
     assert cli.main(["run", "--dataset", "amazon-gift-cards", "--select", "items,users"]) == 1
@@ -165,7 +165,7 @@ def test_mmrec_run_ends_with_the_root_cause_per_failed_step(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("select", ["nope", "items or users", "group:ingest,,(", "group:nothing"])
 def test_mmrec_run_selection_errors_are_one_line(monkeypatch, capsys, select):
-    from mmrec_pipeline import cli
+    from resources import cli
 
     assert cli.main(["run", "--dataset", "sample", "--select", select]) == 2
     err = capsys.readouterr().err.strip().splitlines()

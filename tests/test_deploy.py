@@ -173,7 +173,7 @@ def test_deploy_instance_is_postgres_default_stays_sqlite(instance, pg_url, tmp_
     from dagster._core.storage.runs import SqliteRunStorage
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-    from mmrec_pipeline import cli
+    from resources import cli
 
     assert isinstance(instance.run_storage, PostgresRunStorage)
     assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
