@@ -21,8 +21,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX) and oneDNN may use it; elsewhere bf16 is
     emulated and slow. oneDNN's own check honours ONEDNN_MAX_CPU_ISA: capped below AVX512_CORE_BF16 (as when an
-    older CPU is emulated), bf16 convolutions fall back to a reference path: EfficientNet-Lite0 0.36 s per image,
-    against 0.034 s in float32 (one thread, measured)."""
+    older CPU is emulated), bf16 convolutions fall back to a reference path ten times slower than float32
+    (docs/BENCHMARKS.md, Speed)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -39,15 +39,15 @@ def cpu_has_native_bf16() -> bool:
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for the next tensor instead of handing it back to the kernel.
 
-    By default glibc maps every block over 32 MiB (a batch of images, a CNN activation) afresh and unmaps it when
-    freed, and returns freed heap to the kernel: each batch then faults all its pages in again, zero-filled by the
-    kernel. EfficientNet-Lite0 on batches of 64 images spent two thirds of its time there (one thread, 3 batches:
-    11.5 s, 7.7 s of it in the kernel; with this 5.7 s; benchmarks/malloc.py). Blocks up to 256 MiB now come from
-    the heap and stay there. A threshold of 1 GiB, which also keeps the 300 MiB activations of the widest layers,
-    made those batches 3.7 s but offline captions with two torch threads 20% slower (one thread: 16% faster);
-    256 MiB left captions as they were. The cost: a process's resident memory stays at its peak instead of
-    shrinking (there 2.1 GB instead of 1.7 GB). Every `Compute` calls it, so every process that runs tensors
-    through one (steps, tests, benchmarks) does it, once. Returns False where the C library is not glibc."""
+    By default glibc maps every block over 32 MiB (a batch of images, a CNN activation) afresh and unmaps it
+    when freed, and returns freed heap to the kernel: each batch then faults all its pages in again,
+    zero-filled by the kernel; EfficientNet-Lite0 spent about two thirds of its time there
+    (`benchmarks/malloc.py`; docs/BENCHMARKS.md, Speed). Blocks up to 256 MiB now come from the heap and stay
+    there: a higher threshold, which also kept the ~300 MiB activations of the CNN's widest layers, slowed
+    offline captions with two torch threads, so the image CNNs take small batches instead
+    (`image.CPU_CNN_BATCH`). The cost: a process's resident memory stays at its peak instead of shrinking.
+    Every `Compute` calls it, so every process that runs tensors through one (steps, tests, benchmarks) does
+    it, once. Returns False where the C library is not glibc."""
     import ctypes
     import ctypes.util
 
@@ -96,8 +96,8 @@ class Compute:
     @property
     def inference_dtype(self) -> torch.dtype:
         """The dtype of feature extraction (no training): as `torch_dtype`, except that 'auto' on a CPU with native
-        bf16 picks bfloat16 (measured here: EfficientNet-Lite0 4.8x, SmolLM2 generation 1.5x faster than float32;
-        pooled features within cosine 0.995 of float32's)."""
+        bf16 picks bfloat16, faster than float32 there with pooled features within cosine 0.995 of float32's
+        (docs/BENCHMARKS.md, Speed: "Features")."""
         if self.dtype == "auto" and self.torch_device.type == "cpu" and cpu_has_native_bf16():
             return torch.bfloat16
         return self.torch_dtype

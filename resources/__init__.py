@@ -20,8 +20,8 @@ CONCURRENT_STEPS = 2
 CORES = os.cpu_count() or 1
 
 COMPUTE = {
-    # No image-decoding worker: each step has its share of the cores already (decode + letterbox of a sample image:
-    # 6 CPU ms, against ~60 for the CNN).
+    # No image-decoding worker: each step has its share of the cores already, and decoding an image costs a
+    # tenth of the CNN's forward (docs/BENCHMARKS.md, "Figures behind settings in the code").
     "local": ComputeResource(device="auto", batch_size=64, num_workers=0,
                              cpu_threads=max(1, CORES // CONCURRENT_STEPS)),
     "gpu": ComputeResource(device="cuda", dtype="bfloat16", batch_size=256, num_workers=4),

@@ -93,7 +93,7 @@ def foreground_mask(arr: np.ndarray, tol: float = 18.0, enclosed_tol: float = 3.
     e.g. light stripes or a white body inside its outline, stay product), plus enclosed regions of almost
     exactly the backdrop colour (the backdrop seen through a handle or a strap).
     """
-    # imported here, not at the top: ~0.2 s that every process importing the code location paid
+    # imported here, not at the top: every process importing the code location would pay for it
     from scipy import ndimage
 
     border = np.concatenate([arr[:2].reshape(-1, 3), arr[-2:].reshape(-1, 3),

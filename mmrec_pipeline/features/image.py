@@ -137,13 +137,12 @@ def load_efficientnet_lite0(sources: ModelSources) -> torch.nn.Module:
 
 
 def simplify_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """EfficientNet-Lite0 (eval), the same function with less memory traffic (pooled features identical, or
-    within 3e-5 for the folds; float32, one thread, per image: 0.071 -> 0.052-0.063 CPU s from the folds on an AMD
-    EPYC without AVX-512 under load; 0.032 -> 0.023 s from the last two on a Xeon emulating AVX2):
-    - each BatchNorm folded into the convolution before it (BatchNorm was 12% of a float32 forward);
+    """EfficientNet-Lite0 (eval), the same function with less memory traffic, so less CPU per image (pooled
+    features identical, or within 3e-5 for the folds; docs/BENCHMARKS.md, Speed):
+    - each BatchNorm folded into the convolution before it;
     - a symmetric 'same' padding done by the convolution itself instead of a padded copy of its input (the
       asymmetric ones of the stride-2 convolutions stay);
-    - ReLU6 in place (out-of-place clamps and pads were 40% of the forward)."""
+    - ReLU6 in place (out-of-place clamps and pads copy every activation)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     def fold(parent: torch.nn.Module, conv: str, bn: str) -> None:
@@ -207,9 +206,9 @@ def cnn_batch(x: torch.Tensor, compute: Compute) -> torch.Tensor:
 
 # Images per forward of the image-embedding CNNs on CPU. At 64, EfficientNet-Lite0's widest activations (~300 MiB)
 # exceed the heap threshold of `compute.keep_freed_memory`, so the kernel maps and zero-fills them afresh every
-# batch; at 8 every activation stays on the heap and in cache (one thread, a Xeon emulating AVX2: 192 images 5.8 s
-# at 64, 4.0 s at 16, 3.4 s at 8; benchmarks/malloc.py). A GPU, and the small VQ encoder (64-pixel inputs), take
-# `compute.batch_size`.
+# batch; at 8 every activation stays on the heap and in cache, the fastest of the batch sizes that
+# `benchmarks/malloc.py` compares (docs/BENCHMARKS.md, Speed). A GPU, and the small VQ encoder (64-pixel
+# inputs), take `compute.batch_size`.
 CPU_CNN_BATCH = 8
 
 

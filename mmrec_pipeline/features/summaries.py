@@ -52,8 +52,8 @@ from mmrec_pipeline.storage import (
 
 PROMPT_VERSION = "2"  # bump with any change to how prompts are built, so summaries are recomputed
 CACHE_VERSION = "train-only-1"  # the cache rows carry review ids and counts (the refresh policy reads them)
-# Short on purpose: the prompt is read once per item and prefill dominates the cost on CPU (a 123-token prompt
-# ran at 3.5 items/s, this 86-token one at 6.7, with summaries of the same kind).
+# Short on purpose: the prompt is read once per item and prefill dominates the cost on CPU, so a shorter
+# prompt summarises more items a second (docs/BENCHMARKS.md, "Figures behind settings in the code").
 SYSTEM = "Summarise product reviews in one sentence."
 PROMPT = "Reviews:\n{reviews}\n\nWhat do the reviewers say about this product?"
 
@@ -65,7 +65,7 @@ class SummaryConfig:
     max_new_tokens: int = 32  # one sentence
     max_reviews: int = 4  # most recent first
     max_review_tokens: int = 96  # budget for the reviews in the prompt
-    max_batch: int = 64  # measured on 2 cores, bf16: 5.9 / 6.7 / 7.4 items/s at batch 16 / 32 / 64
+    max_batch: int = 64  # larger batches generate faster on CPU (docs/BENCHMARKS.md)
     refresh_share: float = 0.2  # re-summarise when the training reviews grew by this share of those covered …
     refresh_reviews: int = 5  # … or by this many reviews, whichever comes first
 
