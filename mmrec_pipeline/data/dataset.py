@@ -35,7 +35,7 @@ class RecDataset:
             items = items.join(split.select("item_id").unique(), on="item_id", how="semi")
         items = items.sort("item_id")
         # Integer indices by binary search, without joins or a rank over the text ids (either copies or hashes
-        # every row: H&M's full split held 7.1 GB that way, its 64-character customer ids 1.9 GB of it): users in
+        # every row, which set the memory peak at H&M's full size: docs/BENCHMARKS.md, "Scale"): users in
         # the split's sorted distinct ids, items in the sorted catalog. The text ids are then dropped; rows whose
         # item is not in the catalog too. A stable sort keeps file order among equal (user, time).
         item_idx = items["item_id"].search_sorted(split["item_id"]).clip(upper_bound=max(items.height - 1, 0))

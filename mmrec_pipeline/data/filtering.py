@@ -16,8 +16,9 @@ def user_core(interactions: pl.DataFrame, min_user_interactions: int, source: st
 
     Only users are filtered: removing rare items too would shrink the catalog the evaluator ranks over.
     """
-    # A row mask from a window count, not a semi join on a table of kept users: on H&M's 31.8M rows the join
-    # took the split stage from 3.0 to 7.9 GB, the filter to 5.9 GB (benchmarks/scale.py, 2026-11-28).
+    # A row mask from a window count, not a semi join on a table of kept users: the join copies and hashes
+    # every row, which set the split stage's peak memory at H&M's full size (benchmarks/scale.py;
+    # docs/BENCHMARKS.md).
     counted = pl.len() if before is None else (pl.col("ts") < before).sum()
     keep = interactions.select(counted.over("user_id") >= min_user_interactions).to_series()
     if keep.all():  # nobody to drop: filtering would only copy every row

@@ -92,8 +92,9 @@ def filter_and_split(interactions: pl.DataFrame, kind: str, min_user_interaction
 
 def split_summary(split: pl.DataFrame) -> dict:
     """Figures a user wants to see about a split: counts and shares, cold users and cold items in test."""
-    # Aggregations per user and per item, not filtered copies of the table, on the streaming engine: on H&M's
-    # full 31M-row split the in-memory group-by on the text user ids took 3.8 GB, the streaming one 0.3 GB.
+    # Aggregations per user and per item, not filtered copies of the table, on the streaming engine: in
+    # memory, the group-by on the text user ids was the split's largest cost at H&M's full size
+    # (docs/BENCHMARKS.md, "Scale").
     counts = dict(split.group_by("split").len().iter_rows())
     counts = {s: counts.get(s, 0) for s in ("train", "valid", "test")}
     is_train, is_test = pl.col("split") == "train", pl.col("split") == "test"

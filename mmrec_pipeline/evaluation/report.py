@@ -47,8 +47,8 @@ LEADERBOARD_METRICS = ["ndcg", "hr", "recall", "precision", "mrr", "map", "cover
 
 
 def pyplot():
-    """matplotlib's pyplot on the Agg backend, imported on first use: at the top of this module it cost every
-    process that imports the code location ~0.2 s."""
+    """matplotlib's pyplot on the Agg backend, imported on first use: at the top of this module every process
+    that imports the code location would pay for it."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -49,7 +49,7 @@ def holm(p_values) -> np.ndarray:
 
 def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided Wilcoxon signed-rank p-value of a - b; 1.0 when every pair is equal (nothing to test)."""
-    # imported here, not at the top: scipy.stats would cost every process that imports the code location ~0.7 s
+    # imported here, not at the top: every process that imports the code location would pay for scipy.stats
     from scipy.stats import permutation_test, wilcoxon
 
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
@@ -57,8 +57,9 @@ def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
     if nonzero.size == 0:
         return 1.0
     if nonzero.size >= 2 and diff.size <= EXACT_MAX_PAIRS:
-        # The p-value scipy's `wilcoxon` gives here (the same exhaustive sign-flip test; tests/test_evaluation_stats),
-        # 20x faster: the report of a small dataset spent 4 s of its 6 in scipy's per-flip loop.
+        # The p-value scipy's `wilcoxon` gives here (the same exhaustive sign-flip test;
+        # tests/test_evaluation_stats), vectorized: scipy's per-flip loop was most of a small dataset's report
+        # step (docs/BENCHMARKS.md, Speed).
         return float(permutation_test((nonzero,), signed_rank_sum, permutation_type="samples", vectorized=True,
                                       n_resamples=np.inf, alternative="two-sided").pvalue)
     return float(wilcoxon(diff, zero_method="wilcox").pvalue)

@@ -58,7 +58,7 @@ class ContentBased(Recommender):
             source = f"text_embeddings.{self.config.vector}"
             item_vectors = torch.from_numpy(vec)
         else:
-            # imported here, not at the top: ~1 s that every process importing the code location would pay
+            # imported here, not at the top: every process importing the code location would pay for it
             from sklearn.feature_extraction.text import TfidfVectorizer
 
             source = "tfidf"

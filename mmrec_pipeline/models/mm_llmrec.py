@@ -85,9 +85,9 @@ _SHARED = {"text_feature": "sbert_text|gpt2_bpe", "image_feature": "resnet18|eff
 _LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_targets": "auto"}
 
 PROFILES: dict[str, dict] = {
-    # Scratch GPT-2 (2 layers x 64) on a CPU. On `sample` (2 cores, one torch thread) each variant takes
-    # 10-30 CPU seconds and early-stops after 7-15 epochs; see benchmarks/results/mm_llmrec.json. Small
-    # batches (more steps per epoch) and strong dropout suited the ~22k training interactions best.
+    # Scratch GPT-2 (2 layers x 64), small enough to train every variant on a CPU within `make demo`
+    # (benchmarks/results/mm_llmrec.json). Small batches (more steps per epoch) and strong dropout suited the
+    # ~22k training interactions best.
     "demo": {
         **_SHARED, "backbone": SCRATCH, "n_layer": 2, "n_embd": 64, "n_head": 2, "dropout": 0.4, "use_id": True,
         "max_len": 50, "batch_size": 32, "grad_accum": 1, "lr": 2e-3, "warmup_steps": 20, "patience": 3,
@@ -356,7 +356,7 @@ class MMLLMRec(Recommender):
 
     @classmethod
     def search_space_for(cls, config) -> dict[str, tuple]:
-        # demo: six variants of ~20 CPU seconds each already; a grid would double `make demo`. The GPU profiles
+        # demo: six variants already; a grid would double `make demo`'s longest model step. The GPU profiles
         # tune the learning rate around the profile's value.
         return {"demo": {}, "pretrained": {"lr": (2.5e-4, 5e-4)},
                 "paper": {"lr": (5e-5, 1e-4)}}.get(config.resolved().profile, {})

@@ -73,8 +73,8 @@ class RankerConfig:
     top_n: int = 50
     top_n_per_source: dict[str, int] = dataclasses.field(default_factory=dict)  # {source: N}, else top_n
     fit_share: float = 0.5  # of the valid users: LightGBM fits on them; the others choose, stop and are @valid
-    # chosen on the holdout users; min_data_in_leaf 100 over 20 raised every variant's holdout NDCG@10 on sample
-    # (full 0.136 -> 0.140, no_multimodal 0.140 -> 0.151, no_sources 0.125 -> 0.130; leaves (7, 31) vs (15, 63))
+    # chosen on the holdout users (part of validation); min_data_in_leaf 100 and the smaller leaf grid raised
+    # every variant's holdout NDCG@10 on sample (docs/BENCHMARKS.md, "Figures behind settings in the code")
     num_leaves: tuple[int, ...] = (7, 31)
     learning_rate: float = 0.05
     max_rounds: int = 300

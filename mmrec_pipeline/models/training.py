@@ -107,10 +107,9 @@ class TrainSettings:
 
 def fusable(params: list[torch.Tensor]) -> bool:
     """Whether AdamW can run its fused kernel: one pass over each parameter instead of the ~8 of the per-tensor
-    loop that is torch's default on CPU. The same update (to 2e-7); at H&M's full size (1.09M x 64 embeddings,
-    16,384 triples a step) a BPR-MF step's update took 640 ms, fused 89 ms (one thread, a Xeon emulating AVX2;
-    `benchmarks/optimizer.py`). torch fuses floating-point parameters with dense gradients (every model's here) on
-    CPU and CUDA."""
+    loop that is torch's default on CPU, the same update (to 2e-7) several times faster where the update
+    dominates a step, as for large embedding tables (`benchmarks/optimizer.py`; docs/BENCHMARKS.md, "Scale").
+    torch fuses floating-point parameters with dense gradients (every model's here) on CPU and CUDA."""
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 

@@ -69,11 +69,10 @@ SBERT_BATCH = 128
 _SHARED = {"history": 5, "use_image": False, "image_grid": 4, "decode": "greedy", "num_beams": 1,
            "scorer": "retrieval", "rerank_k": 50, "weight_decay": 0.01, "max_grad_norm": 1.0}
 PROFILES: dict[str, dict] = {
-    # On `sample` (1 torch thread, docs/BENCHMARKS.md): 1+1 layers instead of 2+2 halve the training cost and gave
-    # validation NDCG@10 0.024 (small_history) against 0.026 and 0.034 for two 2+2-layer runs that differ only in
-    # batch order; 2x2 pooled codes (4 tokens per item) gave the image variant 0.023 against 0.022 for 4x4 (16
-    # tokens) at 35% less cost. Validation NDCG@10 still rose at epoch 5-6 of 4,096 examples each (1,024 per epoch
-    # cost most of it); patience 3 because the curves dip for an epoch or two.
+    # Sized for `make demo` on CPU: 1+1 layers and 2x2 pooled image codes cost much less than 2+2 layers and
+    # 4x4 codes and did as well on validation NDCG@10, within the run-to-run spread; 6 epochs of 4,096
+    # examples because validation still rose at epochs 5-6; patience 3 because the curves dip for an epoch or
+    # two. The runs behind this: docs/BENCHMARKS.md, "vq_bart" and "Figures behind settings in the code".
     "demo": {**_SHARED, "image_grid": 2, "backbone": SCRATCH, "d_model": 64, "layers": 1, "heads": 4, "ffn": 128,
              "dropout": 0.1, "max_item_tokens": 12, "max_target_tokens": 12, "batch_size": 64, "grad_accum": 1,
              "lr": 3e-3, "warmup_steps": 30, "epochs": 6, "patience": 3, "examples_per_epoch": 4096,
