@@ -85,9 +85,9 @@ def executor_for_env(env: str, concurrent_steps: int) -> dg.ExecutorDefinition:
 
         return k8s_job_executor.configured(k8s_executor_config())
     # forkserver: each step process forks from one that imported, once, what every step would otherwise import
-    # again: the code location (torch, Dagster), transformers' model code (~4 s in a step that loads a model: the
-    # report step spent 6.5 of its 10 s on imports) and the SQLite instance storage each step opens (SQLAlchemy,
-    # alembic: ~0.6 s a step), and on a machine without bitsandbytes the Trainer's schedules and sentence-transformers
+    # again, often most of a short step's time (docs/BENCHMARKS.md, Speed): the code location (torch,
+    # Dagster), transformers' model code, the SQLite instance storage each step opens (SQLAlchemy, alembic),
+    # and on a machine without bitsandbytes the Trainer's schedules and sentence-transformers
     # (CPU_STEP_PRELOAD). A module that fails to import is skipped.
     return dg.multiprocess_executor.configured({"max_concurrent": concurrent_steps, "start_method": {
         "forkserver": {"preload_modules": step_preload()}}})

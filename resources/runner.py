@@ -59,9 +59,9 @@ def materialize_dataset(dataset: str, select: str | None = None,
     """Materialize one dataset's partition, recorded in the current instance (`mmrec run`).
 
     Steps go through the job's executor: locally `CONCURRENT_STEPS` step processes at a time with one torch
-    thread each (measured: small models train as fast on one thread as on two, so two steps side by side finish
-    the run almost twice as fast), under MMREC_ENV=deploy the Celery workers. Tests (MMREC_ENV=test) run the
-    steps one by one in process. The unpartitioned assets in the selection (the
+    thread each (small models train as fast on one thread as on two, so two steps side by side finish the run
+    almost twice as fast: docs/BENCHMARKS.md, Speed), under MMREC_ENV=deploy the Celery workers. Tests
+    (MMREC_ENV=test) run the steps one by one in process. The unpartitioned assets in the selection (the
     cross-dataset leaderboard) run after the partition succeeds.
     """
     instance = dg.DagsterInstance.get()
