@@ -99,7 +99,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
               f"this process)\n"
               f"{timing_table(outcome.steps)}\nwhole run: {time.perf_counter() - start:.1f} s wall")
     print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {run_id})")
-    catalog = f"   (DuckDB views: {lake.root / 'lake.duckdb'})" if lake.local else ""
+    catalog = f"   (DuckDB views: {lake.catalog})" if lake.local else ""
     print(f"tables:  {lake.dataset(dataset)}/*.parquet{catalog}")
     if lake.report(dataset).exists():
         print(f"report:  {lake.report(dataset)}")
@@ -111,7 +111,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
         print(f"recommendations: {recs}")
         if lake.local:
             print(f"  DuckDB: select * from \"{dataset}\".recommendations_readable where user_id = ...")
-            print(example_lists(lake.dataset(dataset)))
+            print(example_lists(lake.dataset_view(dataset)))
     if failures and not verbose:
         print("(full traces: mmrec run ... --verbose, or the run in the UI)", file=sys.stderr)
     for failure in failures:
