@@ -205,6 +205,11 @@ class Lake:
     def dataset(self, name: str) -> Path | UPath:
         return inside(self.root, name)
 
+    def dagster_home(self, env: str) -> Path:
+        """The default Dagster instance folder of a local lake (`dagster`, or `dagster-<env>` for a PostgreSQL
+        environment, passed as `env`; "" for the default)."""
+        return inside(self.root, f"dagster-{env}" if env else "dagster")
+
     @property
     def catalog(self) -> Path | UPath:
         return inside(self.root, CATALOG)

@@ -34,7 +34,7 @@ def instance_home() -> Path:
     if not lake.local and not os.environ.get("DAGSTER_HOME"):
         raise InstanceError(f"MMREC_HOME={lake.root} is object storage: set DAGSTER_HOME to a local folder for the "
                             "Dagster instance")
-    default = lake.root / ("dagster" if env not in POSTGRES_ENVS else f"dagster-{env}") if lake.local else None
+    default = lake.dagster_home(env if env in POSTGRES_ENVS else "") if lake.local else None
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(default)))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"

@@ -87,7 +87,8 @@ def test_the_view_keeps_the_layout_existing_lakes_have(tmp_path):
     assert view.drift_log == d / "serving/drift.json"
     assert view.report == lake.report("sample") == d / "report.html"
     assert view.feature_dtype == lake.feature_dtype("sample") == d / "feature_dtype.json"
-    assert lake.catalog == root / "lake.duckdb"
+    assert lake.catalog == root / "lake.duckdb" and lake.dagster_home("") == root / "dagster"
+    assert lake.dagster_home("deploy") == root / "dagster-deploy"
     assert lake.model_cache("summarizer-x") == root / "_cache/models/summarizer-x"
     assert Lake.of_feature_cache(lake.feature_cache()).root == root  # what the feature cache derives its lake from
     assert DatasetView.at(d) == view and DatasetView.at(view) is view
