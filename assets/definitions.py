@@ -48,7 +48,7 @@ def items_missing_features(context: dg.SensorEvaluationContext, lake_store: Lake
     tags (and the sensor's cursor) say what remains and when the backfill should catch up."""
     lake, progress = lake_store.lake(), {}
     for name in available_datasets():
-        gaps = {t: n for t, n in feature_gaps(lake.dataset(name)).items() if n}
+        gaps = {t: n for t, n in feature_gaps(lake.dataset_view(name)).items() if n}
         if gaps:
             key = f"{name}:" + ",".join(f"{t}={n}" for t, n in sorted(gaps.items()))
             tags = backfill_tags(gaps, get_dataset(name).features, _run_cadence(context.instance, name))

@@ -29,7 +29,7 @@ def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
     """Each model that ran adds its own section through its `report_section` hook (registry order), then the
     seed audit: each published system's claim beside our numbers."""
     data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
-    inputs = ReportInputs(metrics, data, lake.models(spec.name))
+    inputs = ReportInputs(metrics, data, lake.dataset_view(spec.name))
     ran = set(metrics["model"].unique().to_list())
     sections = [cls.report_section(inputs) for name, cls in MODELS.items()
                 if name in ran and cls.report_section is not None]
@@ -44,7 +44,7 @@ FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in gr
 def read_per_user(lake: Lake, dataset: str) -> pl.DataFrame | None:
     """Every model's per-user metrics (`<lake>/<dataset>/per_user/<model>.parquet`, written by the model assets:
     test rows for every seed, the chosen point's `@valid` rows), or None before any model wrote them."""
-    folder = lake.per_user(dataset)
+    folder = lake.dataset_view(dataset).per_user_dir
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
     return pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
 
@@ -88,7 +88,7 @@ def report(context: dg.AssetExecutionContext, lake_store: LakeResource, metrics:
     page, md = build_report(spec.name, metrics, facts, spec.split,
                             sections=model_sections(spec, metrics, split, items, lake),
                             per_user=per_user, families=FAMILY_OF, filtered=filtered)
-    path = write_text(page, lake.report(spec.name))
+    path = write_text(page, lake.dataset_view(spec.name).report)
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "report": dg.MetadataValue.md(md),
                                           "per_user_rows": per_user.height if per_user is not None else 0})
 

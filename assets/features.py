@@ -75,8 +75,9 @@ def feature_asset(feature: Feature) -> dg.AssetsDefinition:
         # The run's budget, else the dataset's (`features: {<feature>: {max_items_per_run: N}}`, e.g. sample's demo
         # budget on review summaries; the `items_missing_features` sensor runs the rest later).
         budget = config.max_items_per_run or spec.features.get(feature.name, {}).get("max_items_per_run")
-        settings = pin_feature_dtype(compute.settings(), lake.feature_dtype(spec.name), context.log)
-        run = FeatureRun(model_sources.sources(), settings, lake.feature_cache(), lake.dataset(spec.name),
+        artifacts = lake.dataset_view(spec.name)
+        settings = pin_feature_dtype(compute.settings(), artifacts.feature_dtype, context.log)
+        run = FeatureRun(model_sources.sources(), settings, lake.feature_cache(), artifacts,
                          spec.features, budget or None, context.log)
         table, stats = feature.compute(run, **inputs)
         meta = _metadata(table, stats)
@@ -99,9 +100,10 @@ def vq_tokenizer(context: dg.AssetExecutionContext, compute: ComputeResource,
         return dg.MaterializeResult(metadata={"tokenizer": "pretrained VQGAN (MMREC_MODEL_VQGAN); nothing to train"})
     spec = get_dataset(context.partition_key)
     lake = lake_store.lake()
-    items = read_parquet(lake.table(spec.name, "items"), columns=["image_path"])
+    artifacts = lake.dataset_view(spec.name)
+    items = read_parquet(artifacts.table("items"), columns=["image_path"])
     profile = spec.features.get("vq_vae", {}).get("profile", "demo")
-    folder = lake.models(spec.name, "vq_vae")
+    folder = artifacts.vq_vae
     images = items["image_path"].drop_nulls().n_unique()
     if images < MIN_TRAIN_IMAGES:  # e.g. MovieLens: no images; vq_codes then writes null codes
         reason = f"{images} item images; a VQ-VAE needs at least {MIN_TRAIN_IMAGES}"

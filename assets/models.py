@@ -60,8 +60,8 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
         spec = get_dataset(context.partition_key)
         data = RecDataset.from_tables(spec.name, tables["split"], tables["items"], spec.split, spec.repeats_relevant)
         feats = item_features(data, {f: tables[f] for f in features})
-        lake = lake_store.lake()
-        out_dir = lake.models(spec.name, name)
+        artifacts = lake_store.lake().dataset_view(spec.name)
+        out_dir = artifacts.models(name)
         runs, skipped = train_variants(name, cls, cls.variants, data, feats, compute.settings(), out_dir,
                               spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log,
                               sources=model_sources.sources())
@@ -74,7 +74,7 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
             yield tuning_check_result(out_dir)
             return
         table = pl.concat([r.metrics for r in runs])
-        write_parquet(pl.concat([r.per_user for r in runs]), lake.per_user(spec.name) / f"{name}.parquet")
+        write_parquet(pl.concat([r.per_user for r in runs]), artifacts.per_user(name))
         test_rows = table.filter(is_test_stage())
         meta = {"checkpoints": dg.MetadataValue.path(str(out_dir)),
                 **plain({f"ndcg@10 {v}": round(x, 4) for v, x in headline(test_rows).items()}),

@@ -48,7 +48,8 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
     if not chosen:
         raise FileNotFoundError("ranker: none of its source models is materialized for this dataset "
                                 f"({', '.join(ranker.SOURCE_MODELS)})")
-    sources = {name: (f"{m}/{v}", MODELS[m].load(lake.models(spec.name, m, v), model_sources.sources()))
+    artifacts = lake.dataset_view(spec.name)
+    sources = {name: (f"{m}/{v}", MODELS[m].load(artifacts.model(m).variant(v), model_sources.sources()))
                for name, (m, v) in chosen.items()}
     vectors = ranker.ItemVectors.from_tables(data, *(tables[t] for t in FEATURE_TABLES))
     # LightGBM gets the step's threads (ComputeResource.cpu_threads set torch's); diversity: the sentence vectors
@@ -56,13 +57,13 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
                             item_vectors=vectors.vectors.get("text"), log=context.log)
     reference = ranker.validation_best(metrics, spec.split)
     per_user = run.per_user
-    ref_file = lake.per_user(spec.name) / f"{reference.split('/')[0]}.parquet" if reference else None
+    ref_file = artifacts.per_user(reference.split("/")[0]) if reference else None
     if ref_file is not None and ref_file.exists():  # its per-user values: the CIs and the paired tests
         ref_rows = ranker.reference_test_rows(read_parquet(ref_file), reference, spec.split)
         per_user = pl.concat([per_user, ref_rows.select(per_user.columns)])
     ablation = ranker.ablation_table(per_user, pl.concat([metrics, run.metrics]), reference)
-    write_parquet(run.per_user, lake.per_user(spec.name) / f"{ranker.NAME}.parquet")
-    ranker.write_summary(run, ablation, reference, lake.models(spec.name, ranker.NAME))
+    write_parquet(run.per_user, artifacts.per_user(ranker.NAME))
+    ranker.write_summary(run, ablation, reference, artifacts.ranker_summary)
     ok, facts = ranker.check_run(run, metrics, reference, spec.split)
     gains = run.gains.pivot(on="variant", index="family", values="share").fill_null(0.0)
     yield dg.Output(run.metrics, metadata={

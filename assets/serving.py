@@ -69,12 +69,12 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
     config = _config(spec.name)
     best = champion.filter(pl.col("champion")).row(0, named=True)
     lake = lake_store.lake()
+    artifacts = lake.dataset_view(spec.name)
     # The feature tables the champion's asset reads; one it needs but lacks fails its fit with MissingFeature.
-    tables = {t: read_parquet(lake.table(spec.name, t)) for t in FEATURES_OF[best["model"]]
-              if lake.table(spec.name, t).exists()}
-    facts = serving.serve(MODELS[best["model"]], lake.models(spec.name, best["model"], best["variant"]), split, items,
-                          spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(),
-                          lake.dataset(spec.name), config, log=context.log, sources=model_sources.sources())
+    tables = {t: read_parquet(artifacts.table(t)) for t in FEATURES_OF[best["model"]] if artifacts.table(t).exists()}
+    facts = serving.serve(MODELS[best["model"]], artifacts.model(best["model"]).variant(best["variant"]), split,
+                          items, spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(),
+                          artifacts, config, log=context.log, sources=model_sources.sources())
     if lake.local:  # no DuckDB catalog on a remote lake (DuckDB's httpfs is not installed)
         try:
             refresh_catalog(lake.root)
@@ -84,7 +84,7 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
     change = serving.drift(recs, facts["previous"], data.n_items)
     entry = {"champion": f"{best['model']}/{best['variant']}", "champion_valid_ndcg@10": best["valid"],
              **change}
-    history = serving.append_history(lake.serving(spec.name) / "drift.json", entry)
+    history = serving.append_history(artifacts.drift_log, entry)
     checks = serving.check_recommendations(recs, data, serving.active_users(data, config.active_days), config.k)
     checks["champion_beats_popularity"] = serving.beats_popularity(champion, {"valid_ndcg@10": best["valid"], **best})
     share = change["top10_changed_share"]

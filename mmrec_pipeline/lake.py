@@ -9,8 +9,7 @@ from pathlib import Path
 import duckdb
 
 from mmrec_pipeline.features.families import FEATURES
-
-CATALOG = "lake.duckdb"
+from mmrec_pipeline.storage import CATALOG, DatasetView, Lake, read_parquet  # noqa: F401 (CATALOG: re-exported)
 
 
 class CatalogError(RuntimeError):
@@ -29,11 +28,12 @@ def refresh_catalog(root: Path, retries: int = 5) -> int:
     The catalog is a convenience: callers warn on an error here and never fail a run for it.
     """
     root = Path(root)
+    catalog = Lake(root).catalog
     tables = sorted(root.glob("*/*.parquet")) + sorted(root.glob("*.parquet"))
     for attempt in range(retries):
         try:
             bad = []
-            with duckdb.connect(str(root / CATALOG)) as con:
+            with duckdb.connect(str(catalog)) as con:
                 for path in tables:
                     schema = path.parent.name if path.parent != root else "main"
                     try:
@@ -45,7 +45,7 @@ def refresh_catalog(root: Path, retries: int = 5) -> int:
                     except duckdb.Error as e:  # one unreadable table must not hide the others
                         bad.append(f"{path}: {str(e).splitlines()[0]}")
                 for rec in (p for p in tables if p.name == "recommendations.parquet"):
-                    if (rec.parent / "items.parquet").exists():
+                    if DatasetView.at(rec.parent).table("items").exists():
                         _readable_recommendations(con, rec.parent.name)
             if bad:
                 raise CatalogError(f"no DuckDB view for {len(bad)} table(s): " + "; ".join(bad))
@@ -72,18 +72,16 @@ FEATURE_TABLES = {name: feature.needs_image for name, feature in FEATURES.items(
 VALUE_COLUMNS = {name: feature.value_columns for name, feature in FEATURES.items() if feature.value_columns}
 
 
-def feature_gaps(dataset_dir: Path) -> dict[str, int]:
+def feature_gaps(dataset: DatasetView | Path) -> dict[str, int]:
     """Per feature table of a dataset: how many catalog items have no value in it yet (a new catalog
     version, or a budget-limited backfill not finished). Tables never materialized are not counted."""
-    from mmrec_pipeline.storage import read_parquet, to_path
-
-    folder = to_path(dataset_dir)  # a local Path or a remote UPath
-    if not (folder / "items.parquet").exists():
+    dataset = DatasetView.at(dataset)  # a local Path or a remote UPath underneath
+    if not dataset.table("items").exists():
         return {}
-    items = read_parquet(folder / "items.parquet", columns=["item_id", "image_sha256"])
+    items = read_parquet(dataset.table("items"), columns=["item_id", "image_sha256"])
     gaps = {}
     for table, needs_image in FEATURE_TABLES.items():
-        path = folder / f"{table}.parquet"
+        path = dataset.table(table)
         if not path.exists():
             continue
         gaps[table] = items_without_feature(items, read_parquet(path), needs_image, VALUE_COLUMNS.get(table)).height

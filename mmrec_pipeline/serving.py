@@ -32,6 +32,7 @@ from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
 from mmrec_pipeline.registry import registry_name
 from mmrec_pipeline.storage import (
     CorruptFileError,
+    DatasetView,
     atomic_write,
     is_local,
     read_json_file,
@@ -212,9 +213,10 @@ def append_history(path: Path, entry: dict, keep: int = 100) -> list[dict]:
 
 def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: pl.DataFrame, name: str,
           protocol: str, repeats_relevant: bool, feature_tables: dict[str, pl.DataFrame], compute: Compute,
-          out_dir: Path, config: ServingConfig, log: logging.Logger | None = None,
+          artifacts: DatasetView | Path, config: ServingConfig, log: logging.Logger | None = None,
           sources: ModelSources | None = None) -> dict:
-    """Retrain the champion on all interactions and write `out_dir/recommendations.parquet`; returns facts."""
+    """Retrain the champion on all interactions and write the dataset's `recommendations` table (`artifacts`: its
+    view, or its lake folder); returns facts."""
     data = all_interactions(split, name, items, protocol, repeats_relevant)
     features = item_features(data, feature_tables)
     model_config, fixed = retrain_config(cls, checkpoint)
@@ -224,8 +226,9 @@ def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: 
         log.info(f"retraining {cls.name} on all {data.train.height} interactions with {fixed or 'its config'}")
     report = model.fit(data, features, compute, log)
     users = active_users(data, config.active_days)
-    path = to_path(out_dir) / "recommendations.parquet"
-    previous = rotate_previous(path, to_path(out_dir) / "serving" / "recommendations.previous.parquet")
+    artifacts = DatasetView.at(artifacts)
+    path = artifacts.table("recommendations")
+    previous = rotate_previous(path, artifacts.previous_recommendations)
     written = write_top_k(model, data, users, path, config.k, config.batch_users, log)
     return {"path": path, "fixed": fixed, "retrain_seconds": report.get("seconds"), "active_users": len(users),
             "users_total": data.n_users, "previous": previous, "data": data, **written}
@@ -266,11 +269,12 @@ def beats_popularity(ranking: pl.DataFrame, champion: dict) -> tuple[bool, dict]
         "popularity": f"popularity/{best['variant']}", "popularity_valid_ndcg@10": best["valid"]}
 
 
-def example_lists(dataset_folder: Path, n_users: int = 3, top: int = 5) -> str:
+def example_lists(dataset: DatasetView | Path, n_users: int = 3, top: int = 5) -> str:
     """The first `n_users` users' top-`top` with titles, as text (printed at the end of `mmrec run`)."""
-    recs = pl.scan_parquet(Path(dataset_folder) / "recommendations.parquet")
+    dataset = DatasetView.at(dataset)
+    recs = pl.scan_parquet(dataset.table("recommendations"))
     users = recs.select("user_id").unique().sort("user_id").head(n_users).collect()["user_id"].to_list()
-    titles = pl.read_parquet(Path(dataset_folder) / "items.parquet", columns=["item_id", "title"])
+    titles = pl.read_parquet(dataset.table("items"), columns=["item_id", "title"])
     rows = (recs.filter(pl.col("user_id").is_in(users) & (pl.col("rank") <= top)).collect()
             .join(titles, on="item_id", how="left").sort("user_id", "rank"))
     lines = []

@@ -30,12 +30,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 from upath import UPath
 
 LOCAL_PROTOCOLS = ("", "file", "local")
+CATALOG = "lake.duckdb"  # the DuckDB catalog at a local lake's root (mmrec_pipeline/lake.py)
 # Object stores whose fsspec filesystems cache directory listings per process: off, so a long-lived process (the
 # sensor, a worker) sees what other processes wrote.
 LISTING_CACHED = ("s3", "s3a", "gs", "gcs", "abfs", "az")
@@ -60,16 +62,129 @@ def is_local(path) -> bool:
 def inside(root: Path | UPath, *parts: str) -> Path | UPath:
     """`root/parts…`, refusing any path that escapes `root` (e.g. a dataset named '../x')."""
     root = to_path(root)
+    if any(str(p).startswith("/") for p in parts) and not is_local(root):
+        raise ValueError(f"path {root.joinpath(*parts)} would leave the lake root {root}")
+    return ensure_inside(root, root.joinpath(*parts))
+
+
+def ensure_inside(root: Path | UPath, path: Path | UPath) -> Path | UPath:
+    """`path` (resolved, when local) if it lies under `root`, else a ValueError: the one lake-root guard."""
+    root = to_path(root)
     if is_local(root):
-        path = root.joinpath(*parts).resolve()
+        path = Path(to_path(path)).resolve()
         if path != root and root not in path.parents:
             raise ValueError(f"path {path} would leave the lake root {root}")
         return path
-    path = root.joinpath(*parts)
     base, joined = posixpath.normpath(root.path), posixpath.normpath(path.path)
-    if any(p.startswith("/") for p in parts) or (joined != base and not joined.startswith(base.rstrip("/") + "/")):
+    if joined != base and not joined.startswith(base.rstrip("/") + "/"):
         raise ValueError(f"path {path} would leave the lake root {root}")
     return path
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """One model's folder of checkpoints, `<dataset>/models/<model>/`: a checkpoint folder per variant, and
+    beside each checkpoint the facts its report section reads."""
+
+    path: Path | UPath
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", to_path(self.path))
+
+    def variant(self, variant: str) -> Path | UPath:
+        """The variant's checkpoint folder (`Recommender.save` writes it)."""
+        return inside(self.path, variant)
+
+    def report_facts(self, variant: str) -> Path | UPath:
+        """What the variant's report section reads (so the report never loads a checkpoint)."""
+        return inside(self.path, variant, "report_facts.json")
+
+    def configs(self) -> dict[str, Path | UPath]:
+        """{variant: its checkpoint's config.json} (what checks and report sections read, never the weights)."""
+        return {c.parent.name: c for c in sorted(self.path.glob("*/config.json"))} if self.path.exists() else {}
+
+    @property
+    def summary(self) -> Path | UPath:
+        """A model's summary over its variants (the two-stage ranker's `summary.json`)."""
+        return inside(self.path, "summary.json")
+
+
+@dataclass(frozen=True)
+class DatasetView:
+    """One dataset's artifacts in the lake, by name: the only place their paths under `<root>/<dataset>/` are
+    spelled (the layout stays as it always was, so existing lakes keep working)."""
+
+    root: Path | UPath  # the lake root
+    name: str  # the dataset
+
+    @classmethod
+    def at(cls, folder: str | os.PathLike | DatasetView) -> DatasetView:
+        """The view of a dataset folder given as a path (`<root>/<dataset>`); a view is returned as is."""
+        if isinstance(folder, DatasetView):
+            return folder
+        folder = to_path(folder)
+        return cls(folder.parent, folder.name)
+
+    def _path(self, *parts: str) -> Path | UPath:
+        return inside(self.root, self.name, *parts)
+
+    @property
+    def folder(self) -> Path | UPath:
+        return self._path()
+
+    def table(self, table: str) -> Path | UPath:
+        return self._path(f"{table}.parquet")
+
+    def models(self, *parts: str) -> Path | UPath:
+        """`models/[<model>/[<variant>]]`: checkpoints."""
+        return self._path("models", *parts)
+
+    def model(self, model: str) -> ModelFolder:
+        return ModelFolder(self.models(model))
+
+    def report_facts(self, model: str, variant: str) -> Path | UPath:
+        return self.model(model).report_facts(variant)
+
+    def checkpoint_configs(self, model: str) -> dict[str, Path | UPath]:
+        return self.model(model).configs()
+
+    @property
+    def vq_vae(self) -> Path | UPath:
+        """The dataset's VQ-VAE image tokenizer (its checkpoint folder)."""
+        return self.models("vq_vae")
+
+    @property
+    def vq_vae_report(self) -> Path | UPath:
+        return self.models("vq_vae", "report.json")
+
+    @property
+    def ranker_summary(self) -> Path | UPath:
+        return self.model("ranker").summary
+
+    @property
+    def per_user_dir(self) -> Path | UPath:
+        return self._path("per_user")
+
+    def per_user(self, model: str) -> Path | UPath:
+        """A model's per-user metrics table (the significance tests read it)."""
+        return self._path("per_user", f"{model}.parquet")
+
+    @property
+    def previous_recommendations(self) -> Path | UPath:
+        return self._path("serving", "recommendations.previous.parquet")
+
+    @property
+    def drift_log(self) -> Path | UPath:
+        return self._path("serving", "drift.json")
+
+    @property
+    def report(self) -> Path | UPath:
+        return self._path("report.html")
+
+    @property
+    def feature_dtype(self) -> Path | UPath:
+        """The dtype the dataset's features are computed in, pinned at first use (`compute.pin_feature_dtype`)."""
+        return self._path("feature_dtype.json")
 
 
 class Lake:
@@ -90,26 +205,50 @@ class Lake:
     def dataset(self, name: str) -> Path | UPath:
         return inside(self.root, name)
 
+    def dagster_home(self, env: str) -> Path:
+        """The default Dagster instance folder of a local lake (`dagster`, or `dagster-<env>` for a PostgreSQL
+        environment, passed as `env`; "" for the default)."""
+        return inside(self.root, f"dagster-{env}" if env else "dagster")
+
+    @property
+    def catalog(self) -> Path | UPath:
+        return inside(self.root, CATALOG)
+
+    def dataset_view(self, name: str) -> DatasetView:
+        """The dataset's artifacts by name (`DatasetView`)."""
+        inside(self.root, name)  # a name like '../x' fails here, not at first use
+        return DatasetView(self.root, name)
+
+    @classmethod
+    def of_feature_cache(cls, feature_cache: str | os.PathLike) -> Lake:
+        """The lake whose `feature_cache()` this is (for code handed only the feature cache)."""
+        return cls(to_path(feature_cache).parent.parent)
+
+    def model_cache(self, *parts: str) -> Path:
+        """Converted model weights (e.g. the GGUF summarizer re-saved as safetensors): beside the features in a local
+        lake; in the machine's cache when the lake is remote (transformers loads them from a folder)."""
+        return inside(self.machine_cache(), "models", *parts)
+
     def table(self, dataset: str, table: str) -> Path | UPath:
-        return inside(self.root, dataset, f"{table}.parquet")
+        return self.dataset_view(dataset).table(table)
 
     def models(self, dataset: str, *parts: str) -> Path | UPath:
         """`<dataset>/models/[<model>/[<variant>]]`: checkpoints (and the VQ-VAE at `models/vq_vae`)."""
-        return inside(self.root, dataset, "models", *parts)
+        return self.dataset_view(dataset).models(*parts)
 
     def per_user(self, dataset: str) -> Path | UPath:
-        return inside(self.root, dataset, "per_user")
+        return self.dataset_view(dataset).per_user_dir
 
     def serving(self, dataset: str) -> Path | UPath:
         return inside(self.root, dataset, "serving")
 
     def report(self, dataset: str) -> Path | UPath:
-        return inside(self.root, dataset, "report.html")
+        return self.dataset_view(dataset).report
 
     def feature_dtype(self, dataset: str) -> Path | UPath:
         """`<dataset>/feature_dtype.json`: the dtype the dataset's features are computed in, pinned at first use
         (`compute.pin_feature_dtype`), so every machine and worker computes (and reuses) the same ones."""
-        return inside(self.root, dataset, "feature_dtype.json")
+        return self.dataset_view(dataset).feature_dtype
 
     def feature_cache(self) -> Path | UPath:
         """`<root>/_cache/features`: outside every dataset folder, so datasets share it."""

@@ -34,7 +34,7 @@ def instance_home() -> Path:
     if not lake.local and not os.environ.get("DAGSTER_HOME"):
         raise InstanceError(f"MMREC_HOME={lake.root} is object storage: set DAGSTER_HOME to a local folder for the "
                             "Dagster instance")
-    default = lake.root / ("dagster" if env not in POSTGRES_ENVS else f"dagster-{env}") if lake.local else None
+    default = lake.dagster_home(env if env in POSTGRES_ENVS else "") if lake.local else None
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(default)))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -99,7 +99,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
               f"this process)\n"
               f"{timing_table(outcome.steps)}\nwhole run: {time.perf_counter() - start:.1f} s wall")
     print(f"\nrun {'succeeded' if ok else 'FAILED'} for dataset '{dataset}' (run id {run_id})")
-    catalog = f"   (DuckDB views: {lake.root / 'lake.duckdb'})" if lake.local else ""
+    catalog = f"   (DuckDB views: {lake.catalog})" if lake.local else ""
     print(f"tables:  {lake.dataset(dataset)}/*.parquet{catalog}")
     if lake.report(dataset).exists():
         print(f"report:  {lake.report(dataset)}")
@@ -111,7 +111,7 @@ def run(dataset: str, select: str | None, verbose: bool = False) -> int:
         print(f"recommendations: {recs}")
         if lake.local:
             print(f"  DuckDB: select * from \"{dataset}\".recommendations_readable where user_id = ...")
-            print(example_lists(lake.dataset(dataset)))
+            print(example_lists(lake.dataset_view(dataset)))
     if failures and not verbose:
         print("(full traces: mmrec run ... --verbose, or the run in the UI)", file=sys.stderr)
     for failure in failures:

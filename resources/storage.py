@@ -1,13 +1,13 @@
 """The lake in Dagster: `LakeResource` (the `Lake` every asset, the sensor and the CLI use) and the Parquet IO
 manager for every table, which takes its root from it.
 
-Tables land at `<root>/<dataset>/<asset>.parquet` (non-partitioned assets at `<root>/<asset>.parquet`).
+Tables land where `Lake.dataset_view(<dataset>).table(<asset>)` says, `<root>/<dataset>/<asset>.parquet`
+(non-partitioned assets at `<root>/<asset>.parquet`).
 The root may be a local folder or an object-store URL (anything universal-pathlib understands).
 """
 
 from __future__ import annotations
 
-import posixpath
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +15,7 @@ import polars as pl
 from upath import UPath
 
 from mmrec_pipeline.lake import refresh_catalog
-from mmrec_pipeline.storage import Lake, inside, to_path, write_parquet
+from mmrec_pipeline.storage import Lake, ensure_inside, to_path, write_parquet
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -31,21 +31,17 @@ class LakeParquetIOManager(dg.UPathIOManager):
     extension = ".parquet"
 
     def get_path_for_partition(self, context, path: UPath, partition: str) -> UPath:
-        # <root>/<asset>/<dataset> by default; the lake keeps one folder per dataset instead.
-        return self._inside_root(self.make_safe_partition_path(path.parent, partition) / path.name)
+        # <root>/<asset>/<dataset> by default; the lake keeps one folder per dataset instead (without the
+        # extension, which Dagster adds).
+        table = UPath(Lake(self._base_path).dataset_view(partition).table(path.name))
+        return table.with_name(path.name)
 
     def make_directory(self, path: UPath) -> None:
         super().make_directory(self._inside_root(path))
 
     def _inside_root(self, path: UPath) -> UPath:
         """Refuse a table path outside the lake root (a partition key like '../x', an asset key with '..')."""
-        base = self._base_path
-        if base.protocol in ("", "file", "local"):
-            inside(Path(base.path), str(Path(path.path).resolve()))  # absolute, so joined as is
-        else:
-            root, target = posixpath.normpath(base.path), posixpath.normpath(path.path)
-            if target != root and not target.startswith(root + "/"):
-                raise ValueError(f"path {path} would leave the lake root {base}")
+        ensure_inside(self._base_path, path)
         return path
 
     def dump_to_path(self, context: dg.OutputContext, obj: pl.DataFrame, path: UPath) -> None:

@@ -99,21 +99,21 @@ def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_i
     import polars as pl
 
     from mmrec_pipeline.evaluation.protocols import evaluate_model
-    from mmrec_pipeline.evaluation.report import REPORT_FACTS, build_report, report_facts
+    from mmrec_pipeline.evaluation.report import build_report, report_facts
     from mmrec_pipeline.evaluation.sections.vq_bart import generation_section
     from mmrec_pipeline.models.popularity import Popularity
-    from mmrec_pipeline.storage import write_json
+    from mmrec_pipeline.storage import DatasetView, write_json
 
     model, _ = tiny_image_model
     popularity = Popularity()
     popularity.fit(sample_dataset, ItemFeatures(), Compute(device="cpu"))
     # what the assets save beside their checkpoints when they train; the section reads only these
-    write_json(report_facts(model, sample_dataset, max_users=40), tmp_path / "vq_bart" / "image" / REPORT_FACTS)
-    write_json(report_facts(popularity, sample_dataset, max_users=40),
-               tmp_path / "popularity" / "global" / REPORT_FACTS)
+    artifacts = DatasetView(tmp_path, "sample")
+    write_json(report_facts(model, sample_dataset, max_users=40), artifacts.report_facts("vq_bart", "image"))
+    write_json(report_facts(popularity, sample_dataset, max_users=40), artifacts.report_facts("popularity", "global"))
     metrics = pl.concat([evaluate_model(model, sample_dataset, "vq_bart", "image", sampled=None)[0],
                          evaluate_model(popularity, sample_dataset, "popularity", "global", sampled=None)[0]])
-    section = generation_section(metrics, sample_dataset, tmp_path, max_users=40)
+    section = generation_section(metrics, sample_dataset, artifacts, max_users=40)
     assert "BERTScore" in section.title and "40 test users" in section.note and "LPIPS" in section.note
     assert section.tables[0]["model"].to_list() == ["vq_bart/image", "popularity/global"]
     assert len(section.examples) == 3  # history -> generated text -> top-5

@@ -37,7 +37,7 @@ from mmrec_pipeline.evaluation.significance import (
     paired_tests,
     pareto_front,
 )
-from mmrec_pipeline.storage import read_json_file, to_path
+from mmrec_pipeline.storage import DatasetView, read_json_file
 
 if TYPE_CHECKING:
     from mmrec_pipeline.data.dataset import RecDataset
@@ -385,12 +385,12 @@ class Section:
 
 @dataclasses.dataclass(frozen=True)
 class ReportInputs:
-    """What a model's `report_section` hook reads: the dataset's metrics table, the dataset, and
-    `<lake>/<dataset>/models` (every model's checkpoints, `<model>/<variant>/`)."""
+    """What a model's `report_section` hook reads: the dataset's metrics table, the dataset, and its artifacts in
+    the lake (every model's report facts and checkpoint configs, by name)."""
 
     metrics: pl.DataFrame
     data: RecDataset
-    models_dir: Path
+    artifacts: DatasetView
 
 
 def _inline(text: str) -> Markup:
@@ -555,9 +555,8 @@ def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
 
 
 # What the report shows of a model's own recommendations is computed when its asset runs and saved beside each
-# variant's checkpoint (REPORT_FACTS), so the report never loads a checkpoint. The users: seeded samples of the test
-# users, EXAMPLE_USERS for example rows and REPORT_USERS for tables over users (vq_bart's BERTScore).
-REPORT_FACTS = "report_facts.json"
+# variant's checkpoint (`DatasetView.report_facts`), so the report never loads a checkpoint. The users: seeded
+# samples of the test users, EXAMPLE_USERS for example rows and REPORT_USERS for tables over users (vq_bart's BERTScore).
 REPORT_TOP_K = 5
 EXAMPLE_USERS = 3
 # test users vq_bart's section decodes and BERTScores per row: the cost of one variant (decode, two BERTScores)
@@ -573,7 +572,7 @@ def report_users(data: RecDataset, max_users: int = REPORT_USERS, seed: int = 0)
 
 def report_facts(model, data: RecDataset, max_users: int = REPORT_USERS) -> dict:
     """The trained model's top items for `report_users` (as the evaluator ranks them), plus what its class adds
-    (`Recommender.report_facts`, e.g. vq_bart's generated texts): the REPORT_FACTS file of one variant."""
+    (`Recommender.report_facts`, e.g. vq_bart's generated texts): the report facts of one variant."""
     inputs = restrict_users(data.eval_inputs("test"), report_users(data, max_users))
     top = top_items(model, inputs, REPORT_TOP_K)
     users = [str(int(u)) for u in inputs.users]
@@ -581,9 +580,10 @@ def report_facts(model, data: RecDataset, max_users: int = REPORT_USERS) -> dict
             **model.report_facts(dict(zip(users, inputs.history, strict=True)))}
 
 
-def read_report_facts(models_dir: Path, model: str, variant: str) -> dict:
-    """A variant's REPORT_FACTS; a clear error when its asset predates them (re-materialize it)."""
-    path = to_path(models_dir) / model / variant / REPORT_FACTS
+def read_report_facts(artifacts: DatasetView | Path, model: str, variant: str) -> dict:
+    """A variant's report facts (`artifacts`: the dataset's view, or its lake folder); a clear error when its
+    asset predates them (re-materialize it)."""
+    path = DatasetView.at(artifacts).report_facts(model, variant)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: re-materialize the '{model}' asset (its report facts are "
                                 "written when it trains)")
@@ -593,7 +593,7 @@ def read_report_facts(models_dir: Path, model: str, variant: str) -> dict:
 def qualitative_examples(facts: dict, data: RecDataset, title: str, n_users: int = EXAMPLE_USERS,
                          top: int = REPORT_TOP_K, seed: int = 0) -> Section:
     """A few seeded test users with their most recent items and the model's top recommendations (`facts`: the
-    variant's REPORT_FACTS)."""
+    variant's report facts)."""
     picked = subsample(data.eval_inputs("test"), n_users, seed)
     if len(picked.users) == 0:
         return Section(title, "No test users.")

@@ -54,11 +54,10 @@ PART_HASH = 32  # hex digits of a part's sha256 kept in its name: enough to catc
 UNREADABLE = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, ValueError)
 
 
-def models_cache_dir(cache_root: Path) -> Path:
+def models_cache_dir(cache_root: Path, *parts: str) -> Path:
     """Converted model weights (e.g. the GGUF summarizer re-saved as safetensors): beside the features in a local
     lake; in the machine's cache when the lake is remote (transformers loads them from a folder)."""
-    root = to_path(cache_root)
-    return root.parent / "models" if is_local(root) else Lake(root.parent.parent).machine_cache() / "models"
+    return Lake.of_feature_cache(cache_root).model_cache(*parts)
 
 
 def content_key(*parts) -> str:

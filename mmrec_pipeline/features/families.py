@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from mmrec_pipeline.compute import Compute
     from mmrec_pipeline.features.sources import ModelSources
+    from mmrec_pipeline.storage import DatasetView
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +33,7 @@ class FeatureRun:
     sources: ModelSources
     compute: Compute
     cache_root: Path  # the shared content-addressed store (`Lake.feature_cache()`; a Path or a remote UPath)
-    dataset_dir: Path  # the dataset's lake folder (the VQ tokenizer lives under it)
+    dataset: DatasetView  # the dataset's artifacts in the lake (the VQ tokenizer is one)
     overrides: dict  # the dataset's `features:` settings in datasets.yaml
     max_items_per_run: int | None = None  # the rest is left for the next run (the new-items sensor resumes)
     log: logging.Logger | None = None  # or Dagster's context.log
@@ -92,7 +93,7 @@ def _text_embeddings(run: FeatureRun, items: pl.DataFrame, captions: pl.DataFram
 def _vq_codes(run: FeatureRun, items: pl.DataFrame):
     from mmrec_pipeline.features.vq import vq_codes
 
-    return vq_codes(items, run.sources, run.compute, run.cache_root, vqvae=run.dataset_dir / "models" / "vq_vae",
+    return vq_codes(items, run.sources, run.compute, run.cache_root, vqvae=run.dataset.vq_vae,
                     max_items_per_run=run.max_items_per_run, log=run.log)
 
 

@@ -191,7 +191,7 @@ def _check_converted(folder: Path) -> None:
 
 def converted_summarizer_dir(sources: ModelSources, cache_root: Path) -> Path:
     """Where the summarizer's GGUF, converted to safetensors, is kept (`models_cache_dir`)."""
-    return models_cache_dir(cache_root) / f"summarizer-{sources.identity('summarizer')}"
+    return models_cache_dir(cache_root, f"summarizer-{sources.identity('summarizer')}")
 
 
 def summarizer_source(sources: ModelSources, cache_root: Path, log=None) -> str:

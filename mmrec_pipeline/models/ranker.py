@@ -573,14 +573,14 @@ def ablation_table(per_user: pl.DataFrame, metrics: pl.DataFrame, reference: str
     return table.rename({"diff": "diff_vs_reference"}).select(ABLATION_COLUMNS)
 
 
-def write_summary(run: RankerRun, ablation: pl.DataFrame, reference: str | None, directory: Path) -> dict:
-    """What the report section reads (`<lake>/<dataset>/models/ranker/summary.json`)."""
+def write_summary(run: RankerRun, ablation: pl.DataFrame, reference: str | None, path: Path) -> dict:
+    """What the report section reads (`DatasetView.ranker_summary`)."""
     from mmrec_pipeline.storage import write_json
 
     summary = {"reference": reference, "sources": run.sources, "users": run.users, "seconds": run.seconds,
                "chosen": run.chosen, "recall": run.recall.to_dicts(), "gains": run.gains.to_dicts(),
                "ablation": ablation.to_dicts()}
-    write_json(summary, directory / "summary.json")
+    write_json(summary, path)
     return summary
 
 

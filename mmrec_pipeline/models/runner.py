@@ -38,10 +38,10 @@ import polars as pl
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import evaluate_model, is_sampled, per_user_table
-from mmrec_pipeline.evaluation.report import REPORT_FACTS, report_facts
+from mmrec_pipeline.evaluation.report import report_facts
 from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
-from mmrec_pipeline.storage import to_path, write_json
+from mmrec_pipeline.storage import ModelFolder, write_json
 
 FIT_REPORT = "fit_report.json"
 
@@ -197,10 +197,11 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         eval_seconds = time.perf_counter() - start
         tuning = {"selected_on": f"{data.protocol}@valid ndcg@10 (full catalog)", "grid": grid, "chosen": chosen,
                   "seeds": len(tables), "test_ndcg@10_by_seed": test_by_seed}
-        model.save(to_path(out_dir) / variant, tuning=tuning)
+        checkpoint = ModelFolder(out_dir).variant(variant)
+        model.save(checkpoint, tuning=tuning)
         # Beside the checkpoint: what retraining on all interactions needs (best_epoch chosen on valid).
-        write_json(fit_summary(report), to_path(out_dir) / variant / FIT_REPORT)
-        write_json(report_facts(model, data), to_path(out_dir) / variant / REPORT_FACTS)
+        write_json(fit_summary(report), checkpoint / FIT_REPORT)
+        write_json(report_facts(model, data), ModelFolder(out_dir).report_facts(variant))
         metrics = pl.concat([seed_summary(tables, data.protocol), valid])
         extra = model.extra_metrics(data, name, variant)  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
         if extra is not None:
@@ -261,7 +262,7 @@ def fit_summary(report: dict) -> dict:
 def check_tuning_records(models_dir: Path) -> tuple[bool, dict]:
     """Every variant checkpoint under `models_dir` holds its grid's validation argmax (asset check)."""
     failures, variants = [], 0
-    for path in sorted(to_path(models_dir).glob("*/config.json")):
+    for path in ModelFolder(models_dir).configs().values():
         meta, variants = json.loads(path.read_text()), variants + 1
         tuning = meta.get("tuning")
         if not tuning or not tuning.get("grid"):

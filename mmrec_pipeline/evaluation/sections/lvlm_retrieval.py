@@ -54,8 +54,8 @@ def strategy_table(metrics: pl.DataFrame, captioners: dict[str, str | None] | No
 def section(inputs: ReportInputs) -> Section:
     """The paper's strategy table, each caption row named by the captioner its checkpoint used (read from the
     checkpoint's config.json, not its weights)."""
-    captioners = {c.parent.name: json.loads(c.read_text())["extra"].get("captioner")
-                  for c in (inputs.models_dir / NAME).glob("*/config.json")}
+    captioners = {variant: json.loads(c.read_text())["extra"].get("captioner")
+                  for variant, c in inputs.artifacts.checkpoint_configs(NAME).items()}
     table = strategy_table(inputs.metrics, captioners)
     change = pl.col("vs title (%)").round(1)
     table = table.with_columns(pl.format("{}{}%", pl.when(change >= 0).then(pl.lit("+")).otherwise(pl.lit("")),

@@ -14,5 +14,5 @@ def section(inputs: ReportInputs) -> Section | None:
     variant = validation_best(inputs.metrics, NAME, inputs.data.protocol)
     if variant is None:
         return None
-    return report.qualitative_examples(report.read_report_facts(inputs.models_dir, NAME, variant), inputs.data,
+    return report.qualitative_examples(report.read_report_facts(inputs.artifacts, NAME, variant), inputs.data,
                                        f"{NAME}/{variant}: example recommendations")

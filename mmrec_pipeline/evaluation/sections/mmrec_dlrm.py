@@ -59,8 +59,8 @@ def report_note(table: pl.DataFrame, threshold: float | None, ranking: str) -> s
 def section(inputs: ReportInputs) -> Section:
     """The paper's pointwise table beside full-catalog ranking, one row per variant (dropout and threshold read
     from each checkpoint's config.json, not its weights)."""
-    configs = {c.parent.name: json.loads(c.read_text())["config"]
-               for c in (inputs.models_dir / NAME).glob("*/config.json")}
+    configs = {variant: json.loads(c.read_text())["config"]
+               for variant, c in inputs.artifacts.checkpoint_configs(NAME).items()}
     table = report_table(inputs.metrics, {v: c["dropout"] for v, c in configs.items()})
     pointwise = inputs.metrics.filter((pl.col("model") == NAME) & is_pointwise())
     threshold = next(iter(configs.values()))["rating_threshold"] if pointwise.height and configs else None

@@ -15,7 +15,7 @@ ABLATION_COLUMNS = ("name", "valid_ndcg@10", "test_ndcg@10", "ci_low", "ci_high"
 
 def section(inputs: ReportInputs) -> Section | None:
     """The report's ranker block: candidate recall, gains by family and the ablation table (from summary.json)."""
-    path = inputs.models_dir / NAME / "summary.json"
+    path = inputs.artifacts.ranker_summary
     if not path.exists():
         return None
     s = json.loads(path.read_text())

@@ -26,7 +26,7 @@ from mmrec_pipeline.evaluation.report import (
     user_example,
 )
 from mmrec_pipeline.features.sources import ModelSources
-from mmrec_pipeline.storage import to_path
+from mmrec_pipeline.storage import DatasetView, to_path
 
 BERTSCORE_LAYERS = 6  # all-MiniLM-L6-v2 has 6 layers; bert-score needs the layer named for an unlisted encoder
 BASELINES = ("gru4rec", "popularity")
@@ -54,7 +54,7 @@ def bertscore(candidates: list[str], references: list[str]) -> dict[str, float]:
     return {"P": float(mean[0]), "R": float(mean[1]), "F1": float(mean[2])}
 
 
-def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report: Path | None = None,
+def generation_section(metrics: pl.DataFrame, data, artifacts: DatasetView, vq_report: Path | None = None,
                        max_users: int = REPORT_USERS, n_examples: int = 3, seed: int = 0) -> Section:
     """BERTScore of the generated next-item text next to the ranking metrics, for every vq_bart variant and the
     GRU4Rec / popularity baselines (for those, and as a second column for vq_bart, the BERTScore of the top-1
@@ -78,7 +78,7 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
     variants = full.filter(pl.col("model") == "vq_bart")["variant"].unique(maintain_order=True).to_list()
     users = [str(int(u)) for u in inputs.users]
     for variant in variants:
-        facts = read_report_facts(models_dir, "vq_bart", variant)
+        facts = read_report_facts(artifacts, "vq_bart", variant)
         generated = [facts["generated"][u] for u in users]
         top = [facts["top"][u] for u in users]
         gen, top1 = bertscore(generated, refs), bertscore([texts[t[0]] for t in top], refs)
@@ -93,7 +93,7 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
         if t.height == 0:
             continue
         variant = validation_best(metrics, name, data.protocol)  # chosen on validation, never on test
-        top = [read_report_facts(models_dir, name, variant)["top"][u] for u in users]
+        top = [read_report_facts(artifacts, name, variant)["top"][u] for u in users]
         rows.append({"model": f"{name}/{variant}", "history": None, "image tokens/item": None,
                      "BERTScore F1 (generated)": None, "BERTScore P": None, "BERTScore R": None,
                      "BERTScore F1 (top-1 item)": bertscore([texts[t[0]] for t in top], refs)["F1"],
@@ -127,5 +127,4 @@ def generation_section(metrics: pl.DataFrame, data, models_dir: Path, vq_report:
 
 def section(inputs: ReportInputs) -> Section:
     """BERTScore beside NDCG, next to GRU4Rec and popularity, with the VQ tokenizer's quality."""
-    return generation_section(inputs.metrics, inputs.data, inputs.models_dir,
-                              inputs.models_dir / "vq_vae" / "report.json")
+    return generation_section(inputs.metrics, inputs.data, inputs.artifacts, inputs.artifacts.vq_vae_report)
