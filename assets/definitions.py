@@ -14,7 +14,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from assets import DATASETS, checks, evaluation, features, ingest, models, ranker, serving, splits
 from assets.automation import BACKFILL_TAG
-from mmrec_pipeline.lake import feature_gaps
+from mmrec_pipeline.catalog import feature_gaps
 from mmrec_pipeline.registry import available_datasets, get_dataset
 from resources import executor, resources_for_env
 from resources.runs import step_cpu_clock

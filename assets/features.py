@@ -9,10 +9,10 @@ import polars as pl
 from assets import DATASETS, GPU, op_tags
 from assets.automation import CODE_VERSIONS, REFRESH
 from assets.metadata import plain, table_preview
+from mmrec_pipeline.catalog import VALUE_COLUMNS, items_without_feature
 from mmrec_pipeline.compute import pin_feature_dtype
 from mmrec_pipeline.features.families import FEATURES, Feature, FeatureRun
 from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, PROFILES, train_or_load_vq_vae
-from mmrec_pipeline.lake import VALUE_COLUMNS, items_without_feature
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import read_parquet
 from resources.compute import ComputeResource

@@ -9,8 +9,8 @@ from assets.automation import NIGHTLY_FRESHNESS, NIGHTLY_REFRESH, REFRESH
 from assets.metadata import plain, png_markdown, table_preview
 from assets.models import model_assets
 from mmrec_pipeline import serving
+from mmrec_pipeline.catalog import refresh_catalog
 from mmrec_pipeline.evaluation.report import md_table, plot_drift
-from mmrec_pipeline.lake import refresh_catalog
 from mmrec_pipeline.models import MODELS, ranker
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import read_parquet

@@ -64,9 +64,9 @@ def summarizer_dtypes(items: int = 16) -> dict:
     import torch
 
     from mmrec_pipeline.compute import Compute, cpu_has_native_bf16
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import SummaryConfig, load_summarizer, summarize
     from mmrec_pipeline.storage import Lake
+    from mmrec_pipeline.weights import ModelSources
 
     torch.set_num_threads(1)
     compute = Compute(device="cpu")

@@ -58,7 +58,7 @@ def child(stage: str, catalog: str, n_items: int, cache: Path, workers: int, bat
     from mmrec_pipeline.compute import Compute
     from mmrec_pipeline.features.captions import captions
     from mmrec_pipeline.features.image import image_embeddings
-    from mmrec_pipeline.features.sources import ModelSources
+    from mmrec_pipeline.weights import ModelSources
 
     base, grown = catalogs(n_items)
     items = base if catalog == "base" else grown

@@ -29,7 +29,7 @@ import json, resource, sys, time
 import torch
 from mmrec_pipeline.compute import keep_freed_memory
 from mmrec_pipeline.features.image import load_efficientnet_lite0, pooled_features
-from mmrec_pipeline.features.sources import ModelSources
+from mmrec_pipeline.weights import ModelSources
 
 kept = keep_freed_memory() if sys.argv[1] == "kept" else False
 torch.set_num_threads(1)

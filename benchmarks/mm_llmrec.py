@@ -66,10 +66,10 @@ def prepare_sample() -> None:
     from mmrec_pipeline.data.splits import make_split
     from mmrec_pipeline.data.synthetic import read
     from mmrec_pipeline.features.image import image_embeddings
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import text_embeddings
     from mmrec_pipeline.models.base import ItemFeatures
     from mmrec_pipeline.storage import Lake
+    from mmrec_pipeline.weights import ModelSources
 
     WORK.mkdir(parents=True, exist_ok=True)
     tables = validate(read(Lake().sample_raw("sample"), {"version": 1, "seed": 7}), "sample")

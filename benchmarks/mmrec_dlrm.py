@@ -152,13 +152,13 @@ def sample_grid(grid: str, lake: Path, summary_budget: int | None = None, only: 
     from mmrec_pipeline.data.synthetic import read
     from mmrec_pipeline.evaluation.sections.mmrec_dlrm import report_table
     from mmrec_pipeline.features.captions import captions
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import SummaryConfig, raw_review_vectors, review_summaries
     from mmrec_pipeline.features.text import sbert_vectors, text_fields
     from mmrec_pipeline.models.base import ItemFeatures
     from mmrec_pipeline.models.mmrec_dlrm import DEMO_VARIANTS, VARIANTS, MMRecDLRM
     from mmrec_pipeline.models.runner import train_variants
     from mmrec_pipeline.storage import Lake
+    from mmrec_pipeline.weights import ModelSources
 
     tables = validate(read(lake / "sample" / "raw", {"version": 1, "seed": 7}), "sample")
     from mmrec_pipeline.data.filtering import user_core
@@ -216,7 +216,6 @@ def hm_ranking(lake: Path) -> dict:
     from mmrec_pipeline.data.splits import filter_and_split
     from mmrec_pipeline.evaluation.protocols import is_pointwise
     from mmrec_pipeline.evaluation.sections.mmrec_dlrm import report_note, report_table
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import review_summaries
     from mmrec_pipeline.features.text import text_embeddings
     from mmrec_pipeline.models.base import ItemFeatures
@@ -224,6 +223,7 @@ def hm_ranking(lake: Path) -> dict:
     from mmrec_pipeline.models.runner import train_variants
     from mmrec_pipeline.registry import get_dataset
     from mmrec_pipeline.storage import Lake
+    from mmrec_pipeline.weights import ModelSources
 
     spec = get_dataset("hm")
     tables = load_dataset(spec)

@@ -42,11 +42,11 @@ def sample(with_features: bool):
     from mmrec_pipeline.data.splits import make_split
     from mmrec_pipeline.data.synthetic import read
     from mmrec_pipeline.features.image import image_embeddings
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import raw_review_vectors
     from mmrec_pipeline.features.text import text_embeddings
     from mmrec_pipeline.models.base import ItemFeatures, item_features
     from mmrec_pipeline.storage import Lake
+    from mmrec_pipeline.weights import ModelSources
 
     tables = validate(read(Lake().sample_raw("sample"), {"version": 1, "seed": 7}), "sample")
     split = make_split(user_core(tables.interactions, 5), "temporal")

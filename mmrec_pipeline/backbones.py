@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mmrec_pipeline.compute import Compute
-from mmrec_pipeline.features.sources import ModelSources
+from mmrec_pipeline.weights import ModelSources
 
 
 def pretrained_kwargs(source: str, sources: ModelSources) -> dict:

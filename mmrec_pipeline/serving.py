@@ -26,7 +26,6 @@ import torch
 
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import Recommender, item_features
 from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
 from mmrec_pipeline.registry import registry_name
@@ -40,6 +39,7 @@ from mmrec_pipeline.storage import (
     to_path,
     write_json,
 )
+from mmrec_pipeline.weights import ModelSources
 
 RECOMMENDATIONS_SCHEMA = {"user_id": pl.Utf8, "rank": pl.Int32, "item_id": pl.Utf8, "score": pl.Float32}
 

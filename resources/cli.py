@@ -134,7 +134,7 @@ def show_run_notices() -> None:
 def refresh_catalog_or_warn(lake: Lake) -> None:
     """The DuckDB views are a convenience: a failure to refresh them never fails a run whose steps succeeded.
     A remote lake has none (DuckDB would need httpfs)."""
-    from mmrec_pipeline.lake import refresh_catalog
+    from mmrec_pipeline.catalog import refresh_catalog
 
     if not lake.local or not lake.root.exists():
         return

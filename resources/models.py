@@ -1,4 +1,4 @@
-"""`ModelSourcesResource`: where each logical model's weights come from (see mmrec_pipeline/features/sources.py).
+"""`ModelSourcesResource`: where each logical model's weights come from (see mmrec_pipeline/weights.py).
 
 A field left empty means: the env var `MMREC_MODEL_<NAME>`, else the default (packaged offline weights where they
 exist, the papers' Hugging Face ids otherwise). Values: `packaged`, `torchvision`, a local path or a hub id.
@@ -6,7 +6,7 @@ exist, the papers' Hugging Face ids otherwise). Values: `packaged`, `torchvision
 
 import dagster as dg
 
-from mmrec_pipeline.features.sources import ModelSources
+from mmrec_pipeline.weights import ModelSources
 
 
 class ModelSourcesResource(dg.ConfigurableResource):

@@ -14,7 +14,7 @@ import dagster as dg
 import polars as pl
 from upath import UPath
 
-from mmrec_pipeline.lake import refresh_catalog
+from mmrec_pipeline.catalog import refresh_catalog
 from mmrec_pipeline.storage import Lake, ensure_inside, to_path, write_parquet
 
 

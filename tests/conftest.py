@@ -105,9 +105,9 @@ def sample_features(sample_tables, sample_dataset, shared_feature_cache):
     as the feature assets compute them, and the `ItemFeatures` models read."""
     from mmrec_pipeline.compute import Compute
     from mmrec_pipeline.features.image import image_embeddings
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import text_embeddings
     from mmrec_pipeline.models.base import item_features
+    from mmrec_pipeline.weights import ModelSources
 
     tables, _ = sample_tables
     compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), shared_feature_cache
@@ -125,8 +125,8 @@ def link_converted_summarizer(shared_feature_cache):
     """The packaged SmolLM2 GGUF converted to safetensors once per session (20-35 CPU s, the summarizer's first
     use), in the cache the workers share. Returns `link(cache_root)`: puts it where a summarizer reading
     `cache_root` finds it, as hard links (no bytes copied), so the test does not convert it again."""
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.summaries import converted_summarizer_dir, summarizer_source
+    from mmrec_pipeline.weights import ModelSources
 
     shared_feature_cache.mkdir(parents=True, exist_ok=True)
     with open(shared_feature_cache / "summarizer.lock", "w") as lock:

@@ -106,7 +106,7 @@ def test_io_manager_refuses_a_partition_outside_the_lake(tmp_path):
 def test_catalog_quotes_identifiers_and_skips_an_unreadable_table(tmp_path):
     import duckdb
 
-    from mmrec_pipeline.lake import CATALOG, CatalogError, refresh_catalog
+    from mmrec_pipeline.catalog import CATALOG, CatalogError, refresh_catalog
     from resources.cli import refresh_catalog_or_warn
 
     write_parquet(pl.DataFrame({"a": [1]}), tmp_path / 'q"x' / "items.parquet")
@@ -344,8 +344,8 @@ def test_recbole_timestamp_that_is_no_date_names_the_row(tmp_path, bad):
 
 def test_vq_codes_skip_without_images_and_refuse_an_untrained_tokenizer_with_images(tmp_path):
     from mmrec_pipeline.compute import Compute
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.vq import MIN_TRAIN_IMAGES, vq_codes
+    from mmrec_pipeline.weights import ModelSources
 
     def items(n_images: int) -> pl.DataFrame:
         paths = [f"/img/{i}.jpg" for i in range(n_images)] + [None]

@@ -25,11 +25,11 @@ from mmrec_pipeline.features.cache import (
     content_key,
 )
 from mmrec_pipeline.features.image import image_embeddings
-from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
 from mmrec_pipeline.features.summaries import SummaryConfig, review_summaries
 from mmrec_pipeline.features.text import text_embeddings
 from mmrec_pipeline.features.vq import VQVAE, VQConfig, psnr, ssim, train_vq_vae, vq_codes
 from mmrec_pipeline.storage import write_parquet
+from mmrec_pipeline.weights import ModelNotAvailable, ModelSources
 
 CPU = Compute(device="cpu", batch_size=8)
 BG = (233, 231, 226)
@@ -394,7 +394,7 @@ def test_review_summaries_with_packaged_smollm2(link_converted_summarizer, tmp_p
 def test_summaries_left_for_a_later_run_are_gaps_the_backfill_sensor_sees(tmp_path):
     """A budget-limited `review_summaries` run writes counts and raw-review vectors for every item but no summary
     for the items left for later: `feature_gaps` (the `items_missing_features` sensor) counts exactly those."""
-    from mmrec_pipeline.lake import feature_gaps
+    from mmrec_pipeline.catalog import feature_gaps
 
     items = pl.DataFrame({"item_id": ["A", "B", "C"], "image_sha256": [None, None, None]}, schema_overrides={
         "image_sha256": pl.Utf8})

@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from mmrec_pipeline.compute import Compute
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.features.vq import VQConfig, train_or_load_vq_vae, vq_codes
 from mmrec_pipeline.models.popularity import Popularity
 from mmrec_pipeline.storage import CorruptFileError
+from mmrec_pipeline.weights import ModelSources
 
 CPU = Compute(device="cpu", batch_size=8)
 

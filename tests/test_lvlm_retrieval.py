@@ -40,8 +40,8 @@ def features(sample_tables, sample_dataset, sample_features, shared_feature_cach
     """The sample's features plus caption embeddings from the offline captioner (the only one without weights
     to download) for the first CAPTIONED_ITEMS items, computed as the captions and text_embeddings assets do."""
     from mmrec_pipeline.features.captions import captions
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.features.text import text_embeddings
+    from mmrec_pipeline.weights import ModelSources
 
     tables, _ = sample_tables
     compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), shared_feature_cache

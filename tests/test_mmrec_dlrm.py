@@ -14,8 +14,8 @@ import torch
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features import summaries
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature
+from mmrec_pipeline.weights import ModelSources
 
 # find_spec, not importorskip: importing torchrec (1.7 s) at collection would cost both xdist workers
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("torchrec") is None, reason="torchrec is not installed")

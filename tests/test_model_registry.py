@@ -147,9 +147,9 @@ def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path,
     """The ModelSourcesResource's settings hold in the models too: the runner and `load` hand them over, and
     mm_llmrec resolves its `smollm2` backbone and vq_bart its hub backbones through them (backbones.py)."""
     from mmrec_pipeline import backbones
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.models.mm_llmrec import MMLLMRec, backbone_source
     from mmrec_pipeline.models.runner import build
+    from mmrec_pipeline.weights import ModelSources
 
     folder = tmp_path / "my-smollm2"
     folder.mkdir()

@@ -163,7 +163,7 @@ def test_feature_check_passes_after_a_full_run_on_a_small_sample_catalog(sample_
     import dagster as dg
 
     from assets import features, ingest, splits
-    from mmrec_pipeline.lake import items_without_feature
+    from mmrec_pipeline.catalog import items_without_feature
     from resources import resources_for_env
     from resources.storage import LakeIOManager, LakeResource
 

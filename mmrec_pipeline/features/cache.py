@@ -33,7 +33,6 @@ from pathlib import Path
 import polars as pl
 
 from mmrec_pipeline.compute import Progress, logger
-from mmrec_pipeline.features.sources import ModelNotAvailable
 from mmrec_pipeline.locks import file_lock
 from mmrec_pipeline.storage import (
     CorruptFileError,
@@ -44,6 +43,7 @@ from mmrec_pipeline.storage import (
     to_path,
     write_json,
 )
+from mmrec_pipeline.weights import ModelNotAvailable
 
 KEY_COLUMNS = ["item_id", "key"]
 VECTOR = pl.List(pl.Float32)  # how embeddings are stored

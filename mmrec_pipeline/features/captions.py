@@ -35,7 +35,7 @@ from mmrec_pipeline.features.image import (
     letterbox,
     load_efficientnet_lite0,
 )
-from mmrec_pipeline.features.sources import ModelSources
+from mmrec_pipeline.weights import ModelSources
 
 LVLM_PROMPT = ("Describe this product image in detail, focusing on visual attributes like color, style, material, "
                "and what occasion it might be suitable for.")

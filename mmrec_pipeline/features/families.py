@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     import polars as pl
 
     from mmrec_pipeline.compute import Compute
-    from mmrec_pipeline.features.sources import ModelSources
     from mmrec_pipeline.storage import DatasetView
+    from mmrec_pipeline.weights import ModelSources
 
 
 @dataclasses.dataclass(frozen=True)

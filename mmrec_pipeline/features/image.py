@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental, per_model
-from mmrec_pipeline.features.sources import ModelSources
+from mmrec_pipeline.weights import ModelSources
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

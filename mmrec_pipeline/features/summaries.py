@@ -39,7 +39,6 @@ from mmrec_pipeline.features.cache import (
     content_key,
     models_cache_dir,
 )
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import (
     CorruptFileError,
     Lake,
@@ -49,6 +48,7 @@ from mmrec_pipeline.storage import (
     sweep_stale_temps,
     write_json,
 )
+from mmrec_pipeline.weights import ModelSources
 
 PROMPT_VERSION = "2"  # bump with any change to how prompts are built, so summaries are recomputed
 CACHE_VERSION = "train-only-1"  # the cache rows carry review ids and counts (the refresh policy reads them)

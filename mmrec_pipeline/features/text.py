@@ -25,7 +25,7 @@ import torch
 
 from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental, content_key
-from mmrec_pipeline.features.sources import ModelNotAvailable, ModelSources
+from mmrec_pipeline.weights import ModelNotAvailable, ModelSources
 
 GPT2_MAX_TOKENS = 1024  # GPT-2's context length
 SBERT_VERSION = "v1"  # bump when the text given to the encoder changes

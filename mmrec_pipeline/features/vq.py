@@ -30,7 +30,6 @@ from torch import nn
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
 from mmrec_pipeline.features.image import image_batches, image_key, letterbox, load_rgb, to_tensor
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import (
     CorruptFileError,
     quarantine,
@@ -40,6 +39,7 @@ from mmrec_pipeline.storage import (
     write_json,
     write_safetensors,
 )
+from mmrec_pipeline.weights import ModelSources
 
 GRID = 16  # codes per side: 16 x 16 = 256 codes per image
 CODES = pl.List(pl.Int32)

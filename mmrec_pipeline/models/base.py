@@ -24,7 +24,6 @@ from mmrec_pipeline.data.dataset import RecDataset
 # The report's types and the paper claim belong to evaluation/: models import them, evaluation imports no model.
 from mmrec_pipeline.evaluation.audit import PaperClaim
 from mmrec_pipeline.evaluation.report import ReportInputs, Section
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import (
     CorruptFileError,
     atomic_write,
@@ -33,6 +32,7 @@ from mmrec_pipeline.storage import (
     to_path,
     write_safetensors,
 )
+from mmrec_pipeline.weights import ModelSources
 
 
 class MissingFeature(ValueError):

@@ -54,7 +54,6 @@ from torch import nn
 from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.evaluation.sections import mm_llmrec as mm_llmrec_section
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim, Recommender
 from mmrec_pipeline.models.training import (
     IGNORE,
@@ -65,6 +64,7 @@ from mmrec_pipeline.models.training import (
     seed_everything,
     windows,
 )
+from mmrec_pipeline.weights import ModelSources
 
 # The ablation, one variant per representation of the items: {variant: config overrides}.
 VARIANTS = {v: {"variant": v} for v in ("id", "text", "image", "concat", "weighted", "attention")}
@@ -261,7 +261,7 @@ def backbone_source(name: str, sources: ModelSources) -> str:
     """A local folder/file, or a Hugging Face id (read from the local cache unless downloads are allowed)."""
     if name == "smollm2":
         return sources.resolve("summarizer")
-    from mmrec_pipeline.features.sources import backbone_source as local_or_hub
+    from mmrec_pipeline.weights import backbone_source as local_or_hub
 
     return local_or_hub(name, HUB_IDS, "mm_llmrec")
 

@@ -39,9 +39,9 @@ from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import evaluate_model, is_sampled, per_user_table
 from mmrec_pipeline.evaluation.report import report_facts
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.storage import ModelFolder, write_json
+from mmrec_pipeline.weights import ModelSources
 
 FIT_REPORT = "fit_report.json"
 

@@ -47,7 +47,6 @@ from mmrec_pipeline import backbones
 from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.data.text import item_texts
 from mmrec_pipeline.evaluation.sections import vq_bart as vq_bart_section
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.models.training import (
     IGNORE,
@@ -58,6 +57,7 @@ from mmrec_pipeline.models.training import (
     pad_histories,
     seed_everything,
 )
+from mmrec_pipeline.weights import ModelSources
 
 SCRATCH = "bart-scratch"
 HUB_IDS = {"bart-base": "facebook/bart-base"}
@@ -204,7 +204,7 @@ class Vocabulary:
 
 
 def backbone_source(name: str) -> str:
-    from mmrec_pipeline.features.sources import backbone_source as local_or_hub
+    from mmrec_pipeline.weights import backbone_source as local_or_hub
 
     return local_or_hub(name, HUB_IDS, "vq_bart")
 

@@ -25,8 +25,8 @@ from mmrec_pipeline.evaluation.report import (
     read_report_facts,
     user_example,
 )
-from mmrec_pipeline.features.sources import ModelSources
 from mmrec_pipeline.storage import DatasetView, to_path
+from mmrec_pipeline.weights import ModelSources
 
 BERTSCORE_LAYERS = 6  # all-MiniLM-L6-v2 has 6 layers; bert-score needs the layer named for an unlisted encoder
 BASELINES = ("gru4rec", "popularity")
