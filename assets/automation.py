@@ -21,7 +21,7 @@ import sys
 
 import dagster as dg
 
-from mmrec_pipeline.evaluation import metrics, protocols, report
+from mmrec_pipeline.evaluation import facts, metrics, protocols
 from mmrec_pipeline.features import vq
 from mmrec_pipeline.features.families import FEATURES
 from mmrec_pipeline.models import MODELS, ranker
@@ -61,7 +61,7 @@ def model_code_version(cls) -> str:
     used |= {v for v in vars(module).values()
              if isinstance(v, type) and v.__module__.startswith("mmrec_pipeline.models.")}
     from mmrec_pipeline.models import runner, training
-    return code_version(module, *used, runner, training, protocols, metrics, report)
+    return code_version(module, *used, runner, training, protocols, metrics, facts)
 
 
 CODE_VERSIONS = {**{name: code_version(*mods) for name, mods in FEATURE_CODE.items()},

@@ -149,8 +149,8 @@ def part_sample(tables: Path) -> dict:
     from mmrec_pipeline.compute import Compute
     from mmrec_pipeline.data.dataset import RecDataset
     from mmrec_pipeline.data.text import item_texts
+    from mmrec_pipeline.evaluation.facts import REPORT_USERS, top_items
     from mmrec_pipeline.evaluation.protocols import evaluate_model, subsample
-    from mmrec_pipeline.evaluation.report import REPORT_USERS, top_items
     from mmrec_pipeline.evaluation.sections.vq_bart import bertscore
     from mmrec_pipeline.models.base import ItemFeatures
     from mmrec_pipeline.models.runner import selection_value

@@ -348,7 +348,8 @@ def test_report_references_are_chosen_on_validation_not_test():
 
 def test_report_escapes_every_text_from_the_data():
     """Titles, generated text, model/variant names and user ids reach report.html escaped, never as markup."""
-    from mmrec_pipeline.evaluation.report import Section, qualitative_examples, top_items
+    from mmrec_pipeline.evaluation.facts import top_items
+    from mmrec_pipeline.evaluation.report import Section, qualitative_examples
 
     attack = "<script>alert('x')</script>"
     data = tiny()

@@ -201,7 +201,7 @@ def test_example_variant_is_chosen_on_validation_not_test(monkeypatch, tmp_path)
 
     import polars as pl
 
-    from mmrec_pipeline.evaluation import report
+    from mmrec_pipeline.evaluation import facts, report
     from mmrec_pipeline.evaluation.report import ReportInputs, Section
     from mmrec_pipeline.models.mm_llmrec import MMLLMRec
 
@@ -209,7 +209,7 @@ def test_example_variant_is_chosen_on_validation_not_test(monkeypatch, tmp_path)
             ("mm_llmrec", "a", "temporal@valid", "ndcg", 10, 0.1), ("mm_llmrec", "b", "temporal@valid", "ndcg", 10, 0.5)]
     metrics = pl.DataFrame(rows, schema=["model", "variant", "protocol", "metric", "k", "value"], orient="row")
     read = []
-    monkeypatch.setattr(report, "read_report_facts", lambda models_dir, model, variant: read.append(variant))
+    monkeypatch.setattr(facts, "read_report_facts", lambda models_dir, model, variant: read.append(variant))
     monkeypatch.setattr(report, "qualitative_examples", lambda facts, data, title: Section(title))
     section = MMLLMRec.report_section(ReportInputs(metrics, types.SimpleNamespace(protocol="temporal"), tmp_path))
     assert read == ["b"] and section.title.startswith("mm_llmrec/b")

@@ -30,6 +30,7 @@ def test_save_load_gives_identical_scores(trained, sample_dataset, tmp_path):
     for (name, variant), (model, _) in trained.items():
         path = model.save(tmp_path / name / variant)
         again = type(model).load(path)
+        again.at_stage(sample_dataset, "test")  # the checkpoint holds the fitted state; ranking a stage adapts it
         assert torch.allclose(model.score(users, history), again.score(users, history)), name
         assert not list(path.glob("*.pkl")) and (path / "model.safetensors").exists()
 
@@ -122,3 +123,17 @@ def test_item_features_are_typed_by_the_modality_of_the_asset_they_come_from(sam
     assert feats.get("sbert_text") is feats.text["sbert_text"]
     with pytest.raises(ValueError, match="unknown modality"):
         feats.of("audio")
+
+
+def test_recent_popularity_checkpoint_keeps_the_training_window(sample_dataset, tmp_path):
+    """Ranking test moves recent popularity's window to the end of valid; the checkpoint still holds the counts
+    fitted on train, so a model loaded from it (the ranker's sources) reads no valid-period row at the valid stage."""
+    from mmrec_pipeline.models.popularity import Popularity
+
+    model = Popularity(window_days=14)
+    model.fit(sample_dataset, None, None)
+    trained = model.counts.clone()
+    model.at_stage(sample_dataset, "test")
+    assert not torch.equal(model.counts, trained)
+    again = Popularity.load(model.save(tmp_path / "recent"))
+    assert torch.equal(again.counts, trained)

@@ -79,7 +79,7 @@ def toy():
 def stage_features(data: RecDataset, stage: str, sources: dict, vectors) -> pl.DataFrame:
     s = ranker.make_stage(data, stage)
     config = ranker.RankerConfig(top_n=10)
-    cands = ranker.candidates(s, {k: m for k, (_, m) in sources.items()}, config, repurchase=data.repeats_relevant)
+    cands = ranker.candidates(s, {k: m for k, (_, m) in sources.items()}, config, data)
     return ranker.features(s, cands, data, vectors)
 
 

@@ -180,8 +180,8 @@ def test_tuning_check_reads_the_checkpoints(sample_dataset, tmp_path):
 def test_the_runner_saves_what_the_report_shows_beside_the_checkpoint(sample_dataset, tmp_path):
     """The report reads a variant's top items for its sampled test users from its report facts, never the checkpoint:
     they are the trained model's own ranking, as the evaluator masks it."""
+    from mmrec_pipeline.evaluation.facts import REPORT_TOP_K, report_users, top_items
     from mmrec_pipeline.evaluation.protocols import restrict_users
-    from mmrec_pipeline.evaluation.report import REPORT_TOP_K, report_users, top_items
     from mmrec_pipeline.storage import ModelFolder, read_json_file
 
     runs, _ = train_variants("item_knn", ItemKNN, {"default": {}}, sample_dataset, ItemFeatures(),

@@ -98,8 +98,9 @@ def test_tiny_fit_and_checkpoint_round_trip(sample_dataset, fake_codes, tiny_ima
 def test_generation_section_puts_bertscore_beside_ranking(sample_dataset, tiny_image_model, tmp_path):
     import polars as pl
 
+    from mmrec_pipeline.evaluation.facts import report_facts
     from mmrec_pipeline.evaluation.protocols import evaluate_model
-    from mmrec_pipeline.evaluation.report import build_report, report_facts
+    from mmrec_pipeline.evaluation.report import build_report
     from mmrec_pipeline.evaluation.sections.vq_bart import generation_section
     from mmrec_pipeline.models.popularity import Popularity
     from mmrec_pipeline.storage import DatasetView, write_json

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from markupsafe import Markup, escape
 
+from mmrec_pipeline.evaluation.facts import EXAMPLE_USERS, REPORT_TOP_K
 from mmrec_pipeline.evaluation.metrics import TIE_METRIC
 from mmrec_pipeline.evaluation.protocols import (
     COLD_UNSCORABLE,
@@ -27,7 +28,6 @@ from mmrec_pipeline.evaluation.protocols import (
     is_refit,
     is_sampled,
     is_test_stage,
-    restrict_users,
     subsample,
 )
 from mmrec_pipeline.evaluation.significance import (
@@ -37,7 +37,7 @@ from mmrec_pipeline.evaluation.significance import (
     paired_tests,
     pareto_front,
 )
-from mmrec_pipeline.storage import DatasetView, read_json_file
+from mmrec_pipeline.storage import DatasetView
 
 if TYPE_CHECKING:
     from mmrec_pipeline.data.dataset import RecDataset
@@ -534,60 +534,6 @@ def user_example(data: RecDataset, user: int, history: np.ndarray, recommended: 
 
 EXAMPLES_NOTE = ("Each row: the user's most recent items, newest first (blue), then the top recommendations "
                  "(green / ✓ = bought in the test period).")
-
-
-def top_items(model, inputs, k: int, batch_size: int = 256) -> list[list[int]]:
-    """Each user's top-k items as the evaluator ranks them (history masked when the protocol masks it)."""
-    import torch
-
-    from mmrec_pipeline.evaluation.metrics import deterministic_topk
-
-    out = []
-    for s in range(0, len(inputs.users), batch_size):
-        hist = inputs.history[s:s + batch_size]
-        with torch.no_grad():
-            scores = torch.as_tensor(model.score(inputs.users[s:s + batch_size], hist)).float().clone()
-        if inputs.exclude_history:
-            for r, h in enumerate(hist):
-                scores[r, torch.from_numpy(np.array(h, dtype=np.int64))] = -torch.inf  # a copy: h may be read-only
-        out += deterministic_topk(scores, k)[0].tolist()
-    return out
-
-
-# What the report shows of a model's own recommendations is computed when its asset runs and saved beside each
-# variant's checkpoint (`DatasetView.report_facts`), so the report never loads a checkpoint. The users: seeded
-# samples of the test users, EXAMPLE_USERS for example rows and REPORT_USERS for tables over users (vq_bart's BERTScore).
-REPORT_TOP_K = 5
-EXAMPLE_USERS = 3
-# test users vq_bart's section decodes and BERTScores per row: the cost of one variant (decode, two BERTScores)
-# is in benchmarks/vq_bart.py, part `sample`
-REPORT_USERS = 300
-
-
-def report_users(data: RecDataset, max_users: int = REPORT_USERS, seed: int = 0) -> np.ndarray:
-    """The test users whose top items a model's asset saves for the report: both seeded samples."""
-    inputs = data.eval_inputs("test")
-    return np.union1d(subsample(inputs, max_users, seed).users, subsample(inputs, EXAMPLE_USERS, seed).users)
-
-
-def report_facts(model, data: RecDataset, max_users: int = REPORT_USERS) -> dict:
-    """The trained model's top items for `report_users` (as the evaluator ranks them), plus what its class adds
-    (`Recommender.report_facts`, e.g. vq_bart's generated texts): the report facts of one variant."""
-    inputs = restrict_users(data.eval_inputs("test"), report_users(data, max_users))
-    top = top_items(model, inputs, REPORT_TOP_K)
-    users = [str(int(u)) for u in inputs.users]
-    return {"top": dict(zip(users, top, strict=True)),
-            **model.report_facts(dict(zip(users, inputs.history, strict=True)))}
-
-
-def read_report_facts(artifacts: DatasetView | Path, model: str, variant: str) -> dict:
-    """A variant's report facts (`artifacts`: the dataset's view, or its lake folder); a clear error when its
-    asset predates them (re-materialize it)."""
-    path = DatasetView.at(artifacts).report_facts(model, variant)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: re-materialize the '{model}' asset (its report facts are "
-                                "written when it trains)")
-    return read_json_file(path)
 
 
 def qualitative_examples(facts: dict, data: RecDataset, title: str, n_users: int = EXAMPLE_USERS,

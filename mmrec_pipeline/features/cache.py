@@ -225,6 +225,7 @@ def compute_incremental(
     keys = [key_fn(row) for row in items.iter_rows(named=True)]
     keyed = items.with_columns(pl.Series("key", keys, dtype=pl.Utf8))
     want = keyed.filter(pl.col("key").is_not_null()).unique(KEY_COLUMNS, keep="first", maintain_order=True)
+    known = set(cache.parts())  # listed before the read: a part stored after it counts as another run's below
     have = cache.read(want, log)
     missing = want.join(have.select(KEY_COLUMNS), on=KEY_COLUMNS, how="anti", maintain_order="left")
     todo = missing if max_items_per_run is None else missing.head(max(0, max_items_per_run))
@@ -232,7 +233,7 @@ def compute_incremental(
     what = what or f"{cache.family}/{cache.model}"
     progress = Progress(what, todo.height, log)
     new, failed, t_compute = [], 0, time.perf_counter()
-    known, by_others = set(cache.parts()), pl.DataFrame(schema={"item_id": pl.Utf8, "key": pl.Utf8})
+    by_others = pl.DataFrame(schema={"item_id": pl.Utf8, "key": pl.Utf8})
     for chunk in todo.iter_slices(chunk_size):
         n = chunk.height
         with cache.computing(log, what):

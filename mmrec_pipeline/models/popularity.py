@@ -40,6 +40,7 @@ class Popularity(Recommender):
         start = time.perf_counter()
         self.n_items = data.n_items
         self.counts, counted = self.window_counts(data, "train")
+        self.fit_counts = self.counts  # what the checkpoint keeps, whichever stage was ranked last
         return {"seconds": time.perf_counter() - start, "interactions_counted": counted}
 
     def window_counts(self, data, *stages: str) -> tuple[torch.Tensor, int]:
@@ -60,7 +61,7 @@ class Popularity(Recommender):
         return self.counts.expand(len(users), -1).clone()
 
     def state_dict(self):
-        return {"counts": self.counts}
+        return {"counts": self.fit_counts}
 
     def load_state_dict(self, state):
-        self.counts = state["counts"]
+        self.counts = self.fit_counts = state["counts"]

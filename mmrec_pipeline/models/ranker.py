@@ -47,6 +47,7 @@ from mmrec_pipeline.evaluation.protocols import (
     diversity_inputs,
     evaluate_model,
     per_user_table,
+    protocol_masking,
     restrict_users,
 )
 from mmrec_pipeline.evaluation.report import per_user_stage
@@ -147,18 +148,19 @@ def make_stage(data: RecDataset, name: str) -> Stage:
     return Stage(name, data.eval_inputs(name), rows, int(rows["t"].max()) if rows.height else 0)
 
 
-def masked_scores(model, inputs: EvalInputs, sel: np.ndarray) -> torch.Tensor:
-    """The model's [len(sel), n_items] scores with the masked items (history, as the evaluator masks it) -inf."""
+def masked_scores(model, inputs: EvalInputs, sel: np.ndarray, data: RecDataset) -> torch.Tensor:
+    """The model's [len(sel), n_items] scores with the items the evaluator masks for it (the protocol's rule for
+    its kind) at -inf."""
     with torch.no_grad():
         s = torch.as_tensor(model.score(inputs.users[sel], [inputs.history[i] for i in sel])).float().clone()
-    if inputs.exclude_history:
+    if protocol_masking(dataclasses.replace(inputs), data, model).exclude_history:
         masked = [np.asarray(inputs.masked(i), dtype=np.int64) for i in sel]
         rows = np.repeat(np.arange(len(sel)), [len(m) for m in masked])
         s[torch.from_numpy(rows), torch.from_numpy(np.concatenate(masked))] = -np.inf
     return s
 
 
-def source_candidates(sources: dict, inputs: EvalInputs, config: RankerConfig) -> pl.DataFrame:
+def source_candidates(sources: dict, inputs: EvalInputs, config: RankerConfig, data: RecDataset) -> pl.DataFrame:
     """row (position in `inputs`), item, and per source `rank_<source>` (1 = best; null = not in its top-N) and
     `score_<source>` (its score for every candidate of the union, retrieved by it or not), in one pass over the
     users: a batch's score matrices are kept until the union of their top-N is known."""
@@ -167,7 +169,7 @@ def source_candidates(sources: dict, inputs: EvalInputs, config: RankerConfig) -
         sel = np.arange(lo, min(lo + config.batch_users, len(inputs.users)))
         scores, ranks = {}, []
         for name, model in sources.items():
-            scores[name] = masked_scores(model, inputs, sel)
+            scores[name] = masked_scores(model, inputs, sel, data)
             idx, vals = deterministic_topk(scores[name], config.n_for(name))
             ok = (vals > -np.inf).reshape(-1).numpy()
             ranks.append(pl.DataFrame({
@@ -207,11 +209,11 @@ def user_rows(stage: Stage) -> pl.DataFrame:
                                                         *(["rating"] if "rating" in stage.rows.columns else []))
 
 
-def candidates(stage: Stage, sources: dict, config: RankerConfig, repurchase: bool) -> pl.DataFrame:
+def candidates(stage: Stage, sources: dict, config: RankerConfig, data: RecDataset) -> pl.DataFrame:
     """One row per (row, item) in the union of the sources' top-N: `score_<source>`, `rank_<source>` (null rank =
     not retrieved by that source) and `label` (1 = a relevant item of the stage)."""
-    table = source_candidates(sources, stage.inputs, config)
-    if repurchase:
+    table = source_candidates(sources, stage.inputs, config, data)
+    if data.repeats_relevant:
         own = repurchase_candidates(stage, config.n_for(REPURCHASE)).rename(
             {"score": f"score_{REPURCHASE}", "rank": f"rank_{REPURCHASE}"})
         table = table.join(own, on=["row", "item"], how="full", coalesce=True)
@@ -468,7 +470,9 @@ def run_ranker(data: RecDataset, sources: dict[str, tuple[str, object]], vectors
     stages, tables, recall = {}, {}, []
     for name in ("valid", "test"):
         stage = make_stage(data, name)
-        cands = candidates(stage, models, config, repurchase=data.repeats_relevant)
+        for model in models.values():  # as evaluate_model does: a source's stage-dependent state (recent window)
+            model.at_stage(data, name)
+        cands = candidates(stage, models, config, data)
         recall.append(candidate_recall(cands, stage.inputs, name, config))
         tables[name], stages[name] = features(stage, cands, data, vectors), stage
         if log:
@@ -525,7 +529,7 @@ def fit_and_score(data: RecDataset, stages: dict, tables: dict, train_t: pl.Data
 def valid_rows(scorer: CandidateScores, data: RecDataset, variant: str, users: np.ndarray,
                item_vectors: np.ndarray | None) -> pl.DataFrame:
     """`<protocol>@valid` rows on `users` (the holdout); the fit users are accounted as `ranker_fit`."""
-    inputs = restrict_users(data.eval_inputs("valid"), users)
+    inputs = protocol_masking(restrict_users(data.eval_inputs("valid"), users), data, scorer)
     inputs.dropped = {("ranker_fit" if k == "not_sampled" else k): v for k, v in inputs.dropped.items()}
     protocol = f"{data.protocol}@valid"
     result = evaluate(scorer.score, inputs, ks=KS, **diversity_inputs(data, item_vectors))

@@ -37,8 +37,8 @@ import polars as pl
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.evaluation.facts import report_facts
 from mmrec_pipeline.evaluation.protocols import evaluate_model, is_sampled, per_user_table
-from mmrec_pipeline.evaluation.report import report_facts
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
 from mmrec_pipeline.storage import ModelFolder, write_json
 from mmrec_pipeline.weights import ModelSources

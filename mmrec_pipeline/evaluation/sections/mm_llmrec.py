@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mmrec_pipeline.evaluation import report
+from mmrec_pipeline.evaluation import facts, report
 from mmrec_pipeline.evaluation.audit import validation_best
 from mmrec_pipeline.evaluation.report import ReportInputs, Section
 
@@ -14,5 +14,5 @@ def section(inputs: ReportInputs) -> Section | None:
     variant = validation_best(inputs.metrics, NAME, inputs.data.protocol)
     if variant is None:
         return None
-    return report.qualitative_examples(report.read_report_facts(inputs.artifacts, NAME, variant), inputs.data,
+    return report.qualitative_examples(facts.read_report_facts(inputs.artifacts, NAME, variant), inputs.data,
                                        f"{NAME}/{variant}: example recommendations")

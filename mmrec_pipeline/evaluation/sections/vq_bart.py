@@ -15,14 +15,13 @@ import polars as pl
 
 from mmrec_pipeline.data.text import item_texts
 from mmrec_pipeline.evaluation.audit import validation_best
+from mmrec_pipeline.evaluation.facts import REPORT_USERS, read_report_facts
 from mmrec_pipeline.evaluation.protocols import subsample
 from mmrec_pipeline.evaluation.report import (
     EXAMPLES_NOTE,
-    REPORT_USERS,
     ReportInputs,
     Section,
     full_ranking,
-    read_report_facts,
     user_example,
 )
 from mmrec_pipeline.storage import DatasetView, to_path
