@@ -77,9 +77,10 @@ def test_recent_popularity_window_ends_where_the_ranked_histories_end():
     recent.fit(data, ItemFeatures(), Compute(device="cpu"))
     assert recent.counts.tolist() == [2, 1, 0, 0]  # validation: the 30 days before the training cut
     evaluate_model(recent, data, "popularity", "recent", sampled=None, cold=False)  # test
-    assert recent.counts.tolist() == [0, 0, 3, 0]  # the 30 days before the end of valid: the valid burst
+    assert recent.stage_counts.tolist() == [0, 0, 3, 0]  # the 30 days before the end of valid: the valid burst
+    assert recent.counts.tolist() == [2, 1, 0, 0]  # the fitted counts (the checkpoint's) stay
     evaluate_model(recent, data, "popularity", "recent", sampled=None, stage="valid")
-    assert recent.counts.tolist() == [2, 1, 0, 0]
+    assert recent.stage_counts.tolist() == [2, 1, 0, 0]
     glob = Popularity(Popularity.Config())
     glob.fit(data, ItemFeatures(), Compute(device="cpu"))
     evaluate_model(glob, data, "popularity", "global", sampled=None, cold=False)
@@ -134,6 +135,6 @@ def test_recent_popularity_checkpoint_keeps_the_training_window(sample_dataset, 
     model.fit(sample_dataset, None, None)
     trained = model.counts.clone()
     model.at_stage(sample_dataset, "test")
-    assert not torch.equal(model.counts, trained)
+    assert not torch.equal(model.stage_counts, trained)
     again = Popularity.load(model.save(tmp_path / "recent"))
     assert torch.equal(again.counts, trained)

@@ -28,6 +28,7 @@ VARIANTS = {"global": {}, "recent": {"window_days": 30}}
 
 class Popularity(Recommender):
     name = "popularity"
+    stage_counts: torch.Tensor | None = None  # recent counts up to the stage being ranked (`at_stage`)
     Config = PopularityConfig
     variants = VARIANTS
 
@@ -40,7 +41,7 @@ class Popularity(Recommender):
         start = time.perf_counter()
         self.n_items = data.n_items
         self.counts, counted = self.window_counts(data, "train")
-        self.fit_counts = self.counts  # what the checkpoint keeps, whichever stage was ranked last
+        self.stage_counts = None
         return {"seconds": time.perf_counter() - start, "interactions_counted": counted}
 
     def window_counts(self, data, *stages: str) -> tuple[torch.Tensor, int]:
@@ -55,13 +56,14 @@ class Popularity(Recommender):
         """Before `stage` is ranked: the recent window ends where that stage's histories end (the stages before
         it); the global counts stay the training ones."""
         if self.config.window_days is not None:
-            self.counts, _ = self.window_counts(data, *SPLITS[:SPLITS.index(stage)])
+            self.stage_counts, _ = self.window_counts(data, *SPLITS[:SPLITS.index(stage)])
 
     def score(self, users, history) -> torch.Tensor:
-        return self.counts.expand(len(users), -1).clone()
+        counts = self.counts if self.stage_counts is None else self.stage_counts
+        return counts.expand(len(users), -1).clone()
 
-    def state_dict(self):
-        return {"counts": self.fit_counts}
+    def state_dict(self):  # the fitted counts: a stage's window is state of the ranking, not of the model
+        return {"counts": self.counts}
 
     def load_state_dict(self, state):
-        self.counts = self.fit_counts = state["counts"]
+        self.counts, self.stage_counts = state["counts"], None
