@@ -17,7 +17,13 @@ from assets.automation import CODE_VERSIONS, REFRESH
 from assets.checks import check_result
 from assets.metadata import plain, png_markdown
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA, headline, is_test_stage
+from mmrec_pipeline.evaluation.protocols import (
+    DIVERSITY_TABLE,
+    DIVERSITY_VECTOR,
+    METRICS_SCHEMA,
+    headline,
+    is_test_stage,
+)
 from mmrec_pipeline.evaluation.report import md_table, plot_learning_curves
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import Recommender, item_features
@@ -27,9 +33,6 @@ from mmrec_pipeline.storage import write_parquet
 from resources.compute import ComputeResource
 from resources.models import ModelSourcesResource
 from resources.storage import LakeResource
-
-DIVERSITY_VECTOR = "sbert_text"
-DIVERSITY_TABLE = "text_embeddings"
 
 
 def grid_markdown(grid: list[dict], chosen: dict) -> str:

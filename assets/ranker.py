@@ -14,9 +14,10 @@ from assets.checks import check_result
 from assets.metadata import plain
 from assets.models import all_model_names
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.protocols import headline
+from mmrec_pipeline.evaluation.protocols import DIVERSITY_VECTOR, best_on_valid, headline, valid_values
 from mmrec_pipeline.evaluation.report import md_table
 from mmrec_pipeline.models import MODELS, ranker
+from mmrec_pipeline.models.base import item_features
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import read_parquet, write_parquet
 from resources.compute import ComputeResource
@@ -44,24 +45,23 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
     data = RecDataset.from_tables(spec.name, split, items, spec.split, spec.repeats_relevant)
     metrics = pl.concat([t for m, t in tables.items() if m in all_model_names and t is not None and t.height])
     lake = lake_store.lake()
-    chosen = ranker.choose_sources(metrics, spec.split)
+    chosen = ranker.choose_sources(metrics)
     if not chosen:
         raise FileNotFoundError("ranker: none of its source models is materialized for this dataset "
                                 f"({', '.join(ranker.SOURCE_MODELS)})")
     artifacts = lake.dataset_view(spec.name)
     sources = {name: (f"{m}/{v}", MODELS[m].load(artifacts.model(m).variant(v), model_sources.sources()))
                for name, (m, v) in chosen.items()}
-    vectors = ranker.ItemVectors.from_tables(data, *(tables[t] for t in FEATURE_TABLES))
-    # LightGBM gets the step's threads (ComputeResource.cpu_threads set torch's); diversity: the sentence vectors
-    run = ranker.run_ranker(data, sources, vectors, config, threads=torch.get_num_threads(),
-                            item_vectors=vectors.vectors.get("text"), log=context.log)
-    reference = ranker.validation_best(metrics, spec.split)
-    per_user = run.per_user
+    feats = item_features(data, {t: tables[t] for t in FEATURE_TABLES})
+    # LightGBM gets the step's threads (ComputeResource.cpu_threads set torch's); diversity as every model's
+    run = ranker.run_ranker(data, sources, ranker.ItemVectors.from_features(feats), config,
+                            threads=torch.get_num_threads(), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log)
+    reference = best_on_valid(valid_values(metrics))  # the validation-best single model (metrics: theirs only)
+    per_user, tested = run.per_user, None
     ref_file = artifacts.per_user(reference.split("/")[0]) if reference else None
     if ref_file is not None and ref_file.exists():  # its per-user values: the CIs and the paired tests
-        ref_rows = ranker.reference_test_rows(read_parquet(ref_file), reference, spec.split)
-        per_user = pl.concat([per_user, ref_rows.select(per_user.columns)])
-    ablation = ranker.ablation_table(per_user, pl.concat([metrics, run.metrics]), reference)
+        per_user, tested = pl.concat([per_user, read_parquet(ref_file)], how="diagonal_relaxed"), reference
+    ablation = ranker.ablation_table(per_user, pl.concat([metrics, run.metrics]), tested)
     write_parquet(run.per_user, artifacts.per_user(ranker.NAME))
     ranker.write_summary(run, ablation, reference, artifacts.ranker_summary)
     ok, facts = ranker.check_run(run, metrics, reference, spec.split)

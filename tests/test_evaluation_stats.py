@@ -14,6 +14,7 @@ from mmrec_pipeline.data.splits import make_split
 from mmrec_pipeline.evaluation.protocols import (
     COLD_UNSCORABLE,
     METRICS_SCHEMA,
+    best_on_valid,
     check_user_accounting,
     evaluate_model,
     is_cold,
@@ -23,6 +24,7 @@ from mmrec_pipeline.evaluation.protocols import (
     is_sampled,
     is_test_stage,
     per_user_table,
+    valid_values,
 )
 from mmrec_pipeline.evaluation.report import (
     build_report,
@@ -31,6 +33,7 @@ from mmrec_pipeline.evaluation.report import (
     leaderboard,
     leaderboard_with_ci,
     user_accounting,
+    valid_on_shared_users,
 )
 from mmrec_pipeline.evaluation.significance import (
     EXACT_MAX_PAIRS,
@@ -344,6 +347,56 @@ def test_report_references_are_chosen_on_validation_not_test():
     _, md = build_report("tiny", metrics, {"items": 6}, "temporal", per_user=per_user,
                          filtered={"dropped by the user 5-core on rows before the training cut": 7})
     assert "Champion on validation" in md and "| (before the split) | dropped by the user 5-core" in md
+
+
+def test_best_on_valid_never_lets_a_missing_or_nan_value_win():
+    """The one choice on validation (references, champion, the ranker's sources, the audit's variant)."""
+    assert best_on_valid({"a/x": float("nan"), "b/y": 0.1, "c/z": None}) == "b/y"
+    assert best_on_valid({"a/x": float("nan")}) is None and best_on_valid({}) is None
+    assert best_on_valid({"b/y": 0.2, "a/x": 0.2}) == "a/x"  # ties: the first by name
+    assert best_on_valid({"a/x": 0.3, "b/y": 0.1}, among=["b/y", "c/z"]) == "b/y"
+    metrics = valid_rows({"m/a": float("nan"), "m/b": 0.01})
+    assert valid_values(metrics) == {"m/b": 0.01}
+
+
+def test_validation_choices_compare_every_row_on_the_users_the_ranker_was_validated_on():
+    """The two-stage ranker is validated only on its holdout valid users (v3, v4), the single models on every
+    valid user. `ease` is below the ranker on its own `@valid` value (0.5 < 0.8) but above it on the holdout users
+    (1.0): compared on the same users, `ease` is the reference and the champion. Each row's own `@valid` value
+    would pick the ranker."""
+    data = tiny()
+    models = {("ease", "default"): [1, 2, 3, 4, 0, 0], ("popularity", "global"): [3, 2, 1, 0, 1, 0],
+              ("ranker", "full"): [0, 0, 5, 0, 5, 0]}
+    valid_per_user = {"ease/default": {"v1": 0.0, "v2": 0.0, "v3": 1.0, "v4": 1.0},
+                      "popularity/global": {"v1": 0.1, "v2": 0.1, "v3": 0.1, "v4": 0.1},
+                      "ranker/full": {"v3": 0.8, "v4": 0.8}}
+    tables, per_user = [], []
+    for (name, variant), scores in models.items():
+        table, full = evaluate_model(TableModel(scores), data, name, variant, sampled=None)
+        tables.append(table)
+        values = valid_per_user[f"{name}/{variant}"]
+        per_user += [per_user_table(full, data, name, variant, data.protocol),
+                     pl.DataFrame({"model": name, "variant": variant, "protocol": "temporal@valid",
+                                   "user_id": list(values), "ndcg@10": list(values.values())})]
+    metrics = pl.concat(tables + [valid_rows({"ease/default": 0.5, "popularity/global": 0.1, "ranker/full": 0.8})])
+    per_user = pl.concat(per_user, how="diagonal_relaxed")
+    assert best_on_valid(valid_values(metrics)) == "ranker/full"  # each row's own value: not the same users
+    valid, shared = valid_on_shared_users(metrics, per_user)
+    assert shared == {"v3", "v4"}
+    assert valid == pytest.approx({"ease/default": 1.0, "popularity/global": 0.1, "ranker/full": 0.8})
+    board = leaderboard_with_ci(metrics, per_user, n_resamples=50)
+    rows = {r["model"]: r for r in board.iter_rows(named=True)}
+    assert rows["ease/default"]["vs best"] == "reference" and rows["ranker/full"]["vs best"] != "reference"
+    assert rows["ease/default"]["valid NDCG@10"] == "1.000"
+    margin = champion_margin(metrics, per_user).row(0, named=True)
+    assert margin["champion (best on valid)"] == "ease/default" and margin["runner-up"] == "ranker/full"
+    assert margin["valid users"] == 2 and margin["margin (paired, valid users)"] == pytest.approx(0.2)
+    _, md = build_report("tiny", metrics, {"items": 6}, "temporal", per_user=per_user)
+    assert "2 valid users every row was validated on" in md
+    # without the ranker every row was validated on the same users: each row's own value
+    singles = per_user.filter(pl.col("model") != "ranker")
+    assert valid_on_shared_users(metrics.filter(pl.col("model") != "ranker"), singles) == (
+        {"ease/default": 0.5, "popularity/global": 0.1}, None)
 
 
 def test_report_escapes_every_text_from_the_data():

@@ -7,7 +7,7 @@ import torch
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.audit import audit_table, published_systems
+from mmrec_pipeline.evaluation.audit import audit_table, published_systems, validation_best
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, PaperClaim
 from mmrec_pipeline.models.deepconn import DeepCoNN
@@ -93,6 +93,12 @@ def test_audit_reads_the_validation_best_variant_and_the_reproduced_protocol():
     assert "not computed" in baseline["measured as"][0]
     assert t["protocol"].to_list()[:3] == ["the paper's own", "temporal+sampled:100", "temporal+sampled:100"]
     assert {"mm_llmrec", "lvlm_retrieval"} <= set(published_systems(MODELS))
+
+
+def test_audit_never_picks_a_variant_whose_validation_value_is_nan():
+    rows = [("m", "a", "temporal@valid", "ndcg", 10, float("nan")), ("m", "b", "temporal@valid", "ndcg", 10, 0.01)]
+    metrics = pl.DataFrame(rows, schema=["model", "variant", "protocol", "metric", "k", "value"], orient="row")
+    assert validation_best(metrics, "m", "temporal") == "b"
 
 
 def test_audit_never_sets_a_refit_row_beside_a_published_figure():

@@ -11,7 +11,7 @@ from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import check_metrics
 from mmrec_pipeline.models import ranker
-from mmrec_pipeline.models.base import ItemFeatures
+from mmrec_pipeline.models.base import ItemFeatures, item_features
 from mmrec_pipeline.models.ease import EASE
 from mmrec_pipeline.models.item_knn import ItemKNN
 from mmrec_pipeline.models.popularity import Popularity
@@ -54,10 +54,10 @@ def toy_vectors(data: RecDataset) -> ranker.ItemVectors:
     text = tuple(rng.normal(size=(N_ITEMS, 8)))
     codes = [list(rng.integers(0, 16, 32) + 16 * (c % 2)) for c in cats]
     ids = data.items["item_id"]
-    return ranker.ItemVectors.from_tables(
-        data, pl.DataFrame({"item_id": ids, "efficientnet_lite0": [list(v) for v in image]}),
-        pl.DataFrame({"item_id": ids, "sbert_text": [list(v) for v in text]}),
-        pl.DataFrame({"item_id": ids, "vq_codes": pl.Series(codes, dtype=pl.List(pl.Int32))}))
+    return ranker.ItemVectors.from_features(item_features(data, {
+        "image_embeddings": pl.DataFrame({"item_id": ids, "efficientnet_lite0": [list(v) for v in image]}),
+        "text_embeddings": pl.DataFrame({"item_id": ids, "sbert_text": [list(v) for v in text]}),
+        "vq_codes": pl.DataFrame({"item_id": ids, "vq_codes": pl.Series(codes, dtype=pl.List(pl.Int32))})}))
 
 
 def sources_for(data: RecDataset) -> dict:
@@ -135,6 +135,11 @@ def test_ranker_trains_and_produces_evaluator_rows(toy):
     assert run.users["fit"] + run.users["holdout"] == len(data.eval_inputs("valid").users)
     valid_users = run.metrics.filter((pl.col("protocol") == "temporal@valid") & (pl.col("metric") == "users_evaluated"))
     assert (valid_users["value"] == run.users["holdout"]).all()
+    fit_users = run.metrics.filter((pl.col("protocol") == "temporal@valid") & (pl.col("metric") == "users_dropped:ranker_fit"))
+    assert (fit_users["value"] == run.users["fit"]).all()
+    # its per-user `@valid` rows (the report compares every model on these users) are the holdout's
+    valid_per_user = run.per_user.filter(pl.col("protocol") == "temporal@valid")
+    assert sorted(valid_per_user.group_by("variant").len()["len"]) == [run.users["holdout"]] * len(ranker.VARIANTS)
     assert set(run.gains.filter(pl.col("variant") == "no_multimodal")["family"]) <= {"sources", "user", "item",
                                                                                      "category", "repurchase"}
     assert "sources" not in set(run.gains.filter(pl.col("variant") == "no_sources")["family"])
@@ -164,3 +169,13 @@ def test_without_multimodal_features_no_multimodal_is_the_full_fit(toy):
     rows = {v: run.metrics.filter(pl.col("variant") == v).drop("variant") for v in ("full", "no_multimodal")}
     assert rows["full"].equals(rows["no_multimodal"]) and run.chosen["full"] == run.chosen["no_multimodal"]
     assert "multimodal" not in set(run.gains["family"])
+
+
+def test_sources_are_chosen_on_validation_skipping_nan():
+    rows = [("ease", "default", 0.2), ("sasrec", "default", float("nan")), ("gru4rec", "default", 0.1),
+            ("popularity", "global", 0.05), ("popularity", "recent", 0.3), ("ranker", "full", 0.9)]
+    metrics = pl.DataFrame([{"model": m, "variant": v, "protocol": "temporal@valid", "metric": "ndcg", "k": 10,
+                             "value": x} for m, v, x in rows])
+    assert ranker.choose_sources(metrics) == {"ease": ("ease", "default"), "sequential": ("gru4rec", "default"),
+                                              "popularity_global": ("popularity", "global"),
+                                              "popularity_recent": ("popularity", "recent")}

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from mmrec_pipeline.evaluation.protocols import REFIT_SUFFIX
+from mmrec_pipeline.evaluation.protocols import REFIT_SUFFIX, best_on_valid, valid_values
 from mmrec_pipeline.evaluation.report import Section
 
 
@@ -60,12 +60,13 @@ def value(metrics: pl.DataFrame, model: str, variant: str, protocol: str, metric
 
 
 def validation_best(metrics: pl.DataFrame, model: str, protocol: str) -> str | None:
-    """The model's variant with the best validation NDCG@10 (the first variant when no validation rows exist)."""
+    """The model's variant with the best validation NDCG@10 (`best_on_valid`; the first variant when none has a
+    validation value)."""
     rows = metrics.filter(pl.col("model") == model)
     if rows.height == 0:
         return None
-    valid = rows.filter((pl.col("protocol") == f"{protocol}@valid") & (pl.col("metric") == "ndcg") & (pl.col("k") == 10))
-    return valid.sort("value", descending=True)["variant"][0] if valid.height else rows["variant"][0]
+    best = best_on_valid(valid_values(rows.filter(pl.col("protocol") == f"{protocol}@valid")))
+    return best.split("/", 1)[1] if best else rows["variant"][0]
 
 
 def audit_table(metrics: pl.DataFrame, model: str, claim: PaperClaim, protocol: str) -> pl.DataFrame | None:

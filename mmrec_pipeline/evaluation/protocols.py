@@ -28,6 +28,8 @@ Accounting rows (k null) under each protocol: `users_total` (test-stage users) =
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -41,6 +43,9 @@ KS = (5, 10, 20)
 SAMPLED_NEGATIVES = 100
 PER_USER_METRICS = ("ndcg", "recall", "hr", "mrr")
 COLD_UNSCORABLE = "scores every item unseen in training alike, so it cannot rank cold items"
+# Intra-list diversity of every leaderboard row is measured with this vector of the `DIVERSITY_TABLE` feature
+# table (the items' sentence vectors), so every model of a dataset is compared on the same definition.
+DIVERSITY_TABLE, DIVERSITY_VECTOR = "text_embeddings", "sbert_text"
 METRICS_SCHEMA = {"model": pl.Utf8, "variant": pl.Utf8, "protocol": pl.Utf8, "metric": pl.Utf8, "k": pl.Int64,
                   "value": pl.Float64}
 
@@ -152,8 +157,8 @@ def subsample(inputs: EvalInputs, max_users: int, seed: int = 0) -> EvalInputs:
                       mask=None if inputs.mask is None else [inputs.mask[i] for i in keep])
 
 
-def restrict_users(inputs: EvalInputs, users: np.ndarray | None) -> EvalInputs:
-    """`inputs` for the users in `users` only (all when None); the others count as `users_dropped:not_sampled`."""
+def restrict_users(inputs: EvalInputs, users: np.ndarray | None, reason: str = "not_sampled") -> EvalInputs:
+    """`inputs` for the users in `users` only (all when None); the others count as `users_dropped:<reason>`."""
     if users is None:
         return inputs
     keep = np.flatnonzero(np.isin(inputs.users, users))
@@ -162,26 +167,32 @@ def restrict_users(inputs: EvalInputs, users: np.ndarray | None) -> EvalInputs:
         relevant=[inputs.relevant[i] for i in keep],
         candidates=None if inputs.candidates is None else [inputs.candidates[i] for i in keep],
         mask=None if inputs.mask is None else [inputs.mask[i] for i in keep],
-        dropped={**inputs.dropped, "not_sampled": len(inputs.users) - len(keep)})
+        dropped={**inputs.dropped, reason: len(inputs.users) - len(keep)})
 
 
 def evaluate_model(model: RankedModel, data: RecDataset, model_name: str, variant: str = "default",
                    item_vectors: np.ndarray | None = None, sampled: int | None = SAMPLED_NEGATIVES,
                    stage: str = "test", batch_size: int = 256, cold: bool = True,
-                   max_users: int | None = None) -> tuple[pl.DataFrame, EvalResult]:
+                   max_users: int | None = None, users: np.ndarray | None = None,
+                   users_dropped: str = "not_sampled") -> tuple[pl.DataFrame, EvalResult]:
     """Metric rows for one trained model; also returns the full-ranking `EvalResult` (per-user values for CIs
     and paired tests, plots, tests). `max_users`: rank a seeded sample of that many users (protocol
-    `<split>+users:N`, see `sample_users`) instead of every user of the stage."""
+    `<split>+users:N`, see `sample_users`) instead of every user of the stage. `users`: rank only these users
+    of the stage, under the stage's own protocol (the ranker's `@valid` rows: the valid users its LightGBM was
+    not fitted on); the others are accounted as `users_dropped:<users_dropped>`."""
+    if users is not None and max_users is not None:
+        raise ValueError("evaluate_model: pass `users` or `max_users`, not both")
     model.at_stage(data, stage)  # scores that depend on where the stage's histories end (recent popularity)
     inputs = data.eval_inputs(stage)
-    chosen, users_suffix = sample_users(inputs, max_users)
-    inputs, protocol = protocol_masking(restrict_users(inputs, chosen), data, model), f"{data.protocol}{users_suffix}"
+    chosen, users_suffix = (users, "") if users is not None else sample_users(inputs, max_users)
+    inputs = protocol_masking(restrict_users(inputs, chosen, users_dropped), data, model)
+    protocol = f"{data.protocol}{users_suffix}"
     extra = diversity_inputs(data, item_vectors)
     full = evaluate(model.score, inputs, ks=KS, batch_size=batch_size, **extra)
     rows = [{"protocol": protocol, **r} for r in full.rows]
     rows += accounting_rows(inputs, protocol)
     if cold and stage == "test":  # the cold-start protocol reports test numbers; tuning on valid skips it
-        rows += cold_rows(model, data, stage, batch_size, chosen, users_suffix)
+        rows += cold_rows(model, data, stage, batch_size, chosen, users_suffix, users_dropped)
     if sampled:
         cand = dataclasses.replace(inputs, candidates=sampled_candidates(inputs, sampled, seed=0))
         samp = evaluate(model.score, cand, ks=KS, batch_size=batch_size)
@@ -194,11 +205,11 @@ def evaluate_model(model: RankedModel, data: RecDataset, model_name: str, varian
 
 
 def cold_rows(model, data: RecDataset, stage: str = "test", batch_size: int = 256,
-              users: np.ndarray | None = None, users_suffix: str = "") -> list[dict]:
+              users: np.ndarray | None = None, users_suffix: str = "", users_dropped: str = "not_sampled") -> list[dict]:
     """The cold-start protocol's rows: accuracy metrics when the model can rank unseen items, else NaN.
-    `users`/`users_suffix`: the main protocol's user sample (`sample_users`), if any."""
+    `users`/`users_suffix`/`users_dropped`: the main protocol's user selection (`sample_users`), if any."""
     protocol = f"{data.protocol}{users_suffix}+cold"
-    inputs = restrict_users(data.eval_inputs(stage, cold=True), users)
+    inputs = restrict_users(data.eval_inputs(stage, cold=True), users, users_dropped)
     accounting = accounting_rows(inputs, protocol)
     if len(inputs.users) == 0:
         return accounting
@@ -218,6 +229,24 @@ def per_user_table(result: EvalResult, data: RecDataset, model_name: str, varian
     return pl.DataFrame({"model": [model_name] * result.n_users, "variant": [variant] * result.n_users,
                          "protocol": [protocol] * result.n_users,
                          "user_id": [str(u) for u in data.user_ids[result.users]], **cols})
+
+
+def valid_values(metrics: pl.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, float]:
+    """{model/variant: `metric@k` on the headline protocol's `@valid` rows (full ranking)}: what every choice on
+    validation reads. NaN and null values are left out."""
+    t = metrics.filter(pl.col("protocol").str.ends_with("@valid") & ~pl.col("protocol").str.contains("+", literal=True)
+                       & (pl.col("metric") == metric) & (pl.col("k") == k)
+                       & pl.col("value").is_not_null() & pl.col("value").is_not_nan())
+    return {f"{m}/{v}": x for m, v, x in t.select("model", "variant", "value").iter_rows()}
+
+
+def best_on_valid(valid: Mapping[str, float | None], among: Iterable[str] | None = None) -> str | None:
+    """The one choice on validation: the name of `among` (default: every name of `valid`) with the highest
+    validation value, the first by name on ties. A name without a value, or with NaN, never wins; None when no
+    name has one."""
+    scored = sorted(n for n in (valid if among is None else among)
+                    if valid.get(n) is not None and not math.isnan(valid[n]))
+    return max(scored, key=lambda n: valid[n]) if scored else None
 
 
 def headline(table: pl.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, float]:

@@ -23,12 +23,14 @@ from mmrec_pipeline.evaluation.facts import EXAMPLE_USERS, REPORT_TOP_K
 from mmrec_pipeline.evaluation.metrics import TIE_METRIC
 from mmrec_pipeline.evaluation.protocols import (
     COLD_UNSCORABLE,
+    best_on_valid,
     is_cold,
     is_main,
     is_refit,
     is_sampled,
     is_test_stage,
     subsample,
+    valid_values,
 )
 from mmrec_pipeline.evaluation.significance import (
     ALPHA,
@@ -123,25 +125,34 @@ def per_user_stage(per_user: pl.DataFrame | None, stage: str = "test") -> pl.Dat
     return out if out.height else None
 
 
-def valid_ndcg(metrics: pl.DataFrame, k: int = 10) -> dict[str, float]:
-    """{model/variant: NDCG@k on the headline protocol's `@valid` rows}: what references are chosen by."""
-    t = metrics.filter(pl.col("protocol").str.ends_with("@valid") & ~pl.col("protocol").str.contains("+", literal=True)
-                       & (pl.col("metric") == "ndcg") & (pl.col("k") == k) & pl.col("value").is_not_nan())
-    return {f"{m}/{v}": x for m, v, x in t.select("model", "variant", "value").iter_rows()}
-
-
-def best_on_valid(names, valid: dict[str, float]) -> str | None:
-    """The name in `names` with the best validation value (the first on ties), None when none has one."""
-    scored = [n for n in names if n in valid]
-    return max(scored, key=lambda n: valid[n]) if scored else None
+def valid_on_shared_users(metrics: pl.DataFrame, per_user: pl.DataFrame | None,
+                          k: int = 10) -> tuple[dict[str, float], set[str] | None]:
+    """({model/variant: validation NDCG@k}, users): the values choices on validation compare, all on the same
+    users. Every single model is validated on every valid user; the two-stage ranker only on the valid users its
+    LightGBM was not fitted on (its holdout). When the rows' per-user validation users differ, each row's value is
+    its mean over the users every row was validated on (`users`: their ids; rows without per-user validation
+    values are left out, they cannot be compared there); else each row's own `@valid` value (`users` None)."""
+    valid = valid_values(metrics, "ndcg", k)
+    rows = per_user_stage(per_user, "valid")
+    metric = f"ndcg@{k}"
+    if rows is None or metric not in rows.columns:
+        return valid, None
+    rows = rows.with_columns((pl.col("model") + "/" + pl.col("variant")).alias("name")).filter(
+        pl.col("name").is_in(list(valid)))
+    users = {name: set(group["user_id"]) for (name,), group in rows.group_by("name")}
+    if len({frozenset(u) for u in users.values()}) <= 1 and len(users) == len(valid):
+        return valid, None
+    shared = set.intersection(*users.values()) if users else set()
+    means = rows.filter(pl.col("user_id").is_in(list(shared))).group_by("name").agg(pl.col(metric).mean())
+    return {n: x for n, x in means.iter_rows()}, shared
 
 
 def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, families: dict[str, str] | None = None,
                         k: int = 10, n_resamples: int = 1000) -> pl.DataFrame:
     """The leaderboard a reader can compare rows of: grouped by model family (best NDCG@k first inside each),
     NDCG@k and Recall@k with 95% bootstrap CIs over users, and Wilcoxon + Holm markers against the reference
-    rows, the best model and the best popularity variant, both chosen by their validation NDCG@k (`@valid` rows),
-    never by test. `seeds` says how many training seeds each row averages; with several, each user's value is
+    rows, the best model and the best popularity variant, both chosen by their validation NDCG@k (`@valid` rows,
+    on the users every row was validated on: `valid_on_shared_users`), never by test. `seeds` says how many training seeds each row averages; with several, each user's value is
     the mean over them (`per_user_stage`). `ties@k`: share of test users whose top-k cut-off is inside a tie."""
     board = leaderboard(metrics, k)
     families = families or {}
@@ -149,7 +160,7 @@ def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, fa
     cis: dict[str, dict[str, tuple[float, float]]] = {}
     vs_best = vs_pop = {}
     best = pop = None
-    valid = valid_ndcg(metrics, k)
+    valid, _ = valid_on_shared_users(metrics, per_user, k)
     test_users = per_user_stage(per_user, "test")
     if test_users is not None:
         named = test_users.with_columns((pl.col("model") + "/" + pl.col("variant")).alias("name"))
@@ -157,8 +168,8 @@ def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, fa
             cis[name] = {m: bootstrap_ci(group[f"{m}@{k}"].to_numpy(), n_resamples)
                          for m in ("ndcg", "recall") if f"{m}@{k}" in group.columns}
         ranked = board.filter(pl.col("name").is_in(list(cis)))
-        best = best_on_valid(ranked["name"].to_list(), valid)
-        pop = best_on_valid(ranked.filter(pl.col("model") == "popularity")["name"].to_list(), valid)
+        best = best_on_valid(valid, ranked["name"].to_list())
+        pop = best_on_valid(valid, ranked.filter(pl.col("model") == "popularity")["name"].to_list())
         metric = f"ndcg@{k}"
         if best:
             vs_best = {r["name"]: r for r in paired_tests(test_users, metric, best).iter_rows(named=True)}
@@ -192,15 +203,18 @@ def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, fa
 
 
 def champion_margin(metrics: pl.DataFrame, per_user: pl.DataFrame | None, k: int = 10) -> pl.DataFrame:
-    """The best row on validation NDCG@k (the champion, unless serving pins another) against the runner-up:
-    both validation values, the mean per-user difference on the validation users both were scored on and its
-    two-sided Wilcoxon signed-rank p-value. Empty without two rows that have validation values."""
-    valid = valid_ndcg(metrics, k)
-    ranked = sorted(valid, key=lambda n: -valid[n])
+    """The best row on validation NDCG@k (the champion, unless serving pins another) against the runner-up,
+    both chosen on the users every row was validated on (`valid_on_shared_users`): both validation values, the
+    mean per-user difference on the validation users both were scored on and its two-sided Wilcoxon signed-rank
+    p-value. Empty without two rows that have validation values."""
+    valid, shared = valid_on_shared_users(metrics, per_user, k)
     valid_users = per_user_stage(per_user, "valid")
-    if len(ranked) < 2:
+    if valid_users is not None and shared is not None:
+        valid_users = valid_users.filter(pl.col("user_id").is_in(list(shared)))
+    champion = best_on_valid(valid)
+    runner_up = best_on_valid(valid, [n for n in valid if n != champion])
+    if runner_up is None:
         return pl.DataFrame()
-    champion, runner_up = ranked[:2]
     diff = p = users = None
     if valid_users is not None:
         metric = f"ndcg@{k}"
@@ -475,6 +489,14 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
                   "the seeds (the spread over seeds is the `ndcg_std` row of the metrics table).")
     if per_user is None or not per_user.height:
         stats_note += " No per-user values were found, so no CI or test is shown (n/a)."
+    _, shared = valid_on_shared_users(metrics, per_user)
+    shared_note = "" if shared is None else (
+        f" Not every row was validated on the same users (the two-stage ranker is validated only on the valid "
+        f"users its LightGBM was not fitted on), so `valid NDCG@10` and every choice on validation here use each "
+        f"row's mean over the **{len(shared)} valid users every row was validated on**; rows without per-user "
+        "validation values are left out of those choices. The ranker's value stays optimistic in one way the "
+        "others' is not: its LightGBM learned from other users' labels of the same validation period.")
+    stats_note += shared_note
     blocks = [Section("Leaderboard (K = 10)", stats_note, [ranked])]
     if margin.height:
         blocks.append(Section("Champion on validation", (
@@ -482,7 +504,7 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
             "that model's tuning grid** on these same validation users, so it is optimistic (more so for a larger "
             "grid), and the margin is a selection-biased upper estimate. `margin`: mean per-user difference of "
             "validation NDCG@10 on the users both were scored on; `Wilcoxon p`: two-sided signed-rank test of "
-            "those differences (no correction)."), [margin]))
+            "those differences (no correction)." + shared_note), [margin]))
     if accounting.height:
         blocks.append(Section("Users accounted for", "Test users: total in the test period, evaluated, and dropped "
                               "with the reason, per protocol.", [accounting]))

@@ -39,20 +39,19 @@ import torch
 
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.schema import SPLITS
-from mmrec_pipeline.evaluation.metrics import EvalInputs, deterministic_topk, evaluate
+from mmrec_pipeline.evaluation.metrics import EvalInputs, deterministic_topk
 from mmrec_pipeline.evaluation.protocols import (
-    KS,
-    METRICS_SCHEMA,
-    accounting_rows,
-    diversity_inputs,
+    DIVERSITY_VECTOR,
+    best_on_valid,
     evaluate_model,
     per_user_table,
     protocol_masking,
-    restrict_users,
+    valid_values,
 )
-from mmrec_pipeline.evaluation.report import per_user_stage
+from mmrec_pipeline.evaluation.report import per_user_stage, valid_on_shared_users
 from mmrec_pipeline.evaluation.sections.ranker import ABLATION_COLUMNS
 from mmrec_pipeline.evaluation.significance import bootstrap_ci, paired_tests
+from mmrec_pipeline.models.base import ItemFeatures
 
 NAME = "ranker"
 # Source -> the model assets (or model/variant) it may come from; the best of them on validation NDCG@10 is used.
@@ -63,7 +62,6 @@ SOURCE_MODELS = {
 }
 REPURCHASE = "repurchase"
 VARIANTS = {"full": (), "no_multimodal": ("multimodal",), "no_sources": ("sources",)}
-MODALITIES = ("image", "caption", "summary", "text")  # plus "vq" (code histograms)
 DAY = 86400.0
 
 
@@ -101,31 +99,16 @@ class RankerConfig:
 # sources
 
 
-def choose_sources(metrics: pl.DataFrame, protocol: str) -> dict[str, tuple[str, str]]:
-    """{source: (model, variant)}: per source, its model/variant with the best `<protocol>@valid` NDCG@10 among
-    those in `metrics` (sources whose models did not run are left out)."""
-    valid = metrics.filter((pl.col("protocol") == f"{protocol}@valid") & (pl.col("metric") == "ndcg")
-                           & (pl.col("k") == 10) & pl.col("value").is_not_nan())
+def choose_sources(metrics: pl.DataFrame) -> dict[str, tuple[str, str]]:
+    """{source: (model, variant)}: per source, its model/variant best on validation NDCG@10 (`best_on_valid`)
+    among those in `metrics` (sources whose models did not run are left out)."""
+    valid = valid_values(metrics)
     chosen = {}
     for source, names in SOURCE_MODELS.items():
-        keep = pl.lit(False)
-        for name in names:
-            model, _, variant = name.partition("/")
-            keep = keep | ((pl.col("model") == model) & ((pl.col("variant") == variant) if variant else True))
-        best = valid.filter(keep).sort(["value", "model", "variant"], descending=[True, False, False])
-        if best.height:
-            chosen[source] = (best["model"][0], best["variant"][0])
+        among = [n for n in valid if any(n == name or n.split("/")[0] == name for name in names)]
+        if best := best_on_valid(valid, among):
+            chosen[source] = tuple(best.split("/", 1))
     return chosen
-
-
-def validation_best(metrics: pl.DataFrame, protocol: str) -> str | None:
-    """`model/variant` of the best single model on `<protocol>@valid` NDCG@10 (the ranker's reference)."""
-    valid = metrics.filter((pl.col("protocol") == f"{protocol}@valid") & (pl.col("metric") == "ndcg")
-                           & (pl.col("k") == 10) & pl.col("value").is_not_nan() & (pl.col("model") != NAME))
-    if not valid.height:
-        return None
-    best = valid.sort(["value", "model", "variant"], descending=[True, False, False]).row(0, named=True)
-    return f"{best['model']}/{best['variant']}"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -256,37 +239,26 @@ class ItemVectors:
     present: dict[str, np.ndarray]
 
     @classmethod
-    def from_tables(cls, data: RecDataset, image_embeddings: pl.DataFrame | None,
-                    text_embeddings: pl.DataFrame | None, vq_codes: pl.DataFrame | None) -> ItemVectors:
-        columns = {"image": (image_embeddings, lambda c: c != "item_id"),
-                   "caption": (text_embeddings, lambda c: c.startswith("sbert_caption_")),
-                   "summary": (text_embeddings, lambda c: c == "sbert_summary"),
-                   "text": (text_embeddings, lambda c: c == "sbert_text")}
+    def from_features(cls, features: ItemFeatures) -> ItemVectors:
+        """One column per modality of the feature tables' `ItemFeatures` (`base.item_features`): the first image
+        vector, the first caption vector (`sbert_caption_<model>`), `sbert_summary`, the text vector the
+        leaderboard's diversity uses; the VQ codes as histograms."""
+        picks = {"image": next(iter(features.image), None),
+                 "caption": next((c for c in features.caption if c.startswith("sbert_caption_")), None),
+                 "summary": "sbert_summary" if "sbert_summary" in features.summary else None,
+                 "text": DIVERSITY_VECTOR if DIVERSITY_VECTOR in features.text else None}
         vectors, present = {}, {}
-        for modality, (table, pick) in columns.items():
-            col = next((c for c in (table.columns if table is not None else []) if pick(c)), None)
-            if col is None:
-                continue
-            aligned = data.items.select("item_id").join(table.select("item_id", col), on="item_id", how="left",
-                                                        maintain_order="left")[col]
-            has = aligned.is_not_null().to_numpy()
-            if not has.any():
-                continue
-            mat = np.zeros((data.n_items, len(aligned.drop_nulls()[0])), dtype=np.float32)
-            mat[has] = np.asarray(aligned.drop_nulls().to_list(), dtype=np.float32)
-            mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
-            vectors[modality], present[modality] = mat, has
-        if vq_codes is not None and "vq_codes" in vq_codes.columns:
-            codes = data.items.select("item_id").join(vq_codes.select("item_id", "vq_codes"), on="item_id",
-                                                      how="left", maintain_order="left")["vq_codes"]
-            has = codes.is_not_null().to_numpy()
-            if has.any():
-                listed = codes.to_list()
-                size = max(max(c) for c in listed if c) + 1
-                hist = np.zeros((data.n_items, size), dtype=np.float32)
-                for i in np.flatnonzero(has):
-                    hist[i] = np.bincount(listed[i], minlength=size) / len(listed[i])
-                vectors["vq"], present["vq"] = hist, has
+        for modality, column in picks.items():
+            if column is not None:
+                mat = features.vectors[column].copy()
+                mat /= np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), 1e-12)
+                vectors[modality], present[modality] = mat, features.present[column]
+        for column, codes in features.vq_codes.items():  # one column: `vq_codes`
+            has = features.present[column]
+            ids = codes[has].astype(np.int64)
+            hist = np.zeros((len(codes), int(ids.max()) + 1), dtype=np.float32)
+            np.add.at(hist, (np.repeat(np.flatnonzero(has), ids.shape[1]), ids.ravel()), 1.0 / ids.shape[1])
+            vectors["vq"], present["vq"] = hist, has
         return cls(vectors, present)
 
 
@@ -435,7 +407,7 @@ class CandidateScores:
 @dataclasses.dataclass
 class RankerRun:
     metrics: pl.DataFrame  # ranker rows of the long metrics table (test, +cold, +sampled, @valid on the holdout)
-    per_user: pl.DataFrame  # test metric@10 per user, per variant
+    per_user: pl.DataFrame  # metric@10 per user, per variant: test, and `@valid` on the holdout users
     recall: pl.DataFrame  # candidate recall per source and stage
     gains: pl.DataFrame  # variant, family, gain, share
     chosen: dict  # variant -> {num_leaves, rounds, holdout_ndcg@10, grid}
@@ -514,40 +486,23 @@ def run_ranker(data: RecDataset, sources: dict[str, tuple[str, object]], vectors
 def fit_and_score(data: RecDataset, stages: dict, tables: dict, train_t: pl.DataFrame, hold_t: pl.DataFrame,
                   hold_users: np.ndarray, columns: list[str], config: RankerConfig, threads: int,
                   item_vectors: np.ndarray | None, variant: str):
-    """(booster, chosen point, grid, metric rows, per-user test rows) of one feature set."""
+    """(booster, chosen point, grid, metric rows, per-user test and `@valid` rows) of one feature set."""
     booster, point, grid = fit_lightgbm(train_t, hold_t, columns, config, threads)
     predict = {name: booster.predict(tables[name].select(columns).to_numpy().astype(np.float32),
                                      num_iteration=booster.best_iteration) for name in tables}
     # @valid: the holdout users only (the fit users' rows would flatter it)
     scorer = CandidateScores(stages["valid"].inputs.users, tables["valid"], predict["valid"], data.n_items)
-    valid = valid_rows(scorer, data, variant, hold_users, item_vectors)
+    valid, valid_full = evaluate_model(scorer, data, NAME, variant, item_vectors=item_vectors, sampled=None,
+                                       stage="valid", users=hold_users, users_dropped="ranker_fit")
     scorer = CandidateScores(stages["test"].inputs.users, tables["test"], predict["test"], data.n_items)
     test, full = evaluate_model(scorer, data, NAME, variant, item_vectors=item_vectors)
-    return booster, point, grid, pl.concat([valid, test]), per_user_table(full, data, NAME, variant, data.protocol)
-
-
-def valid_rows(scorer: CandidateScores, data: RecDataset, variant: str, users: np.ndarray,
-               item_vectors: np.ndarray | None) -> pl.DataFrame:
-    """`<protocol>@valid` rows on `users` (the holdout); the fit users are accounted as `ranker_fit`."""
-    inputs = protocol_masking(restrict_users(data.eval_inputs("valid"), users), data, scorer)
-    inputs.dropped = {("ranker_fit" if k == "not_sampled" else k): v for k, v in inputs.dropped.items()}
-    protocol = f"{data.protocol}@valid"
-    result = evaluate(scorer.score, inputs, ks=KS, **diversity_inputs(data, item_vectors))
-    rows = [{"protocol": protocol, **r} for r in result.rows] + accounting_rows(inputs, protocol)
-    return pl.DataFrame([{"model": NAME, "variant": variant, **r} for r in rows], schema=METRICS_SCHEMA)
+    per_user = pl.concat([per_user_table(full, data, NAME, variant, data.protocol),
+                          per_user_table(valid_full, data, NAME, variant, f"{data.protocol}@valid")])
+    return booster, point, grid, pl.concat([valid, test]), per_user
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the ablation table and the report
-
-
-def reference_test_rows(per_user: pl.DataFrame, reference: str, protocol: str) -> pl.DataFrame:
-    """The reference's test rows from its model's per-user file, which also holds `@valid` rows and one row per
-    training seed: each user's mean over the seeds on the headline protocol, as the leaderboard's CIs use."""
-    rows = per_user_stage(per_user.filter(pl.col("variant") == reference.split("/")[1]), "test")
-    if rows is None:
-        raise ValueError(f"{reference}: its per-user file holds no `{protocol}` test rows")
-    return rows.with_columns(pl.lit(protocol).alias("protocol"))
 
 
 def ablation_table(per_user: pl.DataFrame, metrics: pl.DataFrame, reference: str | None,
@@ -555,18 +510,25 @@ def ablation_table(per_user: pl.DataFrame, metrics: pl.DataFrame, reference: str
     """One row per ranker variant and the reference (the validation-best single model): valid and test
     NDCG@10, the test value's 95% bootstrap CI, the Wilcoxon + Holm test against the reference on the same
     test users (Holm over the three variants), and each ablation's against `ranker/full` (Holm over the two): does
-    the dropped family help?"""
-    names = per_user.select((pl.col("model") + "/" + pl.col("variant")).alias("name"), "user_id", metric)
-    tests = paired_tests(per_user, metric, reference) if reference else pl.DataFrame(
+    the dropped family help? `per_user`: the ranker's per-user rows and the reference model's (its file: every
+    variant, seed and stage): the test rows (each user's mean over the seeds) give the test columns, the `@valid`
+    rows the validation column, on the users every row was validated on (the ranker's holdout)."""
+    wanted = [*[f"{NAME}/{v}" for v in VARIANTS], *([reference] if reference else [])]
+    test = per_user_stage(per_user, "test").with_columns(
+        (pl.col("model") + "/" + pl.col("variant")).alias("name")).filter(pl.col("name").is_in(wanted))
+    if reference and reference not in set(test["name"]):
+        raise ValueError(f"{reference}: its per-user rows hold no test rows")
+    tests = paired_tests(test, metric, reference) if reference else pl.DataFrame(
         schema={"name": pl.Utf8, "diff": pl.Float64, "p": pl.Float64, "p_holm": pl.Float64})
-    vs_full = paired_tests(per_user.filter(pl.col("model") == NAME), metric, f"{NAME}/full").select(
+    vs_full = paired_tests(test.filter(pl.col("model") == NAME), metric, f"{NAME}/full").select(
         "name", pl.col("diff").alias("diff_vs_full"), pl.col("p_holm").alias("p_holm_vs_full"))
-    valid = metrics.filter(pl.col("protocol").str.ends_with("@valid") & (pl.col("metric") == "ndcg")
-                           & (pl.col("k") == 10) & ~pl.col("protocol").str.contains("+", literal=True)).select(
-        (pl.col("model") + "/" + pl.col("variant")).alias("name"), pl.col("value").alias("valid_ndcg@10"))
+    # validation values on the same users for every row: the holdout's (the ranker's `@valid` users)
+    named = metrics.filter((pl.col("model") + "/" + pl.col("variant")).is_in(wanted))
+    valid = pl.DataFrame(list(valid_on_shared_users(named, per_user)[0].items()), orient="row",
+                         schema={"name": pl.Utf8, "valid_ndcg@10": pl.Float64})
     rows = []
-    for name in [*[f"{NAME}/{v}" for v in VARIANTS], *([reference] if reference else [])]:
-        values = names.filter(pl.col("name") == name)[metric].to_numpy()
+    for name in wanted:
+        values = test.filter(pl.col("name") == name)[metric].to_numpy()
         if not len(values):
             continue
         low, high = bootstrap_ci(values)

@@ -25,7 +25,9 @@ def section(inputs: ReportInputs) -> Section | None:
             f"on {s['users']['fit']} valid users; rounds and leaves chosen on {s['users']['holdout']} others, whose "
             f"ranking is the `@valid` row. Test: {s['users']['test']} users, features from train + valid rows, the "
             f"sources as trained on train. Items outside the candidates rank after them. Reference: the "
-            f"validation-best single model `{s['reference']}`; `p_holm`: Wilcoxon signed-rank on per-user NDCG@10 "
+            f"validation-best single model `{s['reference']}`; `valid_ndcg@10`: every row's on the holdout users "
+            "(the reference's too), the ranker's still optimistic, its LightGBM having learned from other users' "
+            "labels of the same period; `p_holm`: Wilcoxon signed-rank on per-user NDCG@10 "
             "vs the reference, Holm-corrected over the three variants; `p_holm_vs_full`: the same test of each ablation "
             "against `ranker/full` (Holm over the two): whether the dropped family helps. Gains: share of the "
             "model's total gain per feature family.")
