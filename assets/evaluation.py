@@ -41,12 +41,16 @@ def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
 FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in group} | {ranker.NAME: "two-stage"}
 
 
-def read_per_user(lake: Lake, dataset: str) -> pl.DataFrame | None:
+def read_per_user(lake: Lake, dataset: str, metrics: pl.DataFrame) -> pl.DataFrame | None:
     """Every model's per-user metrics (`<lake>/<dataset>/per_user/<model>.parquet`, written by the model assets:
-    test rows for every seed, the chosen point's `@valid` rows), or None before any model wrote them."""
+    test rows for every seed, the chosen point's `@valid` rows) of the model/variants in `metrics` (a stale file of
+    a removed model must not count), or None before any model wrote them."""
     folder = lake.dataset_view(dataset).per_user_dir
     files = sorted(folder.glob("*.parquet")) if folder.exists() else []
-    return pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
+    if not files:
+        return None
+    per_user = pl.concat([read_parquet(f) for f in files], how="diagonal_relaxed")
+    return per_user.join(metrics.select("model", "variant").unique(), on=["model", "variant"], how="semi")
 
 
 # A model asset never materialized for a dataset (e.g. `mmrec run --select popularity+`) is left out and named in
@@ -78,9 +82,7 @@ def report(context: dg.AssetExecutionContext, lake_store: LakeResource, metrics:
              "categories": items["category"].n_unique(), "interactions (raw)": interactions.height,
              "users (raw)": interactions["user_id"].n_unique(), **split_summary(split)}
     lake = lake_store.lake()
-    per_user = read_per_user(lake, spec.name)
-    if per_user is not None:  # only the models in `metrics`: a stale file of a removed model must not count
-        per_user = per_user.join(metrics.select("model", "variant").unique(), on=["model", "variant"], how="semi")
+    per_user = read_per_user(lake, spec.name, metrics)
     # Users the k-core removed before the split (under `temporal` counted on rows before the training cut).
     rule = (f"dropped by the user {spec.min_user_interactions}-core" + (" on rows before the training cut"
             if spec.split == "temporal" else "") + (" and the 5-core on items" if spec.split == "recbole" else ""))

@@ -63,6 +63,7 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
         per_user, tested = pl.concat([per_user, read_parquet(ref_file)], how="diagonal_relaxed"), reference
     ablation = ranker.ablation_table(per_user, pl.concat([metrics, run.metrics]), tested)
     write_parquet(run.per_user, artifacts.per_user(ranker.NAME))
+    ranker.save_variants(run, artifacts.model(ranker.NAME), config)  # what `recommendations` serves it with
     ranker.write_summary(run, ablation, reference, artifacts.ranker_summary)
     ok, facts = ranker.check_run(run, metrics, reference, spec.split)
     gains = run.gains.pivot(on="variant", index="family", values="share").fill_null(0.0)

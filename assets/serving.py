@@ -6,11 +6,13 @@ import polars as pl
 
 from assets import DATASETS
 from assets.automation import NIGHTLY_FRESHNESS, NIGHTLY_REFRESH, REFRESH
+from assets.evaluation import read_per_user
 from assets.metadata import plain, png_markdown, table_preview
 from assets.models import model_assets
+from assets.ranker import FEATURE_TABLES as RANKER_TABLES
 from mmrec_pipeline import serving
 from mmrec_pipeline.catalog import refresh_catalog
-from mmrec_pipeline.evaluation.report import md_table, plot_drift
+from mmrec_pipeline.evaluation.report import md_table, plot_drift, valid_on_shared_users
 from mmrec_pipeline.models import MODELS, ranker
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import read_parquet
@@ -22,7 +24,7 @@ from resources.storage import LakeResource
 # The feature tables each model asset reads (its inputs other than split and items).
 FEATURES_OF = {a.key.path[-1]: sorted(k.path[-1] for k in a.dependency_keys if k.path[-1] not in ("split", "items"))
                for a in model_assets}
-FEATURE_TABLES = sorted({t for tables in FEATURES_OF.values() for t in tables})
+FEATURE_TABLES = sorted({t for tables in FEATURES_OF.values() for t in tables} | set(RANKER_TABLES))
 CHECKS = {
     "k_items_per_active_user": "every active user has K recommendations",
     "no_unknown_items": "every recommended item id is in the catalog",
@@ -37,14 +39,14 @@ def _config(dataset: str) -> serving.ServingConfig:
 
 
 @dg.asset(partitions_def=DATASETS, group_name="serving", io_manager_key="lake",
-          code_version=code_version(serving.validation_ranking), automation_condition=REFRESH)
-def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Output[pl.DataFrame]:
+          code_version=code_version(serving.validation_ranking, valid_on_shared_users), automation_condition=REFRESH)
+def champion(context: dg.AssetExecutionContext, lake_store: LakeResource,
+             metrics: pl.DataFrame) -> dg.Output[pl.DataFrame]:
     """Every model/variant ranked by validation NDCG@10 (full ranking, `<protocol>@valid`), test next to it;
     `champion` marks the best on validation, or the model pinned by `serving: {champion: ...}`."""
     spec = get_dataset(context.partition_key)
-    # The two-stage ranker is left out: `recommendations` retrains a registry model on every interaction, and the
-    # ranker (candidates from several checkpoints + LightGBM) has no such retraining path yet.
-    ranking = serving.validation_ranking(metrics.filter(pl.col("model") != ranker.NAME), spec.split)
+    # Per-user values: every model is compared with the two-stage ranker on the users it was validated on.
+    ranking = serving.validation_ranking(metrics, spec.split, read_per_user(lake_store.lake(), spec.name, metrics))
     best = serving.choose_champion(ranking, _config(spec.name).champion)
     table = ranking.with_columns(((pl.col("model") == best["model"]) & (pl.col("variant") == best["variant"]))
                                  .alias("champion"))
@@ -56,7 +58,7 @@ def champion(context: dg.AssetExecutionContext, metrics: pl.DataFrame) -> dg.Out
 
 
 @dg.asset(partitions_def=DATASETS, group_name="serving", deps=FEATURE_TABLES,
-          code_version=code_version(serving, serving.ServingConfig), automation_condition=NIGHTLY_REFRESH,
+          code_version=code_version(serving, serving.ServingConfig, ranker), automation_condition=NIGHTLY_REFRESH,
           freshness_policy=NIGHTLY_FRESHNESS,
           check_specs=[dg.AssetCheckSpec(name, asset="recommendations", description=d) for name, d in CHECKS.items()])
 def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource, lake_store: LakeResource,
@@ -70,11 +72,24 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
     best = champion.filter(pl.col("champion")).row(0, named=True)
     lake = lake_store.lake()
     artifacts = lake.dataset_view(spec.name)
-    # The feature tables the champion's asset reads; one it needs but lacks fails its fit with MissingFeature.
-    tables = {t: read_parquet(artifacts.table(t)) for t in FEATURES_OF[best["model"]] if artifacts.table(t).exists()}
-    facts = serving.serve(MODELS[best["model"]], artifacts.model(best["model"]).variant(best["variant"]), split,
-                          items, spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(),
-                          artifacts, config, log=context.log, sources=model_sources.sources())
+    def tables(names) -> dict[str, pl.DataFrame]:
+        # the feature tables an asset reads; one a model needs but lacks fails its fit with MissingFeature
+        return {t: read_parquet(artifacts.table(t)) for t in names if artifacts.table(t).exists()}
+
+    checkpoint = artifacts.model(best["model"]).variant(best["variant"])
+    if best["model"] == ranker.NAME:  # every source retrained, then the saved booster over their candidates
+        _, meta = ranker.load_variant(checkpoint)
+        source_models = {}
+        for source, name in meta["sources"].items():
+            model, variant = name.split("/", 1)
+            source_models[source] = (MODELS[model], artifacts.model(model).variant(variant), tables(FEATURES_OF[model]))
+        facts = serving.serve_ranker(checkpoint, source_models, split, items, spec.name, spec.split,
+                                     spec.repeats_relevant, tables(RANKER_TABLES), compute.settings(), artifacts,
+                                     config, log=context.log, sources=model_sources.sources())
+    else:
+        facts = serving.serve(MODELS[best["model"]], checkpoint, split, items, spec.name, spec.split,
+                              spec.repeats_relevant, tables(FEATURES_OF[best["model"]]), compute.settings(),
+                              artifacts, config, log=context.log, sources=model_sources.sources())
     if lake.local:  # no DuckDB catalog on a remote lake (DuckDB's httpfs is not installed)
         try:
             refresh_catalog(lake.root)

@@ -26,6 +26,8 @@ import torch
 
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.evaluation.report import valid_on_shared_users
+from mmrec_pipeline.models import ranker
 from mmrec_pipeline.models.base import Recommender, item_features
 from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
 from mmrec_pipeline.registry import registry_name
@@ -64,17 +66,20 @@ class ServingConfig:
         return cls(**(overrides or {}))
 
 
-def validation_ranking(metrics: pl.DataFrame, protocol: str, metric: str = "ndcg", k: int = 10) -> pl.DataFrame:
-    """model, variant, valid and test `metric@k` (full ranking), best on validation first (ties: by name)."""
-    def values(proto: str, alias: str) -> pl.DataFrame:
-        return (metrics.filter((pl.col("protocol") == proto) & (pl.col("metric") == metric) & (pl.col("k") == k))
-                .select("model", "variant", pl.col("value").alias(alias)))
-
-    valid = values(f"{protocol}@valid", "valid").filter(pl.col("valid").is_not_nan())
-    if valid.height == 0:
-        raise ValueError(f"metrics has no '{protocol}@valid' {metric}@{k} rows: the champion is chosen on validation "
+def validation_ranking(metrics: pl.DataFrame, protocol: str, per_user: pl.DataFrame | None = None,
+                       k: int = 10) -> pl.DataFrame:
+    """model, variant, valid and test NDCG@k (full ranking), best on validation first (ties: by name). The valid
+    values are compared on the same users (`valid_on_shared_users`: with the two-stage ranker, its holdout users;
+    `per_user`: the models' per-user tables)."""
+    values, _ = valid_on_shared_users(metrics.filter(pl.col("protocol") == f"{protocol}@valid"), per_user, k)
+    if not values:
+        raise ValueError(f"metrics has no '{protocol}@valid' ndcg@{k} rows: the champion is chosen on validation "
                          "only; re-materialize the model assets (they write the @valid rows)")
-    ranking = valid.join(values(protocol, "test"), on=["model", "variant"], how="left")
+    valid = pl.DataFrame([{"model": n.split("/", 1)[0], "variant": n.split("/", 1)[1], "valid": x}
+                          for n, x in values.items()], schema={"model": pl.Utf8, "variant": pl.Utf8, "valid": pl.Float64})
+    test = (metrics.filter((pl.col("protocol") == protocol) & (pl.col("metric") == "ndcg") & (pl.col("k") == k))
+            .select("model", "variant", pl.col("value").alias("test")))
+    ranking = valid.join(test, on=["model", "variant"], how="left")
     return (ranking.sort(["valid", "model", "variant"], descending=[True, False, False])
             .with_row_index("rank", offset=1).with_columns(pl.col("rank").cast(pl.Int32)))
 
@@ -211,6 +216,32 @@ def append_history(path: Path, entry: dict, keep: int = 100) -> list[dict]:
     return history
 
 
+def retrain(cls: type[Recommender], checkpoint: Path, data: RecDataset, feature_tables: dict[str, pl.DataFrame],
+            compute: Compute, log: logging.Logger | None = None,
+            sources: ModelSources | None = None) -> tuple[Recommender, dict, dict]:
+    """(model, fixed settings, fit report): `cls` from its checkpointed config, with its validation-chosen
+    settings fixed, fitted on every interaction of `data` (`all_interactions`)."""
+    model_config, fixed = retrain_config(cls, checkpoint)
+    model = cls(model_config)
+    model.sources = sources or model.sources
+    if log:
+        log.info(f"retraining {cls.name} on all {data.train.height} interactions with {fixed or 'its config'}")
+    return model, fixed, model.fit(data, item_features(data, feature_tables), compute, log)
+
+
+def publish(model, data: RecDataset, artifacts: DatasetView | Path, config: ServingConfig,
+            log: logging.Logger | None = None) -> dict:
+    """Write the active users' top-K of `model` as the dataset's `recommendations` table, keeping the previous
+    one; returns facts."""
+    users = active_users(data, config.active_days)
+    artifacts = DatasetView.at(artifacts)
+    path = artifacts.table("recommendations")
+    previous = rotate_previous(path, artifacts.previous_recommendations)
+    written = write_top_k(model, data, users, path, config.k, config.batch_users, log)
+    return {"path": path, "active_users": len(users), "users_total": data.n_users, "previous": previous,
+            "data": data, **written}
+
+
 def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: pl.DataFrame, name: str,
           protocol: str, repeats_relevant: bool, feature_tables: dict[str, pl.DataFrame], compute: Compute,
           artifacts: DatasetView | Path, config: ServingConfig, log: logging.Logger | None = None,
@@ -218,20 +249,27 @@ def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: 
     """Retrain the champion on all interactions and write the dataset's `recommendations` table (`artifacts`: its
     view, or its lake folder); returns facts."""
     data = all_interactions(split, name, items, protocol, repeats_relevant)
-    features = item_features(data, feature_tables)
-    model_config, fixed = retrain_config(cls, checkpoint)
-    model = cls(model_config)
-    model.sources = sources or model.sources
-    if log:
-        log.info(f"retraining {cls.name} on all {data.train.height} interactions with {fixed or 'its config'}")
-    report = model.fit(data, features, compute, log)
-    users = active_users(data, config.active_days)
-    artifacts = DatasetView.at(artifacts)
-    path = artifacts.table("recommendations")
-    previous = rotate_previous(path, artifacts.previous_recommendations)
-    written = write_top_k(model, data, users, path, config.k, config.batch_users, log)
-    return {"path": path, "fixed": fixed, "retrain_seconds": report.get("seconds"), "active_users": len(users),
-            "users_total": data.n_users, "previous": previous, "data": data, **written}
+    model, fixed, report = retrain(cls, checkpoint, data, feature_tables, compute, log, sources)
+    return {"fixed": fixed, "retrain_seconds": report.get("seconds"), **publish(model, data, artifacts, config, log)}
+
+
+def serve_ranker(checkpoint: Path, source_models: dict[str, tuple[type[Recommender], Path, dict]],
+                 split: pl.DataFrame, items: pl.DataFrame, name: str, protocol: str, repeats_relevant: bool,
+                 ranker_tables: dict[str, pl.DataFrame], compute: Compute, artifacts: DatasetView | Path,
+                 config: ServingConfig, log: logging.Logger | None = None, sources: ModelSources | None = None) -> dict:
+    """The two-stage ranker as champion: each of its sources ({source: (class, checkpoint, its feature tables)})
+    retrained on all interactions as a single champion is, candidates and features rebuilt with histories that end
+    at the end of the data (`ranker_tables`: the multimodal feature tables), the variant's saved booster applied;
+    writes the `recommendations` table as `serve` does."""
+    data = all_interactions(split, name, items, protocol, repeats_relevant)
+    booster, meta = ranker.load_variant(checkpoint)
+    retrained, fixed, seconds = {}, {}, 0.0
+    for source, (cls, source_checkpoint, tables) in source_models.items():
+        retrained[source], fixed[source], report = retrain(cls, source_checkpoint, data, tables, compute, log, sources)
+        seconds += report.get("seconds") or 0.0
+    vectors = ranker.ItemVectors.from_features(item_features(data, ranker_tables))
+    scorer = ranker.serving_scores(data, active_users(data, config.active_days), retrained, vectors, booster, meta)
+    return {"fixed": fixed, "retrain_seconds": seconds, **publish(scorer, data, artifacts, config, log)}
 
 
 def check_recommendations(recs: pl.DataFrame, data: RecDataset, users: np.ndarray, k: int) -> dict[str, tuple]:

@@ -7,6 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from mmrec_pipeline import serving
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import check_metrics
@@ -15,6 +16,9 @@ from mmrec_pipeline.models.base import ItemFeatures, item_features
 from mmrec_pipeline.models.ease import EASE
 from mmrec_pipeline.models.item_knn import ItemKNN
 from mmrec_pipeline.models.popularity import Popularity
+from mmrec_pipeline.models.runner import FIT_REPORT
+from mmrec_pipeline.serving import ServingConfig
+from mmrec_pipeline.storage import CorruptFileError, ModelFolder, write_json
 
 N_USERS, N_ITEMS, N_CATS = 120, 60, 4
 
@@ -47,6 +51,10 @@ def toy_tables(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame]:
 
 
 def toy_vectors(data: RecDataset) -> ranker.ItemVectors:
+    return ranker.ItemVectors.from_features(item_features(data, toy_feature_tables(data)))
+
+
+def toy_feature_tables(data: RecDataset) -> dict[str, pl.DataFrame]:
     """Item vectors that know the category (image, text) and VQ codes, for the multimodal family."""
     rng = np.random.default_rng(1)
     cats = data.items["category"].str.slice(1).cast(pl.Int64).to_numpy()
@@ -54,10 +62,9 @@ def toy_vectors(data: RecDataset) -> ranker.ItemVectors:
     text = tuple(rng.normal(size=(N_ITEMS, 8)))
     codes = [list(rng.integers(0, 16, 32) + 16 * (c % 2)) for c in cats]
     ids = data.items["item_id"]
-    return ranker.ItemVectors.from_features(item_features(data, {
-        "image_embeddings": pl.DataFrame({"item_id": ids, "efficientnet_lite0": [list(v) for v in image]}),
-        "text_embeddings": pl.DataFrame({"item_id": ids, "sbert_text": [list(v) for v in text]}),
-        "vq_codes": pl.DataFrame({"item_id": ids, "vq_codes": pl.Series(codes, dtype=pl.List(pl.Int32))})}))
+    return {"image_embeddings": pl.DataFrame({"item_id": ids, "efficientnet_lite0": [list(v) for v in image]}),
+            "text_embeddings": pl.DataFrame({"item_id": ids, "sbert_text": [list(v) for v in text]}),
+            "vq_codes": pl.DataFrame({"item_id": ids, "vq_codes": pl.Series(codes, dtype=pl.List(pl.Int32))})}
 
 
 def sources_for(data: RecDataset) -> dict:
@@ -179,3 +186,53 @@ def test_sources_are_chosen_on_validation_skipping_nan():
     assert ranker.choose_sources(metrics) == {"ease": ("ease", "default"), "sequential": ("gru4rec", "default"),
                                               "popularity_global": ("popularity", "global"),
                                               "popularity_recent": ("popularity", "recent")}
+
+
+def test_the_ranker_serves_from_its_saved_booster_over_retrained_sources(toy, tmp_path):
+    """`recommendations` with the ranker as champion: each source retrained on every interaction from its
+    checkpoint, candidates and features rebuilt with histories ending at the end of the data, the variant's
+    booster (LightGBM's text format, sha256 checked) applied; every active user gets K items outside their
+    history, ordered by the booster's scores over their candidates."""
+    split, items, _, _, _ = toy
+    data = RecDataset.from_tables("toy", split, items)
+    sources, vectors = sources_for(data), toy_vectors(data)
+    config = ranker.RankerConfig(top_n=15, num_leaves=(7,), max_rounds=30, early_stopping=10, min_data_in_leaf=5)
+    run = ranker.run_ranker(data, sources, vectors, config)
+    lake = tmp_path / "toy"
+    source_models = {}
+    for source, (name, model) in sources.items():  # the checkpoints the model assets save, with their fit report
+        model_name, variant = name.split("/")
+        checkpoint = ModelFolder(lake / "models" / model_name).variant(variant)
+        model.save(checkpoint)
+        write_json({}, checkpoint / FIT_REPORT)
+        source_models[source] = (type(model), checkpoint, {})
+    ranker.save_variants(run, ModelFolder(lake / "models" / ranker.NAME), config)
+    checkpoint = ModelFolder(lake / "models" / ranker.NAME).variant("full")
+    assert (checkpoint / ranker.BOOSTER_FILE).read_text().startswith("tree")  # LightGBM's own text model
+
+    serving_config = ServingConfig(k=10, active_days=0)
+    facts = serving.serve_ranker(checkpoint, source_models, split, items, "toy", "temporal", False,
+                                 toy_feature_tables(data), Compute(device="cpu"), lake, serving_config)
+    recs = pl.read_parquet(facts["path"])
+    everything = facts["data"]
+    users = serving.active_users(everything, 0)
+    checks = serving.check_recommendations(recs, everything, users, 10)
+    assert all(ok for ok, _ in checks.values()), checks
+    # the features read every interaction: the stage's cut is the last one, not the test stage's
+    stage = ranker.serving_stage(everything, users)
+    assert stage.cut == int(everything.split["t"].max()) > ranker.make_stage(data, "test").cut
+    # each user's first item is their best candidate by the saved booster over the retrained sources' features
+    booster, meta = ranker.load_variant(checkpoint)
+    retrained = {s: serving.retrain(cls, c, everything, {}, Compute(device="cpu"))[0]
+                 for s, (cls, c, _) in source_models.items()}
+    scorer = ranker.serving_scores(everything, users, retrained, vectors, booster, meta)
+    scores = scorer.score(users, [np.zeros(0)] * len(users)).float().numpy()
+    position = {str(everything.user_ids[u]): i for i, u in enumerate(users)}
+    index = {item: j for j, item in enumerate(everything.items["item_id"].to_list())}
+    first = recs.filter(pl.col("rank") == 1)
+    best = [scores[position[u], index[i]] for u, i in first.select("user_id", "item_id").iter_rows()]
+    assert np.array_equal(best, scores[[position[u] for u in first["user_id"]]].max(axis=1))
+    assert np.allclose(first["score"].to_numpy(), best)
+    (checkpoint / ranker.BOOSTER_FILE).write_text((checkpoint / ranker.BOOSTER_FILE).read_text() + " ")
+    with pytest.raises(CorruptFileError):
+        ranker.load_variant(checkpoint)

@@ -23,11 +23,15 @@ their train + valid histories).
   every candidate, so they rank after them (ties among them broken by item index, the evaluator's rule).
 - Variants: `full`, `no_multimodal` (without the multimodal family), `no_sources` (without the sources' scores
   and ranks; candidates are the same).
+- Serving (`save_variants`, `serving_scores`): each variant's booster is saved in LightGBM's text format; as the
+  champion, its sources are retrained on every interaction (serving.serve_ranker) and the booster orders the
+  candidates and features of a stage whose histories end at the end of the data (`serving_stage`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -52,6 +56,14 @@ from mmrec_pipeline.evaluation.report import per_user_stage, valid_on_shared_use
 from mmrec_pipeline.evaluation.sections.ranker import ABLATION_COLUMNS
 from mmrec_pipeline.evaluation.significance import bootstrap_ci, paired_tests
 from mmrec_pipeline.models.base import ItemFeatures
+from mmrec_pipeline.storage import (
+    CorruptFileError,
+    ModelFolder,
+    read_json_file,
+    to_path,
+    write_json,
+    write_text,
+)
 
 NAME = "ranker"
 # Source -> the model assets (or model/variant) it may come from; the best of them on validation NDCG@10 is used.
@@ -414,6 +426,7 @@ class RankerRun:
     sources: dict  # source -> model/variant
     users: dict  # fit / holdout / test user counts
     seconds: dict
+    boosters: dict  # variant -> (LightGBM booster at its chosen round, its feature columns): what serving applies
 
 
 def split_valid_users(table: pl.DataFrame, n_rows: int, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -457,6 +470,7 @@ def run_ranker(data: RecDataset, sources: dict[str, tuple[str, object]], vectors
     train_t, hold_t = (valid.filter(pl.col("row").is_in(r.tolist()) & pl.col("row").is_in(hit)) for r in (fit_rows, hold_rows))
     hold_users = stages["valid"].inputs.users[hold_rows]
     metrics, per_user, gains, chosen = [], [], [], {}
+    boosters = {}
     fitted = {}  # columns -> its fit and rows: a variant that drops no column (e.g. no multimodal feature) reuses
     for variant, drop in VARIANTS.items():
         t0 = time.perf_counter()
@@ -466,6 +480,7 @@ def run_ranker(data: RecDataset, sources: dict[str, tuple[str, object]], vectors
                                                    threads, item_vectors, variant)
         booster, point, grid, rows, users_rows = fitted[tuple(columns)]
         chosen[variant] = {**point, "features": len(columns), "grid": grid}
+        boosters[variant] = (booster, columns)
         gain = booster.feature_importance("gain", iteration=booster.best_iteration)
         gains.append(pl.DataFrame({"variant": variant, "family": [family(c) for c in columns], "gain": gain})
                      .group_by("variant", "family").agg(pl.col("gain").sum()))
@@ -480,7 +495,7 @@ def run_ranker(data: RecDataset, sources: dict[str, tuple[str, object]], vectors
                      gains.sort("variant", "gain", descending=[False, True]), chosen,
                      {s: ref for s, (ref, _) in sources.items()},
                      {"fit": len(fit_rows), "holdout": len(hold_rows), "test": len(stages["test"].inputs.users)},
-                     {k: round(v, 2) for k, v in clock.items()})
+                     {k: round(v, 2) for k, v in clock.items()}, boosters)
 
 
 def fit_and_score(data: RecDataset, stages: dict, tables: dict, train_t: pl.DataFrame, hold_t: pl.DataFrame,
@@ -499,6 +514,63 @@ def fit_and_score(data: RecDataset, stages: dict, tables: dict, train_t: pl.Data
     per_user = pl.concat([per_user_table(full, data, NAME, variant, data.protocol),
                           per_user_table(valid_full, data, NAME, variant, f"{data.protocol}@valid")])
     return booster, point, grid, pl.concat([valid, test]), per_user
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# serving: the saved booster over candidates and features rebuilt from every interaction
+
+BOOSTER_FILE = "lightgbm.txt"  # LightGBM's own text model format (never pickle)
+SERVING_FILE = "config.json"  # what serving rebuilds the features with
+
+
+def save_variants(run: RankerRun, folder: ModelFolder, config: RankerConfig) -> None:
+    """Per variant, in its folder: the booster at its chosen round (LightGBM's text format) and `config.json`
+    (its feature columns, the sources' model/variant, the candidate settings and the booster's sha256)."""
+    for variant, (booster, columns) in run.boosters.items():
+        text = booster.model_to_string(num_iteration=booster.best_iteration)
+        checkpoint = folder.variant(variant)
+        write_text(text, checkpoint / BOOSTER_FILE)
+        write_json({"columns": columns, "sources": run.sources, "config": dataclasses.asdict(config),
+                    "booster_sha256": hashlib.sha256(text.encode()).hexdigest()}, checkpoint / SERVING_FILE)
+
+
+def load_variant(checkpoint: Path) -> tuple[object, dict]:
+    """(booster, its config.json) of one saved variant; a booster whose bytes differ from the recorded sha256
+    raises `CorruptFileError`."""
+    import lightgbm as lgb
+
+    checkpoint = to_path(checkpoint)
+    if not (checkpoint / SERVING_FILE).exists():
+        raise FileNotFoundError(f"{checkpoint / SERVING_FILE} not found: materialize the '{NAME}' asset again "
+                                "(it saves each variant's booster for serving)")
+    meta = read_json_file(checkpoint / SERVING_FILE)
+    text = (checkpoint / BOOSTER_FILE).read_text()
+    if hashlib.sha256(text.encode()).hexdigest() != meta["booster_sha256"]:
+        raise CorruptFileError(checkpoint / BOOSTER_FILE, "sha256 differs from the one recorded when it was written")
+    return lgb.Booster(model_str=text), meta
+
+
+def serving_stage(data: RecDataset, users: np.ndarray) -> Stage:
+    """The stage `recommendations` ranks: every row of `data` (all interactions, labelled train) is readable, so
+    histories and item statistics end at the end of the data; `users` get no labels."""
+    history = data.sequences("train")
+    inputs = EvalInputs(n_items=data.n_items, users=users, history=[history[u] for u in users],
+                        relevant=[np.zeros(0, dtype=np.int64)] * len(users), exclude_history=not data.repeats_relevant)
+    rows = data.rows("train")
+    return Stage("serve", inputs, rows, int(rows["t"].max()) if rows.height else 0)
+
+
+def serving_scores(data: RecDataset, users: np.ndarray, sources: dict, vectors: ItemVectors, booster,
+                   meta: dict) -> CandidateScores:
+    """The saved booster's scores for `users` over candidates and features rebuilt from every interaction of
+    `data` with the `sources` retrained on it ({source: Recommender}, the names the booster was fitted with).
+    A feature column the fit had and these tables lack (a modality no longer there) is missing, as LightGBM
+    reads a null."""
+    stage = serving_stage(data, users)
+    config = RankerConfig.from_overrides(meta["config"])
+    table = features(stage, candidates(stage, sources, config, data), data, vectors)
+    x = table.select([pl.col(c) if c in table.columns else pl.lit(None, pl.Float64).alias(c) for c in meta["columns"]])
+    return CandidateScores(users, table, booster.predict(x.to_numpy().astype(np.float32)), data.n_items)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -541,8 +613,6 @@ def ablation_table(per_user: pl.DataFrame, metrics: pl.DataFrame, reference: str
 
 def write_summary(run: RankerRun, ablation: pl.DataFrame, reference: str | None, path: Path) -> dict:
     """What the report section reads (`DatasetView.ranker_summary`)."""
-    from mmrec_pipeline.storage import write_json
-
     summary = {"reference": reference, "sources": run.sources, "users": run.users, "seconds": run.seconds,
                "chosen": run.chosen, "recall": run.recall.to_dicts(), "gains": run.gains.to_dicts(),
                "ablation": ablation.to_dicts()}
