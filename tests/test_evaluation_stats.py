@@ -397,6 +397,13 @@ def test_validation_choices_compare_every_row_on_the_users_the_ranker_was_valida
     singles = per_user.filter(pl.col("model") != "ranker")
     assert valid_on_shared_users(metrics.filter(pl.col("model") != "ranker"), singles) == (
         {"ease/default": 0.5, "popularity/global": 0.1}, None)
+    # a ranker row validated on fewer users (its `users_evaluated`) without per-user values cannot be compared
+    counts = pl.DataFrame([{"model": n.split("/")[0], "variant": n.split("/")[1], "protocol": "temporal@valid",
+                            "metric": "users_evaluated", "k": None, "value": x}
+                           for n, x in {"ease/default": 4.0, "popularity/global": 4.0, "ranker/full": 2.0}.items()],
+                          schema=METRICS_SCHEMA)
+    valid, shared = valid_on_shared_users(pl.concat([metrics, counts]), singles)
+    assert valid == pytest.approx({"ease/default": 0.5, "popularity/global": 0.1}) and len(shared) == 4
 
 
 def test_report_escapes_every_text_from_the_data():

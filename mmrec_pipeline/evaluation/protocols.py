@@ -231,11 +231,12 @@ def per_user_table(result: EvalResult, data: RecDataset, model_name: str, varian
                          "user_id": [str(u) for u in data.user_ids[result.users]], **cols})
 
 
-def valid_values(metrics: pl.DataFrame, metric: str = "ndcg", k: int = 10) -> dict[str, float]:
+def valid_values(metrics: pl.DataFrame, metric: str = "ndcg", k: int | None = 10) -> dict[str, float]:
     """{model/variant: `metric@k` on the headline protocol's `@valid` rows (full ranking)}: what every choice on
-    validation reads. NaN and null values are left out."""
+    validation reads (`k` None: a row without a cut-off, e.g. `users_evaluated`). NaN and null values are left
+    out."""
     t = metrics.filter(pl.col("protocol").str.ends_with("@valid") & ~pl.col("protocol").str.contains("+", literal=True)
-                       & (pl.col("metric") == metric) & (pl.col("k") == k)
+                       & ~is_pointwise() & (pl.col("metric") == metric) & (pl.col("k").is_null() if k is None else pl.col("k") == k)
                        & pl.col("value").is_not_null() & pl.col("value").is_not_nan())
     return {f"{m}/{v}": x for m, v, x in t.select("model", "variant", "value").iter_rows()}
 

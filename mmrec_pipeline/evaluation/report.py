@@ -129,18 +129,20 @@ def valid_on_shared_users(metrics: pl.DataFrame, per_user: pl.DataFrame | None,
                           k: int = 10) -> tuple[dict[str, float], set[str] | None]:
     """({model/variant: validation NDCG@k}, users): the values choices on validation compare, all on the same
     users. Every single model is validated on every valid user; the two-stage ranker only on the valid users its
-    LightGBM was not fitted on (its holdout). When the rows' per-user validation users differ, each row's value is
-    its mean over the users every row was validated on (`users`: their ids; rows without per-user validation
-    values are left out, they cannot be compared there); else each row's own `@valid` value (`users` None)."""
+    LightGBM was not fitted on (its holdout). When the rows were validated on different users (their per-user
+    validation users, or their `users_evaluated` counts, differ), each row's value is its mean over the users every
+    row with per-user validation values was validated on (`users`: their ids; a row without them is left out, it
+    cannot be compared there); else each row's own `@valid` value (`users` None)."""
     valid = valid_values(metrics, "ndcg", k)
+    counts = valid_values(metrics, "users_evaluated", None)
     rows = per_user_stage(per_user, "valid")
     metric = f"ndcg@{k}"
-    if rows is None or metric not in rows.columns:
-        return valid, None
-    rows = rows.with_columns((pl.col("model") + "/" + pl.col("variant")).alias("name")).filter(
-        pl.col("name").is_in(list(valid)))
-    users = {name: set(group["user_id"]) for (name,), group in rows.group_by("name")}
-    if len({frozenset(u) for u in users.values()}) <= 1 and len(users) == len(valid):
+    users = {}
+    if rows is not None and metric in rows.columns:
+        rows = rows.with_columns((pl.col("model") + "/" + pl.col("variant")).alias("name")).filter(
+            pl.col("name").is_in(list(valid)))
+        users = {name: set(group["user_id"]) for (name,), group in rows.group_by("name")}
+    if len({frozenset(u) for u in users.values()}) <= 1 and len({counts[n] for n in valid if n in counts}) <= 1:
         return valid, None
     shared = set.intersection(*users.values()) if users else set()
     means = rows.filter(pl.col("user_id").is_in(list(shared))).group_by("name").agg(pl.col(metric).mean())
