@@ -404,6 +404,8 @@ def test_validation_choices_compare_every_row_on_the_users_the_ranker_was_valida
                           schema=METRICS_SCHEMA)
     valid, shared = valid_on_shared_users(pl.concat([metrics, counts]), singles)
     assert valid == pytest.approx({"ease/default": 0.5, "popularity/global": 0.1}) and len(shared) == 4
+    assert valid_on_shared_users(pl.concat([metrics, counts]), None) == (  # no per-user values at all
+        {"ease/default": 0.5, "popularity/global": 0.1}, None)
 
 
 def test_report_escapes_every_text_from_the_data():

@@ -144,7 +144,10 @@ def valid_on_shared_users(metrics: pl.DataFrame, per_user: pl.DataFrame | None,
         users = {name: set(group["user_id"]) for (name,), group in rows.group_by("name")}
     if len({frozenset(u) for u in users.values()}) <= 1 and len({counts[n] for n in valid if n in counts}) <= 1:
         return valid, None
-    shared = set.intersection(*users.values()) if users else set()
+    if not users:  # no per-user values to compare on: the rows validated on as many users as most rows were
+        usual = max(set(counts.values()), key=list(counts.values()).count)
+        return {n: x for n, x in valid.items() if counts.get(n, usual) == usual}, None
+    shared = set.intersection(*users.values())
     means = rows.filter(pl.col("user_id").is_in(list(shared))).group_by("name").agg(pl.col(metric).mean())
     return {n: x for n, x in means.iter_rows()}, shared
 
@@ -154,8 +157,8 @@ def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, fa
     """The leaderboard a reader can compare rows of: grouped by model family (best NDCG@k first inside each),
     NDCG@k and Recall@k with 95% bootstrap CIs over users, and Wilcoxon + Holm markers against the reference
     rows, the best model and the best popularity variant, both chosen by their validation NDCG@k (`@valid` rows,
-    on the users every row was validated on: `valid_on_shared_users`), never by test. `seeds` says how many training seeds each row averages; with several, each user's value is
-    the mean over them (`per_user_stage`). `ties@k`: share of test users whose top-k cut-off is inside a tie."""
+    on the users every row was validated on: `valid_on_shared_users`), never by test. `seeds` says how many
+    training seeds each row averages; with several, each user's value is the mean over them (`per_user_stage`). `ties@k`: share of test users whose top-k cut-off is inside a tie."""
     board = leaderboard(metrics, k)
     families = families or {}
     board = board.with_columns(pl.col("model").replace_strict(families, default="other").alias("family"))
