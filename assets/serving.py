@@ -74,10 +74,11 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
     tables = {t: read_parquet(artifacts.table(t)) for t in FEATURES_OF[best["model"]] if artifacts.table(t).exists()}
     facts = serving.serve(MODELS[best["model"]], artifacts.model(best["model"]).variant(best["variant"]), split,
                           items, spec.name, spec.split, spec.repeats_relevant, tables, compute.settings(),
-                          artifacts, config, log=context.log, sources=model_sources.sources())
+                          artifacts, config, log=context.log, sources=model_sources.sources(),
+                          feature_cache=lake.feature_cache())
     if lake.local:  # no DuckDB catalog on a remote lake (DuckDB's httpfs is not installed)
         try:
-            refresh_catalog(lake.root)
+            refresh_catalog(lake)
         except Exception as e:  # noqa: BLE001 - the catalog is a convenience; the table is written
             context.log.warning(f"DuckDB catalog not refreshed: {e}")
     recs, data = read_parquet(facts["path"]), facts["data"]

@@ -14,7 +14,6 @@ and compare with the previous run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -27,11 +26,13 @@ import torch
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.models.base import Recommender, item_features
-from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
+from mmrec_pipeline.models.runner import refit_config
 from mmrec_pipeline.registry import registry_name
 from mmrec_pipeline.storage import (
+    Checkpoint,
     CorruptFileError,
     DatasetView,
+    FeatureCacheFolder,
     atomic_write,
     is_local,
     read_json_file,
@@ -107,16 +108,16 @@ def all_interactions(split: pl.DataFrame, name: str, items: pl.DataFrame, protoc
 def retrain_config(cls: type[Recommender], checkpoint: Path) -> tuple[object, dict]:
     """The champion's checkpointed config with its validation-chosen settings fixed; returns (config, fixed).
     A model that trained without epochs (EASE, a non-learned retrieval strategy) reports no best_epoch."""
-    checkpoint = to_path(checkpoint)
-    report_path = checkpoint / FIT_REPORT
+    checkpoint = Checkpoint(checkpoint)
+    report_path = checkpoint.fit_report
     try:
-        meta = read_json_file(checkpoint / "config.json")
+        meta = checkpoint.read_config()
         if not report_path.exists():
             raise ValueError(f"{report_path} not found: re-materialize the '{cls.name}' asset so the settings chosen "
                              "on validation (best_epoch) are known")
         report = read_json_file(report_path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{checkpoint}/config.json not found: materialize the '{cls.name}' asset first") from None
+        raise FileNotFoundError(f"{checkpoint.config} not found: materialize the '{cls.name}' asset first") from None
     except CorruptFileError as e:
         raise e.moved_aside(f"re-materialize the '{cls.name}' asset to train it again") from e
     return refit_config(cls, dict(meta["config"]), report)
@@ -205,7 +206,7 @@ def rotate_previous(path: Path, previous: Path) -> pl.DataFrame | None:
 
 def append_history(path: Path, entry: dict, keep: int = 100) -> list[dict]:
     path = to_path(path)
-    history = json.loads(path.read_text()) if path.exists() else []
+    history = read_json_file(path) if path.exists() else []
     history = [*history, entry][-keep:]
     write_json(history, path)
     return history
@@ -214,14 +215,14 @@ def append_history(path: Path, entry: dict, keep: int = 100) -> list[dict]:
 def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: pl.DataFrame, name: str,
           protocol: str, repeats_relevant: bool, feature_tables: dict[str, pl.DataFrame], compute: Compute,
           artifacts: DatasetView | Path, config: ServingConfig, log: logging.Logger | None = None,
-          sources: ModelSources | None = None) -> dict:
+          sources: ModelSources | None = None, feature_cache: FeatureCacheFolder | None = None) -> dict:
     """Retrain the champion on all interactions and write the dataset's `recommendations` table (`artifacts`: its
-    view, or its lake folder); returns facts."""
+    view, or its lake folder); returns facts. `sources`, `feature_cache`: as `runner.build` takes them."""
     data = all_interactions(split, name, items, protocol, repeats_relevant)
     features = item_features(data, feature_tables)
     model_config, fixed = retrain_config(cls, checkpoint)
     model = cls(model_config)
-    model.sources = sources or model.sources
+    model.sources, model.feature_cache = sources or model.sources, feature_cache
     if log:
         log.info(f"retraining {cls.name} on all {data.train.height} interactions with {fixed or 'its config'}")
     report = model.fit(data, features, compute, log)

@@ -19,7 +19,7 @@ from mmrec_pipeline import models
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
 from mmrec_pipeline.models import FAMILIES, MODELS
 from mmrec_pipeline.models.base import Recommender
-from mmrec_pipeline.storage import write_parquet
+from mmrec_pipeline.storage import Lake, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_SECTION = "toy: how many items it knows"
@@ -156,8 +156,9 @@ def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path,
     (folder / "model.safetensors").write_bytes(b"")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # (the test session's offline guard would veto any download flag)
     sources = ModelSources(summarizer=str(folder), allow_download=True)
-    model = build(MMLLMRec, MMLLMRec.variants["text"], {"epochs": 1}, sources)
-    assert model.sources is sources and model.config.epochs == 1
+    cache = Lake(tmp_path / "lake").feature_cache()
+    model = build(MMLLMRec, MMLLMRec.variants["text"], {"epochs": 1}, sources, cache)
+    assert model.sources is sources and model.feature_cache is cache and model.config.epochs == 1
     assert backbone_source("smollm2", model.sources) == str(folder.resolve())
     assert backbones.pretrained_kwargs("org/some-model", sources) == {"trust_remote_code": False,
                                                                        "local_files_only": False}
@@ -167,7 +168,10 @@ def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path,
     toy = Toy()
     toy.n_items, toy.counts = 3, torch.ones(3)
     toy.save(tmp_path / "toy")
-    assert Toy.load(tmp_path / "toy", sources=sources).sources is sources
+    loaded = Toy.load(tmp_path / "toy", sources=sources, feature_cache=cache)
+    assert loaded.sources is sources and loaded.feature_cache is cache
+    with pytest.raises(ValueError, match="feature cache"):  # never found from the environment
+        Toy().required_feature_cache()
 
 
 def test_a_model_outside_the_package_is_registered_by_name_and_bad_entries_are_named(monkeypatch):

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ from mmrec_pipeline.models.training import (
     seed_everything,
     windows,
 )
+from mmrec_pipeline.storage import FeatureCacheFolder
 from mmrec_pipeline.weights import ModelSources
 
 # The ablation, one variant per representation of the items: {variant: config overrides}.
@@ -275,14 +277,16 @@ def fingerprint(source: str) -> str:
     return ";".join(f"{f.name}:{f.stat().st_size}" for f in files if f.suffix in (".safetensors", ".gguf", ".json"))
 
 
-def load_causal_lm(cfg: MMLLMRecConfig, source: str, sources: ModelSources, compute: Compute, quantization: str):
-    """The pretrained causal LM behind `source` (backbones.py: safetensors only, no remote code)."""
+def load_causal_lm(cfg: MMLLMRecConfig, source: str, sources: ModelSources, compute: Compute, quantization: str,
+                   feature_cache: Callable[[], FeatureCacheFolder]):
+    """The pretrained causal LM behind `source` (backbones.py: safetensors only, no remote code); SmolLM2 through
+    the features' GGUF loader, which keeps its converted weights by `feature_cache()`."""
     import transformers
 
     if cfg.backbone == "smollm2":
         from mmrec_pipeline.features.summaries import load_summarizer_model  # the features' GGUF loader
 
-        return load_summarizer_model(sources, compute=compute)
+        return load_summarizer_model(sources, compute, feature_cache())
     kwargs = backbones.quantization_kwargs(quantization, compute, double_quant=True)
     if quantization == "none" and compute.torch_device.type == "cuda":
         kwargs["dtype"] = compute.torch_dtype
@@ -388,7 +392,7 @@ class MMLLMRec(Recommender):
         cfg = self.config
         if self.pretrained:
             self.source = self.source or backbone_source(cfg.backbone, self.sources)
-            lm = load_causal_lm(cfg, self.source, self.sources, compute, self.quant)
+            lm = load_causal_lm(cfg, self.source, self.sources, compute, self.quant, self.required_feature_cache)
             self.backbone = lora_backbone(cfg, lm, self.quant, log)
         else:
             self.backbone = scratch_backbone(cfg)
