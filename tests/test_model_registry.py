@@ -17,7 +17,7 @@ import torch
 
 from mmrec_pipeline import models
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
-from mmrec_pipeline.models import FAMILIES, MODELS
+from mmrec_pipeline.models import MODEL_GROUPS, MODELS
 from mmrec_pipeline.models.base import Recommender
 from mmrec_pipeline.storage import Lake, write_parquet
 
@@ -93,18 +93,18 @@ print("RESULT " + json.dumps({{
 
 def test_registry_names_are_the_class_names_and_declarations_are_well_formed():
     assets = {"text_embeddings", "image_embeddings", "captions", "review_summaries", "vq_codes"}
-    for family in FAMILIES.values():
-        for name, cls in family.items():
+    for group in MODEL_GROUPS.values():
+        for name, cls in group.items():
             assert MODELS[name] is cls and cls.name == name  # the asset name is the checkpoint's model name
             assert cls.variants and all(isinstance(o, dict) for o in cls.variants.values()), name
             assert set(cls.feature_assets) <= assets and cls.pool in (None, "gpu"), name
-    assert list(MODELS) == [n for f in FAMILIES.values() for n in f] and "toy" not in MODELS
+    assert list(MODELS) == [n for g in MODEL_GROUPS.values() for n in g] and "toy" not in MODELS
 
 
 @pytest.mark.parametrize("how", ["registry line", "MMREC_MODELS"])
 def test_a_toy_model_with_one_registry_entry_is_an_asset_with_metrics_and_a_report_section(
         how, sample_tables, sample_features, tmp_path):
-    """`registry line`: the class added to a family in models/__init__.py; `MMREC_MODELS`: the package untouched,
+    """`registry line`: the class added to a group in models/__init__.py; `MMREC_MODELS`: the package untouched,
     the class (defined here, in tests/) named in the environment, as a team that installs the package does."""
     tables, split = sample_tables
     lake = tmp_path / "lake"
@@ -176,7 +176,7 @@ def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path,
 
 def test_a_model_outside_the_package_is_registered_by_name_and_bad_entries_are_named(monkeypatch):
     monkeypatch.setattr(models, "CUSTOM", {})
-    monkeypatch.setitem(models.FAMILIES, "custom", models.CUSTOM)
+    monkeypatch.setitem(models.MODEL_GROUPS, "custom", models.CUSTOM)
     models.register_from("toy=test_model_registry:Toy")
     assert MODELS["toy"] is models.load_class("test_model_registry:Toy") and "toy" in models.CUSTOM
     for entry, says in [("toy", "name=module:Class"), ("toy=test_model_registry", "module:Class"),

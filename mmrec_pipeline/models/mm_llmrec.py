@@ -316,8 +316,8 @@ def lora_backbone(cfg: MMLLMRecConfig, lm, quantization: str, log=None) -> nn.Mo
     """The base model of `lm` (no LM head) with LoRA adapters; everything else frozen."""
     lm = backbones.prepare_for_training(lm, quantization != "none", cfg.gradient_checkpointing)
     base = lm.base_model  # e.g. GPT2Model / LlamaModel: final hidden states, no LM head
-    family = "gpt2" if base.config.model_type == "gpt2" else "default"
-    targets = LORA_TARGETS[family] if cfg.lora_targets == "auto" else \
+    architecture = "gpt2" if base.config.model_type == "gpt2" else "default"
+    targets = LORA_TARGETS[architecture] if cfg.lora_targets == "auto" else \
         [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     present = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
     if not set(targets) & present:
@@ -325,7 +325,7 @@ def lora_backbone(cfg: MMLLMRecConfig, lm, quantization: str, log=None) -> nn.Mo
                          f"set lora_targets (e.g. 'q_proj,v_proj')")
     targets = [t for t in targets if t in present]
     model = backbones.with_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets,
-                                fan_in_fan_out=family == "gpt2")
+                                fan_in_fan_out=architecture == "gpt2")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger(log).info(f"mm_llmrec: LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {targets}: "
