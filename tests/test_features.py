@@ -252,34 +252,6 @@ def test_simplified_efficientnet_computes_the_same_features():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_image_embeddings_and_offline_captions(items, tmp_path):
-    root = Lake(tmp_path).feature_cache()
-    emb, s = image_embeddings(items, ModelSources(), CPU, root)
-    assert s["without_image"] == 1 and s["efficientnet_lite0"]["computed"] == 3
-    assert "skipped" in s["resnet18"] or s["resnet18"]["computed"] == 3  # only where its weights exist
-    vecs = emb["efficientnet_lite0"].to_list()
-    assert vecs[3] is None and all(len(v) == 1280 for v in vecs[:3]) and emb.schema["efficientnet_lite0"] == VECTOR
-    assert not np.allclose(vecs[0], vecs[2])  # red and green shirts differ
-
-    caps, s = cap.captions(items, ModelSources(), CPU, root, models=("offline",))
-    texts = caps["caption_offline"].to_list()
-    assert "red" in texts[0] and "plain" in texts[0], texts[0]
-    assert "blue" in texts[1] and "striped" in texts[1], texts[1]
-    assert "green" in texts[2], texts[2]
-    assert texts[3] is None and s["offline"]["missing_input"] == 1
-
-    # a second run reuses everything; a changed image is computed again
-    _, s = image_embeddings(items, ModelSources(), CPU, root, models=("efficientnet_lite0",))
-    assert s["efficientnet_lite0"]["computed"] == 0 and s["efficientnet_lite0"]["reused"] == 3
-    draw_item("yellow").save(items["image_path"][0])
-    changed = items.with_columns(pl.Series("image_sha256", [
-        hashlib.sha256(Path(p).read_bytes()).hexdigest() if p else None for p in items["image_path"]]))
-    _, s = image_embeddings(changed, ModelSources(), CPU, root, models=("efficientnet_lite0",))
-    assert s["efficientnet_lite0"]["computed"] == 1 and s["efficientnet_lite0"]["reused"] == 2
-    caps, s = cap.captions(changed, ModelSources(), CPU, root, models=("offline",))
-    assert s["offline"]["computed"] == 1 and "yellow" in caps["caption_offline"][0]
-
-
 def test_a_lake_written_on_a_bf16_cpu_is_reused_on_a_cpu_without_bf16(items, tmp_path, monkeypatch, caplog):
     """The feature dtype is pinned per dataset at first use (issue 33, section 5)."""
     from mmrec_pipeline import compute as compute_module
@@ -307,29 +279,40 @@ def test_a_lake_written_on_a_bf16_cpu_is_reused_on_a_cpu_without_bf16(items, tmp
     assert pin_feature_dtype(auto, pin).dtype == "float32"
 
 
-def test_offline_captions_reuse_the_image_embeddings_cnn_pass(items, tmp_path, monkeypatch):
-    """Captions first: the CNN runs once per image and image_embeddings then reuses every vector; the labels are
-    the classifier's top-3 of a full forward pass."""
+def test_image_embeddings_and_offline_captions_share_one_cnn_pass(items, tmp_path, monkeypatch):
+    """Offline captions (colour, pattern and the classifier's top-3 of a full forward pass) and image embeddings
+    from one CNN pass per image, whichever runs first; a changed image is computed again, the others reused."""
     from mmrec_pipeline.features import image
 
     root = Lake(tmp_path).feature_cache()
-    caps, _ = cap.captions(items, ModelSources(), CPU, root, models=("offline",))
-    _, s = image_embeddings(items, ModelSources(), CPU, root, models=("efficientnet_lite0",))
-    assert s["efficientnet_lite0"]["computed"] == 0 and s["efficientnet_lite0"]["reused"] == 3
-
+    caps, s = cap.captions(items, ModelSources(), CPU, root, models=("offline",))  # captions first
+    texts = caps["caption_offline"].to_list()
+    assert "red" in texts[0] and "plain" in texts[0], texts[0]
+    assert "blue" in texts[1] and "striped" in texts[1], texts[1]
+    assert "green" in texts[2], texts[2]
+    assert texts[3] is None and s["offline"]["missing_input"] == 1
     model = image.load_efficientnet_lite0(ModelSources()).eval()
     x = image.to_tensor(image.letterbox(image.load_rgb(items["image_path"][0]), 224), (0.5,) * 3, (0.5,) * 3)
     with torch.inference_mode():
         top = model(x[None]).topk(3).indices[0].tolist()
     labels = cap.imagenet_labels()
-    assert caps["caption_offline"][0].split(",")[0].endswith(labels[top[0]]), (caps["caption_offline"][0], top)
-    assert all(labels[i] in caps["caption_offline"][0] for i in top[1:])
+    assert texts[0].split(",")[0].endswith(labels[top[0]]), (texts[0], top)
+    assert all(labels[i] in texts[0] for i in top[1:])
 
-    # Embeddings first (a new image): captions run no CNN at all.
+    emb, s = image_embeddings(items, ModelSources(), CPU, root)  # reuses the captions' CNN pass
+    assert s["without_image"] == 1
+    assert s["efficientnet_lite0"]["computed"] == 0 and s["efficientnet_lite0"]["reused"] == 3
+    assert "skipped" in s["resnet18"] or s["resnet18"]["computed"] == 3  # only where its weights exist
+    vecs = emb["efficientnet_lite0"].to_list()
+    assert vecs[3] is None and all(len(v) == 1280 for v in vecs[:3]) and emb.schema["efficientnet_lite0"] == VECTOR
+    assert not np.allclose(vecs[0], vecs[2])  # red and green shirts differ
+
+    # A changed image, embeddings first: computed again, the others reused, and captions then run no CNN at all.
     draw_item("yellow").save(items["image_path"][0])
     changed = items.with_columns(pl.Series("image_sha256", [
         hashlib.sha256(Path(p).read_bytes()).hexdigest() if p else None for p in items["image_path"]]))
-    image_embeddings(changed, ModelSources(), CPU, root, models=("efficientnet_lite0",))
+    _, s = image_embeddings(changed, ModelSources(), CPU, root, models=("efficientnet_lite0",))
+    assert s["efficientnet_lite0"]["computed"] == 1 and s["efficientnet_lite0"]["reused"] == 2
     monkeypatch.setattr(image, "pooled_features", lambda *a: pytest.fail("the CNN ran twice for one image"))
     caps, s = cap.captions(changed, ModelSources(), CPU, root, models=("offline",))
     assert s["offline"]["computed"] == 1 and "yellow" in caps["caption_offline"][0]
@@ -559,10 +542,11 @@ def test_growing_sample_catalog_computes_only_new_items(sample_raw, tmp_path):
     from mmrec_pipeline.data.synthetic import read
 
     v1_all = read(sample_raw(1), {"version": 1}).items
-    v1 = v1_all.sort("item_id").head(12)
+    v1 = v1_all.sort("item_id").head(6)
     v2_all = read(sample_raw(2), {"version": 2}).items
     new = v2_all.filter(~pl.col("item_id").is_in(v1_all["item_id"].implode()))
     assert new.height > 0
+    new = new.head(6)  # a few of them: what is computed is what is new, whatever the count
     v2 = pl.concat([v2_all.filter(pl.col("item_id").is_in(v1["item_id"].implode())), new])
     root = Lake(tmp_path).feature_cache()
     compute = Compute(device="cpu", batch_size=16)

@@ -162,27 +162,17 @@ def test_the_io_manager_puts_tables_where_the_view_says(tmp_path):
         manager._inside_root(UPath(tmp_path.parent / "elsewhere.parquet"))
 
 
-def test_one_checkpoint_format_for_models_and_the_vq_vae(tmp_path):
-    """`Checkpoint.write` / `read`: safetensors + JSON, the weights' sha256 in the config and checked on read; the
-    VQ-VAE and every Recommender save through it."""
+def test_a_checkpoint_is_safetensors_and_json_with_its_hash_checked(tmp_path):
+    """`Checkpoint.write` / `read`, the one format `Recommender.save` / `load` and the VQ-VAE use (their round trips:
+    tests/test_models.py, tests/test_features.py; their corrupt files: tests/test_integrity.py)."""
     import torch
-
-    from mmrec_pipeline.features.vq import VQVAE, VQConfig
-    from mmrec_pipeline.models.popularity import Popularity
 
     checkpoint = Checkpoint(tmp_path / "x")
     checkpoint.write({"w": torch.arange(4.0)}, {"model": "x"})
+    assert checkpoint.exists() and sorted(p.name for p in checkpoint.path.iterdir()) == [Checkpoint.CONFIG,
+                                                                                           Checkpoint.WEIGHTS]
     config, state = checkpoint.read()
     assert config["model"] == "x" and len(config["weights_sha256"]) == 64 and state["w"].tolist() == [0, 1, 2, 3]
     checkpoint.weights.write_bytes(checkpoint.weights.read_bytes()[:-1] + b"\x01")
     with pytest.raises(CorruptFileError, match="sha256"):
         checkpoint.read()
-
-    model = Popularity()
-    model.n_items, model.counts = 3, torch.ones(3)
-    saved = Checkpoint(model.save(tmp_path / "pop"))
-    assert saved.exists() and saved.read_config()["model"] == "popularity"
-    vq = VQVAE(VQConfig(channels=(8,), codebook_size=4, code_dim=4, image_size=32))
-    saved = Checkpoint(vq.save_pretrained(tmp_path / "vq"))
-    assert saved.exists() and sorted(p.name for p in saved.path.iterdir()) == [Checkpoint.CONFIG, Checkpoint.WEIGHTS]
-    assert VQVAE.from_pretrained(saved.path).config == vq.config
