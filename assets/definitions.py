@@ -47,7 +47,7 @@ def items_missing_features(context: dg.SensorEvaluationContext, lake_store: Lake
     requested once, and a new catalog version or a finished budget-limited run makes a new request. Each run's
     tags (and the sensor's cursor) say what remains and when the backfill should catch up."""
     lake, progress = lake_store.lake(), {}
-    for name in available_datasets():
+    for name in available_datasets(lake):
         gaps = {t: n for t, n in feature_gaps(lake.dataset_view(name)).items() if n}
         if gaps:
             key = f"{name}:" + ",".join(f"{t}={n}" for t, n in sorted(gaps.items()))

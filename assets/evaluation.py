@@ -19,7 +19,7 @@ from mmrec_pipeline.evaluation.report import (
     user_accounting,
 )
 from mmrec_pipeline.evaluation.sections.ranker import section as ranker_section
-from mmrec_pipeline.models import FAMILIES, MODELS, ranker
+from mmrec_pipeline.models import MODEL_GROUPS, MODELS, ranker
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import Lake, read_parquet, write_text
 from resources.storage import LakeResource
@@ -38,7 +38,7 @@ def model_sections(spec, metrics: pl.DataFrame, split: pl.DataFrame, items: pl.D
     return [s for s in sections if s is not None] + audit_sections(metrics, spec.split, MODELS)
 
 
-FAMILY_OF = {model: family for family, group in FAMILIES.items() for model in group} | {ranker.NAME: "two-stage"}
+GROUP_OF = {model: group for group, models in MODEL_GROUPS.items() for model in models} | {ranker.NAME: "two-stage"}
 
 
 def read_per_user(lake: Lake, dataset: str, metrics: pl.DataFrame) -> pl.DataFrame | None:
@@ -89,7 +89,7 @@ def report(context: dg.AssetExecutionContext, lake_store: LakeResource, metrics:
     filtered = {rule: interactions["user_id"].n_unique() - split["user_id"].n_unique()}
     page, md = build_report(spec.name, metrics, facts, spec.split,
                             sections=model_sections(spec, metrics, split, items, lake),
-                            per_user=per_user, families=FAMILY_OF, filtered=filtered)
+                            per_user=per_user, model_groups=GROUP_OF, filtered=filtered)
     path = write_text(page, lake.dataset_view(spec.name).report)
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)), "report": dg.MetadataValue.md(md),
                                           "per_user_rows": per_user.height if per_user is not None else 0})

@@ -10,23 +10,25 @@ from assets.metadata import plain, table_preview
 from mmrec_pipeline.data.ingest import generate_source, load_dataset
 from mmrec_pipeline.registry import get_dataset, load_registry
 from mmrec_pipeline.versions import dataset_version
+from resources.storage import LakeResource
 
 
-@dg.observable_source_asset(partitions_def=DATASETS, group_name="ingest", automation_condition=OBSERVE_RAW)
+@dg.observable_source_asset(partitions_def=DATASETS, group_name="ingest", automation_condition=OBSERVE_RAW,
+                            required_resource_keys={"lake_store"})
 def raw_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
     """The raw files of each dataset, versioned by a fingerprint of their paths, sizes and mtimes plus the dataset's
     registry entry. A new version makes `ingest` and everything downstream refresh. Datasets whose files are absent
     get no version (and so are never ingested automatically). Generated sources (`sample`, `hm-synthetic`) are
     written here if missing: they stand in for an upstream system."""
-    specs = load_registry()
+    specs, lake = load_registry(), context.resources.lake_store.lake()
     names = [context.partition_key] if context.has_partition_key else list(specs)
     versions = {}
     for name in names:
         spec = specs[name]
-        generate_source(spec)
-        version = dataset_version(spec)
+        generate_source(spec, lake)
+        version = dataset_version(spec, lake)
         if version is None:
-            context.log.info(f"{name}: raw files absent at {spec.data_dir()}")
+            context.log.info(f"{name}: raw files absent at {spec.data_dir(lake)}")
         else:
             versions[name] = version
     return dg.DataVersionsByPartition(versions)
@@ -41,9 +43,9 @@ def raw_files(context: dg.AssetExecutionContext) -> dg.DataVersionsByPartition:
     }.items()},
     partitions_def=DATASETS, deps=[raw_files],
 )
-def ingest(context: dg.AssetExecutionContext):
+def ingest(context: dg.AssetExecutionContext, lake_store: LakeResource):
     spec = get_dataset(context.partition_key)
-    tables = load_dataset(spec)
+    tables = load_dataset(spec, lake_store.lake())
     counts = plain({f"skipped: {k}": v for k, v in tables.skipped.items()}
                    | {f"kept: {k}": v for k, v in tables.kept.items()}
                    | {f"kept: {k} (lines)": ", ".join(map(str, v)) for k, v in tables.lines.items()})

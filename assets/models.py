@@ -63,11 +63,12 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
         spec = get_dataset(context.partition_key)
         data = RecDataset.from_tables(spec.name, tables["split"], tables["items"], spec.split, spec.repeats_relevant)
         feats = item_features(data, {f: tables[f] for f in features})
-        artifacts = lake_store.lake().dataset_view(spec.name)
+        lake = lake_store.lake()
+        artifacts = lake.dataset_view(spec.name)
         out_dir = artifacts.models(name)
         runs, skipped = train_variants(name, cls, cls.variants, data, feats, compute.settings(), out_dir,
                               spec.models.get(name), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log,
-                              sources=model_sources.sources())
+                              sources=model_sources.sources(), feature_cache=lake.feature_cache())
         if not runs and not skipped:
             raise RuntimeError(f"{name}: no variant could train on {spec.name}")
         if not runs:  # every variant lacks a feature this dataset does not have (e.g. vbpr without images)

@@ -50,7 +50,8 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
         raise FileNotFoundError("ranker: none of its source models is materialized for this dataset "
                                 f"({', '.join(ranker.SOURCE_MODELS)})")
     artifacts = lake.dataset_view(spec.name)
-    sources = {name: (f"{m}/{v}", MODELS[m].load(artifacts.model(m).variant(v), model_sources.sources()))
+    sources = {name: (f"{m}/{v}", MODELS[m].load(artifacts.model(m).variant(v), model_sources.sources(),
+                                                 lake.feature_cache()))
                for name, (m, v) in chosen.items()}
     feats = item_features(data, {t: tables[t] for t in FEATURE_TABLES})
     # LightGBM gets the step's threads (ComputeResource.cpu_threads set torch's); diversity as every model's

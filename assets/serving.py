@@ -72,6 +72,7 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
     best = champion.filter(pl.col("champion")).row(0, named=True)
     lake = lake_store.lake()
     artifacts = lake.dataset_view(spec.name)
+
     def tables(names) -> dict[str, pl.DataFrame]:
         # the feature tables an asset reads; one a model needs but lacks fails its fit with MissingFeature
         return {t: read_parquet(artifacts.table(t)) for t in names if artifacts.table(t).exists()}
@@ -85,14 +86,16 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
             source_models[source] = (MODELS[model], artifacts.model(model).variant(variant), tables(FEATURES_OF[model]))
         facts = serving.serve_ranker(checkpoint, source_models, split, items, spec.name, spec.split,
                                      spec.repeats_relevant, tables(RANKER_TABLES), compute.settings(), artifacts,
-                                     config, log=context.log, sources=model_sources.sources())
+                                     config, log=context.log, sources=model_sources.sources(),
+                                     feature_cache=lake.feature_cache())
     else:
         facts = serving.serve(MODELS[best["model"]], checkpoint, split, items, spec.name, spec.split,
                               spec.repeats_relevant, tables(FEATURES_OF[best["model"]]), compute.settings(),
-                              artifacts, config, log=context.log, sources=model_sources.sources())
+                              artifacts, config, log=context.log, sources=model_sources.sources(),
+                              feature_cache=lake.feature_cache())
     if lake.local:  # no DuckDB catalog on a remote lake (DuckDB's httpfs is not installed)
         try:
-            refresh_catalog(lake.root)
+            refresh_catalog(lake)
         except Exception as e:  # noqa: BLE001 - the catalog is a convenience; the table is written
             context.log.warning(f"DuckDB catalog not refreshed: {e}")
     recs, data = read_parquet(facts["path"]), facts["data"]

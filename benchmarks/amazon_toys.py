@@ -59,6 +59,7 @@ from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.models.runner import build, refit_test, train_variants
 from mmrec_pipeline.registry import get_dataset
+from mmrec_pipeline.storage import Lake
 
 RESULTS = ROOT / "benchmarks" / "results" / "amazon_toys.json"
 WORK = ROOT / "benchmarks" / ".work" / "amazon_toys"
@@ -115,7 +116,7 @@ PUBLISHED = {  # Recall@10 / NDCG@10 on this split, as collected in the eSASRec 
 
 def load_toys() -> RecDataset:
     spec = get_dataset("amazon-toys")
-    tables = schema.validate(reader(spec.source)(spec.data_dir(), spec.options), spec.name)
+    tables = schema.validate(reader(spec.source)(spec.data_dir(Lake()), spec.options), spec.name)
     split, _ = filter_and_split(tables.interactions, spec.split, spec.min_user_interactions)
     return RecDataset.from_tables(spec.name, split, tables.items, protocol=spec.split,
                                   repeats_relevant=spec.repeats_relevant)
@@ -140,7 +141,8 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, seeds
         overrides["patience"] = patience
     cpu0, wall0 = time.process_time(), time.perf_counter()
     runs, _ = train_variants(model_name, cls, {"default": {}}, data, ItemFeatures(), Compute(device="cpu"),
-                             WORK / row, dataset_overrides=overrides, log=log)
+                             WORK / row, dataset_overrides=overrides, log=log,
+                             feature_cache=Lake().feature_cache())
     run = runs[0]
     report = run.report
     pu = per_user_stage(run.per_user, "test")  # test rows; with seeds, each user's mean over them (as the report)

@@ -178,6 +178,7 @@ def random_features(n_items: int, dims=(("sbert_text", 384), ("efficientnet_lite
 def worker_throughput(which: str) -> dict:
     from mmrec_pipeline.compute import Compute
     from mmrec_pipeline.models.mm_llmrec import MMLLMRec, MMLLMRecConfig
+    from mmrec_pipeline.storage import Lake
 
     n_items = 1200
     if which == "demo_cpu":
@@ -186,6 +187,7 @@ def worker_throughput(which: str) -> dict:
         out = train_steps(model, n_items, batch=128, length=50, steps=10)
     elif which == "smollm2_lora_cpu":
         model = MMLLMRec(MMLLMRecConfig(variant="concat", profile="pretrained"))
+        model.feature_cache = Lake().feature_cache()  # where the converted SmolLM2 is kept
         model.prepare(n_items, random_features(n_items), Compute(device="cpu"))
         out = train_steps(model, n_items, batch=16, length=50, steps=3)
     else:

@@ -226,7 +226,7 @@ def hm_ranking(lake: Path) -> dict:
     from mmrec_pipeline.weights import ModelSources
 
     spec = get_dataset("hm")
-    tables = load_dataset(spec)
+    tables = load_dataset(spec, Lake(lake))
     split, _ = filter_and_split(tables.interactions, spec.split, spec.min_user_interactions)
     compute, sources, cache = Compute(device="cpu"), ModelSources(), Lake(lake).feature_cache()
     summ, _ = review_summaries(tables.items, split, sources, compute, cache)  # no reviews: descriptions, no LLM

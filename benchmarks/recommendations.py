@@ -46,10 +46,10 @@ def prepare(dataset: str, work: Path) -> dict:
     from mmrec_pipeline.models.runner import train_variants
     from mmrec_pipeline.registry import get_dataset
     from mmrec_pipeline.serving import choose_champion, validation_ranking
-    from mmrec_pipeline.storage import write_parquet
+    from mmrec_pipeline.storage import Lake, write_parquet
 
     spec = get_dataset(dataset)
-    tables = load_dataset(spec)
+    tables = load_dataset(spec, Lake())
     split, _ = filter_and_split(tables.interactions, spec.split, spec.min_user_interactions, spec.name)
     data = RecDataset.from_tables(spec.name, split, tables.items, spec.split, spec.repeats_relevant)
     runs = []

@@ -75,13 +75,15 @@ def run_stage(stage: str, scale: float, args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if stage == "generate":
         from mmrec_pipeline.data.ingest import generate_source
+        from mmrec_pipeline.storage import Lake
 
-        generate_source(spec)
+        generate_source(spec, Lake())
         return {}
     if stage == "ingest":
         from mmrec_pipeline.data.ingest import load_dataset
+        from mmrec_pipeline.storage import Lake
 
-        tables = load_dataset(spec)
+        tables = load_dataset(spec, Lake())
         for name in ("items", "users", "interactions"):
             write_parquet(getattr(tables, name), out / f"{name}.parquet")
         return {"items": tables.items.height, "users": tables.users.height,

@@ -21,14 +21,13 @@ def quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def refresh_catalog(root: Path, retries: int = 5) -> int:
-    """(Re)create a view for every `<root>/<dataset>/<table>.parquet` and `<root>/<table>.parquet`.
+def refresh_catalog(lake: Lake, retries: int = 5) -> int:
+    """(Re)create a view for every `<root>/<dataset>/<table>.parquet` and `<root>/<table>.parquet` of a local lake.
 
     Several step processes may refresh at once; DuckDB allows one writer, so a locked file is retried.
     The catalog is a convenience: callers warn on an error here and never fail a run for it.
     """
-    root = Path(root)
-    catalog = Lake(root).catalog
+    root, catalog = Path(lake.root), lake.catalog
     tables = sorted(root.glob("*/*.parquet")) + sorted(root.glob("*.parquet"))
     for attempt in range(retries):
         try:

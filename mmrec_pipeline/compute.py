@@ -118,9 +118,16 @@ def pin_feature_dtype(compute: Compute, pin: Path, log=None) -> Compute:
     dataset's first feature run (recording this machine's choice when there is none); an explicit `dtype` in the
     compute settings is the way to change it, and re-pins it (logged: features are then computed again).
     """
+    from mmrec_pipeline.storage import exclusive
+
+    # Two first runs side by side (two workers, two machines on one lake) would each pin their own 'auto'.
+    with exclusive(pin):
+        return _pin_feature_dtype(compute, pin, logger(log))
+
+
+def _pin_feature_dtype(compute: Compute, pin: Path, log) -> Compute:
     from mmrec_pipeline.storage import read_json_file, write_json
 
-    log = logger(log)
     pinned = read_json_file(pin).get("dtype") if pin.exists() else None
     if compute.dtype != "auto":
         if pinned not in (None, compute.dtype):

@@ -80,9 +80,10 @@ class DatasetSpec:
     features: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # per-feature settings
     serving: dict[str, Any] = dataclasses.field(default_factory=dict)  # ServingConfig overrides
 
-    def data_dir(self) -> Path:
+    def data_dir(self, lake: Lake) -> Path:
+        """Where its raw files are: under `MMREC_DATA`, or for a generated source its store in `lake`."""
         if self.path is None:
-            return Lake().sample_raw(self.name)
+            return lake.sample_raw(self.name)
         return data_root() / self.path
 
 
@@ -181,6 +182,6 @@ def get_dataset(name: str) -> DatasetSpec:
     return specs[name]
 
 
-def available_datasets() -> list[str]:
+def available_datasets(lake: Lake) -> list[str]:
     """Registry entries whose raw files are present (the generated sample always is)."""
-    return [s.name for s in load_registry().values() if s.source in GENERATED_SOURCES or s.data_dir().exists()]
+    return [s.name for s in load_registry().values() if s.source in GENERATED_SOURCES or s.data_dir(lake).exists()]

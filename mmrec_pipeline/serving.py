@@ -14,7 +14,6 @@ and compare with the previous run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -29,11 +28,13 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.report import valid_on_shared_users
 from mmrec_pipeline.models import ranker
 from mmrec_pipeline.models.base import Recommender, item_features
-from mmrec_pipeline.models.runner import FIT_REPORT, refit_config
+from mmrec_pipeline.models.runner import refit_config
 from mmrec_pipeline.registry import registry_name
 from mmrec_pipeline.storage import (
+    Checkpoint,
     CorruptFileError,
     DatasetView,
+    FeatureCacheFolder,
     atomic_write,
     is_local,
     read_json_file,
@@ -112,16 +113,16 @@ def all_interactions(split: pl.DataFrame, name: str, items: pl.DataFrame, protoc
 def retrain_config(cls: type[Recommender], checkpoint: Path) -> tuple[object, dict]:
     """The champion's checkpointed config with its validation-chosen settings fixed; returns (config, fixed).
     A model that trained without epochs (EASE, a non-learned retrieval strategy) reports no best_epoch."""
-    checkpoint = to_path(checkpoint)
-    report_path = checkpoint / FIT_REPORT
+    checkpoint = Checkpoint(checkpoint)
+    report_path = checkpoint.fit_report
     try:
-        meta = read_json_file(checkpoint / "config.json")
+        meta = checkpoint.read_config()
         if not report_path.exists():
             raise ValueError(f"{report_path} not found: re-materialize the '{cls.name}' asset so the settings chosen "
                              "on validation (best_epoch) are known")
         report = read_json_file(report_path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{checkpoint}/config.json not found: materialize the '{cls.name}' asset first") from None
+        raise FileNotFoundError(f"{checkpoint.config} not found: materialize the '{cls.name}' asset first") from None
     except CorruptFileError as e:
         raise e.moved_aside(f"re-materialize the '{cls.name}' asset to train it again") from e
     return refit_config(cls, dict(meta["config"]), report)
@@ -210,20 +211,21 @@ def rotate_previous(path: Path, previous: Path) -> pl.DataFrame | None:
 
 def append_history(path: Path, entry: dict, keep: int = 100) -> list[dict]:
     path = to_path(path)
-    history = json.loads(path.read_text()) if path.exists() else []
+    history = read_json_file(path) if path.exists() else []
     history = [*history, entry][-keep:]
     write_json(history, path)
     return history
 
 
 def retrain(cls: type[Recommender], checkpoint: Path, data: RecDataset, feature_tables: dict[str, pl.DataFrame],
-            compute: Compute, log: logging.Logger | None = None,
-            sources: ModelSources | None = None) -> tuple[Recommender, dict, dict]:
+            compute: Compute, log: logging.Logger | None = None, sources: ModelSources | None = None,
+            feature_cache: FeatureCacheFolder | None = None) -> tuple[Recommender, dict, dict]:
     """(model, fixed settings, fit report): `cls` from its checkpointed config, with its validation-chosen
-    settings fixed, fitted on every interaction of `data` (`all_interactions`)."""
+    settings fixed, fitted on every interaction of `data` (`all_interactions`). `sources`, `feature_cache`: as
+    `runner.build` takes them."""
     model_config, fixed = retrain_config(cls, checkpoint)
     model = cls(model_config)
-    model.sources = sources or model.sources
+    model.sources, model.feature_cache = sources or model.sources, feature_cache
     if log:
         log.info(f"retraining {cls.name} on all {data.train.height} interactions with {fixed or 'its config'}")
     return model, fixed, model.fit(data, item_features(data, feature_tables), compute, log)
@@ -245,18 +247,19 @@ def publish(model, data: RecDataset, artifacts: DatasetView | Path, config: Serv
 def serve(cls: type[Recommender], checkpoint: Path, split: pl.DataFrame, items: pl.DataFrame, name: str,
           protocol: str, repeats_relevant: bool, feature_tables: dict[str, pl.DataFrame], compute: Compute,
           artifacts: DatasetView | Path, config: ServingConfig, log: logging.Logger | None = None,
-          sources: ModelSources | None = None) -> dict:
+          sources: ModelSources | None = None, feature_cache: FeatureCacheFolder | None = None) -> dict:
     """Retrain the champion on all interactions and write the dataset's `recommendations` table (`artifacts`: its
-    view, or its lake folder); returns facts."""
+    view, or its lake folder); returns facts. `sources`, `feature_cache`: as `runner.build` takes them."""
     data = all_interactions(split, name, items, protocol, repeats_relevant)
-    model, fixed, report = retrain(cls, checkpoint, data, feature_tables, compute, log, sources)
+    model, fixed, report = retrain(cls, checkpoint, data, feature_tables, compute, log, sources, feature_cache)
     return {"fixed": fixed, "retrain_seconds": report.get("seconds"), **publish(model, data, artifacts, config, log)}
 
 
 def serve_ranker(checkpoint: Path, source_models: dict[str, tuple[type[Recommender], Path, dict]],
                  split: pl.DataFrame, items: pl.DataFrame, name: str, protocol: str, repeats_relevant: bool,
                  ranker_tables: dict[str, pl.DataFrame], compute: Compute, artifacts: DatasetView | Path,
-                 config: ServingConfig, log: logging.Logger | None = None, sources: ModelSources | None = None) -> dict:
+                 config: ServingConfig, log: logging.Logger | None = None, sources: ModelSources | None = None,
+                 feature_cache: FeatureCacheFolder | None = None) -> dict:
     """The two-stage ranker as champion: each of its sources ({source: (class, checkpoint, its feature tables)})
     retrained on all interactions as a single champion is, candidates and features rebuilt with histories that end
     at the end of the data (`ranker_tables`: the multimodal feature tables), the variant's saved booster applied;
@@ -265,7 +268,8 @@ def serve_ranker(checkpoint: Path, source_models: dict[str, tuple[type[Recommend
     booster, meta = ranker.load_variant(checkpoint)
     retrained, fixed, seconds = {}, {}, 0.0
     for source, (cls, source_checkpoint, tables) in source_models.items():
-        retrained[source], fixed[source], report = retrain(cls, source_checkpoint, data, tables, compute, log, sources)
+        retrained[source], fixed[source], report = retrain(cls, source_checkpoint, data, tables, compute, log, sources,
+                                                              feature_cache)
         seconds += report.get("seconds") or 0.0
     vectors = ranker.ItemVectors.from_features(item_features(data, ranker_tables))
     scorer = ranker.serving_scores(data, active_users(data, config.active_days), retrained, vectors, booster, meta)

@@ -8,8 +8,8 @@ Atomicity: locally every file is written to a temporary file in the same folder 
 crash never leaves a half-written file behind (a temp left by a killed process, `.<name>.<pid>.<random>.tmp`, is
 removed at the next write of the same file). On object storage a file is written to a local temp file and
 uploaded in one PUT (multipart for large files): the object appears whole or not at all. What object storage
-does not give: a group of files (a checkpoint's config + weights) is not replaced at once, and there is no
-exclusive create (the feature-cache compaction lock is skipped; see features/cache.py).
+does not give: a group of files (a checkpoint's config + weights) is not replaced at once, and there are no
+locks (`exclusive` and the feature cache's locks do nothing there; see features/cache.py).
 
 Integrity: files are written with their sha256 (`write_safetensors` returns it), which the writer records (the
 weights' in a checkpoint's `config.json`, a feature-cache part's in its name) and the reader checks
@@ -19,6 +19,7 @@ it, and `quarantine` moves it aside, to be recomputed, or to be remade by the as
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -32,9 +33,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 from upath import UPath
+
+from mmrec_pipeline.locks import file_lock
 
 LOCAL_PROTOCOLS = ("", "file", "local")
 CATALOG = "lake.duckdb"  # the DuckDB catalog at a local lake's root (mmrec_pipeline/lake.py)
@@ -82,6 +86,76 @@ def ensure_inside(root: Path | UPath, path: Path | UPath) -> Path | UPath:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint folder and the names of its files: `config.json` (plain fields plus `weights_sha256`) and
+    `model.safetensors`, and beside them what was learned while fitting (`fit_report.json`; the VQ-VAE's
+    `report.json`) and what its report section reads (`report_facts.json`). `write` / `read` are the one
+    checkpoint format (models and the VQ-VAE alike): safetensors + JSON, the weights' sha256 checked on read."""
+
+    path: Path | UPath
+
+    CONFIG: ClassVar[str] = "config.json"
+    WEIGHTS: ClassVar[str] = "model.safetensors"
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", to_path(self.path))
+
+    @property
+    def config(self) -> Path | UPath:
+        return inside(self.path, self.CONFIG)
+
+    @property
+    def weights(self) -> Path | UPath:
+        return inside(self.path, self.WEIGHTS)
+
+    @property
+    def fit_report(self) -> Path | UPath:
+        """What retraining on every interaction needs (the epoch count chosen on validation)."""
+        return inside(self.path, "fit_report.json")
+
+    @property
+    def training_report(self) -> Path | UPath:
+        """The VQ-VAE's training report (reconstruction quality, loss curve)."""
+        return inside(self.path, "report.json")
+
+    @property
+    def booster(self) -> Path | UPath:
+        """The two-stage ranker's booster, in LightGBM's own text model format (never pickle); its `config.json`
+        holds the booster's sha256."""
+        return inside(self.path, "lightgbm.txt")
+
+    @property
+    def report_facts(self) -> Path | UPath:
+        """What the variant's report section reads (so the report never loads a checkpoint)."""
+        return inside(self.path, "report_facts.json")
+
+    def exists(self) -> bool:
+        """Both files are there (the config is written last, so it marks a checkpoint written whole)."""
+        return self.config.exists() and self.weights.exists()
+
+    def write(self, state: dict, meta: dict) -> Path | UPath:
+        """The tensors as safetensors, then `meta` (+ `weights_sha256`) as the config; each atomically."""
+        state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+        digest = write_safetensors(state, self.weights)
+        write_json({**meta, "weights_sha256": digest}, self.config)
+        return self.path
+
+    def read_config(self) -> dict:
+        """The config's fields (`weights_sha256` included); `CorruptFileError` when it is not JSON."""
+        return read_json_file(self.config)
+
+    def read_weights(self, config: dict) -> dict:
+        """The tensors, checked against the sha256 its `config` recorded when they were written (a checkpoint from
+        before hashes were recorded is only parsed). Raises `CorruptFileError` naming the file."""
+        return read_safetensors(self.weights, config.get("weights_sha256"))
+
+    def read(self) -> tuple[dict, dict]:
+        """(config fields, tensors): `read_config` then `read_weights`."""
+        config = self.read_config()
+        return config, self.read_weights(config)
+
+
+@dataclass(frozen=True)
 class ModelFolder:
     """One model's folder of checkpoints, `<dataset>/models/<model>/`: a checkpoint folder per variant, and
     beside each checkpoint the facts its report section reads."""
@@ -92,16 +166,21 @@ class ModelFolder:
         object.__setattr__(self, "path", to_path(self.path))
 
     def variant(self, variant: str) -> Path | UPath:
-        """The variant's checkpoint folder (`Recommender.save` writes it)."""
+        """The variant's checkpoint folder (`Recommender.save` writes it; `Checkpoint` names its files)."""
         return inside(self.path, variant)
+
+    def checkpoint(self, variant: str) -> Checkpoint:
+        return Checkpoint(self.variant(variant))
 
     def report_facts(self, variant: str) -> Path | UPath:
         """What the variant's report section reads (so the report never loads a checkpoint)."""
-        return inside(self.path, variant, "report_facts.json")
+        return self.checkpoint(variant).report_facts
 
     def configs(self) -> dict[str, Path | UPath]:
         """{variant: its checkpoint's config.json} (what checks and report sections read, never the weights)."""
-        return {c.parent.name: c for c in sorted(self.path.glob("*/config.json"))} if self.path.exists() else {}
+        if not self.path.exists():
+            return {}
+        return {c.parent.name: c for c in sorted(self.path.glob(f"*/{Checkpoint.CONFIG}"))}
 
     @property
     def summary(self) -> Path | UPath:
@@ -155,7 +234,7 @@ class DatasetView:
 
     @property
     def vq_vae_report(self) -> Path | UPath:
-        return self.models("vq_vae", "report.json")
+        return Checkpoint(self.vq_vae).training_report
 
     @property
     def ranker_summary(self) -> Path | UPath:
@@ -185,6 +264,27 @@ class DatasetView:
     def feature_dtype(self) -> Path | UPath:
         """The dtype the dataset's features are computed in, pinned at first use (`compute.pin_feature_dtype`)."""
         return self._path("feature_dtype.json")
+
+
+@dataclass(frozen=True)
+class FeatureCacheFolder:
+    """`<root>/_cache/features`: the content-addressed feature stores every dataset shares (features/cache.py keeps
+    the inside of each store), and where weights converted for them are kept (`converted_weights`). Code that
+    computes features is handed this object, never a path it would find the lake from."""
+
+    lake: Lake
+
+    @property
+    def path(self) -> Path | UPath:
+        return inside(self.lake.root, "_cache", "features")
+
+    def store(self, family: str, model_key: str) -> Path | UPath:
+        """One store: the rows one model (its key: weights, preprocessing, prompt) computed for one family."""
+        return inside(self.path, family, model_key)
+
+    def converted_weights(self, *parts: str) -> Path:
+        """Weights converted for local use (the GGUF summarizer re-saved as safetensors): `Lake.model_cache`."""
+        return self.lake.model_cache(*parts)
 
 
 class Lake:
@@ -219,11 +319,6 @@ class Lake:
         inside(self.root, name)  # a name like '../x' fails here, not at first use
         return DatasetView(self.root, name)
 
-    @classmethod
-    def of_feature_cache(cls, feature_cache: str | os.PathLike) -> Lake:
-        """The lake whose `feature_cache()` this is (for code handed only the feature cache)."""
-        return cls(to_path(feature_cache).parent.parent)
-
     def model_cache(self, *parts: str) -> Path:
         """Converted model weights (e.g. the GGUF summarizer re-saved as safetensors): beside the features in a local
         lake; in the machine's cache when the lake is remote (transformers loads them from a folder)."""
@@ -250,9 +345,9 @@ class Lake:
         (`compute.pin_feature_dtype`), so every machine and worker computes (and reuses) the same ones."""
         return self.dataset_view(dataset).feature_dtype
 
-    def feature_cache(self) -> Path | UPath:
+    def feature_cache(self) -> FeatureCacheFolder:
         """`<root>/_cache/features`: outside every dataset folder, so datasets share it."""
-        return inside(self.root, "_cache", "features")
+        return FeatureCacheFolder(self)
 
     def machine_cache(self) -> Path:
         """Files each machine may rebuild on its own (converted model weights, the generated sample's raw store):
@@ -298,6 +393,17 @@ def sweep_stale_temps(path: Path) -> list[Path]:
             tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
+
+
+def exclusive(path: Path | UPath, on_wait: Callable[[], None] | None = None):
+    """Exclusive use of `path` (a file or folder to check and write) between processes on this machine, or a
+    shared POSIX file system: a `file_lock` on `.<name>.lock` beside it. Nothing on object storage (no locks
+    there; writes stay atomic, so racing writers only repeat work)."""
+    path = to_path(path)
+    if not is_local(path):
+        return contextlib.nullcontext()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return file_lock(path.with_name(f".{path.name}.lock"), on_wait)
 
 
 def _umask() -> int:

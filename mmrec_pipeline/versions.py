@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from mmrec_pipeline.registry import DatasetSpec
+from mmrec_pipeline.storage import Lake
 
 
 def files_fingerprint(folder: Path) -> str | None:
@@ -28,11 +29,11 @@ def files_fingerprint(folder: Path) -> str | None:
     return h.hexdigest()
 
 
-def dataset_version(spec: DatasetSpec) -> str | None:
+def dataset_version(spec: DatasetSpec, lake: Lake) -> str | None:
     """The data version of a dataset partition: its raw files plus its registry entry (options, split, filters,
     model, feature and serving settings), so editing datasets.yaml recomputes that dataset only. None: the files
-    are absent."""
-    files = files_fingerprint(spec.data_dir())
+    are absent (`lake`: where a generated source's files are)."""
+    files = files_fingerprint(spec.data_dir(lake))
     if files is None:
         return None
     # `features:` and `serving:` were split out of `models:`: left out while empty, an entry that had neither keeps

@@ -139,7 +139,7 @@ def refresh_catalog_or_warn(lake: Lake) -> None:
     if not lake.local or not lake.root.exists():
         return
     try:
-        refresh_catalog(lake.root)
+        refresh_catalog(lake)
     except Exception as e:  # noqa: BLE001 - any catalog problem is a warning
         print(f"warning: DuckDB catalog not refreshed: {e}", file=sys.stderr)
 
@@ -175,11 +175,11 @@ def datasets() -> int:
     lake = Lake()
     print(f"{'dataset':<22} {'source':<9} {'split':<9} {'data':<8} {'materialized':<13} path")
     for spec in load_registry().values():
-        present = spec.source in GENERATED_SOURCES or spec.data_dir().exists()
+        present = spec.source in GENERATED_SOURCES or spec.data_dir(lake).exists()
         folder = lake.dataset(spec.name)
         tables = sorted(p.stem for p in folder.glob("*.parquet")) if folder.exists() else []
         print(f"{spec.name:<22} {spec.source:<9} {spec.split:<9} {'present' if present else 'absent':<8} "
-              f"{(str(len(tables)) + ' tables') if tables else '-':<13} {spec.data_dir()}")
+              f"{(str(len(tables)) + ' tables') if tables else '-':<13} {spec.data_dir(lake)}")
     return 0
 
 

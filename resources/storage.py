@@ -8,8 +8,6 @@ The root may be a local folder or an object-store URL (anything universal-pathli
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 import polars as pl
 from upath import UPath
@@ -52,7 +50,7 @@ class LakeParquetIOManager(dg.UPathIOManager):
         write_parquet(obj, to_path(path))  # temp + rename locally, one upload on object storage
         if self._base_path.protocol in ("", "file", "local"):  # no DuckDB catalog on a remote lake (no httpfs)
             try:
-                refresh_catalog(Path(self._base_path.path))
+                refresh_catalog(Lake(self._base_path.path))
             except Exception as e:  # noqa: BLE001 - the catalog is a convenience; never fail a table for it
                 context.log.warning(f"DuckDB catalog not refreshed: {e}")
 

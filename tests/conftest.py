@@ -47,9 +47,11 @@ def lake() -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_feature_cache() -> Path:
-    """The feature cache root the sample's feature fixtures share across xdist workers."""
-    return _SHARED_CACHE / "features"
+def shared_feature_cache():
+    """The feature cache (a `FeatureCacheFolder`) the sample's feature fixtures share across xdist workers."""
+    from mmrec_pipeline.storage import Lake
+
+    return Lake(_SHARED_CACHE).feature_cache()
 
 
 @pytest.fixture(scope="session")
@@ -111,8 +113,8 @@ def sample_features(sample_tables, sample_dataset, shared_feature_cache):
 
     tables, _ = sample_tables
     compute, sources, cache = Compute(device="cpu", batch_size=64), ModelSources(), shared_feature_cache
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / "sample_features.lock", "w") as lock:
+    cache.path.mkdir(parents=True, exist_ok=True)
+    with open(cache.path / "sample_features.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a worker that needs them while the other computes them waits, then reads
         image, _ = image_embeddings(tables.items, sources, compute, cache, models=("efficientnet_lite0",))
         text, _ = text_embeddings(tables.items, sources, compute, cache, gpt2=False)
@@ -123,18 +125,16 @@ def sample_features(sample_tables, sample_dataset, shared_feature_cache):
 @pytest.fixture(scope="session")
 def link_converted_summarizer(shared_feature_cache):
     """The packaged SmolLM2 GGUF converted to safetensors once per session (20-35 CPU s, the summarizer's first
-    use), in the cache the workers share. Returns `link(cache_root)`: puts it where a summarizer reading
-    `cache_root` finds it, as hard links (no bytes copied), so the test does not convert it again."""
+    use), in the cache the workers share. Returns `link(feature_cache)`: puts it where a summarizer reading
+    `feature_cache` finds it, as hard links (no bytes copied), so the test does not convert it again."""
     from mmrec_pipeline.features.summaries import converted_summarizer_dir, summarizer_source
     from mmrec_pipeline.weights import ModelSources
 
-    shared_feature_cache.mkdir(parents=True, exist_ok=True)
-    with open(shared_feature_cache / "summarizer.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker converting it: wait, then reuse
-        converted = Path(summarizer_source(ModelSources(), shared_feature_cache))
+    # The other worker converting it meanwhile: this one waits, then reuses it (summarizer_source's lock).
+    converted = Path(summarizer_source(ModelSources(), shared_feature_cache))
 
-    def link(cache_root) -> None:
-        target = converted_summarizer_dir(ModelSources(), cache_root)
+    def link(feature_cache) -> None:
+        target = converted_summarizer_dir(ModelSources(), feature_cache)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(converted, target, copy_function=os.link)

@@ -12,6 +12,10 @@ from dagster._core.definitions.observe import (
 )
 
 from mmrec_pipeline.registry import get_dataset
+from mmrec_pipeline.storage import Lake
+from resources.storage import LakeResource
+
+LAKE = {"lake_store": LakeResource()}  # where raw_files finds (and generates) the sample's raw files
 
 START = dt.datetime(2026, 3, 2, 10, 30, tzinfo=dt.UTC)
 
@@ -48,7 +52,7 @@ def test_changed_raw_file_refreshes_downstream_and_a_quiet_night_only_recommenda
     requested, cursor = tick(START, None)
     assert requested == set()  # nothing observed yet: nothing to ingest
 
-    observe([raw_files], instance=instance, partition_key="sample")
+    observe([raw_files], instance=instance, partition_key="sample", resources=LAKE)
     requested, cursor = tick(START + dt.timedelta(minutes=1), cursor)
     assert requested == partitioned  # the cross-dataset leaderboard follows once `metrics` has updated
 
@@ -57,7 +61,7 @@ def test_changed_raw_file_refreshes_downstream_and_a_quiet_night_only_recommenda
     assert requested == set()
 
     # Same files observed again (the hourly observation): no new data version, nothing to do.
-    observe([raw_files], instance=instance, partition_key="sample")
+    observe([raw_files], instance=instance, partition_key="sample", resources=LAKE)
     requested, cursor = tick(START + dt.timedelta(minutes=3), cursor)
     assert requested == set()
 
@@ -73,10 +77,10 @@ def test_changed_raw_file_refreshes_downstream_and_a_quiet_night_only_recommenda
     assert {r for r in requested if r[0] != "raw_files"} == set()
 
     # One raw file of `sample` changes: ingest and everything downstream of it refresh, for `sample` only.
-    raw = get_dataset("sample").data_dir() / "v1" / "users.parquet"
+    raw = get_dataset("sample").data_dir(Lake()) / "v1" / "users.parquet"
     stat = raw.stat()
     os.utime(raw, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    observe([raw_files], instance=instance, partition_key="sample")
+    observe([raw_files], instance=instance, partition_key="sample", resources=LAKE)
     requested, cursor = tick(night + dt.timedelta(minutes=5), cursor)
     assert requested == partitioned
 

@@ -47,7 +47,7 @@ def test_registry_path_outside_data_root_must_be_absolute(tmp_path, monkeypatch)
     with pytest.raises(RegistryError, match=r"dataset 'x', field 'path': '../../hm' leaves \$MMREC_DATA"):
         load_registry()
     registry(tmp_path, f"datasets:\n  x: {{source: hm, path: {tmp_path / 'hm'}}}\n", monkeypatch)
-    assert load_registry()["x"].data_dir() == tmp_path / "hm"
+    assert load_registry()["x"].data_dir(Lake(tmp_path / "lake")) == tmp_path / "hm"
 
 
 def test_registry_types_checked_at_load_one_line_each(tmp_path, monkeypatch):
@@ -84,7 +84,7 @@ def test_messages_name_the_registry_file_mmrec_datasets_points_at(tmp_path, monk
     path = registry(tmp_path, "datasets:\n  gone: {source: hm, path: gone}\n", monkeypatch)
     monkeypatch.setenv("MMREC_DATA", str(tmp_path))
     with pytest.raises(DataError, match=rf"change its path in {re.escape(str(path))}\."):
-        load_dataset(load_registry()["gone"])
+        load_dataset(load_registry()["gone"], Lake(tmp_path / "lake"))
 
 
 def test_io_manager_refuses_a_partition_outside_the_lake(tmp_path):
@@ -114,7 +114,7 @@ def test_catalog_quotes_identifiers_and_skips_an_unreadable_table(tmp_path):
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "items.parquet").write_bytes(b"not parquet")
     with pytest.raises(CatalogError, match="broken/items.parquet"):
-        refresh_catalog(tmp_path)
+        refresh_catalog(Lake(tmp_path))
     with duckdb.connect(str(tmp_path / CATALOG)) as con:
         assert con.execute('select a from "q""x".items').fetchall() == [(1,)]
         assert con.execute("select a from good.items").fetchall() == [(2,)]
@@ -352,7 +352,7 @@ def test_vq_codes_skip_without_images_and_refuse_an_untrained_tokenizer_with_ima
         return pl.DataFrame({"item_id": [str(i) for i in range(len(paths))], "image_path": paths,
                              "image_sha256": [None] * len(paths)}, schema_overrides={"image_sha256": pl.Utf8})
 
-    table, stats = vq_codes(items(0), ModelSources(), Compute(device="cpu"), tmp_path, vqvae=tmp_path / "vq")
+    table, stats = vq_codes(items(0), ModelSources(), Compute(device="cpu"), Lake(tmp_path).feature_cache(), vqvae=tmp_path / "vq")
     assert table["vq_codes"].null_count() == 1 and "too few to train a VQ-VAE" in stats["skipped"]
     with pytest.raises(ValueError, match="materialize vq_tokenizer first"):
-        vq_codes(items(MIN_TRAIN_IMAGES), ModelSources(), Compute(device="cpu"), tmp_path, vqvae=tmp_path / "vq")
+        vq_codes(items(MIN_TRAIN_IMAGES), ModelSources(), Compute(device="cpu"), Lake(tmp_path).feature_cache(), vqvae=tmp_path / "vq")

@@ -288,16 +288,16 @@ def test_report_shows_cis_markers_accounting_and_cold_start():
         per_user.append(per_user_table(full, data, name, variant, data.protocol))
     metrics, per_user = pl.concat(tables + [valid_rows({"popularity/global": 0.2, "content/default": 0.1,
                                                         "ease/default": 0.3})]), pl.concat(per_user)
-    families = {"popularity": "classic", "ease": "classic", "content": "content"}
-    board = leaderboard_with_ci(metrics, per_user, families, n_resamples=200)
-    assert board["family"].to_list()[:2] == ["classic", "classic"]  # grouped, in the families' order
+    model_groups = {"popularity": "classic", "ease": "classic", "content": "content"}
+    board = leaderboard_with_ci(metrics, per_user, model_groups, n_resamples=200)
+    assert board["group"].to_list()[:2] == ["classic", "classic"]  # grouped, in the groups' order
     assert board.filter(pl.col("model") == "popularity/global")["vs popularity"].to_list() == ["reference"]
     assert all("[" in v for v in board["NDCG@10 [95% CI]"].to_list())
     assert board.filter(pl.col("model") == "ease/default")["vs best"].to_list() == ["reference"]
     assert set(board["seeds"].to_list()) == {1} and "ties@10" in board.columns
     accounting = user_accounting(metrics)
     assert accounting.filter((pl.col("protocol") == "temporal") & (pl.col("users") == "total"))["count"][0] == "4"
-    page, md = build_report("tiny", metrics, {"items": 6}, "temporal", per_user=per_user, families=families)
+    page, md = build_report("tiny", metrics, {"items": 6}, "temporal", per_user=per_user, model_groups=model_groups)
     for text in ("Users accounted for", "dropped: no_history", "Cold start", "Wilcoxon", "Holm", "95%",
                  "Accuracy vs coverage", COLD_UNSCORABLE, "never chosen on test", "ties@10",
                  "it is optimistic"):

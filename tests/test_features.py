@@ -28,7 +28,7 @@ from mmrec_pipeline.features.image import image_embeddings
 from mmrec_pipeline.features.summaries import SummaryConfig, review_summaries
 from mmrec_pipeline.features.text import text_embeddings
 from mmrec_pipeline.features.vq import VQVAE, VQConfig, psnr, ssim, train_vq_vae, vq_codes
-from mmrec_pipeline.storage import write_parquet
+from mmrec_pipeline.storage import Lake, write_parquet
 from mmrec_pipeline.weights import ModelNotAvailable, ModelSources
 
 CPU = Compute(device="cpu", batch_size=8)
@@ -157,7 +157,7 @@ def _key(row):
 
 
 def test_cache_reuses_same_content_and_recomputes_changes(tmp_path):
-    cache = FeatureCache(tmp_path, "test", "len", {"v": 1}, {"n": pl.Float32})
+    cache = FeatureCache(Lake(tmp_path).feature_cache(), "test", "len", {"v": 1}, {"n": pl.Float32})
     table = _text_table({f"i{k}": "x" * k for k in range(10)})
     calls: list = []
     rows, s = compute_incremental(table, _key, _counting_fn(calls), cache, chunk_size=4)
@@ -171,13 +171,13 @@ def test_cache_reuses_same_content_and_recomputes_changes(tmp_path):
     assert s["computed"] == 1 and s["reused"] == 8 and calls[-1] == ["i3"]
     assert rows.filter(pl.col("item_id") == "i3")["n"].item() == 8.0
     # another model identity is another store
-    other = FeatureCache(tmp_path, "test", "len", {"v": 2}, {"n": pl.Float32})
+    other = FeatureCache(Lake(tmp_path).feature_cache(), "test", "len", {"v": 2}, {"n": pl.Float32})
     _, s = compute_incremental(table, _key, _counting_fn([]), other)
     assert s["computed"] == 9
 
 
 def test_cache_resumes_after_a_crash_without_duplicates(tmp_path):
-    cache = FeatureCache(tmp_path, "test", "len", {"v": 1}, {"n": pl.Float32})
+    cache = FeatureCache(Lake(tmp_path).feature_cache(), "test", "len", {"v": 1}, {"n": pl.Float32})
     table = _text_table({f"i{k}": "y" * (k + 1) for k in range(10)})
     calls: list = []
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -196,7 +196,7 @@ def test_cache_resumes_after_a_crash_without_duplicates(tmp_path):
 
 @pytest.mark.parametrize("damage", ["flip a bit", "truncate", "truncate an unhashed part"])
 def test_a_corrupt_cache_part_is_named_moved_aside_and_recomputed(tmp_path, caplog, damage):
-    cache = FeatureCache(tmp_path, "test", "len", {"v": 1}, {"n": pl.Float32})
+    cache = FeatureCache(Lake(tmp_path).feature_cache(), "test", "len", {"v": 1}, {"n": pl.Float32})
     table = _text_table({f"i{k}": "w" * (k + 1) for k in range(10)})
     compute_incremental(table, _key, _counting_fn([]), cache, chunk_size=4)  # parts of 4, 4 and 2 items
     part = cache.parts()[1]
@@ -221,7 +221,7 @@ def test_a_corrupt_cache_part_is_named_moved_aside_and_recomputed(tmp_path, capl
 
 
 def test_max_items_per_run_leaves_the_rest_for_later(tmp_path):
-    cache = FeatureCache(tmp_path, "test", "len", {"v": 1}, {"n": pl.Float32})
+    cache = FeatureCache(Lake(tmp_path).feature_cache(), "test", "len", {"v": 1}, {"n": pl.Float32})
     table = _text_table({f"i{k}": "z" * (k + 1) for k in range(10)})
     rows, s = compute_incremental(table, _key, _counting_fn([]), cache, max_items_per_run=4)
     assert (s["computed"], s["remaining"]) == (4, 6) and rows["n"].null_count() == 6
@@ -252,39 +252,10 @@ def test_simplified_efficientnet_computes_the_same_features():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_image_embeddings_and_offline_captions(items, tmp_path):
-    root = tmp_path / "cache"
-    emb, s = image_embeddings(items, ModelSources(), CPU, root)
-    assert s["without_image"] == 1 and s["efficientnet_lite0"]["computed"] == 3
-    assert "skipped" in s["resnet18"] or s["resnet18"]["computed"] == 3  # only where its weights exist
-    vecs = emb["efficientnet_lite0"].to_list()
-    assert vecs[3] is None and all(len(v) == 1280 for v in vecs[:3]) and emb.schema["efficientnet_lite0"] == VECTOR
-    assert not np.allclose(vecs[0], vecs[2])  # red and green shirts differ
-
-    caps, s = cap.captions(items, ModelSources(), CPU, root, models=("offline",))
-    texts = caps["caption_offline"].to_list()
-    assert "red" in texts[0] and "plain" in texts[0], texts[0]
-    assert "blue" in texts[1] and "striped" in texts[1], texts[1]
-    assert "green" in texts[2], texts[2]
-    assert texts[3] is None and s["offline"]["missing_input"] == 1
-
-    # a second run reuses everything; a changed image is computed again
-    _, s = image_embeddings(items, ModelSources(), CPU, root, models=("efficientnet_lite0",))
-    assert s["efficientnet_lite0"]["computed"] == 0 and s["efficientnet_lite0"]["reused"] == 3
-    draw_item("yellow").save(items["image_path"][0])
-    changed = items.with_columns(pl.Series("image_sha256", [
-        hashlib.sha256(Path(p).read_bytes()).hexdigest() if p else None for p in items["image_path"]]))
-    _, s = image_embeddings(changed, ModelSources(), CPU, root, models=("efficientnet_lite0",))
-    assert s["efficientnet_lite0"]["computed"] == 1 and s["efficientnet_lite0"]["reused"] == 2
-    caps, s = cap.captions(changed, ModelSources(), CPU, root, models=("offline",))
-    assert s["offline"]["computed"] == 1 and "yellow" in caps["caption_offline"][0]
-
-
 def test_a_lake_written_on_a_bf16_cpu_is_reused_on_a_cpu_without_bf16(items, tmp_path, monkeypatch, caplog):
     """The feature dtype is pinned per dataset at first use (issue 33, section 5)."""
     from mmrec_pipeline import compute as compute_module
     from mmrec_pipeline.compute import pin_feature_dtype
-    from mmrec_pipeline.storage import Lake
 
     lake, auto = Lake(tmp_path / "lake"), Compute(device="cpu", batch_size=8)
     pin, root = lake.feature_dtype("shop"), lake.feature_cache()
@@ -308,29 +279,40 @@ def test_a_lake_written_on_a_bf16_cpu_is_reused_on_a_cpu_without_bf16(items, tmp
     assert pin_feature_dtype(auto, pin).dtype == "float32"
 
 
-def test_offline_captions_reuse_the_image_embeddings_cnn_pass(items, tmp_path, monkeypatch):
-    """Captions first: the CNN runs once per image and image_embeddings then reuses every vector; the labels are
-    the classifier's top-3 of a full forward pass."""
+def test_image_embeddings_and_offline_captions_share_one_cnn_pass(items, tmp_path, monkeypatch):
+    """Offline captions (colour, pattern and the classifier's top-3 of a full forward pass) and image embeddings
+    from one CNN pass per image, whichever runs first; a changed image is computed again, the others reused."""
     from mmrec_pipeline.features import image
 
-    root = tmp_path / "cache"
-    caps, _ = cap.captions(items, ModelSources(), CPU, root, models=("offline",))
-    _, s = image_embeddings(items, ModelSources(), CPU, root, models=("efficientnet_lite0",))
-    assert s["efficientnet_lite0"]["computed"] == 0 and s["efficientnet_lite0"]["reused"] == 3
-
+    root = Lake(tmp_path).feature_cache()
+    caps, s = cap.captions(items, ModelSources(), CPU, root, models=("offline",))  # captions first
+    texts = caps["caption_offline"].to_list()
+    assert "red" in texts[0] and "plain" in texts[0], texts[0]
+    assert "blue" in texts[1] and "striped" in texts[1], texts[1]
+    assert "green" in texts[2], texts[2]
+    assert texts[3] is None and s["offline"]["missing_input"] == 1
     model = image.load_efficientnet_lite0(ModelSources()).eval()
     x = image.to_tensor(image.letterbox(image.load_rgb(items["image_path"][0]), 224), (0.5,) * 3, (0.5,) * 3)
     with torch.inference_mode():
         top = model(x[None]).topk(3).indices[0].tolist()
     labels = cap.imagenet_labels()
-    assert caps["caption_offline"][0].split(",")[0].endswith(labels[top[0]]), (caps["caption_offline"][0], top)
-    assert all(labels[i] in caps["caption_offline"][0] for i in top[1:])
+    assert texts[0].split(",")[0].endswith(labels[top[0]]), (texts[0], top)
+    assert all(labels[i] in texts[0] for i in top[1:])
 
-    # Embeddings first (a new image): captions run no CNN at all.
+    emb, s = image_embeddings(items, ModelSources(), CPU, root)  # reuses the captions' CNN pass
+    assert s["without_image"] == 1
+    assert s["efficientnet_lite0"]["computed"] == 0 and s["efficientnet_lite0"]["reused"] == 3
+    assert "skipped" in s["resnet18"] or s["resnet18"]["computed"] == 3  # only where its weights exist
+    vecs = emb["efficientnet_lite0"].to_list()
+    assert vecs[3] is None and all(len(v) == 1280 for v in vecs[:3]) and emb.schema["efficientnet_lite0"] == VECTOR
+    assert not np.allclose(vecs[0], vecs[2])  # red and green shirts differ
+
+    # A changed image, embeddings first: computed again, the others reused, and captions then run no CNN at all.
     draw_item("yellow").save(items["image_path"][0])
     changed = items.with_columns(pl.Series("image_sha256", [
         hashlib.sha256(Path(p).read_bytes()).hexdigest() if p else None for p in items["image_path"]]))
-    image_embeddings(changed, ModelSources(), CPU, root, models=("efficientnet_lite0",))
+    _, s = image_embeddings(changed, ModelSources(), CPU, root, models=("efficientnet_lite0",))
+    assert s["efficientnet_lite0"]["computed"] == 1 and s["efficientnet_lite0"]["reused"] == 2
     monkeypatch.setattr(image, "pooled_features", lambda *a: pytest.fail("the CNN ran twice for one image"))
     caps, s = cap.captions(changed, ModelSources(), CPU, root, models=("offline",))
     assert s["offline"]["computed"] == 1 and "yellow" in caps["caption_offline"][0]
@@ -352,7 +334,7 @@ def test_text_embeddings_sbert_fields_and_gpt2_bpe(items, tmp_path):
     sources = ModelSources(gpt2=str(gpt2))
     captions = pl.DataFrame({"item_id": ["A", "B"], "caption_offline": ["A red plain jersey.", "A blue striped jersey."]})
     summaries = pl.DataFrame({"item_id": ["A"], "summary": ["Customers love the colour."]})
-    out, s = text_embeddings(items, sources, CPU, tmp_path / "cache", captions=captions, summaries=summaries)
+    out, s = text_embeddings(items, sources, CPU, Lake(tmp_path).feature_cache(), captions=captions, summaries=summaries)
     for col in ("sbert_title", "sbert_description", "sbert_text", "sbert_caption_offline",
                 "sbert_title_caption_offline", "sbert_summary", "gpt2_bpe"):
         assert col in out.columns
@@ -361,10 +343,10 @@ def test_text_embeddings_sbert_fields_and_gpt2_bpe(items, tmp_path):
     assert out["sbert_caption_offline"][2] is None and out["sbert_summary"][1] is None
     assert len(out["gpt2_bpe"][0]) == 8
     assert s["gpt2_bpe"]["computed"] == 4
-    _, s = text_embeddings(items, sources, CPU, tmp_path / "cache", captions=captions, summaries=summaries)
+    _, s = text_embeddings(items, sources, CPU, Lake(tmp_path).feature_cache(), captions=captions, summaries=summaries)
     assert s["sbert"]["computed"] == 0 and s["gpt2_bpe"]["computed"] == 0
     # without GPT-2 weights the column is null and the reason is reported
-    out, s = text_embeddings(items, ModelSources(gpt2=str(tmp_path / "none")), CPU, tmp_path / "cache")
+    out, s = text_embeddings(items, ModelSources(gpt2=str(tmp_path / "none")), CPU, Lake(tmp_path).feature_cache())
     assert out["gpt2_bpe"].null_count() == 4 and "MMREC_MODEL_GPT2" in s["gpt2_bpe"]["skipped"]
 
 
@@ -377,7 +359,7 @@ def test_review_summaries_with_packaged_smollm2(link_converted_summarizer, tmp_p
         "review_text": ["Lovely colour, soft cotton.", "Runs small, order a size up.", "Keeps coffee hot."],
     }).with_columns(ts.alias("ts"), pl.lit("train").alias("split"))
     cfg = SummaryConfig(max_new_tokens=12)
-    root = tmp_path / "cache"  # with the session's converted SmolLM2 linked in: converting it runs once
+    root = Lake(tmp_path).feature_cache()  # with the session's converted SmolLM2 linked in: converting it runs once
     link_converted_summarizer(root)
     out, s = review_summaries(items, inter, ModelSources(), CPU, root, config=cfg)
     assert out["summary_source"].to_list() == ["reviews", "reviews", "description"]
@@ -484,7 +466,7 @@ def test_vlm_captions_with_tiny_random_models(kind, items, tmp_path, request, ca
     cfg = cap.CaptionConfig(max_new_tokens=4, max_batch=2)
     compute = Compute(device="cpu", batch_size=8, quantization="4bit")  # no CUDA: explained, then unquantized
     with caplog.at_level(logging.INFO, logger="captions-test"):
-        out, s = cap.captions(items, sources, compute, tmp_path / "cache", models=(kind,), config=cfg,
+        out, s = cap.captions(items, sources, compute, Lake(tmp_path).feature_cache(), models=(kind,), config=cfg,
                               log=logging.getLogger("captions-test"))
     logs = [r.getMessage() for r in caplog.records]
     col = out[f"caption_{kind}"]
@@ -492,11 +474,11 @@ def test_vlm_captions_with_tiny_random_models(kind, items, tmp_path, request, ca
     assert s[kind]["computed"] == 3
     assert any("needs a CUDA device" in m for m in logs)
     assert "blip2" in cap.available_caption_models(ModelSources(blip2=str(request.getfixturevalue("tiny_blip2"))))
-    _, s = cap.captions(items, sources, compute, tmp_path / "cache", models=(kind,), config=cfg)
+    _, s = cap.captions(items, sources, compute, Lake(tmp_path).feature_cache(), models=(kind,), config=cfg)
     assert s[kind]["computed"] == 0
     # a changed prompt is a new model key: everything is captioned again, within the run's budget
     new = dataclasses.replace(cfg, prompt="describe this product image in detail .")
-    _, s = cap.captions(items, sources, compute, tmp_path / "cache", models=(kind,), config=new, max_items_per_run=2)
+    _, s = cap.captions(items, sources, compute, Lake(tmp_path).feature_cache(), models=(kind,), config=new, max_items_per_run=2)
     assert (s[kind]["computed"], s[kind]["remaining"]) == (2, 1)
 
 
@@ -529,11 +511,11 @@ def test_vq_vae_train_save_load_and_codes(tmp_path):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     assert torch.equal(model.encode(x), again.encode(x)) and model.encode(x).shape == (2, 16, 16)
 
-    out, s = vq_codes(items, ModelSources(), CPU, tmp_path / "cache", vqvae=tmp_path / "vq")
+    out, s = vq_codes(items, ModelSources(), CPU, Lake(tmp_path).feature_cache(), vqvae=tmp_path / "vq")
     codes = out["vq_codes"].to_list()
     assert codes[-1] is None and all(len(c) == 256 and max(c) < 32 for c in codes[:-1])
     assert s["computed"] == 36 and s["missing_input"] == 1 and s["tokenizer"].startswith("vqvae:")
-    _, s = vq_codes(items, ModelSources(), CPU, tmp_path / "cache", vqvae=again)
+    _, s = vq_codes(items, ModelSources(), CPU, Lake(tmp_path).feature_cache(), vqvae=again)
     assert s["computed"] == 0
 
 
@@ -546,7 +528,7 @@ def test_vq_codes_from_a_tiny_chameleon_vqgan(items, tmp_path):
     ChameleonVQVAE(config).save_pretrained(tmp_path / "vqgan")
     sources = ModelSources(vqgan=str(tmp_path / "vqgan"))
     assert sources.available("vqgan")
-    out, s = vq_codes(items, sources, CPU, tmp_path / "cache")
+    out, s = vq_codes(items, sources, CPU, Lake(tmp_path).feature_cache())
     codes = out["vq_codes"].to_list()
     assert codes[3] is None and all(len(c) == 256 and 0 <= min(c) and max(c) < 64 for c in codes[:3])
     assert s["tokenizer"].startswith("vqgan:") and s["computed"] == 3
@@ -560,12 +542,13 @@ def test_growing_sample_catalog_computes_only_new_items(sample_raw, tmp_path):
     from mmrec_pipeline.data.synthetic import read
 
     v1_all = read(sample_raw(1), {"version": 1}).items
-    v1 = v1_all.sort("item_id").head(12)
+    v1 = v1_all.sort("item_id").head(6)
     v2_all = read(sample_raw(2), {"version": 2}).items
     new = v2_all.filter(~pl.col("item_id").is_in(v1_all["item_id"].implode()))
     assert new.height > 0
+    new = new.head(6)  # a few of them: what is computed is what is new, whatever the count
     v2 = pl.concat([v2_all.filter(pl.col("item_id").is_in(v1["item_id"].implode())), new])
-    root = tmp_path / "cache"
+    root = Lake(tmp_path).feature_cache()
     compute = Compute(device="cpu", batch_size=16)
     for table, expect in ((v1, v1.height), (v2, new.height)):
         _, s = image_embeddings(table, ModelSources(), compute, root, models=("efficientnet_lite0",))

@@ -20,7 +20,7 @@ from PIL import Image
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.features.vq import VQConfig, train_or_load_vq_vae, vq_codes
 from mmrec_pipeline.models.popularity import Popularity
-from mmrec_pipeline.storage import CorruptFileError
+from mmrec_pipeline.storage import CorruptFileError, Lake
 from mmrec_pipeline.weights import ModelSources
 
 CPU = Compute(device="cpu", batch_size=8)
@@ -82,10 +82,10 @@ def test_a_corrupt_vq_vae_is_retrained_or_names_the_asset_to_rerun(tmp_path, cap
     assert str(weights) in caplog.text and "training the VQ-VAE again" in caplog.text and len(aside(weights)) == 1
     flip_a_bit(weights)
     with pytest.raises(CorruptFileError, match="re-materialize vq_tokenizer") as e:  # vq_codes cannot retrain
-        vq_codes(items, ModelSources(), CPU, tmp_path / "cache", vqvae=folder)
+        vq_codes(items, ModelSources(), CPU, Lake(tmp_path).feature_cache(), vqvae=folder)
     assert str(weights) in str(e.value) and len(aside(weights)) == 2
     assert train_or_load_vq_vae(paths, folder, config, CPU)[2]  # what re-materializing vq_tokenizer does
-    out, s = vq_codes(items, ModelSources(), CPU, tmp_path / "cache", vqvae=folder)
+    out, s = vq_codes(items, ModelSources(), CPU, Lake(tmp_path).feature_cache(), vqvae=folder)
     assert s["computed"] == 36 and out["vq_codes"].null_count() == 0
 
 
@@ -108,7 +108,7 @@ def test_the_converted_summarizer_is_checked_converted_again_when_corrupt_and_le
     monkeypatch.setattr(summaries, "_dequantize_gguf", dequantize)
     gguf = tmp_path / "tiny.gguf"
     gguf.write_bytes(b"GGUF")
-    sources, cache_root = ModelSources(summarizer=str(gguf)), tmp_path / "_cache" / "features"
+    sources, cache_root = ModelSources(summarizer=str(gguf)), Lake(tmp_path).feature_cache()
     folder = summaries.converted_summarizer_dir(sources, cache_root)
     folder.parent.mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

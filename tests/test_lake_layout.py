@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from mmrec_pipeline.storage import DatasetView, Lake, ModelFolder
+from mmrec_pipeline.storage import Checkpoint, CorruptFileError, DatasetView, Lake, ModelFolder
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("mmrec_pipeline", "assets", "resources")
-# Names of artifacts under the lake root (and the lake's own folders): spelled only in storage.py. Not covered:
-# the inside of a checkpoint (config.json, model.safetensors, fit_report.json: the checkpoint format of
-# models/base.py and runner.py), of the feature cache (features/cache.py) and of the generated sample's raw store
-# (data/synthetic.py, the stand-in for an upstream system that `Lake.sample_raw` places), which use their own names.
+# Names of artifacts under the lake root (and the lake's own folders), the files of a checkpoint included
+# (`storage.Checkpoint`): spelled only in storage.py. Not covered: the inside of a feature-cache store
+# (features/cache.py) and of the generated sample's raw store (data/synthetic.py, the stand-in for an upstream
+# system that `Lake.sample_raw` places), which use their own names.
 ARTIFACTS = ("per_user", "serving", "drift", "report.html", "recommendations.previous", "vq_vae", "report_facts",
-             "summary.json", "feature_dtype", "lake.duckdb", "_cache", "models", "recommendations.parquet")
+             "summary.json", "feature_dtype", "lake.duckdb", "_cache", "models", "recommendations.parquet",
+             "config.json", "model.safetensors", "fit_report", "report.json")
 
 
 def _strings(node: ast.AST) -> list[str]:
@@ -59,6 +60,33 @@ def test_no_module_outside_storage_joins_an_artifact_path():
     assert offenders == []
 
 
+def lakes_built(source: str) -> list[int]:
+    """Lines that build a `Lake(...)`, or step up from a path to find one (`….parent.parent`; not from
+    `__file__`, the repository's own folders)."""
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")) == "Lake":
+                hits.append(node.lineno)
+        elif (isinstance(node, ast.Attribute) and node.attr == "parent" and isinstance(node.value, ast.Attribute)
+              and node.value.attr == "parent" and "__file__" not in ast.unparse(node)):
+            hits.append(node.lineno)
+    return hits
+
+
+def test_domain_code_is_handed_the_lake_and_never_builds_one():
+    """The lake (or its feature cache, or a dataset's view) reaches domain code from the Dagster layer or the CLI:
+    built from the environment or derived from a cache root there, two callers could disagree on the root."""
+    offenders = []
+    for file in sorted((REPO / "mmrec_pipeline").rglob("*.py")):
+        if file != REPO / "mmrec_pipeline" / "storage.py":
+            offenders += [f"{file.relative_to(REPO)}:{line}" for line in lakes_built(file.read_text())]
+    assert offenders == []
+    assert lakes_built("a = Lake()\nb = storage.Lake(root)\nc = cache_root.parent.parent\nd = x.parent\n"
+                       "e = Path(__file__).parent.parent\n") == [1, 2, 3]
+
+
 def test_the_check_sees_the_joins_it_claims_to():
     source = ('a = run.dataset_dir / "models" / "vq_vae"\n'
               'b = out / "serving" / "recommendations.previous.parquet"\n'
@@ -67,7 +95,9 @@ def test_the_check_sees_the_joins_it_claims_to():
               'e = root.parent / "models"\n'
               'f = directory / f"summary.json"\n')
     assert {line for line, _ in path_joins(source)} == {1, 2, 3, 4, 5, 6}
-    assert path_joins('x = artifacts.per_user("ranker")\ny = folder / "config.json"\n') == []
+    assert path_joins('x = artifacts.per_user("ranker")\ny = checkpoint.config\n') == []
+    assert path_joins('y = folder / "config.json"\nz = directory / "model.safetensors"\n') == [(1, "config.json"),
+                                                                                             (2, "model.safetensors")]
 
 
 def test_the_view_keeps_the_layout_existing_lakes_have(tmp_path):
@@ -79,6 +109,10 @@ def test_the_view_keeps_the_layout_existing_lakes_have(tmp_path):
     assert view.models("bpr_mf", "default") == lake.models("sample", "bpr_mf", "default") == d / "models/bpr_mf/default"
     assert view.model("bpr_mf").variant("default") == d / "models/bpr_mf/default"
     assert view.report_facts("bpr_mf", "default") == d / "models/bpr_mf/default/report_facts.json"
+    checkpoint = view.model("bpr_mf").checkpoint("default")
+    assert (checkpoint.config, checkpoint.weights, checkpoint.fit_report) == (
+        d / "models/bpr_mf/default/config.json", d / "models/bpr_mf/default/model.safetensors",
+        d / "models/bpr_mf/default/fit_report.json")
     assert view.vq_vae == d / "models/vq_vae" and view.vq_vae_report == d / "models/vq_vae/report.json"
     assert view.ranker_summary == d / "models/ranker/summary.json"
     assert view.per_user_dir == lake.per_user("sample") == d / "per_user"
@@ -90,7 +124,9 @@ def test_the_view_keeps_the_layout_existing_lakes_have(tmp_path):
     assert lake.catalog == root / "lake.duckdb" and lake.dagster_home("") == root / "dagster"
     assert lake.dagster_home("deploy") == root / "dagster-deploy"
     assert lake.model_cache("summarizer-x") == root / "_cache/models/summarizer-x"
-    assert Lake.of_feature_cache(lake.feature_cache()).root == root  # what the feature cache derives its lake from
+    assert lake.feature_cache().path == root / "_cache/features"
+    assert lake.feature_cache().store("image", "resnet18-ab") == root / "_cache/features/image/resnet18-ab"
+    assert lake.feature_cache().converted_weights("summarizer-x") == lake.model_cache("summarizer-x")
     assert DatasetView.at(d) == view and DatasetView.at(view) is view
 
 
@@ -108,7 +144,7 @@ def test_checkpoint_configs_by_variant(tmp_path):
     assert view.checkpoint_configs("ease") == {}
     for variant in ("b", "a"):
         view.model("ease").variant(variant).mkdir(parents=True)
-        (view.model("ease").variant(variant) / "config.json").write_text("{}")
+        view.model("ease").checkpoint(variant).config.write_text("{}")
     assert list(view.checkpoint_configs("ease")) == ["a", "b"]
 
 
@@ -124,3 +160,19 @@ def test_the_io_manager_puts_tables_where_the_view_says(tmp_path):
         manager.get_path_for_partition(None, UPath(Lake(tmp_path).root) / "items", "../x")
     with pytest.raises(ValueError, match="would leave the lake root"):
         manager._inside_root(UPath(tmp_path.parent / "elsewhere.parquet"))
+
+
+def test_a_checkpoint_is_safetensors_and_json_with_its_hash_checked(tmp_path):
+    """`Checkpoint.write` / `read`, the one format `Recommender.save` / `load` and the VQ-VAE use (their round trips:
+    tests/test_models.py, tests/test_features.py; their corrupt files: tests/test_integrity.py)."""
+    import torch
+
+    checkpoint = Checkpoint(tmp_path / "x")
+    checkpoint.write({"w": torch.arange(4.0)}, {"model": "x"})
+    assert checkpoint.exists() and sorted(p.name for p in checkpoint.path.iterdir()) == [Checkpoint.CONFIG,
+                                                                                           Checkpoint.WEIGHTS]
+    config, state = checkpoint.read()
+    assert config["model"] == "x" and len(config["weights_sha256"]) == 64 and state["w"].tolist() == [0, 1, 2, 3]
+    checkpoint.weights.write_bytes(checkpoint.weights.read_bytes()[:-1] + b"\x01")
+    with pytest.raises(CorruptFileError, match="sha256"):
+        checkpoint.read()

@@ -81,9 +81,9 @@ def test_forward_backward_every_variant_scratch_gpt2(variant):
     assert scores.shape == (3, 50) and torch.isfinite(scores).all()
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_lora_wiring_trains_adapters_and_freezes_the_base(family, tiny_lm_folders):
-    cfg = MMLLMRecConfig(variant="concat", profile="pretrained", backbone=str(tiny_lm_folders[family]),
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_lora_wiring_trains_adapters_and_freezes_the_base(architecture, tiny_lm_folders):
+    cfg = MMLLMRecConfig(variant="concat", profile="pretrained", backbone=str(tiny_lm_folders[architecture]),
                          lora_r=4, lora_alpha=8, max_len=12)
     model = MMLLMRec(cfg)
     model.prepare(40, random_features(40), CPU)

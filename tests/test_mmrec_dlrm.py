@@ -15,6 +15,7 @@ from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.features import summaries
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature
+from mmrec_pipeline.storage import Lake
 from mmrec_pipeline.weights import ModelSources
 
 # find_spec, not importorskip: importing torchrec (1.7 s) at collection would cost both xdist workers
@@ -53,7 +54,7 @@ ITEMS = pl.DataFrame({"item_id": ["A", "B", "C"], "description": ["Red shirt.", 
 def test_review_after_the_cut_never_reaches_a_summary(echo_summarizer, tmp_path, monkeypatch):
     split = pl.concat([_reviews("A", [1, 2], "train"), _reviews("B", [3], "train"),
                        _reviews("A", [40], "valid", "LEAK"), _reviews("B", [50], "test", "LEAK")])
-    out, stats = summaries.review_summaries(ITEMS, split, ModelSources(), CPU, tmp_path)
+    out, stats = summaries.review_summaries(ITEMS, split, ModelSources(), CPU, Lake(tmp_path).feature_cache())
     assert not any("LEAK" in s for s in out["summary"].to_list())
     assert out["n_reviews"].to_list() == [2, 1, 0] and out["n_reviews_summarised"].to_list() == [2, 1, 0]
     assert out["summary_source"].to_list() == ["reviews", "reviews", "description"]
@@ -79,34 +80,34 @@ def test_review_after_the_cut_never_reaches_a_summary(echo_summarizer, tmp_path,
         return pl.DataFrame({"vector": pl.Series(vectors, dtype=pl.List(pl.Float32))}), {}
 
     monkeypatch.setattr("mmrec_pipeline.features.text.sbert_vectors", fake_sbert)
-    raw, _ = summaries.raw_review_vectors(ITEMS, split, ModelSources(), CPU, tmp_path, max_reviews=3)
+    raw, _ = summaries.raw_review_vectors(ITEMS, split, ModelSources(), CPU, Lake(tmp_path).feature_cache(), max_reviews=3)
     assert raw["sbert_reviews"].to_list() == [[0.0, 1.0], [0.0, 1.0], None]
     # unsplit interactions are refused: they would leak valid/test reviews
     with pytest.raises(ValueError, match="split"):
-        summaries.review_summaries(ITEMS, split.drop("split"), ModelSources(), CPU, tmp_path)
+        summaries.review_summaries(ITEMS, split.drop("split"), ModelSources(), CPU, Lake(tmp_path).feature_cache())
     # the training cut is part of the key: same reviews under a later cut are a new key (kept by the policy)
     later = pl.concat([split, _reviews("C", [9], "train")])
-    out, stats = summaries.review_summaries(ITEMS, later, ModelSources(), CPU, tmp_path)
+    out, stats = summaries.review_summaries(ITEMS, later, ModelSources(), CPU, Lake(tmp_path).feature_cache())
     assert stats["reused"] == 0 and stats["kept_stale"] == 2 and stats["computed"] == 1
 
 
 def test_summary_refreshes_only_when_reviews_grew_enough(echo_summarizer, tmp_path):
     cfg = summaries.SummaryConfig(refresh_share=0.2, refresh_reviews=5)
     base = _reviews("A", list(range(10)), "train")
-    out, _ = summaries.review_summaries(ITEMS, base, ModelSources(), CPU, tmp_path, config=cfg)
+    out, _ = summaries.review_summaries(ITEMS, base, ModelSources(), CPU, Lake(tmp_path).feature_cache(), config=cfg)
     first = out["summary"][0]
     # one more review (10%, < 5): the cached summary stays, and says it covers 10 of 11 reviews
     out, stats = summaries.review_summaries(ITEMS, pl.concat([base, _reviews("A", [20], "train")]), ModelSources(),
-                                            CPU, tmp_path, config=cfg)
+                                            CPU, Lake(tmp_path).feature_cache(), config=cfg)
     assert out["summary"][0] == first and stats["kept_stale"] == 1 and stats["computed"] == 0
     assert (out["n_reviews"][0], out["n_reviews_summarised"][0]) == (11, 10)
     # two more (20% of 10): refreshed
     grown = pl.concat([base, _reviews("A", [20, 21], "train")])
-    out, stats = summaries.review_summaries(ITEMS, grown, ModelSources(), CPU, tmp_path, config=cfg)
+    out, stats = summaries.review_summaries(ITEMS, grown, ModelSources(), CPU, Lake(tmp_path).feature_cache(), config=cfg)
     assert stats["computed"] == 1 and "fine 21" in out["summary"][0] and out["n_reviews_summarised"][0] == 12
     # an earlier cut: no cached summary that read a now non-training review may be kept
     early = pl.concat([_reviews("A", list(range(9)), "train"), _reviews("A", [9, 20, 21], "valid")])
-    out, stats = summaries.review_summaries(ITEMS, early, ModelSources(), CPU, tmp_path, config=cfg)
+    out, stats = summaries.review_summaries(ITEMS, early, ModelSources(), CPU, Lake(tmp_path).feature_cache(), config=cfg)
     assert stats["computed"] == 1 and "fine 9" not in out["summary"][0] and "fine 20" not in out["summary"][0]
 
 

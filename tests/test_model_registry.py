@@ -17,9 +17,9 @@ import torch
 
 from mmrec_pipeline import models
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
-from mmrec_pipeline.models import FAMILIES, MODELS
+from mmrec_pipeline.models import MODEL_GROUPS, MODELS
 from mmrec_pipeline.models.base import Recommender
-from mmrec_pipeline.storage import write_parquet
+from mmrec_pipeline.storage import Lake, write_parquet
 
 REPO = Path(__file__).resolve().parents[1]
 TOY_SECTION = "toy: how many items it knows"
@@ -93,18 +93,18 @@ print("RESULT " + json.dumps({{
 
 def test_registry_names_are_the_class_names_and_declarations_are_well_formed():
     assets = {"text_embeddings", "image_embeddings", "captions", "review_summaries", "vq_codes"}
-    for family in FAMILIES.values():
-        for name, cls in family.items():
+    for group in MODEL_GROUPS.values():
+        for name, cls in group.items():
             assert MODELS[name] is cls and cls.name == name  # the asset name is the checkpoint's model name
             assert cls.variants and all(isinstance(o, dict) for o in cls.variants.values()), name
             assert set(cls.feature_assets) <= assets and cls.pool in (None, "gpu"), name
-    assert list(MODELS) == [n for f in FAMILIES.values() for n in f] and "toy" not in MODELS
+    assert list(MODELS) == [n for g in MODEL_GROUPS.values() for n in g] and "toy" not in MODELS
 
 
 @pytest.mark.parametrize("how", ["registry line", "MMREC_MODELS"])
 def test_a_toy_model_with_one_registry_entry_is_an_asset_with_metrics_and_a_report_section(
         how, sample_tables, sample_features, tmp_path):
-    """`registry line`: the class added to a family in models/__init__.py; `MMREC_MODELS`: the package untouched,
+    """`registry line`: the class added to a group in models/__init__.py; `MMREC_MODELS`: the package untouched,
     the class (defined here, in tests/) named in the environment, as a team that installs the package does."""
     tables, split = sample_tables
     lake = tmp_path / "lake"
@@ -156,8 +156,9 @@ def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path,
     (folder / "model.safetensors").write_bytes(b"")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # (the test session's offline guard would veto any download flag)
     sources = ModelSources(summarizer=str(folder), allow_download=True)
-    model = build(MMLLMRec, MMLLMRec.variants["text"], {"epochs": 1}, sources)
-    assert model.sources is sources and model.config.epochs == 1
+    cache = Lake(tmp_path / "lake").feature_cache()
+    model = build(MMLLMRec, MMLLMRec.variants["text"], {"epochs": 1}, sources, cache)
+    assert model.sources is sources and model.feature_cache is cache and model.config.epochs == 1
     assert backbone_source("smollm2", model.sources) == str(folder.resolve())
     assert backbones.pretrained_kwargs("org/some-model", sources) == {"trust_remote_code": False,
                                                                        "local_files_only": False}
@@ -167,12 +168,15 @@ def test_the_model_sources_reach_the_model_through_the_runner_and_load(tmp_path,
     toy = Toy()
     toy.n_items, toy.counts = 3, torch.ones(3)
     toy.save(tmp_path / "toy")
-    assert Toy.load(tmp_path / "toy", sources=sources).sources is sources
+    loaded = Toy.load(tmp_path / "toy", sources=sources, feature_cache=cache)
+    assert loaded.sources is sources and loaded.feature_cache is cache
+    with pytest.raises(ValueError, match="feature cache"):  # never found from the environment
+        Toy().required_feature_cache()
 
 
 def test_a_model_outside_the_package_is_registered_by_name_and_bad_entries_are_named(monkeypatch):
     monkeypatch.setattr(models, "CUSTOM", {})
-    monkeypatch.setitem(models.FAMILIES, "custom", models.CUSTOM)
+    monkeypatch.setitem(models.MODEL_GROUPS, "custom", models.CUSTOM)
     models.register_from("toy=test_model_registry:Toy")
     assert MODELS["toy"] is models.load_class("test_model_registry:Toy") and "toy" in models.CUSTOM
     for entry, says in [("toy", "name=module:Class"), ("toy=test_model_registry", "module:Class"),

@@ -94,7 +94,7 @@ def test_lake_paths_and_guard_on_a_url(tmp_path):
     assert local.local and local.table("sample", "items") == tmp_path / "sample" / "items.parquet"
     assert not remote.local
     assert str(remote.models("sample", "bpr_mf", "default")) == "memory://guard/lake/sample/models/bpr_mf/default"
-    assert str(remote.feature_cache()) == "memory://guard/lake/_cache/features"
+    assert str(remote.feature_cache().path) == "memory://guard/lake/_cache/features"
     assert remote.sample_raw("sample").is_relative_to(remote.machine_cache())  # raw files stay on a file system
     for bad in (("..", "x"), ("a/../../x",), ("/etc",)):
         with pytest.raises(ValueError, match="leave the lake root"):

@@ -16,9 +16,8 @@ from mmrec_pipeline.models.base import ItemFeatures, item_features
 from mmrec_pipeline.models.ease import EASE
 from mmrec_pipeline.models.item_knn import ItemKNN
 from mmrec_pipeline.models.popularity import Popularity
-from mmrec_pipeline.models.runner import FIT_REPORT
 from mmrec_pipeline.serving import ServingConfig
-from mmrec_pipeline.storage import CorruptFileError, ModelFolder, write_json
+from mmrec_pipeline.storage import Checkpoint, CorruptFileError, ModelFolder, write_json
 
 N_USERS, N_ITEMS, N_CATS = 120, 60, 4
 
@@ -204,11 +203,11 @@ def test_the_ranker_serves_from_its_saved_booster_over_retrained_sources(toy, tm
         model_name, variant = name.split("/")
         checkpoint = ModelFolder(lake / "models" / model_name).variant(variant)
         model.save(checkpoint)
-        write_json({}, checkpoint / FIT_REPORT)
+        write_json({}, Checkpoint(checkpoint).fit_report)
         source_models[source] = (type(model), checkpoint, {})
     ranker.save_variants(run, ModelFolder(lake / "models" / ranker.NAME), config)
     checkpoint = ModelFolder(lake / "models" / ranker.NAME).variant("full")
-    assert (checkpoint / ranker.BOOSTER_FILE).read_text().startswith("tree")  # LightGBM's own text model
+    assert Checkpoint(checkpoint).booster.read_text().startswith("tree")  # LightGBM's own text model
 
     serving_config = ServingConfig(k=10, active_days=0)
     facts = serving.serve_ranker(checkpoint, source_models, split, items, "toy", "temporal", False,
@@ -233,6 +232,6 @@ def test_the_ranker_serves_from_its_saved_booster_over_retrained_sources(toy, tm
     best = [scores[position[u], index[i]] for u, i in first.select("user_id", "item_id").iter_rows()]
     assert np.array_equal(best, scores[[position[u] for u in first["user_id"]]].max(axis=1))
     assert np.allclose(first["score"].to_numpy(), best)
-    (checkpoint / ranker.BOOSTER_FILE).write_text((checkpoint / ranker.BOOSTER_FILE).read_text() + " ")
+    Checkpoint(checkpoint).booster.write_text(Checkpoint(checkpoint).booster.read_text() + " ")
     with pytest.raises(CorruptFileError):
         ranker.load_variant(checkpoint)

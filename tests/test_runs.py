@@ -5,6 +5,7 @@ up a new instance together, two runs do not compute the same feature items twice
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
-from mmrec_pipeline.storage import pid_alive
+from mmrec_pipeline.storage import Lake, pid_alive
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -206,7 +207,7 @@ def test_two_runs_do_not_compute_the_same_feature_items(tmp_path):
     from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
 
     items = pl.DataFrame({"item_id": [f"i{n}" for n in range(40)], "text": [f"t{n}" for n in range(40)]})
-    cache = FeatureCache(tmp_path, "text", "toy", {"v": 1}, {"length": pl.Int64})
+    cache = FeatureCache(Lake(tmp_path).feature_cache(), "text", "toy", {"v": 1}, {"length": pl.Int64})
     computed: list[str] = []
     results = {}
 
@@ -228,6 +229,78 @@ def test_two_runs_do_not_compute_the_same_feature_items(tmp_path):
         assert table["length"].to_list() == [len(t) for t in items["text"]]
         assert stats["failed"] == 0 and stats["remaining"] == 0
     assert sum(stats["computed"] for _, stats in results.values()) == 40
+
+
+def _side_by_side(*calls) -> list:
+    """Run `calls` in threads started together (flock locks conflict between threads as between processes);
+    their results in order."""
+    import threading
+
+    results = [None] * len(calls)
+
+    def run(i: int) -> None:
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_two_first_feature_runs_pin_one_dtype(tmp_path, monkeypatch):
+    """Two first feature runs of a dataset on machines whose 'auto' differs (a bf16 and a float32 CPU, one thread
+    each here) pin one dtype and both compute in it."""
+    import threading
+
+    from mmrec_pipeline import compute as compute_module
+    from mmrec_pipeline.compute import Compute, pin_feature_dtype
+
+    def native_bf16() -> bool:  # slow to answer: the other run reads the pin meanwhile
+        time.sleep(0.2)
+        return threading.current_thread() is threads[0]
+
+    monkeypatch.setattr(compute_module, "cpu_has_native_bf16", native_bf16)
+    pin, auto, dtypes = Lake(tmp_path).feature_dtype("shop"), Compute(device="cpu", dtype="auto"), []
+    threads = [threading.Thread(target=lambda: dtypes.append(pin_feature_dtype(auto, pin).dtype)) for _ in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(dtypes)) == 1 and dtypes[0] == json.loads(pin.read_text())["dtype"]
+
+
+def test_two_runs_convert_the_summarizer_once(tmp_path, monkeypatch):
+    from mmrec_pipeline.features import summaries
+    from mmrec_pipeline.weights import ModelSources
+
+    conversions = []
+
+    def dequantize(gguf, out):
+        conversions.append(out)
+        time.sleep(0.3)  # the other run arrives meanwhile
+        out.mkdir()
+        (out / "config.json").write_text('{"model_type": "llama"}')
+
+    monkeypatch.setattr(summaries, "_dequantize_gguf", dequantize)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    sources, cache = ModelSources(summarizer=str(gguf)), Lake(tmp_path).feature_cache()
+    folders = _side_by_side(*[lambda: summaries.summarizer_source(sources, cache)] * 2)
+    assert len(conversions) == 1 and folders == [str(summaries.converted_summarizer_dir(sources, cache))] * 2
+
+
+def test_compactions_of_one_store_take_turns(tmp_path):
+    import polars as pl
+
+    from mmrec_pipeline.features.cache import FeatureCache
+
+    cache = FeatureCache(Lake(tmp_path).feature_cache(), "text", "toy", {"v": 1}, {"length": pl.Int64})
+    for n in range(3):
+        cache.append(pl.DataFrame({"item_id": [f"i{n}"], "key": [f"k{n}"], "length": [n]}))
+    assert sorted(_side_by_side(cache.compact, cache.compact)) == [0, 3]  # the second found them merged
+    assert len(cache.parts()) == 1 and cache.read().height == 3
 
 
 def test_a_cli_run_belongs_to_the_workspace_code_location(tmp_path):

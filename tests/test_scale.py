@@ -15,6 +15,7 @@ from mmrec_pipeline.data.schema import DataError
 from mmrec_pipeline.data.sources import hm
 from mmrec_pipeline.data.splits import check_items_known, check_no_leak, check_temporal_shares, make_split
 from mmrec_pipeline.registry import DatasetSpec, get_dataset
+from mmrec_pipeline.storage import Lake
 
 SCALE = 0.001
 
@@ -78,7 +79,7 @@ def test_deterministic_for_a_seed(generated, tmp_path):
 
 def test_registry_entry_generates_into_the_lake_and_splits(lake):
     spec = DatasetSpec(**{**get_dataset("hm-synthetic").__dict__, "options": {"scale": SCALE, "seed": 1}})
-    tables = load_dataset(spec)
+    tables = load_dataset(spec, Lake(lake))
     assert (lake / "hm-synthetic" / "raw" / "scale0.001-seed1" / hm.TRANSACTIONS).is_file()
     assert tables.interactions.height == 31_788
     split = make_split(user_core(tables.interactions, spec.min_user_interactions), spec.split)
@@ -110,7 +111,7 @@ def test_real_hm_tables_unchanged(shared_data):
         return df.height, hashlib.sha256(buf.getvalue()).hexdigest()
 
     spec = DatasetSpec(**{**get_dataset("hm").__dict__, "path": str(shared_data / "hm")})
-    tables = load_dataset(spec)
+    tables = load_dataset(spec, Lake())
     split = make_split(user_core(tables.interactions, spec.min_user_interactions), spec.split)
     got = {"items": digest(tables.items.drop("image_path")), "users": digest(tables.users),
            "interactions": digest(tables.interactions), "split": digest(split)}

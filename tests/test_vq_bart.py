@@ -9,6 +9,7 @@ import torch
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature
 from mmrec_pipeline.models.vq_bart import VectorIndex, VQBart, item_texts, pool_codes
+from mmrec_pipeline.storage import Lake
 
 TINY = {"d_model": 32, "layers": 1, "heads": 2, "ffn": 64, "max_item_tokens": 8, "max_target_tokens": 8,
         "epochs": 1, "examples_per_epoch": 128, "batch_size": 32, "valid_users": 16, "history": 3}
@@ -67,6 +68,7 @@ def test_image_variant_needs_vq_codes(sample_dataset):
 @pytest.fixture(scope="module")
 def tiny_image_model(sample_dataset, fake_codes):
     model = VQBart(use_image=True, image_grid=2, **TINY)
+    model.feature_cache = Lake().feature_cache()  # the session's lake (MMREC_HOME)
     return model, model.fit(sample_dataset, fake_codes, Compute(device="cpu"))
 
 

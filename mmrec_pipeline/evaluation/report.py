@@ -1,4 +1,4 @@
-"""The per-dataset report: the leaderboard grouped by model family with bootstrap CIs and paired-test markers
+"""The per-dataset report: the leaderboard grouped by model group with bootstrap CIs and paired-test markers
 (significance.py), the accounting of test users, the cold-start table, the accuracy-coverage Pareto plot, per-K
 curves and metric bars (matplotlib PNGs), dataset and split figures, then the sections each model adds through its
 `report_section` hook. Everything is a list of `Section`s, rendered once as a self-contained HTML file from the
@@ -152,16 +152,17 @@ def valid_on_shared_users(metrics: pl.DataFrame, per_user: pl.DataFrame | None,
     return {n: x for n, x in means.iter_rows()}, shared
 
 
-def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, families: dict[str, str] | None = None,
-                        k: int = 10, n_resamples: int = 1000) -> pl.DataFrame:
-    """The leaderboard a reader can compare rows of: grouped by model family (best NDCG@k first inside each),
+def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None,
+                        model_groups: dict[str, str] | None = None, k: int = 10,
+                        n_resamples: int = 1000) -> pl.DataFrame:
+    """The leaderboard a reader can compare rows of: grouped by model group (`model_groups`: {model: group}; best NDCG@k first inside each),
     NDCG@k and Recall@k with 95% bootstrap CIs over users, and Wilcoxon + Holm markers against the reference
     rows, the best model and the best popularity variant, both chosen by their validation NDCG@k (`@valid` rows,
     on the users every row was validated on: `valid_on_shared_users`), never by test. `seeds` says how many
     training seeds each row averages; with several, each user's value is the mean over them (`per_user_stage`). `ties@k`: share of test users whose top-k cut-off is inside a tie."""
     board = leaderboard(metrics, k)
-    families = families or {}
-    board = board.with_columns(pl.col("model").replace_strict(families, default="other").alias("family"))
+    model_groups = model_groups or {}
+    board = board.with_columns(pl.col("model").replace_strict(model_groups, default="other").alias("group"))
     cis: dict[str, dict[str, tuple[float, float]]] = {}
     vs_best = vs_pop = {}
     best = pop = None
@@ -190,7 +191,7 @@ def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, fa
         name = r["name"]
         ci = cis.get(name, {})
         rows.append({
-            "family": r["family"], "model": name,
+            "group": r["group"], "model": name,
             f"NDCG@{k} [95% CI]": _fmt_ci(r.get("ndcg"), ci.get("ndcg")),
             f"Recall@{k} [95% CI]": _fmt_ci(r.get("recall"), ci.get("recall")),
             f"HR@{k}": _fmt_ci(r.get("hr"), None), f"coverage@{k}": _fmt_ci(r.get("coverage"), None),
@@ -199,11 +200,11 @@ def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None, fa
             "vs popularity": "reference" if name == pop else (_marker(*_pd(vs_pop.get(name))) if pop else "n/a"),
             f"ties@{k}": _fmt_ci(r.get(TIE_METRIC), None),
             "seeds": n_seeds.get(name, 1)})
-    order = {f: i for i, f in enumerate(dict.fromkeys(families.values()))}
+    order = {g: i for i, g in enumerate(dict.fromkeys(model_groups.values()))}
     out = pl.DataFrame(rows, schema_overrides={"seeds": pl.Int64}) if rows else pl.DataFrame()
     if out.height:
-        out = out.with_columns(pl.col("family").replace_strict(order, default=len(order)).alias("_f"),
-                               pl.int_range(pl.len()).alias("_r")).sort(["_f", "_r"]).drop("_f", "_r")
+        out = out.with_columns(pl.col("group").replace_strict(order, default=len(order)).alias("_g"),
+                               pl.int_range(pl.len()).alias("_r")).sort(["_g", "_r"]).drop("_g", "_r")
     return out
 
 
@@ -281,16 +282,16 @@ def cold_start_table(metrics: pl.DataFrame, k: int = 10) -> pl.DataFrame:
     return pl.DataFrame(rows).sort(f"NDCG@{k}", descending=True)
 
 
-def plot_accuracy_coverage(board: pl.DataFrame, families: dict[str, str] | None = None, k: int = 10) -> bytes:
+def plot_accuracy_coverage(board: pl.DataFrame, model_groups: dict[str, str] | None = None, k: int = 10) -> bytes:
     """NDCG@k against catalog coverage@k, one point per model, with the Pareto frontier (no other model is at
     least as accurate and covers at least as much of the catalog)."""
     b = board.filter(pl.col("ndcg").is_not_null() & pl.col("coverage").is_not_null()
                      & pl.col("ndcg").is_not_nan() & pl.col("coverage").is_not_nan())
     fig, ax = pyplot().subplots(figsize=(7, 4.5))
-    fam = [(families or {}).get(m, "other") for m in b["model"].to_list()]
-    for f in dict.fromkeys(fam):
-        sel = [i for i, x in enumerate(fam) if x == f]
-        ax.scatter(b["coverage"].to_numpy()[sel], b["ndcg"].to_numpy()[sel], label=f, s=25)
+    groups = [(model_groups or {}).get(m, "other") for m in b["model"].to_list()]
+    for g in dict.fromkeys(groups):
+        sel = [i for i, x in enumerate(groups) if x == g]
+        ax.scatter(b["coverage"].to_numpy()[sel], b["ndcg"].to_numpy()[sel], label=g, s=25)
     front = pareto_front(b["coverage"].to_numpy(), b["ndcg"].to_numpy())
     if len(front):
         ax.plot(b["coverage"].to_numpy()[front], b["ndcg"].to_numpy()[front], "k--", lw=1, label="Pareto frontier")
@@ -455,16 +456,17 @@ def render_markdown(dataset: str, intro: str, sections: list[Section]) -> str:
 
 def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str,
                  sections: list[Section] | None = None, per_user: pl.DataFrame | None = None,
-                 families: dict[str, str] | None = None, filtered: dict[str, int] | None = None) -> tuple[str, str]:
+                 model_groups: dict[str, str] | None = None, filtered: dict[str, int] | None = None
+                 ) -> tuple[str, str]:
     """(html, markdown) for one dataset. `facts`: dataset and split figures; `sections`: the blocks the models
     add (their `report_section`) and the seed audit; `per_user`: the models' per-user test (every seed) and
-    validation metrics (CIs and paired tests); `families`: {model: family}; `filtered`: {reason: users} dropped
+    validation metrics (CIs and paired tests); `model_groups`: {model: group}; `filtered`: {reason: users} dropped
     before the split (user accounting)."""
     board = leaderboard(metrics)
-    ranked = leaderboard_with_ci(metrics, per_user, families)
+    ranked = leaderboard_with_ci(metrics, per_user, model_groups)
     plots = {"NDCG@10 by model": plot_bars(board, "ndcg", f"{dataset}: NDCG@10 (full catalog)")}
     if "coverage" in board.columns:
-        plots["Accuracy vs coverage"] = plot_accuracy_coverage(board, families)
+        plots["Accuracy vs coverage"] = plot_accuracy_coverage(board, model_groups)
         plots["Catalog coverage@10"] = plot_bars(board, "coverage", "catalog coverage@10")
     plots["NDCG@K"] = plot_per_k(metrics, "ndcg")
     plots["Recall@K"] = plot_per_k(metrics, "recall")
@@ -482,7 +484,7 @@ def build_report(dataset: str, metrics: pl.DataFrame, facts: dict, protocol: str
                   "and items, leave-one-out, the pool is the items left, users whose test items are all repeats are "
                   "kept and stay rankable (the history minus the test items is masked, as RecBole does), history is "
                   "masked for general models but not for sequential ones.")
-    stats_note = (f"Full-catalog ranking under **{protocol}**, K = 10, grouped by model family. Brackets: 95% "
+    stats_note = (f"Full-catalog ranking under **{protocol}**, K = 10, grouped by model group. Brackets: 95% "
                   "percentile bootstrap CI over test users (1000 resamples, seed 0). `vs best` / `vs popularity`: "
                   "two-sided Wilcoxon signed-rank test of per-user NDCG@10 against the reference row: the row best "
                   "on **validation** NDCG@10 / the popularity variant best on validation (`valid NDCG@10`; never "

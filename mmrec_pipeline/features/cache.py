@@ -1,7 +1,8 @@
 """The content-addressed, incremental feature store shared by every feature family and every dataset.
 
-Layout: `<lake>/_cache/features/<family>/<model>-<hash of the model identity>/part-*.parquet` (+ `key.json`,
-the identity in readable form). A row is keyed by (item_id, key) where `key` is a hash of exactly the inputs
+Layout: each store is a folder the lake names (`FeatureCacheFolder.store`, under `<lake>/_cache/features/`:
+`<family>/<model>-<hash of the model identity>/`) holding `part-*.parquet` (+ `key.json`, the identity in
+readable form); feature code is handed the lake's `FeatureCacheFolder`, never a path. A row is keyed by (item_id, key) where `key` is a hash of exactly the inputs
 that feed the feature (image bytes, text, reviews); the folder is the model key (weights, preprocessing,
 prompt version). So the same content under the same model is computed once, whichever dataset asks, and a
 changed title, image or prompt is computed again.
@@ -24,7 +25,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -36,11 +36,10 @@ from mmrec_pipeline.compute import Progress, logger
 from mmrec_pipeline.locks import file_lock
 from mmrec_pipeline.storage import (
     CorruptFileError,
-    Lake,
+    FeatureCacheFolder,
     atomic_write,
     is_local,
     quarantine,
-    to_path,
     write_json,
 )
 from mmrec_pipeline.weights import ModelNotAvailable
@@ -48,16 +47,9 @@ from mmrec_pipeline.weights import ModelNotAvailable
 KEY_COLUMNS = ["item_id", "key"]
 VECTOR = pl.List(pl.Float32)  # how embeddings are stored
 AUTO_COMPACT_PARTS = 64  # merge parts when a store has more than this many files
-STALE_LOCK_S = 3600.0
 PART_HASH = 32  # hex digits of a part's sha256 kept in its name: enough to catch any corruption
 # What polars raises on bytes that are not a Parquet file (truncated, flipped, a zstd frame cut short).
 UNREADABLE = (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError, ValueError)
-
-
-def models_cache_dir(cache_root: Path, *parts: str) -> Path:
-    """Converted model weights (e.g. the GGUF summarizer re-saved as safetensors): beside the features in a local
-    lake; in the machine's cache when the lake is remote (transformers loads them from a folder)."""
-    return Lake.of_feature_cache(cache_root).model_cache(*parts)
 
 
 def content_key(*parts) -> str:
@@ -67,7 +59,7 @@ def content_key(*parts) -> str:
 
 @dataclasses.dataclass
 class FeatureCache:
-    root: Path  # the features cache root, `Lake.feature_cache()` (a local Path or a remote UPath)
+    folder: FeatureCacheFolder  # the lake's shared feature cache, `Lake.feature_cache()`
     family: str  # e.g. "image", "text", "captions"
     model: str  # readable model name, e.g. "efficientnet_lite0"
     identity: dict  # everything that changes the output besides the inputs: weights, preprocessing, prompt
@@ -79,7 +71,7 @@ class FeatureCache:
 
     @property
     def dir(self) -> Path:
-        return to_path(self.root) / self.family / self.model_key
+        return self.folder.store(self.family, self.model_key)
 
     def parts(self) -> list[Path]:
         # Names start with a nanosecond timestamp, so sorted = written order, and "keep last" keeps the newest.
@@ -163,24 +155,14 @@ class FeatureCache:
         """Merge every part into one (duplicates dropped); returns the number of parts merged.
 
         Crash-safe: the merged part is written before the old ones are deleted, and reads drop duplicates.
-        A lock file keeps two compactions of the same store from doing the same work; object storage has no
-        exclusive create, so there two may race: each deletes only parts it merged, so at worst rows are
-        stored twice (reads drop the duplicates).
+        Compactions of one store take turns (`file_lock`), so the second finds the parts already merged and has
+        little left to do; object storage has no locks, so there two may race: each deletes only parts it merged,
+        so at worst rows are stored twice (reads drop the duplicates).
         """
         if not is_local(self.dir):
             return self._merge()
-        lock = self.dir / ".compact.lock"
-        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-            lock.unlink(missing_ok=True)
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return 0  # someone else is compacting
-        os.close(fd)
-        try:
+        with file_lock(self.dir / ".compact.lock"):
             return self._merge()
-        finally:
-            lock.unlink(missing_ok=True)
 
     def _merge(self) -> int:
         parts = self.parts()

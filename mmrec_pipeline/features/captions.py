@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -35,6 +34,7 @@ from mmrec_pipeline.features.image import (
     letterbox,
     load_efficientnet_lite0,
 )
+from mmrec_pipeline.storage import FeatureCacheFolder
 from mmrec_pipeline.weights import ModelSources
 
 LVLM_PROMPT = ("Describe this product image in detail, focusing on visual attributes like color, style, material, "
@@ -235,14 +235,14 @@ class OfflineCaptioner:
     """Labels from EfficientNet-Lite0's classifier head applied to the pooled features `image_embeddings` stores
     (the CNN runs once per image for both features), colours and pattern from the image itself."""
 
-    def __init__(self, sources: ModelSources, compute: Compute, cache_root: Path, log=None):
-        self.sources, self.compute, self.cache_root, self.log = sources, compute, cache_root, log
+    def __init__(self, sources: ModelSources, compute: Compute, feature_cache: FeatureCacheFolder, log=None):
+        self.sources, self.compute, self.feature_cache, self.log = sources, compute, feature_cache, log
         self.head = load_efficientnet_lite0(sources)._fc.float()  # the ImageNet classifier on pooled features
         self.labels = imagenet_labels()
 
     @torch.inference_mode()
     def __call__(self, chunk: pl.DataFrame) -> list[str | None]:
-        pooled, _ = embed_incremental(chunk, "efficientnet_lite0", self.sources, self.compute, self.cache_root,
+        pooled, _ = embed_incremental(chunk, "efficientnet_lite0", self.sources, self.compute, self.feature_cache,
                                       log=self.log)
         pooled = pooled.to_list()
         out: list[str | None] = []
@@ -325,14 +325,15 @@ def _identity(kind: str, sources: ModelSources, compute: Compute, config: Captio
             "max_new_tokens": config.max_new_tokens, "quantization": effective_quantization(compute)}
 
 
-def _caption_fn(kind: str, sources: ModelSources, compute: Compute, config: CaptionConfig, cache_root: Path, log):
+def _caption_fn(kind: str, sources: ModelSources, compute: Compute, config: CaptionConfig,
+                feature_cache: FeatureCacheFolder, log):
     @functools.cache  # loaded only if something must be computed
     def captioner() -> Callable[[list[Image.Image]], list[str]]:
         model, processor = load_vlm(kind, sources, compute, log)
         return lambda images: vlm_generate(kind, model, processor, images, config, compute)
 
     if kind == "offline":
-        offline = functools.cache(lambda: OfflineCaptioner(sources, compute, cache_root, log))
+        offline = functools.cache(lambda: OfflineCaptioner(sources, compute, feature_cache, log))
         return lambda chunk: pl.DataFrame({"caption": pl.Series(offline()(chunk), dtype=pl.Utf8)})
 
     def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:
@@ -350,7 +351,7 @@ def captions(
     items: pl.DataFrame,
     sources: ModelSources,
     compute: Compute,
-    cache_root: Path,
+    feature_cache: FeatureCacheFolder,
     models: Sequence[str] = ("offline",),
     config: CaptionConfig = CaptionConfig(),
     max_items_per_run: int | None = None,
@@ -364,11 +365,12 @@ def captions(
         raise ValueError(f"unknown caption model '{unknown[0]}'; known: {', '.join(CAPTION_MODELS)}")
 
     def caption(kind: str) -> tuple[pl.Series, dict]:
-        cache = FeatureCache(cache_root, "captions", kind, _identity(kind, sources, compute, config), {"caption": pl.Utf8})
+        cache = FeatureCache(feature_cache, "captions", kind, _identity(kind, sources, compute, config),
+                             {"caption": pl.Utf8})
         chunk = max(64, compute.batch_size * 2) if kind == "offline" else max(16, config.max_batch * 4)
         rows, stats = compute_incremental(
             items.select("item_id", "image_path", "image_sha256"), image_key,
-            _caption_fn(kind, sources, compute, config, cache_root, log), cache, chunk_size=chunk,
+            _caption_fn(kind, sources, compute, config, feature_cache, log), cache, chunk_size=chunk,
             max_items_per_run=max_items_per_run, log=log, what=f"captions ({kind})")
         return rows["caption"], stats
 

@@ -14,7 +14,6 @@ import dataclasses
 import importlib
 import logging
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from mmrec_pipeline.compute import Compute
-    from mmrec_pipeline.storage import DatasetView
+    from mmrec_pipeline.storage import DatasetView, FeatureCacheFolder
     from mmrec_pipeline.weights import ModelSources
 
 
@@ -32,7 +31,7 @@ class FeatureRun:
 
     sources: ModelSources
     compute: Compute
-    cache_root: Path  # the shared content-addressed store (`Lake.feature_cache()`; a Path or a remote UPath)
+    feature_cache: FeatureCacheFolder  # the lake's shared content-addressed store (`Lake.feature_cache()`)
     dataset: DatasetView  # the dataset's artifacts in the lake (the VQ tokenizer is one)
     overrides: dict  # the dataset's `features:` settings in datasets.yaml
     max_items_per_run: int | None = None  # the rest is left for the next run (the new-items sensor resumes)
@@ -59,14 +58,14 @@ class Feature:
 def _image_embeddings(run: FeatureRun, items: pl.DataFrame):
     from mmrec_pipeline.features.image import image_embeddings
 
-    return image_embeddings(items, run.sources, run.compute, run.cache_root, max_items_per_run=run.max_items_per_run,
+    return image_embeddings(items, run.sources, run.compute, run.feature_cache, max_items_per_run=run.max_items_per_run,
                             log=run.log)
 
 
 def _captions(run: FeatureRun, items: pl.DataFrame):
     from mmrec_pipeline.features.captions import available_caption_models, captions
 
-    return captions(items, run.sources, run.compute, run.cache_root, models=available_caption_models(run.sources),
+    return captions(items, run.sources, run.compute, run.feature_cache, models=available_caption_models(run.sources),
                     max_items_per_run=run.max_items_per_run, log=run.log)
 
 
@@ -75,9 +74,9 @@ def _review_summaries(run: FeatureRun, items: pl.DataFrame, split: pl.DataFrame)
 
     config = SummaryConfig(**{k: v for k, v in run.overrides.get("review_summaries", {}).items()
                               if k != "max_items_per_run"})  # the budget is the run's, not the summarizer's
-    table, summary_stats = review_summaries(items, split, run.sources, run.compute, run.cache_root, config=config,
+    table, summary_stats = review_summaries(items, split, run.sources, run.compute, run.feature_cache, config=config,
                                             max_items_per_run=run.max_items_per_run, log=run.log)
-    raw, raw_stats = raw_review_vectors(items, split, run.sources, run.compute, run.cache_root, config.max_reviews,
+    raw, raw_stats = raw_review_vectors(items, split, run.sources, run.compute, run.feature_cache, config.max_reviews,
                                         log=run.log)
     return (table.join(raw, on="item_id", how="left", maintain_order="left"),
             {"summaries": summary_stats, "raw_review_vectors": raw_stats})
@@ -86,14 +85,14 @@ def _review_summaries(run: FeatureRun, items: pl.DataFrame, split: pl.DataFrame)
 def _text_embeddings(run: FeatureRun, items: pl.DataFrame, captions: pl.DataFrame, review_summaries: pl.DataFrame):
     from mmrec_pipeline.features.text import text_embeddings
 
-    return text_embeddings(items, run.sources, run.compute, run.cache_root, captions=captions,
+    return text_embeddings(items, run.sources, run.compute, run.feature_cache, captions=captions,
                            summaries=review_summaries, max_items_per_run=run.max_items_per_run, log=run.log)
 
 
 def _vq_codes(run: FeatureRun, items: pl.DataFrame):
     from mmrec_pipeline.features.vq import vq_codes
 
-    return vq_codes(items, run.sources, run.compute, run.cache_root, vqvae=run.dataset.vq_vae,
+    return vq_codes(items, run.sources, run.compute, run.feature_cache, vqvae=run.dataset.vq_vae,
                     max_items_per_run=run.max_items_per_run, log=run.log)
 
 

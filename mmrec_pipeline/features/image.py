@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental, per_model
+from mmrec_pipeline.storage import FeatureCacheFolder
 from mmrec_pipeline.weights import ModelSources
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -239,14 +240,15 @@ def _embed_fn(name: str, sources: ModelSources, compute: Compute) -> Callable[[p
     return compute_fn
 
 
-def embed_incremental(items: pl.DataFrame, name: str, sources: ModelSources, compute: Compute, cache_root: Path,
+def embed_incremental(items: pl.DataFrame, name: str, sources: ModelSources, compute: Compute,
+                      feature_cache: FeatureCacheFolder,
                       max_items_per_run: int | None = None, log=None) -> tuple[pl.Series, dict]:
     """Pooled `name` features of the items' images (aligned with `items`, null without an image), computing only
     those the cache lacks. The offline captioner reads EfficientNet-Lite0's from here too, so whichever of the two
     features runs first pays for the CNN and the other reuses its output."""
     identity = {"weights": sources.identity(name), "preprocess": PREPROCESS_VERSION, "dim": EMBEDDERS[name][0],
                 "dtype": str(compute.inference_dtype)}
-    cache = FeatureCache(cache_root, "image", name, identity, {name: VECTOR})
+    cache = FeatureCache(feature_cache, "image", name, identity, {name: VECTOR})
     rows, stats = compute_incremental(
         items.select("item_id", "image_path", "image_sha256"), image_key, _embed_fn(name, sources, compute), cache,
         chunk_size=max(256, compute.batch_size * 4), max_items_per_run=max_items_per_run, log=log,
@@ -258,7 +260,7 @@ def image_embeddings(
     items: pl.DataFrame,
     sources: ModelSources,
     compute: Compute,
-    cache_root: Path,
+    feature_cache: FeatureCacheFolder,
     models: Sequence[str] = ("efficientnet_lite0", "resnet18"),
     max_items_per_run: int | None = None,
     log: logging.Logger | None = None,
@@ -266,7 +268,7 @@ def image_embeddings(
     """One row per item: `item_id` + one list[float32] column per model (null: no image, model unavailable,
     or left for the next run by `max_items_per_run`). Stats per model plus `items` and `without_image`."""
     def embed(name: str) -> tuple[pl.Series, dict]:
-        return embed_incremental(items, name, sources, compute, cache_root, max_items_per_run, log)
+        return embed_incremental(items, name, sources, compute, feature_cache, max_items_per_run, log)
 
     out, stats = per_model(items, models, embed, column=lambda name: name, dtype=VECTOR, what="image_embeddings",
                            log=log)

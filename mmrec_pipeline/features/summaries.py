@@ -37,11 +37,11 @@ from mmrec_pipeline.features.cache import (
     FeatureCache,
     compute_incremental,
     content_key,
-    models_cache_dir,
 )
 from mmrec_pipeline.storage import (
     CorruptFileError,
-    Lake,
+    FeatureCacheFolder,
+    exclusive,
     quarantine,
     read_json_file,
     sha256_file,
@@ -189,18 +189,27 @@ def _check_converted(folder: Path) -> None:
             raise CorruptFileError(folder / name, f"sha256 {actual} differs from the {digest} recorded at conversion")
 
 
-def converted_summarizer_dir(sources: ModelSources, cache_root: Path) -> Path:
-    """Where the summarizer's GGUF, converted to safetensors, is kept (`models_cache_dir`)."""
-    return models_cache_dir(cache_root, f"summarizer-{sources.identity('summarizer')}")
+def converted_summarizer_dir(sources: ModelSources, feature_cache: FeatureCacheFolder) -> Path:
+    """Where the summarizer's GGUF, converted to safetensors, is kept (`FeatureCacheFolder.converted_weights`)."""
+    return feature_cache.converted_weights(f"summarizer-{sources.identity('summarizer')}")
 
 
-def summarizer_source(sources: ModelSources, cache_root: Path, log=None) -> str:
+def summarizer_source(sources: ModelSources, feature_cache: FeatureCacheFolder, log=None) -> str:
     """The summarizer as transformers loads it: its folder or hub id, or a GGUF's converted folder (converted on
     first use; checked against its checksums on every use, and converted again when corrupt)."""
     source = sources.resolve("summarizer")
     if not source.endswith(".gguf"):
         return source
-    folder = converted_summarizer_dir(sources, cache_root)
+    folder = converted_summarizer_dir(sources, feature_cache)
+    # Two steps starting at once (review summaries, mm_llmrec's SmolLM2) convert it once; the other waits.
+    with exclusive(folder, on_wait=lambda: logger(log).info(
+            f"summaries: another process is converting {Path(source).name}; waiting for it")):
+        _convert_once(Path(source), folder, log)
+    return str(folder)
+
+
+def _convert_once(source: Path, folder: Path, log) -> None:
+    """Convert `source` into `folder` unless a whole, uncorrupted conversion is there."""
     if folder.exists() and not (folder / CHECKSUMS).exists():  # converted before checksums were recorded
         logger(log).info(f"summaries: {folder} has no {CHECKSUMS}: converting again")
         shutil.rmtree(folder, ignore_errors=True)
@@ -208,20 +217,19 @@ def summarizer_source(sources: ModelSources, cache_root: Path, log=None) -> str:
         try:
             _check_converted(folder)
         except CorruptFileError as e:
-            quarantine(folder, f"converted summarizer: {e}", f"converting {Path(source).name} again", log)
+            quarantine(folder, f"converted summarizer: {e}", f"converting {source.name} again", log)
     if not (folder / CHECKSUMS).exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
-        _gguf_to_safetensors(Path(source), folder, logger(log).info)
-    return str(folder)
+        _gguf_to_safetensors(source, folder, logger(log).info)
 
 
-def load_summarizer(sources: ModelSources, compute: Compute, cache_root: Path, log=None,
+def load_summarizer(sources: ModelSources, compute: Compute, feature_cache: FeatureCacheFolder, log=None,
                     dtype: torch.dtype | None = None):
     """(model, tokenizer) of the instruct LM, ready for batched generation (left padding), in `dtype`
     (default: the compute's inference dtype)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = summarizer_source(sources, cache_root, log)
+    source = summarizer_source(sources, feature_cache, log)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     tokenizer.padding_side = "left"  # batched generation continues every row from its last token
     if tokenizer.pad_token is None:
@@ -232,13 +240,10 @@ def load_summarizer(sources: ModelSources, compute: Compute, cache_root: Path, l
     return model, tokenizer
 
 
-def load_summarizer_model(sources: ModelSources | None = None, compute: Compute | None = None,
-                          cache_root: Path | None = None):
+def load_summarizer_model(sources: ModelSources, compute: Compute, feature_cache: FeatureCacheFolder):
     """Just the causal LM behind `summarizer` (e.g. SmolLM2 as a recommender backbone to fine-tune), same loader
     and cache, in the compute's training dtype."""
-    compute = compute or Compute()
-    model, _ = load_summarizer(sources or ModelSources(), compute, cache_root or Lake().feature_cache(),
-                               dtype=compute.torch_dtype)
+    model, _ = load_summarizer(sources, compute, feature_cache, dtype=compute.torch_dtype)
     return model
 
 
@@ -279,7 +284,7 @@ def review_summaries(
     split: pl.DataFrame,
     sources: ModelSources,
     compute: Compute,
-    cache_root: Path,
+    feature_cache: FeatureCacheFolder,
     config: SummaryConfig = SummaryConfig(),
     max_items_per_run: int | None = None,
     log: logging.Logger | None = None,
@@ -298,7 +303,7 @@ def review_summaries(
                 "prompt_version": PROMPT_VERSION, "max_new_tokens": config.max_new_tokens,
                 "max_reviews": config.max_reviews, "max_review_tokens": config.max_review_tokens,
                 "dtype": str(compute.inference_dtype), "cache_version": CACHE_VERSION}
-    cache = FeatureCache(cache_root, "summaries", "summarizer", identity,
+    cache = FeatureCache(feature_cache, "summaries", "summarizer", identity,
                          {"summary": pl.Utf8, "n_reviews": pl.Int64, "review_ids": pl.List(pl.Utf8)})
     keys = [content_key(r, cut) if r else None for r in per_item["reviews"].to_list()]
     plan = plan_refresh(per_item, keys, cache.read(log=log), config)
@@ -306,7 +311,7 @@ def review_summaries(
 
     @functools.cache  # loaded only if something must be computed
     def lm():
-        return load_summarizer(sources, compute, cache_root, log)
+        return load_summarizer(sources, compute, feature_cache, log)
 
     def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:
         model, tokenizer = lm()
@@ -349,14 +354,14 @@ def review_summaries(
 
 
 def raw_review_vectors(items: pl.DataFrame, split: pl.DataFrame, sources: ModelSources, compute: Compute,
-                       cache_root: Path, max_reviews: int, log=None) -> tuple[pl.DataFrame, dict]:
+                       feature_cache: FeatureCacheFolder, max_reviews: int, log=None) -> tuple[pl.DataFrame, dict]:
     """`item_id`, `sbert_reviews`: the mean all-MiniLM-L6-v2 vector of the same training reviews the summarizer
     reads (the MMREC ablation "raw reviews, no LLM summary"); null for items without training reviews."""
     from mmrec_pipeline.features.text import sbert_vectors
 
     per_item = item_reviews(items, training_reviews(split), max_reviews)
     long = per_item.select("item_id", pl.col("reviews").alias("text")).explode("text").drop_nulls("text")
-    rows, stats = sbert_vectors(long, sources, compute, cache_root, None, log)
+    rows, stats = sbert_vectors(long, sources, compute, feature_cache, None, log)
     vecs = long.select("item_id").with_columns(rows["vector"]).drop_nulls("vector")
     means: dict[str, np.ndarray] = {}
     if vecs.height:

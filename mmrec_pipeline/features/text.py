@@ -25,6 +25,7 @@ import torch
 
 from mmrec_pipeline.compute import Compute, logger
 from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental, content_key
+from mmrec_pipeline.storage import FeatureCacheFolder
 from mmrec_pipeline.weights import ModelNotAvailable, ModelSources
 
 GPT2_MAX_TOKENS = 1024  # GPT-2's context length
@@ -66,11 +67,11 @@ def _text_key(row: dict) -> str | None:
     return content_key(row["text"]) if row["text"] else None
 
 
-def sbert_vectors(long: pl.DataFrame, sources: ModelSources, compute: Compute, cache_root: Path,
+def sbert_vectors(long: pl.DataFrame, sources: ModelSources, compute: Compute, feature_cache: FeatureCacheFolder,
                   max_items_per_run: int | None, log) -> tuple[pl.DataFrame, dict]:
     """Vectors for a long table (item_id, text): one cache for every field, keyed by the text itself."""
     identity = {"weights": sources.identity("sbert"), "normalize": True, "version": SBERT_VERSION}
-    cache = FeatureCache(cache_root, "text", "sbert", identity, {"vector": VECTOR})
+    cache = FeatureCache(feature_cache, "text", "sbert", identity, {"vector": VECTOR})
 
     @functools.cache
     def model():
@@ -129,10 +130,11 @@ def gpt2_input_embeddings(sources: ModelSources) -> torch.Tensor:
     raise ModelNotAvailable(f"model 'gpt2' at {folder}: no 'wte.weight' tensor in {[f.name for f in files]}")
 
 
-def gpt2_bpe_vectors(items: pl.DataFrame, texts: list[str | None], sources: ModelSources, cache_root: Path,
+def gpt2_bpe_vectors(items: pl.DataFrame, texts: list[str | None], sources: ModelSources,
+                     feature_cache: FeatureCacheFolder,
                      max_items_per_run: int | None, log) -> tuple[pl.Series, dict]:
     identity = {"weights": sources.identity("gpt2"), "ranks": "gpt2.tiktoken", "max_tokens": GPT2_MAX_TOKENS}
-    cache = FeatureCache(cache_root, "text", "gpt2_bpe", identity, {"gpt2_bpe": VECTOR})
+    cache = FeatureCache(feature_cache, "text", "gpt2_bpe", identity, {"gpt2_bpe": VECTOR})
 
     @functools.cache
     def tools():
@@ -159,7 +161,7 @@ def text_embeddings(
     items: pl.DataFrame,
     sources: ModelSources,
     compute: Compute,
-    cache_root: Path,
+    feature_cache: FeatureCacheFolder,
     captions: pl.DataFrame | None = None,
     summaries: pl.DataFrame | None = None,
     gpt2: bool = True,
@@ -175,14 +177,14 @@ def text_embeddings(
         "item_id": pl.concat([items["item_id"]] * len(fields)) if fields else pl.Series([], dtype=pl.Utf8),
         "text": pl.Series([t for texts in fields.values() for t in texts], dtype=pl.Utf8),
     })
-    rows, sbert_stats = sbert_vectors(long, sources, compute, cache_root, max_items_per_run, log)
+    rows, sbert_stats = sbert_vectors(long, sources, compute, feature_cache, max_items_per_run, log)
     out = items.select("item_id").with_columns(
         rows["vector"].slice(i * n, n).alias(f"sbert_{field}") for i, field in enumerate(fields))
     stats: dict = {"items": n, "fields": list(fields), "sbert": sbert_stats}
 
     if gpt2:
         try:
-            vec, stats["gpt2_bpe"] = gpt2_bpe_vectors(items, fields["text"], sources, cache_root,
+            vec, stats["gpt2_bpe"] = gpt2_bpe_vectors(items, fields["text"], sources, feature_cache,
                                                        max_items_per_run, log)
         except ModelNotAvailable as e:
             info(f"text_embeddings: skipping gpt2_bpe: {e}")

@@ -31,13 +31,13 @@ from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.features.cache import FeatureCache, compute_incremental
 from mmrec_pipeline.features.image import image_batches, image_key, letterbox, load_rgb, to_tensor
 from mmrec_pipeline.storage import (
+    Checkpoint,
     CorruptFileError,
+    FeatureCacheFolder,
     quarantine,
     read_json_file,
-    read_safetensors,
     to_path,
     write_json,
-    write_safetensors,
 )
 from mmrec_pipeline.weights import ModelSources
 
@@ -177,24 +177,19 @@ class VQVAE(nn.Module):
         return self.decoder(self.quantizer.lookup(codes))
 
     def save_pretrained(self, folder: Path) -> Path:
-        """`model.safetensors` + `config.json` (with the weights' sha256), each written atomically (config last: it
-        marks completeness)."""
-        folder = to_path(folder)  # a local folder or a remote UPath
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        digest = write_safetensors(state, folder / "model.safetensors")
-        write_json({"format": FORMAT, "weights_sha256": digest, **dataclasses.asdict(self.config)},
-                   folder / "config.json")
-        return folder
+        """A `storage.Checkpoint` in `folder` (a local folder or a remote UPath)."""
+        return Checkpoint(folder).write(self.state_dict(), {"format": FORMAT, **dataclasses.asdict(self.config)})
 
     @classmethod
     def from_pretrained(cls, folder: Path) -> VQVAE:
         """Raises `CorruptFileError` naming the file when the config is not JSON or the weights are not those
         written (their sha256) or unreadable."""
-        folder = to_path(folder)
-        raw = read_json_file(folder / "config.json")
+        checkpoint = Checkpoint(folder)
+        raw = checkpoint.read_config()
         if raw.pop("format", None) != FORMAT:
-            raise ValueError(f"{folder}: not a {FORMAT} folder")
-        state = read_safetensors(folder / "model.safetensors", raw.pop("weights_sha256", None))
+            raise ValueError(f"{checkpoint.path}: not a {FORMAT} folder")
+        state = checkpoint.read_weights(raw)
+        raw.pop("weights_sha256", None)
         raw["channels"] = tuple(raw["channels"])
         model = cls(VQConfig(**raw))
         model.load_state_dict(state, strict=True)
@@ -335,18 +330,18 @@ def train_or_load_vq_vae(images: Sequence[str], folder: Path, config: VQConfig, 
     A growing catalog keeps its tokenizer (so the codes of existing items stay valid and only new items are
     encoded); change the config, or delete the folder, to retrain. Returns (model, report, trained_now).
     """
-    folder = to_path(folder)
-    if all((folder / f).exists() for f in ("config.json", "model.safetensors", "report.json")):
+    checkpoint = Checkpoint(folder)
+    if checkpoint.exists() and checkpoint.training_report.exists():
         try:
             model = VQVAE.from_pretrained(folder)
             if model.config == config:
-                return model, read_json_file(folder / "report.json"), False
+                return model, read_json_file(checkpoint.training_report), False
         except CorruptFileError as e:
             quarantine(e.path, str(e), "training the VQ-VAE again", log)
     model, report = train_vq_vae(images, config, compute, log)
     model.save_pretrained(folder)
     report["weights"] = fingerprint(model)
-    write_json(report, folder / "report.json")
+    write_json(report, checkpoint.training_report)
     return model, report, True
 
 
@@ -393,7 +388,7 @@ def vq_codes(
     items: pl.DataFrame,
     sources: ModelSources,
     compute: Compute,
-    cache_root: Path,
+    feature_cache: FeatureCacheFolder,
     vqvae: VQVAE | Path | None = None,
     max_items_per_run: int | None = None,
     log: logging.Logger | None = None,
@@ -404,7 +399,7 @@ def vq_codes(
     too few images to train a VQ-VAE (and no model in the folder) get null codes and a `skipped` reason.
     """
     folder = None if vqvae is None or isinstance(vqvae, VQVAE) else to_path(vqvae)
-    if not sources.available("vqgan") and folder is not None and not (folder / "config.json").exists():
+    if not sources.available("vqgan") and folder is not None and not Checkpoint(folder).config.exists():
         images = items["image_path"].drop_nulls().n_unique()
         if images >= MIN_TRAIN_IMAGES:
             raise ValueError(f"vq_codes: no VQ-VAE in {vqvae} yet: materialize vq_tokenizer first")
@@ -442,7 +437,7 @@ def vq_codes(
         raise ValueError("vq_codes: no pretrained VQGAN is configured (MMREC_MODEL_VQGAN) and no trained VQ-VAE "
                          "was given: train one with train_or_load_vq_vae first")
 
-    cache = FeatureCache(cache_root, "vq", tokenizer.split(":")[0], {"tokenizer": tokenizer, "grid": GRID},
+    cache = FeatureCache(feature_cache, "vq", tokenizer.split(":")[0], {"tokenizer": tokenizer, "grid": GRID},
                          {"vq_codes": CODES})
 
     def compute_fn(chunk: pl.DataFrame) -> pl.DataFrame:

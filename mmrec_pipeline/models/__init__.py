@@ -1,4 +1,5 @@
-"""The model registry: asset name -> Recommender class, grouped by family.
+"""The model registry: asset name -> Recommender class, in groups (`MODEL_GROUPS`; the report's leaderboard groups
+its rows by them).
 
 Each entry becomes one Dagster asset per dataset that trains and evaluates all its variants; the class declares
 everything the asset needs (`variants`, `feature_assets`, `pool`, `kind`, `report_section`: models/base.py). Adding
@@ -7,7 +8,7 @@ a model is its module plus one line here.
 A model outside the package gets the same asset, tuning, checks, metrics rows and report section: name it in the
 environment variable `MMREC_MODELS` (`name=module:Class`, comma-separated; read when this module is imported, so
 the code location, `mmrec` and workers must all see it), or call `register(name, cls)` before the Definitions are
-built. Either lands in the `custom` family.
+built. Either lands in the `custom` group.
 """
 
 import importlib
@@ -62,24 +63,24 @@ BASELINES = {"vbpr": VBPR, "deepconn": DeepCoNN}
 # Models defined outside the package (`MMREC_MODELS`, `register`).
 CUSTOM: dict[str, type[Recommender]] = {}
 
-# Every model asset, by family: the report groups its leaderboard by these.
-FAMILIES = {"classic": CLASSIC, "sequential": SEQUENTIAL, "mm_llmrec (MM-GPT2Rec)": MM_LLMREC,
-            "lvlm_retrieval": LVLM, "vq_bart (VQGAN + BART)": VQ_BART, "mmrec_dlrm (MMREC)": MMREC_DLRM,
-            "paper baselines": BASELINES, "custom": CUSTOM}
+# Every model asset, in groups: the report groups its leaderboard by these.
+MODEL_GROUPS = {"classic": CLASSIC, "sequential": SEQUENTIAL, "mm_llmrec (MM-GPT2Rec)": MM_LLMREC,
+                "lvlm_retrieval": LVLM, "vq_bart (VQGAN + BART)": VQ_BART, "mmrec_dlrm (MMREC)": MMREC_DLRM,
+                "paper baselines": BASELINES, "custom": CUSTOM}
 
 
 class _AllModels(Mapping):
-    """Every registered model by asset name, read from `FAMILIES` on each access, so an entry added to a family
-    (or a family added) is seen everywhere, as assets, serving and automation look models up here."""
+    """Every registered model by asset name, read from `MODEL_GROUPS` on each access, so an entry added to a group
+    (or a group added) is seen everywhere, as assets, serving and automation look models up here."""
 
     def __getitem__(self, name: str) -> type[Recommender]:
-        for family in FAMILIES.values():
-            if name in family:
-                return family[name]
+        for group in MODEL_GROUPS.values():
+            if name in group:
+                return group[name]
         raise KeyError(name)
 
     def __iter__(self) -> Iterator[str]:
-        return iter({name: None for family in FAMILIES.values() for name in family})
+        return iter({name: None for group in MODEL_GROUPS.values() for name in group})
 
     def __len__(self) -> int:
         return sum(1 for _ in self)

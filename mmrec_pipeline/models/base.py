@@ -1,15 +1,14 @@
 """The `Recommender` interface every model implements (RecBole/Cornac style: one file per model).
 
 A model is built from a config dataclass, `fit` on a `RecDataset` (train rows, with `valid` for early
-stopping), and `score`s users against the whole catalog. Checkpoints are `config.json` + `model.safetensors`
-(its sha256 in the config, checked on load); nothing is ever pickled.
+stopping), and `score`s users against the whole catalog. Checkpoints are `storage.Checkpoint`s (`config.json` +
+`model.safetensors`, its sha256 in the config, checked on load); nothing is ever pickled.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,14 +23,7 @@ from mmrec_pipeline.data.dataset import RecDataset
 # The report's types and the paper claim belong to evaluation/: models import them, evaluation imports no model.
 from mmrec_pipeline.evaluation.audit import PaperClaim
 from mmrec_pipeline.evaluation.report import ReportInputs, Section
-from mmrec_pipeline.storage import (
-    CorruptFileError,
-    atomic_write,
-    read_json_file,
-    read_safetensors,
-    to_path,
-    write_safetensors,
-)
+from mmrec_pipeline.storage import Checkpoint, CorruptFileError, FeatureCacheFolder
 from mmrec_pipeline.weights import ModelSources
 
 
@@ -177,6 +169,10 @@ class Recommender(abc.ABC):
         # Where pretrained weights come from: the environment's defaults, unless the runner or `load` passes the
         # ModelSourcesResource's (backbones.py loads through them).
         self.sources = ModelSources()
+        # The lake's shared feature cache, for a model that reads it (vq_bart's catalog sentence vectors,
+        # mm_llmrec's converted SmolLM2): the runner, serving and `load` pass the lake's; never found from the
+        # environment here (`required_feature_cache`).
+        self.feature_cache: FeatureCacheFolder | None = None
 
     @abc.abstractmethod
     def fit(self, data: RecDataset, features: ItemFeatures, compute: Compute, log=None) -> dict:
@@ -207,6 +203,12 @@ class Recommender(abc.ABC):
         `report_facts`), so the report never loads a checkpoint. Default: none."""
         return {}
 
+    def required_feature_cache(self) -> FeatureCacheFolder:
+        if self.feature_cache is None:
+            raise ValueError(f"{self.name}: reads the lake's feature cache; build it with one "
+                             "(`runner.build(..., feature_cache=lake.feature_cache())`, or set `model.feature_cache`)")
+        return self.feature_cache
+
     def extra_config(self) -> dict:
         """Shapes and other plain facts `load` needs before `load_state_dict`."""
         return {"n_items": self.n_items}
@@ -215,29 +217,26 @@ class Recommender(abc.ABC):
         self.n_items = extra["n_items"]
 
     def save(self, directory: Path, tuning: dict | None = None) -> Path:
-        """`tuning`: the runner's validation grid and choice, kept beside the config it produced."""
-        directory = to_path(directory)  # a local folder or a remote UPath; atomic_write creates local folders
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        digest = write_safetensors(state, directory / "model.safetensors")
-        meta = {"model": self.name, "config": dataclasses.asdict(self.config), "extra": self.extra_config(),
-                "weights_sha256": digest}
+        """The checkpoint (`storage.Checkpoint`) in `directory`, a local folder or a remote UPath. `tuning`: the
+        runner's validation grid and choice, kept beside the config it produced."""
+        meta = {"model": self.name, "config": dataclasses.asdict(self.config), "extra": self.extra_config()}
         if tuning is not None:
             meta["tuning"] = tuning
-        atomic_write(directory / "config.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-        return directory
+        return Checkpoint(directory).write(self.state_dict(), meta)
 
     @classmethod
-    def load(cls, directory: Path, sources: ModelSources | None = None) -> Recommender:
-        directory = to_path(directory)
+    def load(cls, directory: Path, sources: ModelSources | None = None,
+             feature_cache: FeatureCacheFolder | None = None) -> Recommender:
+        checkpoint = Checkpoint(directory)
         try:  # a corrupt file cannot be remade here: it is moved aside and the error says how to retrain
-            meta = read_json_file(directory / "config.json")
+            meta = checkpoint.read_config()
             if meta["model"] != cls.name:
-                raise ValueError(f"{directory} holds a '{meta['model']}' checkpoint, not '{cls.name}'")
-            state = read_safetensors(directory / "model.safetensors", meta.get("weights_sha256"))
+                raise ValueError(f"{checkpoint.path} holds a '{meta['model']}' checkpoint, not '{cls.name}'")
+            state = checkpoint.read_weights(meta)
         except CorruptFileError as e:
             raise e.moved_aside(f"re-materialize the '{cls.name}' asset to train it again") from e
         model = cls(cls.Config(**meta["config"]))
-        model.sources = sources or model.sources
+        model.sources, model.feature_cache = sources or model.sources, feature_cache
         model.apply_extra_config(meta["extra"])
         model.load_state_dict(state)
         return model

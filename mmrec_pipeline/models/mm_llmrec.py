@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ from mmrec_pipeline.models.training import (
     seed_everything,
     windows,
 )
+from mmrec_pipeline.storage import FeatureCacheFolder
 from mmrec_pipeline.weights import ModelSources
 
 # The ablation, one variant per representation of the items: {variant: config overrides}.
@@ -275,14 +277,16 @@ def fingerprint(source: str) -> str:
     return ";".join(f"{f.name}:{f.stat().st_size}" for f in files if f.suffix in (".safetensors", ".gguf", ".json"))
 
 
-def load_causal_lm(cfg: MMLLMRecConfig, source: str, sources: ModelSources, compute: Compute, quantization: str):
-    """The pretrained causal LM behind `source` (backbones.py: safetensors only, no remote code)."""
+def load_causal_lm(cfg: MMLLMRecConfig, source: str, sources: ModelSources, compute: Compute, quantization: str,
+                   feature_cache: Callable[[], FeatureCacheFolder]):
+    """The pretrained causal LM behind `source` (backbones.py: safetensors only, no remote code); SmolLM2 through
+    the features' GGUF loader, which keeps its converted weights by `feature_cache()`."""
     import transformers
 
     if cfg.backbone == "smollm2":
         from mmrec_pipeline.features.summaries import load_summarizer_model  # the features' GGUF loader
 
-        return load_summarizer_model(sources, compute=compute)
+        return load_summarizer_model(sources, compute, feature_cache())
     kwargs = backbones.quantization_kwargs(quantization, compute, double_quant=True)
     if quantization == "none" and compute.torch_device.type == "cuda":
         kwargs["dtype"] = compute.torch_dtype
@@ -312,8 +316,8 @@ def lora_backbone(cfg: MMLLMRecConfig, lm, quantization: str, log=None) -> nn.Mo
     """The base model of `lm` (no LM head) with LoRA adapters; everything else frozen."""
     lm = backbones.prepare_for_training(lm, quantization != "none", cfg.gradient_checkpointing)
     base = lm.base_model  # e.g. GPT2Model / LlamaModel: final hidden states, no LM head
-    family = "gpt2" if base.config.model_type == "gpt2" else "default"
-    targets = LORA_TARGETS[family] if cfg.lora_targets == "auto" else \
+    architecture = "gpt2" if base.config.model_type == "gpt2" else "default"
+    targets = LORA_TARGETS[architecture] if cfg.lora_targets == "auto" else \
         [t.strip() for t in cfg.lora_targets.split(",") if t.strip()]
     present = {n.rsplit(".", 1)[-1] for n, _ in base.named_modules()}
     if not set(targets) & present:
@@ -321,7 +325,7 @@ def lora_backbone(cfg: MMLLMRecConfig, lm, quantization: str, log=None) -> nn.Mo
                          f"set lora_targets (e.g. 'q_proj,v_proj')")
     targets = [t for t in targets if t in present]
     model = backbones.with_lora(base, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets,
-                                fan_in_fan_out=family == "gpt2")
+                                fan_in_fan_out=architecture == "gpt2")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger(log).info(f"mm_llmrec: LoRA r={cfg.lora_r} alpha={cfg.lora_alpha} on {targets}: "
@@ -388,7 +392,7 @@ class MMLLMRec(Recommender):
         cfg = self.config
         if self.pretrained:
             self.source = self.source or backbone_source(cfg.backbone, self.sources)
-            lm = load_causal_lm(cfg, self.source, self.sources, compute, self.quant)
+            lm = load_causal_lm(cfg, self.source, self.sources, compute, self.quant, self.required_feature_cache)
             self.backbone = lora_backbone(cfg, lm, self.quant, log)
         else:
             self.backbone = scratch_backbone(cfg)

@@ -57,10 +57,10 @@ from mmrec_pipeline.evaluation.sections.ranker import ABLATION_COLUMNS
 from mmrec_pipeline.evaluation.significance import bootstrap_ci, paired_tests
 from mmrec_pipeline.models.base import ItemFeatures
 from mmrec_pipeline.storage import (
+    Checkpoint,
     CorruptFileError,
     ModelFolder,
     read_json_file,
-    to_path,
     write_json,
     write_text,
 )
@@ -519,19 +519,15 @@ def fit_and_score(data: RecDataset, stages: dict, tables: dict, train_t: pl.Data
 # ----------------------------------------------------------------------------------------------------------------
 # serving: the saved booster over candidates and features rebuilt from every interaction
 
-BOOSTER_FILE = "lightgbm.txt"  # LightGBM's own text model format (never pickle)
-SERVING_FILE = "config.json"  # what serving rebuilds the features with
-
-
 def save_variants(run: RankerRun, folder: ModelFolder, config: RankerConfig) -> None:
     """Per variant, in its folder: the booster at its chosen round (LightGBM's text format) and `config.json`
     (its feature columns, the sources' model/variant, the candidate settings and the booster's sha256)."""
     for variant, (booster, columns) in run.boosters.items():
         text = booster.model_to_string(num_iteration=booster.best_iteration)
-        checkpoint = folder.variant(variant)
-        write_text(text, checkpoint / BOOSTER_FILE)
+        checkpoint = Checkpoint(folder.variant(variant))
+        write_text(text, checkpoint.booster)
         write_json({"columns": columns, "sources": run.sources, "config": dataclasses.asdict(config),
-                    "booster_sha256": hashlib.sha256(text.encode()).hexdigest()}, checkpoint / SERVING_FILE)
+                    "booster_sha256": hashlib.sha256(text.encode()).hexdigest()}, checkpoint.config)
 
 
 def load_variant(checkpoint: Path) -> tuple[object, dict]:
@@ -539,14 +535,14 @@ def load_variant(checkpoint: Path) -> tuple[object, dict]:
     raises `CorruptFileError`."""
     import lightgbm as lgb
 
-    checkpoint = to_path(checkpoint)
-    if not (checkpoint / SERVING_FILE).exists():
-        raise FileNotFoundError(f"{checkpoint / SERVING_FILE} not found: materialize the '{NAME}' asset again "
+    checkpoint = Checkpoint(checkpoint)
+    if not checkpoint.config.exists():
+        raise FileNotFoundError(f"{checkpoint.config} not found: materialize the '{NAME}' asset again "
                                 "(it saves each variant's booster for serving)")
-    meta = read_json_file(checkpoint / SERVING_FILE)
-    text = (checkpoint / BOOSTER_FILE).read_text()
+    meta = read_json_file(checkpoint.config)
+    text = checkpoint.booster.read_text()
     if hashlib.sha256(text.encode()).hexdigest() != meta["booster_sha256"]:
-        raise CorruptFileError(checkpoint / BOOSTER_FILE, "sha256 differs from the one recorded when it was written")
+        raise CorruptFileError(checkpoint.booster, "sha256 differs from the one recorded when it was written")
     return lgb.Booster(model_str=text), meta
 
 

@@ -40,10 +40,8 @@ from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.facts import report_facts
 from mmrec_pipeline.evaluation.protocols import evaluate_model, is_sampled, per_user_table
 from mmrec_pipeline.models.base import ItemFeatures, MissingFeature, Recommender
-from mmrec_pipeline.storage import ModelFolder, write_json
+from mmrec_pipeline.storage import FeatureCacheFolder, ModelFolder, write_json
 from mmrec_pipeline.weights import ModelSources
-
-FIT_REPORT = "fit_report.json"
 
 RUNNER_KEYS = ("search_space", "seeds", "variants", "refit")
 SELECTION_METRIC = ("ndcg", 10)  # chosen on the valid stage, full-catalog ranking
@@ -66,9 +64,10 @@ class VariantRun:
 
 
 def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: dict | None,
-          sources: ModelSources | None = None) -> Recommender:
+          sources: ModelSources | None = None, feature_cache: FeatureCacheFolder | None = None) -> Recommender:
     """Config = class defaults, then the registry variant, then the dataset's overrides from datasets.yaml;
-    pretrained weights from `sources` (default: the environment's)."""
+    pretrained weights from `sources` (default: the environment's); `feature_cache`: the lake's, for the models
+    that read it (`Recommender.feature_cache`)."""
     merged = {**variant_overrides, **{k: v for k, v in (dataset_overrides or {}).items() if k not in RUNNER_KEYS}}
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = set(merged) - fields
@@ -76,7 +75,7 @@ def build(cls: type[Recommender], variant_overrides: dict, dataset_overrides: di
         raise ValueError(f"{cls.name}: unknown config field(s) {sorted(unknown)}; allowed: {sorted(fields)} "
                          f"(and the runner keys {list(RUNNER_KEYS)})")
     model = cls(cls.Config(**merged))
-    model.sources = sources or model.sources
+    model.sources, model.feature_cache = sources or model.sources, feature_cache
     return model
 
 
@@ -121,18 +120,19 @@ def seed_summary(tables: list[pl.DataFrame], protocol: str) -> pl.DataFrame:
 
 def tune_variant(name: str, cls: type[Recommender], variant: str, overrides: dict, data: RecDataset,
                  features: ItemFeatures, compute: Compute, dataset_overrides: dict | None, item_vectors=None,
-                 log: logging.Logger | None = None, sources: ModelSources | None = None):
+                 log: logging.Logger | None = None, sources: ModelSources | None = None,
+                 feature_cache: FeatureCacheFolder | None = None):
     """(model, fit report, valid table, grid, chosen point, seconds spent on the other points, the chosen point's
     full-ranking validation result) for one variant. Only train rows (fit) and valid rows (choice) are read.
     Raises `MissingFeature` when the variant cannot fit."""
     dataset_overrides = dataset_overrides or {}
-    base = build(cls, overrides, dataset_overrides, sources)
+    base = build(cls, overrides, dataset_overrides, sources, feature_cache)
     space = dataset_overrides.get("search_space")
     space = cls.search_space_for(base.config) if space is None else space
     points = grid_points(space, pinned=[k for k in dataset_overrides if k not in RUNNER_KEYS]) or [{}]
     grid, best, spent = [], None, []
     for point in points:
-        model = build(cls, {**overrides, **point}, dataset_overrides, sources)
+        model = build(cls, {**overrides, **point}, dataset_overrides, sources, feature_cache)
         start = time.perf_counter()
         report = model.fit(data, features, compute, log)
         valid, valid_full = evaluate_model(model, data, name, variant, item_vectors=item_vectors, sampled=None,
@@ -154,8 +154,8 @@ def tune_variant(name: str, cls: type[Recommender], variant: str, overrides: dic
 
 def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict], data: RecDataset,
                    features: ItemFeatures, compute: Compute, out_dir: Path, dataset_overrides: dict | None = None,
-                   item_vectors=None, log: logging.Logger | None = None, sources: ModelSources | None = None
-                   ) -> tuple[list[VariantRun], dict[str, str]]:
+                   item_vectors=None, log: logging.Logger | None = None, sources: ModelSources | None = None,
+                   feature_cache: FeatureCacheFolder | None = None) -> tuple[list[VariantRun], dict[str, str]]:
     """Runs of the variants that could train, and {variant: reason} for those skipped for lack of a feature
     (e.g. image strategies on a dataset without images)."""
     runs, skipped = [], {}
@@ -170,7 +170,8 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
                      f"({data.n_users} users, {data.n_items} items)")
         try:
             model, report, valid, grid, chosen, tune_seconds, valid_full = tune_variant(
-                name, cls, variant, overrides, data, features, compute, dataset_overrides, item_vectors, log, sources)
+                name, cls, variant, overrides, data, features, compute, dataset_overrides, item_vectors, log, sources,
+                feature_cache)
         except MissingFeature as e:
             skipped[variant] = str(e)
             if log:
@@ -188,7 +189,7 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
                     with_seed(per_user_table(valid_full, data, name, variant, f"{data.protocol}@valid"), seed0)]
         for s in range(1, n_seeds if seeded else 1):
             other = build(cls, {**overrides, **chosen, "seed": seed0 + s},
-                          {k: v for k, v in (dataset_overrides or {}).items() if k != "seed"}, sources)
+                          {k: v for k, v in (dataset_overrides or {}).items() if k != "seed"}, sources, feature_cache)
             other.fit(data, features, compute, log)
             table, other_full = evaluate_model(other, data, name, variant, item_vectors=item_vectors)
             tables.append(table)
@@ -197,18 +198,18 @@ def train_variants(name: str, cls: type[Recommender], variants: dict[str, dict],
         eval_seconds = time.perf_counter() - start
         tuning = {"selected_on": f"{data.protocol}@valid ndcg@10 (full catalog)", "grid": grid, "chosen": chosen,
                   "seeds": len(tables), "test_ndcg@10_by_seed": test_by_seed}
-        checkpoint = ModelFolder(out_dir).variant(variant)
-        model.save(checkpoint, tuning=tuning)
+        checkpoint = ModelFolder(out_dir).checkpoint(variant)
+        model.save(checkpoint.path, tuning=tuning)
         # Beside the checkpoint: what retraining on all interactions needs (best_epoch chosen on valid).
-        write_json(fit_summary(report), checkpoint / FIT_REPORT)
-        write_json(report_facts(model, data), ModelFolder(out_dir).report_facts(variant))
+        write_json(fit_summary(report), checkpoint.fit_report)
+        write_json(report_facts(model, data), checkpoint.report_facts)
         metrics = pl.concat([seed_summary(tables, data.protocol), valid])
         extra = model.extra_metrics(data, name, variant)  # protocols beside ranking, e.g. mmrec_dlrm's pointwise one
         if extra is not None:
             metrics = pl.concat([metrics, extra])
         if (dataset_overrides or {}).get("refit"):
             refit, _ = refit_test(cls, model.config, report, data, features, compute, name, variant, item_vectors,
-                                  log, model.sources)
+                                  log, model.sources, model.feature_cache)
             metrics = pl.concat([metrics, refit])
         runs.append(VariantRun(variant, model, report, metrics, eval_seconds, grid, chosen, len(tables), tune_seconds,
                                per_user=pl.concat(per_user)))
@@ -236,7 +237,7 @@ def refit_config(cls: type[Recommender], config: dict, report: dict) -> tuple[ob
 
 def refit_test(cls: type[Recommender], config, report: dict, data: RecDataset, features: ItemFeatures,
                compute: Compute, name: str, variant: str, item_vectors=None, log: logging.Logger | None = None,
-               sources: ModelSources | None = None):
+               sources: ModelSources | None = None, feature_cache: FeatureCacheFolder | None = None):
     """(test rows, protocol `<protocol>+refit`, and the full-ranking result) of `config` retrained on train + valid
     with the settings its validation run chose (`report`: best_epoch). Nothing is chosen here; test is scored once.
     `config`: the chosen point's `cls.Config`."""
@@ -244,7 +245,7 @@ def refit_test(cls: type[Recommender], config, report: dict, data: RecDataset, f
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}  # shallow: nested configs stay
     model_config, fixed = refit_config(cls, fields, report)
     model = cls(model_config)
-    model.sources = sources or model.sources
+    model.sources, model.feature_cache = sources or model.sources, feature_cache
     if log:
         log.info(f"{name}/{variant}: refit on train + valid ({refit_data.train.height} interactions) with {fixed}")
     model.fit(refit_data, features, compute, log)

@@ -57,6 +57,7 @@ from mmrec_pipeline.models.training import (
     pad_histories,
     seed_everything,
 )
+from mmrec_pipeline.storage import FeatureCacheFolder
 from mmrec_pipeline.weights import ModelSources
 
 SCRATCH = "bart-scratch"
@@ -295,13 +296,13 @@ def embed_texts(texts: list[str]) -> np.ndarray:
                                      convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
 
 
-def catalog_vectors(items: pl.DataFrame, texts: list[str], sources: ModelSources, log=None) -> np.ndarray:
-    """Sentence vectors of the item texts through the shared feature cache (computed once per text)."""
+def catalog_vectors(items: pl.DataFrame, texts: list[str], sources: ModelSources, feature_cache: FeatureCacheFolder,
+                    log=None) -> np.ndarray:
+    """Sentence vectors of the item texts through the lake's shared feature cache (computed once per text)."""
     from mmrec_pipeline.features.text import sbert_vectors
-    from mmrec_pipeline.storage import Lake
 
     long = pl.DataFrame({"item_id": items["item_id"], "text": pl.Series(texts, dtype=pl.Utf8)})
-    rows, _ = sbert_vectors(long, sources, Compute(device="cpu"), Lake().feature_cache(), None, log)
+    rows, _ = sbert_vectors(long, sources, Compute(device="cpu"), feature_cache, None, log)
     return np.asarray(rows["vector"].to_list(), dtype=np.float32)
 
 
@@ -366,7 +367,7 @@ class VQBart(Recommender):
             tok = AutoTokenizer.from_pretrained(self.source, **backbones.pretrained_kwargs(self.source, self.sources))
             self.vocab = Vocabulary(hf_tokenizer=tok, n_codes=n_codes)
         self.item_tokens, self.target_tokens = self.tokenize(texts, codes)
-        self.catalog = catalog_vectors(data.items, texts, self.sources, log)
+        self.catalog = catalog_vectors(data.items, texts, self.sources, self.required_feature_cache(), log)
         self.bart = build_bart(cfg, self.vocab, self.source, load_weights=True, sources=self.sources).to(self.device)
 
     def tokenize(self, texts: list[str], codes: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from mmrec_pipeline.evaluation.protocols import is_main
 from mmrec_pipeline.evaluation.report import ReportInputs, Section
+from mmrec_pipeline.storage import read_json_file
 
 NAME = "lvlm_retrieval"
 
@@ -54,7 +53,7 @@ def strategy_table(metrics: pl.DataFrame, captioners: dict[str, str | None] | No
 def section(inputs: ReportInputs) -> Section:
     """The paper's strategy table, each caption row named by the captioner its checkpoint used (read from the
     checkpoint's config.json, not its weights)."""
-    captioners = {variant: json.loads(c.read_text())["extra"].get("captioner")
+    captioners = {variant: read_json_file(c)["extra"].get("captioner")
                   for variant, c in inputs.artifacts.checkpoint_configs(NAME).items()}
     table = strategy_table(inputs.metrics, captioners)
     change = pl.col("vs title (%)").round(1)

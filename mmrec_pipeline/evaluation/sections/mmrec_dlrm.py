@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from mmrec_pipeline.evaluation.protocols import is_pointwise, is_sampled, is_test_stage
 from mmrec_pipeline.evaluation.report import ReportInputs, Section
+from mmrec_pipeline.storage import read_json_file
 
 NAME = "mmrec_dlrm"
 LOSSES = ("none", "basic", "sqrt")  # the paper's three losses, in its table's order (the model's grid uses them)
@@ -59,7 +58,7 @@ def report_note(table: pl.DataFrame, threshold: float | None, ranking: str) -> s
 def section(inputs: ReportInputs) -> Section:
     """The paper's pointwise table beside full-catalog ranking, one row per variant (dropout and threshold read
     from each checkpoint's config.json, not its weights)."""
-    configs = {variant: json.loads(c.read_text())["config"]
+    configs = {variant: read_json_file(c)["config"]
                for variant, c in inputs.artifacts.checkpoint_configs(NAME).items()}
     table = report_table(inputs.metrics, {v: c["dropout"] for v, c in configs.items()})
     pointwise = inputs.metrics.filter((pl.col("model") == NAME) & is_pointwise())

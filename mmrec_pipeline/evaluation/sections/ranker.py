@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import polars as pl
 
 from mmrec_pipeline.evaluation.report import ReportInputs, Section
+from mmrec_pipeline.storage import read_json_file
 
 NAME = "ranker"
 ABLATION_COLUMNS = ("name", "valid_ndcg@10", "test_ndcg@10", "ci_low", "ci_high", "diff_vs_reference", "p_holm",
@@ -18,7 +17,7 @@ def section(inputs: ReportInputs) -> Section | None:
     path = inputs.artifacts.ranker_summary
     if not path.exists():
         return None
-    s = json.loads(path.read_text())
+    s = read_json_file(path)
     gains = pl.DataFrame(s["gains"]).pivot(on="variant", index="family", values="share").fill_null(0.0)
     note = (f"Two-stage ranker: candidates = the union of each source's top-N (sources: "
             f"{', '.join(f'{k} = `{v}`' for k, v in s['sources'].items())}), ordered by LightGBM lambdarank fitted "

@@ -7,7 +7,6 @@ dataset's VQ-VAE report; never a checkpoint.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from mmrec_pipeline.evaluation.report import (
     full_ranking,
     user_example,
 )
-from mmrec_pipeline.storage import DatasetView, to_path
+from mmrec_pipeline.storage import DatasetView, read_json_file, to_path
 from mmrec_pipeline.weights import ModelSources
 
 BERTSCORE_LAYERS = 6  # all-MiniLM-L6-v2 has 6 layers; bert-score needs the layer named for an unlisted encoder
@@ -101,7 +100,7 @@ def generation_section(metrics: pl.DataFrame, data, artifacts: DatasetView, vq_r
 
     tokenizer = "a pretrained VQGAN (MMREC_MODEL_VQGAN)"
     if vq_report is not None and to_path(vq_report).exists():
-        q = json.loads(to_path(vq_report).read_text())
+        q = read_json_file(vq_report)
         tokenizer = (f"the dataset's VQ-VAE ({q['config']['image_size']} px, codebook {q['config']['codebook_size']}): "
                      f"held-out PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.3f} over {q['holdout_images']} images")
     note = (f"Protocol: {len(inputs.users)} test users (seeded subsample of the `{data.protocol}` test users); the "
