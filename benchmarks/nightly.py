@@ -8,12 +8,13 @@ In a fresh lake, with a copy of datasets.yaml whose `hm-synthetic` entry has the
    one in-process run, the feature cache empty;
 2. the night: the entry gains `extra_days: 1`, `raw_files` observed again (it appends the day to a copy of the
    release), the automation evaluated, and the requested assets of ASSETS materialized.
-Each requested asset is listed with why (the upstream assets updated since it last ran, or the raw files' new data
-version), the assets of ASSETS with its step's wall time, and the feature assets with the items they computed and
-reused. The other requested assets (the models not measured here) are recorded as materialized without running, so
-the conditions of what reads them resolve as after a full run. Steps run one at a time with the `local`
-environment's resources (`ComputeResource`: torch threads per step as `mmrec run` sets them). Results: printed and saved to
-`benchmarks/results/nightly.json` with the machine (benchmarks/machine.py) and the load when each phase started.
+Each requested asset is listed with why (the upstream assets requested with it, or the raw files' new data
+version), each step of ASSETS with its wall time, and the feature assets with the items they computed and reused.
+The other requested assets (the models not measured here) are recorded as materialized without running, so the
+conditions of what reads them resolve as after a full run. Steps run one at a time with the `local` environment's
+resources (`ComputeResource`: torch threads per step as `mmrec run` sets them). Results: printed and saved to
+`benchmarks/results/nightly.json` with the machine (benchmarks/machine.py), the load when each phase started and
+the phase's CPU time (this process's: the run is in-process).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -127,16 +129,24 @@ class Night:
         return dg.AssetKey(name)
 
 
+def cpu_seconds() -> float:
+    """This process's CPU time (user + system): the run is in-process, so a phase's difference is its own."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def phase(night: Night) -> dict:
-    load = round(os.getloadavg()[0], 2)
+    load, cpu = round(os.getloadavg()[0], 2), cpu_seconds()
     observe_s = night.observe()
     requested = night.tick()
     why = night.why(requested)
     wall, steps, stats = night.run(requested)
+    cpu = cpu_seconds() - cpu
     if night.tick():
         print("note: the automation still requests assets after the run", flush=True)
     return {"load_1m_at_start": load, "observe_s": round(observe_s, 1), "run_wall_s": round(wall, 1),
-            "total_wall_s": round(observe_s + wall, 1), "ran": {a: why[a] for a in ASSETS if a in requested},
+            "total_wall_s": round(observe_s + wall, 1), "total_cpu_s": round(cpu, 1),
+            "ran": {a: why[a] for a in ASSETS if a in requested},
             "recorded_not_run": sorted(requested - set(ASSETS)), "step_wall_s": steps, "features": stats}
 
 
@@ -162,21 +172,23 @@ def main() -> None:
 
     from resources import COMPUTE, env_name
 
+    machine = {**machine_info(), "torch_threads_per_step": COMPUTE[env_name()].cpu_threads}
     night = Night()
     night.tick()  # the first evaluation: nothing observed yet
     full = phase(night)
-    print(f"full build: {full['total_wall_s']} s (observe {full['observe_s']} s), steps {full['step_wall_s']}",
-          flush=True)
+    print(f"full build: {full['total_wall_s']} s, CPU {full['total_cpu_s']} s (observe {full['observe_s']} s), "
+          f"steps {full['step_wall_s']}", flush=True)
     write_registry(registry, base, args.scale, 1)
     increment = phase(night)
-    print(f"one more day: {increment['total_wall_s']} s (observe + append {increment['observe_s']} s), "
+    print(f"one more day: {increment['total_wall_s']} s, CPU {increment['total_cpu_s']} s "
+          f"(observe + append {increment['observe_s']} s), "
           f"steps {increment['step_wall_s']}", flush=True)
     for name, reason in increment["ran"].items():
         print(f"  {name:<18} {reason}  {increment['features'].get(name, '')}")
     print(f"  recorded without running: {', '.join(increment['recorded_not_run'])}")
     doc = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     doc["runs"][f"{args.scale:g}"] = {
-        "machine": {**machine_info(), "torch_threads_per_step": COMPUTE[env_name()].cpu_threads},
+        "machine": machine,
         "executor": "in_process (dg.materialize): one step at a time",
         "assets_measured": list(ASSETS), "full_build": full, "one_more_day": increment}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -348,7 +348,8 @@ def generate(out_dir: Path, scale: float = 1.0, seed: int = 0, extra_days: int =
         if base is None:
             atomic_write(out_dir / hm.ARTICLES, articles.write_csv)
             atomic_write(out_dir / hm.CUSTOMERS, customers.write_csv)
-            atomic_write(out_dir / hm.TRANSACTIONS, lambda tmp: _write_transactions(tmp, seed, n["transactions"], world))
+            atomic_write(out_dir / hm.TRANSACTIONS,
+                         lambda tmp: _write_transactions(tmp, seed, n["transactions"], world))
         else:
             for name in (hm.ARTICLES, hm.CUSTOMERS):
                 atomic_write(out_dir / name, lambda tmp, name=name: shutil.copyfile(base / name, tmp))
