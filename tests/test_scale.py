@@ -3,6 +3,7 @@
 
 import hashlib
 import io
+import json
 
 import numpy as np
 import polars as pl
@@ -92,6 +93,36 @@ def test_bad_options_are_named(tmp_path):
         hm_synthetic.read(tmp_path, {"scales": 1})
     with pytest.raises(DataError, match="'scale' must be in"):
         hm_synthetic.read(tmp_path, {"scale": 0})
+    for bad in (-1, 1.5, "1", True, hm_synthetic.MAX_EXTRA_DAYS + 1):
+        with pytest.raises(DataError, match="'extra_days' must be a whole number"):
+            hm_synthetic.read(tmp_path, {"scale": SCALE, "extra_days": bad})
+
+
+def test_extra_days_append_to_the_release_unchanged(generated, tmp_path):
+    """The nightly increment: N more days after 2020-09-22, the release's bytes untouched before them; a day's rows
+    do not depend on how many days follow it; the new rows' customers and articles are the release's."""
+    plus1 = hm_synthetic.generate(hm_synthetic.folder(tmp_path, SCALE, 3, 1), SCALE, seed=3, extra_days=1)
+    plus3 = hm_synthetic.generate(hm_synthetic.folder(tmp_path, SCALE, 3, 3), SCALE, seed=3, extra_days=3)
+    assert plus1.name == "scale0.001-seed3-plus1d" and plus3.name == "scale0.001-seed3-plus3d"
+    assert (tmp_path / "scale0.001-seed3" / "manifest.json").is_file()  # the release, generated first, then copied
+    release = (generated / hm.TRANSACTIONS).read_bytes()
+    one, three = (plus1 / hm.TRANSACTIONS).read_bytes(), (plus3 / hm.TRANSACTIONS).read_bytes()
+    assert one.startswith(release) and three.startswith(one) and len(three) > len(one) > len(release)
+    for name in (hm.ARTICLES, hm.CUSTOMERS):
+        assert (plus3 / name).read_bytes() == (generated / name).read_bytes()
+    new = pl.read_csv(io.BytesIO(b"t_dat,customer_id,article_id,price,sales_channel_id\n" + three[len(release):]),
+                      schema_overrides={"article_id": pl.Utf8})
+    assert new["t_dat"].unique().sort().to_list() == ["2020-09-23", "2020-09-24", "2020-09-25"]
+    tables = hm.read(plus3, {})
+    assert tables.interactions.height == hm.read(generated, {}).interactions.height + new.height
+    assert new["customer_id"].is_in(tables.users["user_id"].implode()).all()
+    assert new["article_id"].is_in(tables.items["item_id"].implode()).all()
+    before = pl.read_csv(generated / hm.TRANSACTIONS, schema_overrides={"article_id": pl.Utf8})
+    bought = new.join(before.select("customer_id", "article_id").unique(), on=["customer_id", "article_id"])
+    assert bought.height > 0  # some new rows buy again what the customer bought before (repeats, popular items)
+    assert json.loads((plus3 / "manifest.json").read_text())["last_day"] == "2020-09-25"
+    again = hm_synthetic.generate(hm_synthetic.folder(tmp_path / "again", SCALE, 3, 3), SCALE, seed=3, extra_days=3)
+    assert (again / hm.TRANSACTIONS).read_bytes() == three
 
 
 # Row counts and sha256 of the CSV of each table, computed with main's code (97ecaa5) before the scale work.

@@ -34,5 +34,5 @@ def generate_source(spec: DatasetSpec, lake: Lake) -> None:
     elif spec.source == "hm-synthetic":
         from mmrec_pipeline.data import hm_synthetic
 
-        scale, seed = hm_synthetic.parse_options(spec.options)
-        hm_synthetic.generate(hm_synthetic.folder(spec.data_dir(lake), scale, seed), scale, seed)
+        scale, seed, extra_days = hm_synthetic.parse_options(spec.options)
+        hm_synthetic.generate(hm_synthetic.folder(spec.data_dir(lake), scale, seed, extra_days), scale, seed, extra_days)
