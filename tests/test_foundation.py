@@ -129,13 +129,20 @@ def test_atomic_write_keeps_old_table_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
 
 
+def _lake_resources(root) -> dict:
+    """The IO manager and the lake resource (`lake_store`) on one lake root, as resources_for_env wires them."""
+    from resources.storage import LakeIOManager, LakeResource
+
+    lake = LakeResource(root=str(root))
+    return {"lake": LakeIOManager(lake=lake), "lake_store": lake}
+
+
 def test_missing_dataset_fails_with_how_to_obtain(tmp_path, monkeypatch):
     from assets.ingest import ingest
-    from resources.storage import LakeIOManager, LakeResource
 
     monkeypatch.setenv("MMREC_DATA", str(tmp_path))
     result = dg.materialize([ingest], partition_key="amazon-gift-cards", raise_on_error=False,
-                            resources={"lake": LakeIOManager(lake=LakeResource(root=str(tmp_path / "lake")))})
+                            resources=_lake_resources(tmp_path / "lake"))
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     message = failure.step_failure_data.error.cause.message if failure.step_failure_data.error.cause else \
@@ -146,11 +153,10 @@ def test_missing_dataset_fails_with_how_to_obtain(tmp_path, monkeypatch):
 def test_hm_ingest_and_split_through_dagster(shared_data, tmp_path):
     from assets.ingest import ingest
     from assets.splits import split
-    from resources.storage import LakeIOManager, LakeResource
 
     root = tmp_path / "lake"
     result = dg.materialize([ingest, split],  # the split checks run in its step
-                            partition_key="hm", resources={"lake": LakeIOManager(lake=LakeResource(root=str(root)))})
+                            partition_key="hm", resources=_lake_resources(root))
     assert result.success
     inter = pl.read_parquet(root / "hm" / "interactions.parquet")
     assert (inter.height, inter["user_id"].n_unique()) == (9925, 1037)
