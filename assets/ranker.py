@@ -15,7 +15,7 @@ from assets.metadata import plain
 from assets.models import all_model_names
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import DIVERSITY_VECTOR, best_on_valid, headline, valid_values
-from mmrec_pipeline.evaluation.report import md_table
+from mmrec_pipeline.evaluation.report import md_table, valid_on_shared_users
 from mmrec_pipeline.models import MODELS, ranker
 from mmrec_pipeline.models.base import item_features
 from mmrec_pipeline.registry import get_dataset
@@ -57,11 +57,19 @@ def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, mo
     # LightGBM gets the step's threads (ComputeResource.cpu_threads set torch's); diversity as every model's
     run = ranker.run_ranker(data, sources, ranker.ItemVectors.from_features(feats), config,
                             threads=torch.get_num_threads(), item_vectors=feats.get(DIVERSITY_VECTOR), log=context.log)
-    reference = best_on_valid(valid_values(metrics))  # the validation-best single model (metrics: theirs only)
+    # The reference is the validation-best single model on the users the champion table compares every row on
+    # (the ranker's holdout), so the ablation and the champion name the same best single model.
+    singles = {name.split("/")[0] for name in valid_values(metrics)}
+    frames = [read_parquet(f) for f in (artifacts.per_user(m) for m in sorted(singles)) if f.exists()]
+    single_rows = pl.concat(frames, how="diagonal_relaxed") if frames else run.per_user.clear()
+    shared, _ = valid_on_shared_users(pl.concat([metrics, run.metrics], how="diagonal_relaxed"),
+                                      pl.concat([run.per_user, single_rows], how="diagonal_relaxed"))
+    reference = (best_on_valid(shared, among=[n for n in shared if n.split("/")[0] in singles])
+                 or best_on_valid(valid_values(metrics)))
+    ref_rows = single_rows.filter(pl.col("model") == reference.split("/")[0]) if reference else single_rows.clear()
     per_user, tested = run.per_user, None
-    ref_file = artifacts.per_user(reference.split("/")[0]) if reference else None
-    if ref_file is not None and ref_file.exists():  # its per-user values: the CIs and the paired tests
-        per_user, tested = pl.concat([per_user, read_parquet(ref_file)], how="diagonal_relaxed"), reference
+    if ref_rows.height:  # its per-user values: the CIs and the paired tests
+        per_user, tested = pl.concat([per_user, ref_rows], how="diagonal_relaxed"), reference
     ablation = ranker.ablation_table(per_user, pl.concat([metrics, run.metrics]), tested)
     write_parquet(run.per_user, artifacts.per_user(ranker.NAME))
     ranker.save_variants(run, artifacts.model(ranker.NAME), config)  # what `recommendations` serves it with
