@@ -58,6 +58,31 @@ def test_topk_matches_stable_argsort_with_heavy_ties():
     np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(scores.numpy(), ref, 1))
 
 
+@pytest.mark.parametrize("levels", [4, 1000, None])
+def test_topk_on_long_rows_matches_stable_argsort(levels):
+    # rows long enough for the two-level top-k (chunk maxima first); few levels = ties across chunk boundaries
+    gen = torch.Generator().manual_seed(levels or 0)
+    n = 32 * 200 + 7  # a ragged tail after the last full chunk
+    if levels is None:
+        scores = torch.randn(30, n, generator=gen)
+    else:
+        scores = torch.randint(0, levels, (30, n), generator=gen).float()
+    scores[3] = -math.inf
+    scores[4, 40:] = -math.inf
+    scores[5, -3:] = scores[5].max() + 1  # the best items in the tail
+    idx, vals = deterministic_topk(scores, 21)
+    ref = np.argsort(-scores.numpy(), axis=1, kind="stable")[:, :21]
+    np.testing.assert_array_equal(idx.numpy(), ref)
+    np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(scores.numpy(), ref, 1))
+
+
+def test_nan_score_is_found_on_long_rows():
+    scores = torch.randn(4, 32 * 200)
+    scores[2, 1234] = math.nan
+    _, vals = deterministic_topk(scores, 21)
+    assert bool(torch.isnan(vals[2]).any())
+
+
 def test_topk_orders_ties_inside_the_top_by_index():
     scores = torch.tensor([[0.0, 5.0, 1.0, 5.0, 5.0, 2.0]])
     idx, _ = deterministic_topk(scores, 4)

@@ -108,6 +108,27 @@ class EvalResult:
 # batched evaluator
 
 
+def _topk_values(scores: torch.Tensor, m: int, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(scores, m, dim=1)``: the same values, best first; among equal values, any indices.
+
+    Two levels when the rows are long: the m best values lie in the m chunks with the highest maxima (an item
+    above the m-th highest chunk maximum is in a chunk ranked above it; the chosen maxima themselves are m items
+    at least that high), so only those chunks and the ragged tail are ranked, not the whole row. A NaN makes
+    its chunk's maximum NaN, which topk ranks first, so NaN still reaches the result.
+    """
+    b, n = scores.shape
+    n_chunks = n // chunk
+    if n_chunks < 4 * m:  # few chunks: ranking the chosen ones would be most of the row anyway
+        return torch.topk(scores, m, dim=1)
+    body = scores[:, : n_chunks * chunk].reshape(b, n_chunks, chunk)  # a view: rows are contiguous
+    best_chunks = torch.topk(body.amax(dim=2), m, dim=1).indices
+    rows = torch.arange(b, device=scores.device)[:, None]
+    candidates = torch.cat([body[rows, best_chunks].reshape(b, m * chunk), scores[:, n_chunks * chunk :]], dim=1)
+    vals, pos = torch.topk(candidates, m, dim=1)
+    from_body = best_chunks.gather(1, (pos // chunk).clamp(max=m - 1)) * chunk + pos % chunk
+    return vals, torch.where(pos < m * chunk, from_body, pos - m * chunk + n_chunks * chunk)
+
+
 def deterministic_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k per row, best first, equal scores ordered by lower item index. Returns (indices, scores).
 
@@ -117,7 +138,7 @@ def deterministic_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     """
     n = scores.shape[1]
     k = min(k, n)
-    vals, idx = torch.topk(scores, min(k + 1, n), dim=1)
+    vals, idx = _topk_values(scores, min(k + 1, n))
     crossing = vals[:, k] == vals[:, k - 1] if n > k else torch.zeros_like(vals[:, 0], dtype=torch.bool)
     vals, idx = vals[:, :k], idx[:, :k].clone()
     if bool(crossing.any()):
@@ -265,7 +286,8 @@ def evaluate(
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
     k_max = ks[-1]
     n_items = inputs.n_items
-    keep = np.array([len(np.unique(r)) > 0 for r in inputs.relevant], dtype=bool)
+    relevant_sets = [np.unique(r) for r in inputs.relevant]
+    keep = np.array([len(r) > 0 for r in relevant_sets], dtype=bool)
     selected = np.flatnonzero(keep)
     kinds = _beyond_accuracy_kinds(item_vectors, item_categories, train_counts)
 
@@ -309,7 +331,7 @@ def evaluate(
 
         # A hit is a (row, item) pair of the top-k that also occurs among the relevant pairs;
         # the keys row * n_items + item of the relevant pairs come out sorted, so binary search them.
-        relevant = [np.unique(inputs.relevant[i]) for i in sel]
+        relevant = [relevant_sets[i] for i in sel]
         rel_keys = _flat_index(relevant, n_items, device)
         top_keys = torch.arange(len(sel), device=device)[:, None] * n_items + top
         found = rel_keys[torch.searchsorted(rel_keys, top_keys).clamp(max=len(rel_keys) - 1)]
