@@ -209,7 +209,7 @@ def _flat_index(arrays: Sequence[np.ndarray], n_items: int, device) -> torch.Ten
     """Positions row * n_items + item in a row-major [len(arrays), n_items] matrix; sorted when
     each array is sorted."""
     rows = np.repeat(np.arange(len(arrays), dtype=np.int64), [len(a) for a in arrays])
-    items = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays])
+    items = np.concatenate([np.zeros(0, dtype=np.int64), *(np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays)])
     if len(items) and (items.min() < 0 or items.max() >= n_items):  # would silently hit another row
         raise ValueError(f"item index out of range [0, {n_items})")
     return torch.as_tensor(rows * n_items + items, device=device)
@@ -337,8 +337,11 @@ def evaluate(
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
     k_max = ks[-1]
     n_items = inputs.n_items
-    relevant_sets = [np.unique(r) for r in inputs.relevant]
-    keep = np.array([len(r) > 0 for r in relevant_sets], dtype=bool)
+    # each user's relevant items, sorted and deduplicated, in one np.unique over row * n_items + item
+    keys = np.unique(_flat_index(inputs.relevant, n_items, "cpu").numpy())
+    counts = np.bincount(keys // n_items, minlength=len(inputs.users))
+    relevant_sets = np.split(keys % n_items, np.cumsum(counts)[:-1])
+    keep = counts > 0
     selected = np.flatnonzero(keep)
     kinds = _beyond_accuracy_kinds(item_vectors, item_categories, train_counts)
 
