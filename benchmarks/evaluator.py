@@ -9,7 +9,8 @@ allocations too) is its own. The naive loop runs on a subset of users and is ext
 RecBole runs in its own venv (``benchmarks/.recbole-venv``) with its own Collector/Evaluator code.
 Each method is timed ``--repeats`` times (best reported, median kept) with ``--threads`` torch threads
 (default 1: on a shared machine, with 2 threads every small op waits on a busy core and timings swing 5x).
-Results: a printed table and ``benchmarks/results/evaluator.json``.
+Results: a printed table and ``benchmarks/results/evaluator.json`` (``--results`` elsewhere; ``--methods`` runs fewer
+of ours, e.g. only ``score_only ours`` at a size where the naive loop would take long).
 """
 
 from __future__ import annotations
@@ -261,6 +262,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for every method (1: stable timings on a shared machine)")
     parser.add_argument("--skip-recbole", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=["score_only", "ours", "ours_full", "naive", "verify"],
+                        choices=["score_only", "ours", "ours_full", "naive", "verify"],
+                        help="which of our methods and checks to run (fewer for a large size)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -291,8 +296,9 @@ def main() -> None:
     data_path = WORK / f"evaluator_{args.users}x{args.items}_d{args.dim}_s{args.seed}.npz"
     np.savez(data_path, **make_data(args.users, args.items, args.dim, args.seed))
 
-    methods = ("score_only", "ours", "ours_full", "naive")
-    raw = {name: run_worker(sys.executable, name, data_path, args) for name in methods}
+    skipped = {"error": "not run (--methods)"}
+    raw = {name: run_worker(sys.executable, name, data_path, args) if name in args.methods else skipped
+           for name in ("score_only", "ours", "ours_full", "naive")}
     if args.skip_recbole:
         raw["recbole"] = {"error": "skipped (--skip-recbole)"}
     elif not RECBOLE_PYTHON.exists():
@@ -301,7 +307,7 @@ def main() -> None:
                           "'setuptools>=77,<80' 'pandas<2.3' recbole==1.2.1"}
     else:
         raw["recbole"] = run_worker(RECBOLE_PYTHON, "recbole", data_path, args)
-    verify = run_worker(sys.executable, "verify", data_path, args)
+    verify = run_worker(sys.executable, "verify", data_path, args) if "verify" in args.methods else skipped
 
     notes = {
         "score_only": "only the low-rank score function, batch by batch: the floor for every method",
@@ -335,8 +341,8 @@ def main() -> None:
         "check_ours_vs_recbole": comparison,
         "recbole_raw": {k: v for k, v in raw["recbole"].items() if k != "metrics"},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2))
 
     print(f"{args.users} users x {args.items} items, K={KS}, {args.threads} torch thread(s) of "
           f"{machine['cores_usable']} cores, load {machine['load_average_1m_5m_15m_at_start'][0]}, "
@@ -350,7 +356,7 @@ def main() -> None:
               f"{row['seconds_all_users']:>9.2f} {row['peak_rss_mb']:>9.0f} {row['rss_before_eval_mb']:>8.0f}  "
               f"{row['note']}")
     if "error" in verify:
-        print("ours vs naive: ERROR", verify["stderr_tail"])
+        print("ours vs naive:", verify.get("stderr_tail") or verify["error"])
     else:
         for name in ("continuous", "rounded_ties"):
             print(f"ours vs naive ({verify['users']} users, {name} scores): max abs diff "
@@ -358,7 +364,7 @@ def main() -> None:
                   "(per user)")
     if comparison:
         print(f"ours vs RecBole metric values: max abs diff {comparison['max_abs_diff']:.3g}")
-    print(f"saved {RESULTS.relative_to(ROOT)}")
+    print(f"saved {args.results}")
 
 
 if __name__ == "__main__":
