@@ -8,6 +8,8 @@ items/users/interactions parquet) -> split (5-core on users, temporal split, the
 popularity, item_knn, bpr_mf (fit on train, checkpoint) -> evaluate (the three checkpoints, full-catalog ranking,
 batched, through evaluate_model: plain, +cold and +sampled:100; where there are more than `--eval-users` test users
 a seeded sample of that many is ranked, and the protocol says so: `temporal+users:50000`).
+item_knn_top12 (after item_knn): every active user's top-12 through serving.write_top_k in batches of 1024, its
+users/s and a fingerprint of the lists (so a faster score path can be shown to give the same lists).
 BPR-MF runs `--bpr-epochs` epoch(s) with `--bpr-batch` triples per step (no early stopping at 1 epoch).
 A stage that fails or runs past `--stage-timeout` is recorded with its error; later stages of that scale are
 skipped. Results: a printed table and `benchmarks/results/scale.json` (CPU model/flags, load at start).
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
-STAGES = ("generate", "ingest", "split", "popularity", "item_knn", "bpr_mf", "evaluate")
+STAGES = ("generate", "ingest", "split", "popularity", "item_knn", "bpr_mf", "evaluate", "item_knn_top12")
 MODELS = ("popularity", "item_knn", "bpr_mf")
 DATASET = "hm-synthetic"
 
@@ -66,7 +68,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
 
     from mmrec_pipeline.storage import write_parquet
 
-    if stage in (*MODELS, "evaluate"):  # importing torch alone costs ~0.7 GB of RSS: only where it is used
+    if stage in (*MODELS, "evaluate", "item_knn_top12"):  # importing torch alone costs ~0.7 GB of RSS: only where it is used
         import torch
 
         torch.set_num_threads(args.threads)
@@ -133,6 +135,23 @@ def run_stage(stage: str, scale: float, args) -> dict:
             facts[name] = {"protocol": main["protocol"], "users_evaluated": full.n_users,
                            "ndcg@10": round(main["value"], 4), "seconds": round(time.perf_counter() - t0, 1)}
         return facts
+    if stage == "item_knn_top12":
+        import hashlib
+
+        from mmrec_pipeline.models import MODELS as REGISTRY
+        from mmrec_pipeline.serving import active_users, write_top_k
+
+        data = load_data(scale)
+        model = REGISTRY["item_knn"].load(out / "models" / "item_knn")
+        users = active_users(data, 0)[: args.top12_users or None]
+        path = out / "item_knn_top12.parquet"
+        facts = write_top_k(model, data, users, path, k=12, batch_users=1024)
+        # A fingerprint of the lists (not the float scores): equal before and after a change of the score path
+        # means every user got the same 12 items in the same order.
+        lists = pl.read_parquet(path, columns=["user_id", "rank", "item_id"]).sort("user_id", "rank")
+        digest = hashlib.sha256(lists.write_csv().encode()).hexdigest()[:16]
+        return {"users": facts["users"], "seconds": round(facts["seconds"], 1),
+                "users_per_second": round(facts["users_per_second"], 1), "lists_sha256": digest}
     raise ValueError(f"unknown stage {stage}")
 
 
@@ -140,7 +159,7 @@ def child(stage: str, scale: float, args) -> dict:
     """Run one stage in a fresh process; wall time, its own peak RSS and CPU time, and what it reported."""
     cmd = [sys.executable, __file__, "--stage", stage, "--scales", str(scale), "--threads", str(args.threads),
            "--bpr-epochs", str(args.bpr_epochs), "--bpr-batch", str(args.bpr_batch),
-           "--eval-users", str(args.eval_users)]
+           "--eval-users", str(args.eval_users), "--top12-users", str(args.top12_users)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
@@ -214,6 +233,8 @@ def main() -> None:
     parser.add_argument("--bpr-batch", type=int, default=16384)
     parser.add_argument("--eval-users", type=int, default=50_000,
                         help="rank a seeded sample of this many test users where there are more (protocol +users:N)")
+    parser.add_argument("--top12-users", type=int, default=0,
+                        help="item_knn_top12: score the first N active users (0 = all of them)")
     parser.add_argument("--stage-timeout", type=float, default=3600)
     parser.add_argument("--markdown", action="store_true", help="print the docs/BENCHMARKS.md table from the results and exit")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process

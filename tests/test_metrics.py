@@ -58,6 +58,49 @@ def test_topk_matches_stable_argsort_with_heavy_ties():
     np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(scores.numpy(), ref, 1))
 
 
+@pytest.mark.parametrize("levels", [4, 1000, None])
+def test_topk_on_long_rows_matches_stable_argsort(levels):
+    # rows long enough for the two-level top-k (chunk maxima first); few levels = ties across chunk boundaries
+    gen = torch.Generator().manual_seed(levels or 0)
+    n = 32 * 200 + 7  # a ragged tail after the last full chunk
+    if levels is None:
+        scores = torch.randn(30, n, generator=gen)
+    else:
+        scores = torch.randint(0, levels, (30, n), generator=gen).float()
+    scores[3] = -math.inf
+    scores[4, 40:] = -math.inf
+    scores[5, -3:] = scores[5].max() + 1  # the best items in the tail
+    idx, vals = deterministic_topk(scores, 21)
+    ref = np.argsort(-scores.numpy(), axis=1, kind="stable")[:, :21]
+    np.testing.assert_array_equal(idx.numpy(), ref)
+    np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(scores.numpy(), ref, 1))
+
+
+@pytest.mark.parametrize("levels", [2, None])
+def test_topk_with_a_mask_matches_stable_argsort_of_the_masked_scores(levels):
+    gen = torch.Generator().manual_seed(1)
+    n = 32 * 100 + 9
+    scores = torch.randn(20, n, generator=gen) if levels is None else torch.randint(0, levels, (20, n), generator=gen).float()
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    masked_items = [torch.cat([order[r, : 5 * r], torch.tensor([n - 1, n - 3])]) for r in range(20)]  # best and tail
+    keys = torch.cat([r * n + items for r, items in enumerate(masked_items)]).sort().values
+    expected = scores.clone()
+    expected.view(-1)[keys] = -math.inf
+    before = scores.clone()
+    idx, vals = deterministic_topk(scores, 21, keys)
+    ref = np.argsort(-expected.numpy(), axis=1, kind="stable")[:, :21]
+    np.testing.assert_array_equal(idx.numpy(), ref)
+    np.testing.assert_array_equal(vals.numpy(), np.take_along_axis(expected.numpy(), ref, 1))
+    assert torch.equal(scores, before)  # the mask is applied without writing to the scores
+
+
+def test_nan_score_is_found_on_long_rows():
+    scores = torch.randn(4, 32 * 200)
+    scores[2, 1234] = math.nan
+    _, vals = deterministic_topk(scores, 21)
+    assert bool(torch.isnan(vals[2]).any())
+
+
 def test_topk_orders_ties_inside_the_top_by_index():
     scores = torch.tensor([[0.0, 5.0, 1.0, 5.0, 5.0, 2.0]])
     idx, _ = deterministic_topk(scores, 4)
@@ -219,6 +262,25 @@ def test_batched_equals_naive(batch_size, exclude_history):
         fast = evaluate(table_fn(table), data, ks=(1, 5, 10, 40), batch_size=batch_size, **kw)
         slow = naive_evaluate(table_fn(table), data, ks=(1, 5, 10, 40), **kw)
         assert_same(fast, slow)
+
+
+@pytest.mark.parametrize("levels", [3, None])
+def test_batched_equals_naive_on_long_rows_with_the_best_items_in_history(levels):
+    # long rows take the two-level top-k, where the history mask is applied to chunk maxima and candidates
+    # instead of a masked copy: put each user's best items (and some of the ragged tail) in their history
+    rng = np.random.default_rng(7)
+    n_users, n_items = 24, 32 * 150 + 5
+    table = rng.normal(size=(n_users, n_items)) if levels is None else rng.integers(0, levels, (n_users, n_items))
+    table = table.astype(np.float32)
+    table[3, :] = -math.inf
+    best = np.argsort(-table, axis=1, kind="stable")
+    history = [np.r_[best[u, : rng.integers(0, 60)], n_items - 1 - rng.integers(0, 5, size=2)] for u in range(n_users)]
+    relevant = [rng.choice(n_items, size=rng.integers(1, 5), replace=False) for _ in range(n_users)]
+    relevant[0] = best[0, 10:14]  # hits among the best items that are not masked
+    data = inputs(n_items, history, relevant)
+    fast = evaluate(table_fn(table), data, ks=(1, 5, 20), batch_size=7, train_counts=np.arange(n_items))
+    assert_same(fast, naive_evaluate(table_fn(table), data, ks=(1, 5, 20), train_counts=np.arange(n_items)))
+    assert fast.value("hr", 20) > 0
 
 
 @pytest.mark.parametrize("batch_size", [2, 64])

@@ -9,7 +9,7 @@ import torch
 from mmrec_pipeline.compute import Compute
 from mmrec_pipeline.evaluation.protocols import evaluate_model, headline
 from mmrec_pipeline.models import CLASSIC
-from mmrec_pipeline.models.base import ItemFeatures
+from mmrec_pipeline.models.base import ItemFeatures, history_matrix
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,17 @@ def test_scores_cover_the_whole_catalog(trained, sample_dataset):
         s = model.score(inputs.users[:4], inputs.history[:4])
         assert s.shape == (4, sample_dataset.n_items) and torch.isfinite(s).all(), name
         assert np.unique(s[0].numpy()).size > 1 or name == "popularity"
+
+
+def test_item_knn_score_is_the_history_times_the_neighbour_similarities(trained, sample_dataset):
+    model = trained[("item_knn", "default")][0]
+    n = sample_dataset.n_items
+    sim = torch.zeros(n, n)
+    sim.scatter_(1, model.neighbour_idx, model.neighbour_sim)  # row i: item i's neighbours
+    history = [np.array([3, 1, 3]), np.zeros(0, dtype=np.int64), np.arange(n)]  # a repeat counts once
+    expected = history_matrix(history, n) @ sim
+    assert torch.allclose(model.score(np.arange(3), history), expected, rtol=1e-5, atol=1e-6)
+    assert not model.score(np.arange(3), history)[1].any()
 
 
 def test_recent_popularity_window_ends_where_the_ranked_histories_end():

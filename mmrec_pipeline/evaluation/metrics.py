@@ -108,21 +108,82 @@ class EvalResult:
 # batched evaluator
 
 
-def deterministic_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _set_masked(rows_scores: torch.Tensor, rows: torch.Tensor, masked: torch.Tensor, shape) -> torch.Tensor:
+    """``rows_scores``, a copy of the rows ``rows`` of a matrix of ``shape``, with the entries of ``masked`` (flat
+    keys row * n_items + item of that matrix) in those rows set to -inf."""
+    where = torch.full((shape[0],), -1, dtype=torch.long, device=rows.device)
+    where[rows] = torch.arange(len(rows), device=rows.device)
+    row_of = where[masked // shape[1]]
+    hit = row_of >= 0
+    rows_scores[row_of[hit], masked[hit] % shape[1]] = -math.inf
+    return rows_scores
+
+
+def _topk_values(scores: torch.Tensor, m: int, masked: torch.Tensor | None = None,
+                 chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk`` of ``scores`` with the ``masked`` entries (sorted flat keys row * n + item) at -inf: the same
+    values, best first; among equal values, any indices. ``scores`` is not written to.
+
+    Two levels when the rows are long: the m best values lie in the m chunks with the highest maxima (an item
+    above the m-th highest chunk maximum is in a chunk ranked above it; the chosen maxima themselves are m items
+    at least that high), so only those chunks and the ragged tail are ranked, not the whole row. The maxima are
+    taken over the unmasked scores (the few chunks holding a masked item are redone), so the masked matrix is
+    never built. A NaN makes its chunk's maximum NaN, which topk ranks first, so NaN still reaches the result.
+    """
+    b, n = scores.shape
+    n_chunks = n // chunk
+    rows = torch.arange(b, device=scores.device)
+    if n_chunks < 4 * m:  # few chunks: ranking the chosen ones would be most of the row anyway
+        if masked is not None:
+            scores = _set_masked(scores.clone(), rows, masked, scores.shape)
+        return torch.topk(scores, m, dim=1)
+    body = scores[:, : n_chunks * chunk].reshape(b, n_chunks, chunk)  # a view where rows are contiguous
+    tail = scores[:, n_chunks * chunk :].clone()
+    maxima = body.amax(dim=2)
+    redone = None
+    if masked is not None and len(masked):
+        item = masked % n
+        in_body = item < n_chunks * chunk
+        tail[(masked // n)[~in_body], item[~in_body] - n_chunks * chunk] = -math.inf
+        chunk_of = (masked // n * n_chunks + item // chunk)[in_body]  # flat chunk id of each masked item
+        redone = torch.unique(chunk_of) if len(chunk_of) else None
+    if redone is not None:
+        blocks = body[redone // n_chunks, redone % n_chunks]  # copies of the chunks that hold a masked item
+        blocks[torch.searchsorted(redone, chunk_of), item[in_body] % chunk] = -math.inf
+        maxima.view(-1)[redone] = blocks.amax(dim=1)
+    best_chunks = torch.topk(maxima, m, dim=1).indices
+    chosen = body[rows[:, None], best_chunks]  # [b, m, chunk] copies
+    if redone is not None:
+        flat = rows[:, None] * n_chunks + best_chunks
+        at = torch.searchsorted(redone, flat).clamp(max=len(redone) - 1)
+        is_redone = redone[at] == flat
+        chosen[is_redone] = blocks[at[is_redone]]
+    candidates = torch.cat([chosen.reshape(b, m * chunk), tail], dim=1)
+    vals, pos = torch.topk(candidates, m, dim=1)
+    from_body = best_chunks.gather(1, (pos // chunk).clamp(max=m - 1)) * chunk + pos % chunk
+    return vals, torch.where(pos < m * chunk, from_body, pos - m * chunk + n_chunks * chunk)
+
+
+def deterministic_topk(scores: torch.Tensor, k: int,
+                       masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k per row, best first, equal scores ordered by lower item index. Returns (indices, scores).
 
+    ``masked``: optional sorted flat keys row * n_items + item of entries ranked as -inf (``scores`` itself is
+    not written to, and no masked copy of it is made).
     ``torch.topk`` picks an arbitrary subset among ties at the k-th value. It is asked for one extra
     item: where the (k+1)-th score equals the k-th, ties cross the boundary and that row is redone
     as everything strictly above the k-th value plus the lowest-index items equal to it. No full sort.
     """
     n = scores.shape[1]
     k = min(k, n)
-    vals, idx = torch.topk(scores, min(k + 1, n), dim=1)
+    vals, idx = _topk_values(scores, min(k + 1, n), masked)
     crossing = vals[:, k] == vals[:, k - 1] if n > k else torch.zeros_like(vals[:, 0], dtype=torch.bool)
     vals, idx = vals[:, :k], idx[:, :k].clone()
     if bool(crossing.any()):
         rows = crossing.nonzero().squeeze(1)
         s, t = scores[rows], vals[rows, -1:]
+        if masked is not None:
+            s = _set_masked(s, rows, masked, scores.shape)
         above = s > t
         need = k - above.sum(dim=1, keepdim=True)
         tied = s == t
@@ -130,15 +191,25 @@ def deterministic_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
         idx[rows] = take.nonzero()[:, 1].view(-1, k)  # nonzero is row-major: ascending item index
     # Order inside the top-k: sort by index, then stable sort by score, so ties stay index-ordered.
     idx = idx.sort(dim=1).values
-    vals, order = scores.gather(1, idx).sort(dim=1, descending=True, stable=True)
+    vals, order = _gather_masked(scores, idx, masked).sort(dim=1, descending=True, stable=True)
     return idx.gather(1, order), vals
+
+
+def _gather_masked(scores: torch.Tensor, idx: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
+    """scores.gather(1, idx) with the ``masked`` entries at -inf."""
+    vals = scores.gather(1, idx)
+    if masked is not None and len(masked):
+        keys = torch.arange(len(idx), device=idx.device)[:, None] * scores.shape[1] + idx
+        at = torch.searchsorted(masked, keys).clamp(max=len(masked) - 1)
+        vals = vals.masked_fill(masked[at] == keys, -math.inf)
+    return vals
 
 
 def _flat_index(arrays: Sequence[np.ndarray], n_items: int, device) -> torch.Tensor:
     """Positions row * n_items + item in a row-major [len(arrays), n_items] matrix; sorted when
     each array is sorted."""
     rows = np.repeat(np.arange(len(arrays), dtype=np.int64), [len(a) for a in arrays])
-    items = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays])
+    items = np.concatenate([np.zeros(0, dtype=np.int64), *(np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays)])
     if len(items) and (items.min() < 0 or items.max() >= n_items):  # would silently hit another row
         raise ValueError(f"item index out of range [0, {n_items})")
     return torch.as_tensor(rows * n_items + items, device=device)
@@ -255,8 +326,9 @@ def evaluate(
     """Rank the whole catalog for every user, in batches, and compute the metrics in the module docstring.
 
     ``score_fn(users, history) -> Tensor[B, n_items]``: higher is better, -inf means never
-    recommend, NaN raises. Memory is score_fn's output plus one reused ``[batch_size, n_items]``
-    buffer, whatever the number of users. Diversity uses ``item_vectors`` when given, else
+    recommend, NaN raises. Memory is score_fn's output (the history mask is applied inside the
+    top-k, never to a copy of it; with ``candidates`` or integer scores, one reused ``[batch_size, n_items]``
+    buffer), whatever the number of users. Diversity uses ``item_vectors`` when given, else
     ``item_categories``; novelty needs ``train_counts``; each is skipped when its input is None.
     """
     start = time.perf_counter()
@@ -265,7 +337,11 @@ def evaluate(
         raise ValueError(f"cut-offs must be >= 1, got {ks}")
     k_max = ks[-1]
     n_items = inputs.n_items
-    keep = np.array([len(np.unique(r)) > 0 for r in inputs.relevant], dtype=bool)
+    # each user's relevant items, sorted and deduplicated, in one np.unique over row * n_items + item
+    keys = np.unique(_flat_index(inputs.relevant, n_items, "cpu").numpy())
+    counts = np.bincount(keys // n_items, minlength=len(inputs.users))
+    relevant_sets = np.split(keys % n_items, np.cumsum(counts)[:-1])
+    keep = counts > 0
     selected = np.flatnonzero(keep)
     kinds = _beyond_accuracy_kinds(item_vectors, item_categories, train_counts)
 
@@ -286,13 +362,20 @@ def evaluate(
     for lo in range(0, len(selected), batch_size):
         sel = selected[lo : lo + batch_size]
         raw = _call_score_fn(score_fn, inputs, sel)
-        if buffer is None:  # integer scores become float64 so that -inf can be written
-            dtype = raw.dtype if raw.is_floating_point() else torch.float64
-            buffer = torch.empty(min(batch_size, len(selected)), n_items, dtype=dtype, device=device)
-        scores = _masked_copy(raw, inputs, sel, buffer)
+        masked = None
+        if inputs.candidates is None and raw.is_floating_point():  # the mask goes to the top-k, no copy
+            scores = raw.to(device)
+            if inputs.exclude_history:
+                masked = _flat_index([inputs.masked(i) for i in sel], n_items, device).sort().values
+        else:
+            if buffer is None:  # integer scores become float64 so that -inf can be written
+                dtype = raw.dtype if raw.is_floating_point() else torch.float64
+                buffer = torch.empty(min(batch_size, len(selected)), n_items, dtype=dtype, device=device)
+            scores = _masked_copy(raw, inputs, sel, buffer)
         del raw
         # One item more than K: whether the item after each cut-off ties with the last one in the list.
-        top, top_scores = deterministic_topk(scores, k_max + 1)
+        top, top_scores = deterministic_topk(scores, k_max + 1, masked)
+        del scores
         if bool(torch.isnan(top_scores).any()):  # topk ranks NaN above everything, so this sees any
             raise ValueError("score_fn returned NaN scores")
         head = top_scores[:, :k_max]
@@ -309,7 +392,7 @@ def evaluate(
 
         # A hit is a (row, item) pair of the top-k that also occurs among the relevant pairs;
         # the keys row * n_items + item of the relevant pairs come out sorted, so binary search them.
-        relevant = [np.unique(inputs.relevant[i]) for i in sel]
+        relevant = [relevant_sets[i] for i in sel]
         rel_keys = _flat_index(relevant, n_items, device)
         top_keys = torch.arange(len(sel), device=device)[:, None] * n_items + top
         found = rel_keys[torch.searchsorted(rel_keys, top_keys).clamp(max=len(rel_keys) - 1)]

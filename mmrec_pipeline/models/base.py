@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 import torch
 
 from mmrec_pipeline.compute import Compute
@@ -242,10 +243,17 @@ class Recommender(abc.ABC):
         return model
 
 
-def history_matrix(history: list[np.ndarray], n_items: int) -> torch.Tensor:
-    """Binary [len(history), n_items] matrix of the items in each user's history."""
+def history_csr(history: list[np.ndarray], n_items: int) -> sp.csr_matrix:
+    """Binary sparse [len(history), n_items] float32 matrix of the items in each user's history (repeats count
+    once), columns sorted within each row."""
     rows = np.repeat(np.arange(len(history)), [len(h) for h in history])
-    cols = np.concatenate(history) if history else np.zeros(0, dtype=np.int64)
-    m = torch.zeros(len(history), n_items)
-    m[torch.as_tensor(rows), torch.as_tensor(cols, dtype=torch.long)] = 1.0
+    cols = np.concatenate(history).astype(np.int64) if history else np.zeros(0, dtype=np.int64)
+    m = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), (rows, cols)), shape=(len(history), n_items))
+    m.sum_duplicates()  # also sorts the column indices
+    m.data[:] = 1.0
     return m
+
+
+def history_matrix(history: list[np.ndarray], n_items: int) -> torch.Tensor:
+    """Binary dense [len(history), n_items] matrix of the items in each user's history."""
+    return torch.from_numpy(history_csr(history, n_items).toarray())

@@ -8,9 +8,10 @@ import dataclasses
 import time
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
-from mmrec_pipeline.models.base import Recommender, history_matrix
+from mmrec_pipeline.models.base import Recommender, history_csr
 
 
 @dataclasses.dataclass
@@ -48,22 +49,22 @@ class ItemKNN(Recommender):
         self.load_state_dict({"neighbour_idx": torch.from_numpy(idx), "neighbour_sim": torch.from_numpy(val)})
         return {"seconds": time.perf_counter() - start, "neighbours": k}
 
-    def _similarity_t(self) -> torch.Tensor:
-        """Transposed sparse similarity: row j holds the items i that have j among their neighbours."""
-        rows = torch.arange(self.n_items).repeat_interleave(self.neighbour_idx.shape[1])
-        return torch.sparse_coo_tensor(torch.stack([self.neighbour_idx.reshape(-1), rows]),
-                                       self.neighbour_sim.reshape(-1), (self.n_items, self.n_items),
-                                       check_invariants=True).to_sparse_csr()
+    def _similarity(self) -> sp.csr_matrix:
+        """Sparse [n_items, n_items] similarity: row i holds item i's neighbours j and sim(i, j)."""
+        n, k = self.neighbour_idx.shape
+        return sp.csr_matrix((self.neighbour_sim.numpy().reshape(-1), self.neighbour_idx.numpy().reshape(-1),
+                              np.arange(0, n * k + 1, k)), shape=(n, n))
 
     def score(self, users, history) -> torch.Tensor:
-        if getattr(self, "_sim_t", None) is None:
-            self._sim_t = self._similarity_t()
-        h = history_matrix(history, self.n_items)
-        return torch.sparse.mm(self._sim_t, h.t()).t()  # score[u, j] = sum over history i of sim(i, j)
+        if self._sim is None:
+            self._sim = self._similarity()
+        # score[u, j] = sum over history i of sim(i, j). Sparse x sparse costs |history| x neighbours per user;
+        # only the batch's [users, n_items] result is dense.
+        return torch.from_numpy((history_csr(history, self._sim.shape[0]) @ self._sim).toarray())
 
     def state_dict(self):
         return {"neighbour_idx": self.neighbour_idx, "neighbour_sim": self.neighbour_sim}
 
     def load_state_dict(self, state):
         self.neighbour_idx, self.neighbour_sim = state["neighbour_idx"], state["neighbour_sim"]
-        self._sim_t = None
+        self._sim = None
