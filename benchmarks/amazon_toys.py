@@ -97,7 +97,14 @@ def rows() -> dict[str, tuple[str, dict]]:
            # eSASRec's own run config for this split (configs/paper/loo/s3_vanilla.yaml) has 256 factors where its
            # README table says 64
            "sasrec_ss256_d256": ("sasrec", {**sasrec, "hidden_size": 256}),
-           "sasrec_ss256_d256_ligr_per_target": ("sasrec", {**per_target, "gated": True, "hidden_size": 256})}
+           "sasrec_ss256_d256_ligr_per_target": ("sasrec", {**per_target, "gated": True, "hidden_size": 256}),
+           # issue 36, RecTools' training against the registry's configuration, one difference a row
+           # (docs/SASREC_DIFF.md): xavier_normal_ on every weight matrix with unscaled input embeddings
+           "sasrec_xavier": ("sasrec", {**models["sasrec"], "init": "xavier", "scale_embeddings": False}),
+           "sasrec_beta2_098": ("sasrec", {**models["sasrec"], "adam_beta2": 0.98}),
+           # RecTools' SASRec layer: feed-forward as wide as the embedding, ReLU
+           "sasrec_ff64_relu": ("sasrec", {**models["sasrec"], "inner_size": 64, "activation": "relu"}),
+           "sasrec_latest_window": ("sasrec", {**models["sasrec"], "train_windows": "latest"})}
     # `sasrec`: the registry entry's configuration as it is (what `mmrec run --dataset amazon-toys` trains)
     return out | {name: (name, models[name]) for name in ("sasrec", "gru4rec", "bert4rec", "ease", "item_knn")}
 
