@@ -109,8 +109,12 @@ def rows() -> dict[str, tuple[str, dict]]:
            # RecTools' SASRec layer: feed-forward as wide as the embedding, ReLU
            "sasrec_ff64_relu": ("sasrec", {**before, "inner_size": 64, "activation": "relu"}),
            "sasrec_latest_window": ("sasrec", {**before, "train_windows": "latest"}),
-           # the published run's 256 factors (configs/paper/loo/s3_vanilla.yaml), with the registry's loss and dropouts
-           "sasrec_d256": ("sasrec", {**before, "hidden_size": 256})}
+           # the published run's 256 factors (configs/paper/loo/s3_vanilla.yaml) on top of the adopted beta2
+           "sasrec_beta2_098_d256": ("sasrec", {**before, "adam_beta2": 0.98, "hidden_size": 256}),
+           # gBCE with the input embeddings unscaled (gSASRec and RecTools feed them as they are): whether the
+           # sqrt(d)-scaled tied table is why gBCE stays at popularity level
+           "sasrec_gbce256_per_target_unscaled": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
+                                                             "scale_embeddings": False})}
     # `sasrec`: the registry entry's configuration as it is (what `mmrec run --dataset amazon-toys` trains)
     return out | {name: (name, models[name]) for name in ("sasrec", "gru4rec", "bert4rec", "ease", "item_knn")}
 
