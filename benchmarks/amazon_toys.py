@@ -116,7 +116,10 @@ def rows() -> dict[str, tuple[str, dict]]:
            "sasrec_gbce256_per_target_unscaled": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
                                                              "scale_embeddings": False}),
            # RecTools' default calibration t = 0.2 (beta 0.80 with 256 of 11,924 items) instead of gSASRec's 0.75
-           "sasrec_gbce256_per_target_t02": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.2})}
+           "sasrec_gbce256_per_target_t02": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.2}),
+           # an output bias, so that lowering every logit need not move the tied table (docs/SASREC_DIFF.md, gBCE)
+           "sasrec_gbce256_per_target_bias": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
+                                                         "output_bias": True})}
     # `sasrec`: the registry entry's configuration as it is (what `mmrec run --dataset amazon-toys` trains)
     return out | {name: (name, models[name]) for name in ("sasrec", "gru4rec", "bert4rec", "ease", "item_knn")}
 

@@ -167,6 +167,19 @@ def test_unscaled_embeddings_and_relu_feed_forward():
         model.build_network()
 
 
+def test_sasrec_output_bias_is_trained_saved_and_scored(walk):
+    """output_bias=True: a per-item bias that the loss trains, the checkpoint carries and scoring adds."""
+    model = tiny(SASRec, output_bias=True, loss="gbce", negatives=8, epochs=2)
+    model.fit(walk, None, Compute(device="cpu"))
+    bias = model.net.out_bias.detach().clone()
+    assert bias.shape == (walk.n_items,) and bias.abs().sum() > 0
+    history = [np.array([1, 2, 3])]
+    scores = model.score(np.arange(1), history)
+    model.net.out_bias.data.zero_()
+    assert torch.allclose(scores - model.score(np.arange(1), history), bias[None, :], atol=1e-5)
+    assert "out_bias" in model.state_dict() and "out_bias" not in tiny(SASRec).build_network().state_dict()
+
+
 def test_latest_window_trains_each_users_last_items_once():
     """train_windows="latest": one window per user, its most recent max_len + 1 items (RecTools' cut);
     "all" keeps every transition."""

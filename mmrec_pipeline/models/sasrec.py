@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+from torch import nn
+
 from mmrec_pipeline.models.sequential import SequentialConfig, SequentialRecommender, TransformerEncoder
 
 
@@ -31,6 +34,9 @@ class SASRecConfig(SequentialConfig):
     # all: every window of each train sequence (SequentialRecommender.training_windows) | latest: only each
     # user's most recent max_len + 1 items, one window per user, as RecTools' data preparator cuts them
     train_windows: str = "all"
+    # a learned score per item added to every logit (BERT4Rec has one): lets a BCE-type loss lower every logit
+    # without moving the tied item table, which is also the input
+    output_bias: bool = False
 
 
 # The grid the runner tunes on validation (models/runner.py); two points, as each is a full training run.
@@ -51,8 +57,11 @@ class SASRec(SequentialRecommender):
 
     def build_network(self):
         c = self.config
-        return TransformerEncoder(self.n_tokens(), self.pad, c.max_len, c.hidden_size, c.n_layers, c.n_heads,
-                                  c.inner_size, c.dropout, causal=True, gated=c.gated,
-                                  attention_dropout=c.attention_dropout, inner_dropout=c.inner_dropout,
-                                  layout=c.layout, scale_embeddings=c.scale_embeddings,
-                                  activation=c.activation)
+        net = TransformerEncoder(self.n_tokens(), self.pad, c.max_len, c.hidden_size, c.n_layers, c.n_heads,
+                                 c.inner_size, c.dropout, causal=True, gated=c.gated,
+                                 attention_dropout=c.attention_dropout, inner_dropout=c.inner_dropout,
+                                 layout=c.layout, scale_embeddings=c.scale_embeddings,
+                                 activation=c.activation)
+        if c.output_bias:
+            net.out_bias = nn.Parameter(torch.zeros(self.n_items))
+        return net
