@@ -119,7 +119,9 @@ def rows() -> dict[str, tuple[str, dict]]:
            "sasrec_gbce256_per_target_t02": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.2}),
            # an output bias, so that lowering every logit need not move the tied table (docs/SASREC_DIFF.md, gBCE)
            "sasrec_gbce256_per_target_bias": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
-                                                         "output_bias": True})}
+                                                         "output_bias": True}),
+           # Kang & McAuley's BCE (one negative per target): does any BCE-type loss train in this configuration?
+           "sasrec_bce1": ("sasrec", {**sasrec, "loss": "bce", "negatives": 0})}
     # `sasrec`: the registry entry's configuration as it is (what `mmrec run --dataset amazon-toys` trains)
     return out | {name: (name, models[name]) for name in ("sasrec", "gru4rec", "bert4rec", "ease", "item_knn")}
 
