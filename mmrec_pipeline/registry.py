@@ -154,8 +154,45 @@ def _entry_errors(name: str, entry: object) -> list[str]:
     return errors
 
 
+class _Profile(pydantic.BaseModel):
+    """What a split's profile may set (`profiles: {<split>: {models: {...}}}`): model settings that every entry
+    with that split gets unless its own `models:` sets the same field."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+    models: dict[str, dict[str, Any]] = {}
+
+
+def _profiles(raw: dict) -> tuple[dict[str, _Profile], list[str]]:
+    """The `profiles:` mapping (split -> profile) and one line per problem in it."""
+    given = raw.get("profiles") or {}
+    if not isinstance(given, dict):
+        return {}, [f"'profiles' must map a split ({', '.join(SPLIT_KINDS)}) to {{models: ...}}, got {given!r:.60}"]
+    profiles, errors = {}, []
+    for split, profile in given.items():
+        if split not in SPLIT_KINDS:
+            errors.append(f"profile {split!r} is not a split; profiles are named by split: {list(SPLIT_KINDS)}")
+            continue
+        try:
+            profiles[split] = _Profile.model_validate(profile or {})
+        except pydantic.ValidationError as e:
+            errors += [f"profile '{split}', field '{'.'.join(map(str, err['loc']))}': {err['msg']}" for err in e.errors()]
+    return profiles, errors
+
+
+def _with_profile(entry: _Entry, profiles: dict[str, _Profile]) -> dict:
+    """The entry's fields with its split's profile under its own `models:` (the entry's fields win)."""
+    fields = entry.model_dump()
+    profile = profiles.get(entry.split)
+    if profile is not None:
+        own = fields["models"]
+        fields["models"] = {m: {**profile.models.get(m, {}), **own.get(m, {})} for m in {**profile.models, **own}}
+    return fields
+
+
 def load_registry(path: Path | None = None) -> dict[str, DatasetSpec]:
-    """Every entry, validated: all problems are reported at once, one line each naming dataset and field."""
+    """Every entry, validated, with its split's profile applied: all problems are reported at once, one line
+    each naming dataset (or profile) and field."""
     path = path or registry_path()
     try:
         raw = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
@@ -168,10 +205,11 @@ def load_registry(path: Path | None = None) -> dict[str, DatasetSpec]:
     entries = raw.get("datasets") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise RegistryError(f"{path}: expected a top-level 'datasets:' mapping of name -> entry")
-    errors = [line for name, entry in entries.items() for line in _entry_errors(str(name), entry)]
+    profiles, errors = _profiles(raw)
+    errors += [line for name, entry in entries.items() for line in _entry_errors(str(name), entry)]
     if errors:
         raise RegistryError("\n".join(f"{path}: {line}" for line in errors))
-    return {str(name): DatasetSpec(name=str(name), **_Entry.model_validate(entry).model_dump())
+    return {str(name): DatasetSpec(name=str(name), **_with_profile(_Entry.model_validate(entry), profiles))
             for name, entry in entries.items()}
 
 

@@ -48,6 +48,38 @@ def test_registry_rejects_bad_entries(tmp_path, monkeypatch):
         load_registry()
 
 
+def test_split_profile_gives_every_entry_of_that_split_its_models(tmp_path, monkeypatch):
+    """`profiles: {loo: {models: ...}}` reaches every loo entry (a new one included) under its own `models:`,
+    which wins field by field; entries of another split do not get it."""
+    reg = tmp_path / "d.yaml"
+    reg.write_text("profiles:\n  loo:\n    models:\n      sasrec: {adam_beta2: 0.98, patience: 50}\n"
+                   "datasets:\n"
+                   "  new:\n    source: sequence\n    split: loo\n"
+                   "  own:\n    source: sequence\n    split: loo\n    models:\n      sasrec: {patience: 10}\n"
+                   "      ease: {l2: 50.0}\n"
+                   "  other:\n    source: hm\n")
+    monkeypatch.setenv("MMREC_DATASETS", str(reg))
+    specs = load_registry()
+    assert specs["new"].models == {"sasrec": {"adam_beta2": 0.98, "patience": 50}}
+    assert specs["own"].models == {"sasrec": {"adam_beta2": 0.98, "patience": 10}, "ease": {"l2": 50.0}}
+    assert specs["other"].models == {}
+    reg.write_text("profiles:\n  random:\n    models: {}\ndatasets:\n  x:\n    source: hm\n")
+    with pytest.raises(RegistryError, match="profile 'random' is not a split"):
+        load_registry()
+    reg.write_text("profiles:\n  loo:\n    serving: {k: 5}\ndatasets:\n  x:\n    source: hm\n")
+    with pytest.raises(RegistryError, match="profile 'loo', field 'serving'"):
+        load_registry()
+
+
+def test_loo_profile_holds_the_sasrec_configuration():
+    """The SASRec configuration chosen on Amazon Toys' validation is the loo profile's, so ml-100k (loo, no
+    SASRec settings of its own) gets it as amazon-toys does."""
+    specs = load_registry()
+    toys, ml = specs["amazon-toys"].models["sasrec"], specs["ml-100k"].models["sasrec"]
+    shared = {k: v for k, v in toys.items() if k not in ("search_space", "refit")}
+    assert shared and shared == ml
+
+
 def _interactions(n_users=40, per_user=10):
     rows = []
     for u in range(n_users):

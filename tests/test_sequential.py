@@ -122,6 +122,93 @@ def test_sasrec_is_causal():
         assert not torch.allclose(ha[0, 5:], hb[0, 5:])
 
 
+def test_xavier_init_redraws_every_weight_matrix_and_keeps_padding_zero(walk):
+    """init="xavier" (RecTools' start of training): weight matrices and embedding tables get xavier_normal_'s
+    spread (std sqrt(2 / (fan_in + fan_out))), biases and LayerNorms keep theirs, the padding row stays zero."""
+    from mmrec_pipeline.models.sequential import xavier_init
+
+    model = tiny(SASRec, hidden_size=64)
+    model.n_items = 2000  # a table large enough for its std to be measured
+    net = model.build_network()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    xavier_init(net, model.pad)
+    for name, p in net.named_parameters():
+        if p.dim() > 1:
+            expected = (2 / sum(p.shape[:2])) ** 0.5
+            assert abs(float(p.detach().std()) - expected) < 0.25 * expected, name
+        else:
+            assert torch.equal(p, before[name]), name
+    assert not net.item_emb.weight[model.pad].detach().any()
+    fitted = tiny(SASRec, init="xavier", epochs=1)
+    assert np.isfinite(fitted.fit(walk, None, Compute(device="cpu"))["curve"][0]["loss"])
+    with pytest.raises(ValueError, match="init"):
+        tiny(SASRec, init="kaiming", epochs=1).fit(walk, None, Compute(device="cpu"))
+
+
+def test_unscaled_embeddings_and_relu_feed_forward():
+    """scale_embeddings=False feeds the item embeddings as they are (not times sqrt(d)); activation relu
+    swaps the feed-forward's GELU."""
+    x = torch.tensor([[40, 40, 3, 4]])
+    model = tiny(SASRec, dropout=0.0, hidden_size=16, n_layers=0)
+    model.n_items = N_USED
+    scaled = model.build_network().eval()
+    model.config = dataclasses.replace(model.config, scale_embeddings=False)
+    plain = model.build_network().eval()
+    plain.load_state_dict(scaled.state_dict())
+    pos = scaled.pos_emb(torch.arange(scaled.max_len - 4, scaled.max_len))
+    emb = scaled.item_emb(x)
+    with torch.no_grad():
+        assert torch.allclose(scaled(x), scaled.ln(emb * 4.0 + pos), atol=1e-6)
+        assert torch.allclose(plain(x), plain.ln(emb + pos), atol=1e-6)
+    model.config = dataclasses.replace(model.config, n_layers=1, activation="relu")
+    assert any(isinstance(m, torch.nn.ReLU) for m in model.build_network().modules())
+    model.config = dataclasses.replace(model.config, activation="tanh")
+    with pytest.raises(ValueError, match="activation"):
+        model.build_network()
+
+
+def test_sasrec_output_bias_is_trained_saved_and_scored(walk):
+    """output_bias=True: a per-item bias that the loss trains, the checkpoint carries and scoring adds."""
+    model = tiny(SASRec, output_bias=True, loss="gbce", negatives=8, epochs=2)
+    model.fit(walk, None, Compute(device="cpu"))
+    bias = model.net.out_bias.detach().clone()
+    assert bias.shape == (walk.n_items,) and bias.abs().sum() > 0
+    history = [np.array([1, 2, 3])]
+    scores = model.score(np.arange(1), history)
+    model.net.out_bias.data.zero_()
+    assert torch.allclose(scores - model.score(np.arange(1), history), bias[None, :], atol=1e-5)
+    assert "out_bias" in model.state_dict() and "out_bias" not in tiny(SASRec).build_network().state_dict()
+
+
+def test_latest_window_trains_each_users_last_items_once():
+    """train_windows="latest": one window per user, its most recent max_len + 1 items (RecTools' cut);
+    "all" keeps every transition."""
+    seqs = [np.arange(30), np.arange(100, 104)]
+    model = tiny(SASRec, max_len=8, train_windows="latest")
+    model.n_items = 200
+    w, skip = model.training_windows(seqs)
+    assert len(w) == 2 and w[0].tolist() == list(range(21, 30)) and skip.tolist() == [0, 0]
+    assert w[1][-4:].tolist() == [100, 101, 102, 103]
+    model.config = dataclasses.replace(model.config, train_windows="all")
+    assert len(model.training_windows(seqs)[0]) > 2
+    model.config = dataclasses.replace(model.config, train_windows="every")
+    with pytest.raises(ValueError, match="train_windows"):
+        model.training_windows(seqs)
+
+
+def test_adam_beta2_reaches_the_optimizer(walk, monkeypatch):
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(params, **kwargs):
+        seen.append(kwargs["betas"])
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", spy)
+    tiny(SASRec, adam_beta2=0.98, epochs=1).fit(walk, None, Compute(device="cpu"))
+    assert seen == [(0.9, 0.98)]
+
+
 @pytest.mark.parametrize("field", ["attention_dropout", "inner_dropout"])
 def test_attention_and_inner_dropout_apply_in_training_only(field):
     """Each option adds randomness in training (all other dropout off) and none in evaluation."""

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+from torch import nn
+
 from mmrec_pipeline.models.sequential import SequentialConfig, SequentialRecommender, TransformerEncoder
 
 
@@ -26,6 +29,14 @@ class SASRecConfig(SequentialConfig):
     attention_dropout: float = 0.0
     inner_dropout: float = 0.0
     layout: str = "pre_ln"  # pre_ln | sasrec: Kang & McAuley's block (sequential.Block)
+    activation: str = "gelu"  # feed-forward activation: gelu | relu (Kang & McAuley's, RecTools' SASRec layers)
+    scale_embeddings: bool = True  # item embeddings times sqrt(hidden_size) at the input (RecTools: off)
+    # all: every window of each train sequence (SequentialRecommender.training_windows) | latest: only each
+    # user's most recent max_len + 1 items, one window per user, as RecTools' data preparator cuts them
+    train_windows: str = "all"
+    # a learned score per item added to every logit (BERT4Rec has one): lets a BCE-type loss lower every logit
+    # without moving the tied item table, which is also the input
+    output_bias: bool = False
 
 
 # The grid the runner tunes on validation (models/runner.py); two points, as each is a full training run.
@@ -37,9 +48,20 @@ class SASRec(SequentialRecommender):
     Config = SASRecConfig
     search_space = SEARCH_SPACE
 
+    def training_windows(self, sequences):
+        if self.config.train_windows not in ("all", "latest"):
+            raise ValueError(f"sasrec: train_windows must be 'all' or 'latest', got '{self.config.train_windows}'")
+        if self.config.train_windows == "latest":
+            sequences = [s[-(self.config.max_len + 1):] for s in sequences]
+        return super().training_windows(sequences)
+
     def build_network(self):
         c = self.config
-        return TransformerEncoder(self.n_tokens(), self.pad, c.max_len, c.hidden_size, c.n_layers, c.n_heads,
-                                  c.inner_size, c.dropout, causal=True, gated=c.gated,
-                                  attention_dropout=c.attention_dropout, inner_dropout=c.inner_dropout,
-                                  layout=c.layout)
+        net = TransformerEncoder(self.n_tokens(), self.pad, c.max_len, c.hidden_size, c.n_layers, c.n_heads,
+                                 c.inner_size, c.dropout, causal=True, gated=c.gated,
+                                 attention_dropout=c.attention_dropout, inner_dropout=c.inner_dropout,
+                                 layout=c.layout, scale_embeddings=c.scale_embeddings,
+                                 activation=c.activation)
+        if c.output_bias:
+            net.out_bias = nn.Parameter(torch.zeros(self.n_items))
+        return net

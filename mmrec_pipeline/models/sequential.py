@@ -63,6 +63,10 @@ class SequentialConfig:
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
     weight_decay: float = 0.0
+    adam_beta2: float = 0.999  # Adam's second-moment decay (RecTools' transformers use 0.98)
+    # normal: N(0, 0.02) embeddings, torch's default for the layers | xavier: xavier_normal_ on every weight
+    # matrix and embedding table at the start of training, as RecTools' Lightning module does
+    init: str = "normal"
     patience: int = 5  # validation checks without improvement before stopping
     eval_every: int = 1  # epochs between validation checks
     max_train_seconds: float = 0.0  # training time budget (0 = none; `epochs` still bounds it)
@@ -147,15 +151,18 @@ class Block(nn.Module):
     of a CPU training step when profiled."""
 
     def __init__(self, d: int, heads: int, inner: int, dropout: float, gated: bool = False,
-                 attention_dropout: float = 0.0, inner_dropout: float = 0.0, layout: str = "pre_ln"):
+                 attention_dropout: float = 0.0, inner_dropout: float = 0.0, layout: str = "pre_ln",
+                 activation: str = "gelu"):
         super().__init__()
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"feed-forward activation '{activation}': expected 'gelu' or 'relu'")
         if layout not in ("pre_ln", "sasrec"):
             raise ValueError(f"block layout '{layout}': expected 'pre_ln' or 'sasrec'")
         self.heads, self.attention_dropout, self.layout = heads, attention_dropout, layout
         self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         inner_drop = [nn.Dropout(inner_dropout)] if inner_dropout else []
-        self.ff = nn.Sequential(nn.Linear(d, inner), nn.GELU(), *inner_drop, nn.Linear(inner, d))
+        self.ff = nn.Sequential(nn.Linear(d, inner), nn.GELU() if activation == "gelu" else nn.ReLU(), *inner_drop, nn.Linear(inner, d))
         self.drop = nn.Dropout(dropout)
         # LiGR (Gu et al. 2025, used by eSASRec): each residual branch is scaled by sigmoid(W x) of the
         # block's input, so a layer can learn to pass its input through unchanged
@@ -191,15 +198,17 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, n_tokens: int, pad: int, max_len: int, d: int, layers: int, heads: int, inner: int,
                  dropout: float, causal: bool, gated: bool = False, attention_dropout: float = 0.0,
-                 inner_dropout: float = 0.0, layout: str = "pre_ln"):
+                 inner_dropout: float = 0.0, layout: str = "pre_ln", scale_embeddings: bool = True,
+                 activation: str = "gelu"):
         super().__init__()
         if d % heads:
             raise ValueError(f"hidden_size {d} must be divisible by n_heads {heads}")
         self.pad, self.max_len, self.causal = pad, max_len, causal
+        self.scale = math.sqrt(d) if scale_embeddings else 1.0
         self.item_emb = nn.Embedding(n_tokens, d, padding_idx=pad)
         self.pos_emb = nn.Embedding(max_len, d)
         self.blocks = nn.ModuleList(Block(d, heads, inner, dropout, gated, attention_dropout, inner_dropout,
-                                          layout)
+                                          layout, activation)
                                     for _ in range(layers))
         self.ln, self.drop = nn.LayerNorm(d), nn.Dropout(dropout)
         for p in (self.item_emb.weight, self.pos_emb.weight):
@@ -210,7 +219,7 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
         pos = torch.arange(self.max_len - n, self.max_len, device=x.device)
-        h = self.drop(self.item_emb(x) * math.sqrt(self.item_emb.embedding_dim) + self.pos_emb(pos))
+        h = self.drop(self.item_emb(x) * self.scale + self.pos_emb(pos))
         # Keys a query may attend to: real items (earlier ones only if causal) and always itself, so no row
         # is fully masked (that would give NaN, which 0-weights do not cancel in the weighted sum).
         real = (x != self.pad)[:, None, None, :]  # [B, 1, 1, n]
@@ -221,6 +230,16 @@ class TransformerEncoder(nn.Module):
         for block in self.blocks:
             h = block(h, allowed)
         return self.ln(h)
+
+
+def xavier_init(net: nn.Module, pad: int) -> None:
+    """xavier_normal_ on every parameter of two or more dimensions (weight matrices, embedding tables; biases
+    and LayerNorms keep torch's init), as RecTools does when training starts; the padding row stays zero."""
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_normal_(p)
+        net.item_emb.weight[pad].zero_()
 
 
 class SequentialRecommender(Recommender):
@@ -334,6 +353,10 @@ class SequentialRecommender(Recommender):
         seed_everything(self.config.seed)
         self.n_items, self.compute = data.n_items, compute
         self.net = self.build_network().to(compute.torch_device)
+        if self.config.init not in ("normal", "xavier"):
+            raise ValueError(f"{self.name}: init must be 'normal' or 'xavier', got '{self.config.init}'")
+        if self.config.init == "xavier":
+            xavier_init(self.net, self.pad)
         self.negative_probs = self.negative_distribution(data)
         self._windows, self._skip = map(torch.from_numpy, self.training_windows(data.sequences("train")))
         if len(self._windows) == 0:

@@ -85,6 +85,7 @@ class TrainSettings:
     epochs: int = 10  # upper bound; early stopping usually ends sooner
     lr: float = 1e-3
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    adam_beta2: float = 0.999  # decay of Adam's second moment (transformer recipes often use 0.98)
     # adamw | sparse_adam: lazy Adam (torch.optim.SparseAdam) for parameters whose gradients are sparse (embeddings
     # with sparse=True): a step updates only the rows a batch used, so an epoch costs the rows trained on, not
     # (steps x table size). It has no weight decay: such a model puts its L2 in the loss.
@@ -139,9 +140,10 @@ class Trainer:
             validate = lambda: validator(model.score)
         params = [p for p in params if p.requires_grad]
         if s.optimizer == "sparse_adam":
-            opt = torch.optim.SparseAdam(params, lr=s.lr)
+            opt = torch.optim.SparseAdam(params, lr=s.lr, betas=(0.9, s.adam_beta2))
         else:
-            opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay, fused=fusable(params))
+            opt = torch.optim.AdamW(params, lr=s.lr, betas=(0.9, s.adam_beta2), weight_decay=s.weight_decay,
+                                    fused=fusable(params))
         gen = torch.Generator().manual_seed(s.seed)  # shuffling, masking, negatives: on the CPU, so runs repeat
         stopper, curve, sched = EarlyStopping(s.patience), [], None
         start, train_seconds, items_done, stopped_by = time.perf_counter(), 0.0, 0, "epochs"
