@@ -1,5 +1,6 @@
 """Test environment: the shared real data beside the repo, a throw-away lake, the `test` resources."""
 
+import atexit
 import fcntl
 import os
 import shutil
@@ -15,7 +16,14 @@ _LAKE = Path(tempfile.mkdtemp(prefix="mmrec-test-lake-"))  # one per process: ea
 # content-addressed and safe under concurrent writers (features/cache.py), so a worker reuses what the other has
 # computed. The controller creates it; the workers it spawns inherit the variable. (Not a link inside the lakes:
 # the lake refuses paths that resolve outside its root.)
-_SHARED_CACHE = Path(os.environ.setdefault("MMREC_TEST_SHARED_CACHE", tempfile.mkdtemp(prefix="mmrec-test-cache-")))
+_OWNS_SHARED_CACHE = "MMREC_TEST_SHARED_CACHE" not in os.environ  # the controller; its workers inherit the path
+if _OWNS_SHARED_CACHE:
+    os.environ["MMREC_TEST_SHARED_CACHE"] = tempfile.mkdtemp(prefix="mmrec-test-cache-")
+_SHARED_CACHE = Path(os.environ["MMREC_TEST_SHARED_CACHE"])
+# A test run leaves nothing in the temp folder: each process removes its lake, the controller the shared cache.
+atexit.register(shutil.rmtree, _LAKE, ignore_errors=True)
+if _OWNS_SHARED_CACHE:
+    atexit.register(shutil.rmtree, _SHARED_CACHE, ignore_errors=True)
 # The files that run longest (minutes on a 2-core CPU) start first, then the other files that read the sample's
 # features (test_lvlm_retrieval, first on its worker, has put them in the shared cache by the time either worker
 # takes one; started side by side both workers computed them: 626 s of a 17-minute run), then the short files,
