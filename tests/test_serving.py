@@ -197,6 +197,17 @@ def test_metrics_check_finds_nan_and_missing_protocol_rows():
     ok, meta = check_metrics(table.with_columns(pl.when(pl.col("k") == 5).then(float("nan")).otherwise(pl.col("value"))
                                                 .alias("value")), "temporal")
     assert not ok and meta["nan_or_null_values"] == 6
+    # A protocol that evaluated no user (`+cold` where no test item is new) needs no metric rows; the test one does.
+    accounting = [{"model": "ease", "variant": "default", "protocol": p, "metric": "users_evaluated", "k": None,
+                   "value": 0.0} for p in ("temporal+cold", "temporal")]
+    ok, meta = check_metrics(pl.concat([table, pl.DataFrame(accounting[:1])], how="diagonal_relaxed"), "temporal")
+    assert ok, meta
+    with_rows_claimed = pl.concat([table, pl.DataFrame(accounting[:1]).with_columns(pl.lit(3.0).alias("value"))],
+                                  how="diagonal_relaxed")
+    assert check_metrics(with_rows_claimed, "temporal")[1]["missing_rows"] == 3
+    no_test_users = table.filter(~((pl.col("model") == "ease") & (pl.col("protocol") == "temporal")))
+    assert not check_metrics(pl.concat([no_test_users, pl.DataFrame(accounting[1:])], how="diagonal_relaxed"),
+                             "temporal")[0]
 
 
 def test_iterative_champion_retrains_with_its_best_epoch_and_no_validation(sample_tables, sample_dataset, tmp_path):

@@ -271,8 +271,8 @@ def check_user_accounting(metrics: pl.DataFrame) -> tuple[bool, dict]:
 def check_metrics(table: pl.DataFrame, protocol: str, ks: tuple[int, ...] = KS) -> tuple[bool, dict]:
     """No NaN/null values (except the stated cold-start NaN of a model that cannot rank unseen items); every
     variant of a model has NDCG at every K for each ranking protocol the model claims (any protocol one of its
-    variants has), and AUC for each pointwise protocol it claims (a classification: no ranking, no K); every
-    model has the test (`protocol`) and `protocol@valid` rows."""
+    variants has, unless that protocol evaluated no user), and AUC for each pointwise protocol it claims (a
+    classification: no ranking, no K); every model has the test (`protocol`) and `protocol@valid` rows."""
     # A cold-start NaN is the stated "cannot rank unseen items" (cold_rows), not a broken metric.
     bad = table.filter((pl.col("value").is_null() | pl.col("value").is_nan())
                        & ~pl.col("protocol").str.ends_with("+cold"))
@@ -285,6 +285,12 @@ def check_metrics(table: pl.DataFrame, protocol: str, ks: tuple[int, ...] = KS) 
                 .join(pl.DataFrame({"k": list(ks)}, schema={"k": pl.Int64}), how="cross")
                 .with_columns(pl.when(is_pointwise()).then(None).otherwise(pl.col("k")).alias("k"))
                 .unique())
+    # A claimed protocol that evaluated no user (e.g. `+cold` where no test item is new) has only its user
+    # accounting rows; the test and valid protocols always need their metric rows.
+    no_users = table.filter((pl.col("metric") == "users_evaluated") & (pl.col("value") == 0)
+                            & ~pl.col("protocol").is_in([protocol, f"{protocol}@valid"])).select("model", "variant",
+                                                                                               "protocol")
+    expected = expected.join(no_users, on=["model", "variant", "protocol"], how="anti")
     keys = ["model", "variant", "protocol", "metric", "k"]
     have = table.filter(pl.col("metric").is_in(["ndcg", "auc"])).select(keys).unique()
     missing = expected.join(have, on=keys, how="anti", nulls_equal=True).sort(keys)
