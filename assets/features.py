@@ -41,19 +41,27 @@ def _metadata(table: pl.DataFrame, stats: dict) -> dict:
 
 def completeness(feature: Feature, table: pl.DataFrame, items: pl.DataFrame, meta: dict) -> dg.AssetCheckResult:
     """`<feature>_complete`: passes when no item failed and every item without a value is one a budget-limited run
-    left for later (the `items_missing_features` sensor resumes that backfill; its runs' tags say how far it is);
-    ERROR when items failed, WARN when more items lack a value than the run left for later."""
-    failed = sum(int(v) for k, v in meta.items() if k == "failed" or k.endswith(".failed"))
+    left for later (the `items_missing_features` sensor resumes that backfill; its runs' tags say how far it is) or
+    one with nothing to compute from (`no_input`: a review summary of an item with neither a training review nor a
+    description); ERROR when items failed, WARN when more items lack a value than the run left for later."""
+
+    def total(name: str) -> int:
+        return sum(int(v) for k, v in meta.items() if k == name or k.endswith(f".{name}"))
+
+    failed, no_input = total("failed"), total("no_input")  # no_input: items with nothing to compute from
     missing = items_without_feature(items, table, feature.needs_image, VALUE_COLUMNS.get(feature.name))
     remaining = int(meta.get("remaining", 0) or 0)
-    ok, budget_left = failed == 0 and missing.height <= remaining, remaining > 0 and failed == 0
+    ok, budget_left = failed == 0 and missing.height <= remaining + no_input, remaining > 0 and failed == 0
+    left = max(missing.height - no_input, 0)
     description = ("complete" if missing.height == 0 else
-                   f"{missing.height} items left for the backfill by this budget-limited run" if ok else
-                   "items failed or were left without a value")
+                   "items failed or were left without a value" if not ok else
+                   f"{left} items left for the backfill by this budget-limited run" if not no_input else
+                   f"{min(no_input, missing.height)} items with nothing to compute from, {left} left for the backfill")
     return dg.AssetCheckResult(
         check_name=f"{feature.name}_complete", passed=ok,
         severity=dg.AssetCheckSeverity.WARN if budget_left else dg.AssetCheckSeverity.ERROR,
         metadata={"failed": failed, "items_without_value": missing.height, "remaining_reported": remaining,
+                  "no_input": no_input,
                   "examples": dg.MetadataValue.json(missing["item_id"].head(5).to_list())},
         description=description)
 

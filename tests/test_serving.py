@@ -259,3 +259,6 @@ def test_feature_check_passes_when_only_the_budget_left_items_for_the_backfill()
     assert not completeness(feature, table, items, {"remaining": 1, "failed": 0}).passed
     failed = completeness(feature, table, items, {"remaining": 1, "failed": 1})
     assert not failed.passed and failed.severity.value == "ERROR"
+    # An item with neither a training review nor a description has nothing to summarise: no value, by design.
+    no_text = completeness(feature, table, items, {"remaining": 1, "failed": 0, "no_input": 1})
+    assert no_text.passed and no_text.description == "1 items with nothing to compute from, 1 left for the backfill"

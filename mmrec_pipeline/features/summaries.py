@@ -348,6 +348,8 @@ def review_summaries(
         .otherwise(pl.lit([], dtype=pl.List(pl.Utf8))).fill_null([]).alias("review_ids"))
     stats.update({"items": items.height, "with_reviews": int(has_reviews.sum()),
                   "from_description": int((~has_reviews).sum()), "training_cut": cut,
+                  # neither a training review nor a description: nothing to summarise, so no value, by design
+                  "no_input": int((~has_reviews & per_item["description"].is_null()).sum()),
                   "reused": actions.count("exact"), "kept_stale": actions.count("keep"),
                   "training_reviews": int(per_item["n_reviews"].sum())})
     return out, stats
