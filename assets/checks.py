@@ -12,8 +12,9 @@ from mmrec_pipeline.features.summaries import check_training_only
 from mmrec_pipeline.registry import get_dataset
 
 
-def check_result(ok: bool, meta: dict, description: str, name: str | None = None) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(check_name=name, passed=bool(ok), description=description, metadata={
+def check_result(ok: bool, meta: dict, description: str, name: str | None = None,
+                 severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(check_name=name, passed=bool(ok), description=description, severity=severity, metadata={
         k: dg.MetadataValue.json(v) if isinstance(v, (list, dict)) else rounded(v) for k, v in meta.items()})
 
 

@@ -76,9 +76,8 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
             yield dg.Output(pl.DataFrame(schema=METRICS_SCHEMA),
                             metadata=plain({f"skipped {v}": reason for v, reason in skipped.items()}))
             # Nothing was tuned, for a stated reason: a warning in the UI, not an error every night.
-            yield dg.AssetCheckResult(check_name=TUNING_CHECK, passed=False, severity=dg.AssetCheckSeverity.WARN,
-                                      description=f"no variant applies to {spec.name}",
-                                      metadata={"skipped": dg.MetadataValue.json(skipped)})
+            yield check_result(False, {"skipped": skipped}, f"no variant applies to {spec.name}", TUNING_CHECK,
+                               severity=dg.AssetCheckSeverity.WARN)
             return
         table = pl.concat([r.metrics for r in runs])
         write_parquet(pl.concat([r.per_user for r in runs]), artifacts.per_user(name))
