@@ -14,8 +14,14 @@ from assets.checks import check_result
 from assets.metadata import plain
 from assets.models import all_model_names
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.protocols import DIVERSITY_VECTOR, best_on_valid, headline, valid_values
-from mmrec_pipeline.evaluation.report import md_table, valid_on_shared_users
+from mmrec_pipeline.evaluation.protocols import (
+    DIVERSITY_VECTOR,
+    best_on_valid,
+    headline,
+    valid_on_shared_users,
+    valid_values,
+)
+from mmrec_pipeline.evaluation.report import md_table
 from mmrec_pipeline.models import MODELS, ranker
 from mmrec_pipeline.models.base import item_features
 from mmrec_pipeline.registry import get_dataset

@@ -12,7 +12,8 @@ from assets.models import model_assets
 from assets.ranker import FEATURE_TABLES as RANKER_TABLES
 from mmrec_pipeline import serving
 from mmrec_pipeline.catalog import refresh_catalog
-from mmrec_pipeline.evaluation.report import md_table, plot_drift, valid_on_shared_users
+from mmrec_pipeline.evaluation.protocols import valid_on_shared_users
+from mmrec_pipeline.evaluation.report import md_table, plot_drift
 from mmrec_pipeline.models import MODELS, ranker
 from mmrec_pipeline.registry import get_dataset
 from mmrec_pipeline.storage import read_parquet

@@ -52,8 +52,7 @@ from mmrec_pipeline.data import schema
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.data.sources import reader
 from mmrec_pipeline.data.splits import filter_and_split
-from mmrec_pipeline.evaluation.protocols import per_user_table
-from mmrec_pipeline.evaluation.report import per_user_stage
+from mmrec_pipeline.evaluation.protocols import per_user_stage, per_user_table
 from mmrec_pipeline.evaluation.significance import bootstrap_ci
 from mmrec_pipeline.models import MODELS
 from mmrec_pipeline.models.base import ItemFeatures

@@ -42,7 +42,7 @@ def test_ndcg_with_ci(dataset_dir: Path) -> list[dict]:
     """NDCG@10 per model/variant on test with the 95% percentile bootstrap CI over users (per_user/*.parquet)."""
     import polars as pl
 
-    from mmrec_pipeline.evaluation.report import per_user_stage
+    from mmrec_pipeline.evaluation.protocols import per_user_stage
     from mmrec_pipeline.evaluation.significance import bootstrap_ci
 
     rows = []

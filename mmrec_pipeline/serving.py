@@ -25,7 +25,7 @@ import torch
 
 from mmrec_pipeline.compute import Compute, Progress
 from mmrec_pipeline.data.dataset import RecDataset
-from mmrec_pipeline.evaluation.report import valid_on_shared_users
+from mmrec_pipeline.evaluation.protocols import valid_on_shared_users
 from mmrec_pipeline.models import ranker
 from mmrec_pipeline.models.base import Recommender, item_features
 from mmrec_pipeline.models.runner import refit_config

@@ -98,7 +98,8 @@ def test_seeds_report_mean_and_std(sample_dataset, tmp_path):
     """`seeds: 3`: the per-user table holds every seed's test values (and the chosen point's validation ones);
     the row is the mean over seeds, the same as the mean over users of each user's mean over seeds, and the
     report's leaderboard says 3 seeds."""
-    from mmrec_pipeline.evaluation.report import leaderboard_with_ci, per_user_stage
+    from mmrec_pipeline.evaluation.protocols import per_user_stage
+    from mmrec_pipeline.evaluation.report import leaderboard_with_ci
 
     tiny = {"dim": 8, "epochs": 1, "eval_every": 1}
     runs, _ = train_variants("bpr_mf", BPRMF, {"default": tiny}, sample_dataset, ItemFeatures(),

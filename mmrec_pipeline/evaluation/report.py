@@ -29,8 +29,9 @@ from mmrec_pipeline.evaluation.protocols import (
     is_refit,
     is_sampled,
     is_test_stage,
+    per_user_stage,
     subsample,
-    valid_values,
+    valid_on_shared_users,
 )
 from mmrec_pipeline.evaluation.significance import (
     ALPHA,
@@ -107,49 +108,6 @@ def _marker(p_holm: float | None, diff: float | None) -> str:
     if p_holm >= ALPHA:
         return f"≈ (p={p_holm:.2g})"
     return f"{'▲' if diff > 0 else '▼'} (p={p_holm:.2g})"
-
-
-def per_user_stage(per_user: pl.DataFrame | None, stage: str = "test") -> pl.DataFrame | None:
-    """One row per model, variant and user of the headline protocol's `stage` (test, or the `@valid` rows):
-    with several training seeds a user's value is the mean over the seeds (column `seeds` counts them), so a row's
-    mean over users is the leaderboard's mean over seeds, and its CI and paired tests describe that same mean."""
-    if per_user is None or not per_user.height:
-        return None
-    pu = per_user if "seed" in per_user.columns else per_user.with_columns(pl.lit(0, dtype=pl.Int64).alias("seed"))
-    protocol = pl.col("protocol")
-    keep = (protocol.str.ends_with("@valid") & ~protocol.str.contains("+", literal=True) if stage == "valid"
-            else ~protocol.str.contains("[+@]"))
-    values = [c for c in pu.columns if "@" in c]
-    out = (pu.filter(keep).group_by(["model", "variant", "user_id"], maintain_order=True)
-           .agg(*[pl.col(c).mean() for c in values], pl.col("seed").n_unique().alias("seeds")))
-    return out if out.height else None
-
-
-def valid_on_shared_users(metrics: pl.DataFrame, per_user: pl.DataFrame | None,
-                          k: int = 10) -> tuple[dict[str, float], set[str] | None]:
-    """({model/variant: validation NDCG@k}, users): the values choices on validation compare, all on the same
-    users. Every single model is validated on every valid user; the two-stage ranker only on the valid users its
-    LightGBM was not fitted on (its holdout). When the rows were validated on different users (their per-user
-    validation users, or their `users_evaluated` counts, differ), each row's value is its mean over the users every
-    row with per-user validation values was validated on (`users`: their ids; a row without them is left out, it
-    cannot be compared there); else each row's own `@valid` value (`users` None)."""
-    valid = valid_values(metrics, "ndcg", k)
-    counts = valid_values(metrics, "users_evaluated", None)
-    rows = per_user_stage(per_user, "valid")
-    metric = f"ndcg@{k}"
-    users = {}
-    if rows is not None and metric in rows.columns:
-        rows = rows.with_columns((pl.col("model") + "/" + pl.col("variant")).alias("name")).filter(
-            pl.col("name").is_in(list(valid)))
-        users = {name: set(group["user_id"]) for (name,), group in rows.group_by("name")}
-    if len({frozenset(u) for u in users.values()}) <= 1 and len({counts[n] for n in valid if n in counts}) <= 1:
-        return valid, None
-    if not users:  # no per-user values to compare on: the rows validated on as many users as most rows were
-        usual = max(set(counts.values()), key=list(counts.values()).count)
-        return {n: x for n, x in valid.items() if counts.get(n, usual) == usual}, None
-    shared = set.intersection(*users.values())
-    means = rows.filter(pl.col("user_id").is_in(list(shared))).group_by("name").agg(pl.col(metric).mean())
-    return {n: x for n, x in means.iter_rows()}, shared
 
 
 def leaderboard_with_ci(metrics: pl.DataFrame, per_user: pl.DataFrame | None,

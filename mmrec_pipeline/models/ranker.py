@@ -48,11 +48,12 @@ from mmrec_pipeline.evaluation.protocols import (
     DIVERSITY_VECTOR,
     best_on_valid,
     evaluate_model,
+    per_user_stage,
     per_user_table,
     protocol_masking,
+    valid_on_shared_users,
     valid_values,
 )
-from mmrec_pipeline.evaluation.report import per_user_stage, valid_on_shared_users
 from mmrec_pipeline.evaluation.sections.ranker import ABLATION_COLUMNS
 from mmrec_pipeline.evaluation.significance import bootstrap_ci, paired_tests
 from mmrec_pipeline.models.base import ItemFeatures
