@@ -71,11 +71,12 @@ def test_split_profile_gives_every_entry_of_that_split_its_models(tmp_path, monk
         load_registry()
 
 
-def test_loo_profile_holds_the_sasrec_configuration():
-    """The SASRec configuration chosen on Amazon Toys' validation is the loo profile's, so ml-100k (loo, no
-    SASRec settings of its own) gets it as amazon-toys does."""
+@pytest.mark.parametrize("model", ["sasrec", "gru4rec", "bert4rec"])
+def test_loo_profile_holds_the_sequential_configurations(model):
+    """The configurations chosen on Amazon Toys' validation are the loo profile's, so ml-100k (loo, no settings
+    of its own for these models) gets them as amazon-toys does."""
     specs = load_registry()
-    toys, ml = specs["amazon-toys"].models["sasrec"], specs["ml-100k"].models["sasrec"]
+    toys, ml = specs["amazon-toys"].models[model], specs["ml-100k"].models[model]
     shared = {k: v for k, v in toys.items() if k not in ("search_space", "refit")}
     assert shared and shared == ml
 
