@@ -159,7 +159,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
         from mmrec_pipeline.models.base import ItemFeatures
 
         data = load_data(scale)
-        at_12 = []
+        at_12, validators = [], []
 
         class Validator(training.Validator):
             """The trainer's validation (NDCG@10 on a seeded sample of valid users, what early stopping reads) on
@@ -167,6 +167,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
 
             def __init__(self, data, k=10, max_users=3000, seed=0, model=None):
                 super().__init__(data, k, args.seq_valid_users, seed, model)
+                validators.append(self)
 
             def __call__(self, score_fn):
                 with torch.no_grad():
@@ -183,19 +184,29 @@ def run_stage(stage: str, scale: float, args) -> dict:
         model = cls(cls.Config(**config))
         report = model.fit(data, ItemFeatures(), Compute(device="cpu"))
         model.save(out / "models" / stage)
+        curve_12 = list(at_12)
+        # the models of the earlier stages on the same validation users, for the curve to be read against
+        beside = {}
+        for name in MODELS:
+            if (out / "models" / name).exists():
+                other = REGISTRY[name].load(out / "models" / name)
+                other.at_stage(data, "valid")
+                beside[name] = {"valid_ndcg@10": round(validators[0](other.score), 4),
+                                "valid_ndcg@12": round(at_12[-1], 4)}
         sequences = [s for s in data.sequences("train") if len(s) >= 2]
         targets = sum(len(s) - 1 for s in sequences)  # what an epoch over every user trains
         rate = report["targets_per_second"]
         curve = [{"epoch": r["epoch"], "loss": round(r["loss"], 4), "train_seconds": round(r["train_seconds"], 1),
                   "valid_ndcg@10": round(r["valid_ndcg@10"], 4), "valid_ndcg@12": round(ndcg12, 4)}
-                 for r, ndcg12 in zip(report["curve"], at_12)]
+                 for r, ndcg12 in zip(report["curve"], curve_12)]
         return {"config": config, "users_with_target": len(sequences), "full_epoch_targets": targets,
                 "targets_per_second": round(rate, 1), "train_seconds": round(report["train_seconds"], 1),
                 "fit_seconds": round(report["seconds"], 1), "epochs": report["epochs"],
                 "best_epoch": report["best_epoch"], "stopped_by": report["stopped_by"],
                 # an extrapolation from this run's training rate, not a measured epoch
                 "full_epoch_seconds_extrapolated": round(targets / max(rate, 1e-9), 1),
-                "valid_protocol": f"{data.protocol}@valid+users:{args.seq_valid_users}", "curve": curve}
+                "valid_protocol": f"{data.protocol}@valid+users:{args.seq_valid_users}", "curve": curve,
+                "beside": beside}
     if stage == "item_knn_top12":
         import hashlib
 
@@ -287,7 +298,8 @@ def sequential_facts(f: dict) -> str:
             f"{f['epochs']} epochs in {f['train_seconds']} s, {f['targets_per_second']:,} targets/s; an epoch over all "
             f"{f['users_with_target']:,} users ({f['full_epoch_targets']:,} targets) ≈ "
             f"{f['full_epoch_seconds_extrapolated']:,} s (an extrapolation from that rate); valid NDCG@12 by epoch "
-            f"{curve} ({f['valid_protocol']})")
+            f"{curve} ({f['valid_protocol']})"
+            + "".join(f"; {name} {v['valid_ndcg@12']}" for name, v in f.get("beside", {}).items()))
 
 
 def nightly_rows(path: Path) -> list[str]:
