@@ -6,13 +6,18 @@ Stages, each in its own child process (so its peak RSS is its own: `os.wait4`'s 
 previous stage wrote to the lake: generate (the Kaggle files) -> ingest (the real hm reader + validation ->
 items/users/interactions parquet) -> split (5-core on users, temporal split, the three split checks) ->
 popularity, item_knn, bpr_mf (fit on train, checkpoint) -> evaluate (the three checkpoints, full-catalog ranking,
-batched, through evaluate_model: plain, +cold and +sampled:100; where there are more than `--eval-users` test users
-a seeded sample of that many is ranked, and the protocol says so: `temporal+users:50000`).
+batched, through evaluate_model at cut-offs 10 and 12 (NDCG@12, MAP@12): plain, +cold and +sampled:100; where there
+are more than `--eval-users` test users a seeded sample of that many is ranked, and the protocol says so:
+`temporal+users:50000`; `--eval-users 0` ranks every test user, protocol plain `temporal`, without +sampled:100).
 item_knn_top12 (after item_knn): every active user's top-12 through serving.write_top_k in batches of 1024, its
 users/s and a fingerprint of the lists (so a faster score path can be shown to give the same lists).
 BPR-MF runs `--bpr-epochs` epoch(s) with `--bpr-batch` triples per step (no early stopping at 1 epoch).
+sasrec, gru4rec: the registry's model through its own fit with sampled softmax (`--seq-negatives`), `--seq-users-per-epoch`
+users' windows per epoch and a `--seq-seconds` training budget; validation NDCG@10/@12 after each epoch on
+`--seq-valid-users` seeded valid users, and the three model stages' checkpoints on the same users.
 A stage that fails or runs past `--stage-timeout` is recorded with its error; later stages of that scale are
-skipped. Results: a printed table and `benchmarks/results/scale.json` (CPU model/flags, load at start).
+skipped. Results: a printed table and `benchmarks/results/scale.json` (CPU model/flags, load at start); `--markdown`
+also shows benchmarks/results/nightly.json's phases (benchmarks/nightly.py) as rows.
 """
 
 from __future__ import annotations
