@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
 NIGHTLY = ROOT / "benchmarks" / "results" / "nightly.json"  # benchmarks/nightly.py's rows, shown in the same table
 STAGES = ("generate", "ingest", "split", "popularity", "item_knn", "bpr_mf", "evaluate", "item_knn_top12", "sasrec",
-          "gru4rec")
+          "gru4rec", "evaluate_sequential")
 SEQUENTIAL = ("sasrec", "gru4rec")
 MODELS = ("popularity", "item_knn", "bpr_mf")
 DATASET = "hm-synthetic"
@@ -76,7 +76,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
 
     from mmrec_pipeline.storage import write_parquet
 
-    if stage in (*MODELS, *SEQUENTIAL, "evaluate", "item_knn_top12"):  # importing torch alone costs ~0.7 GB of RSS: only where it is used
+    if stage in (*MODELS, *SEQUENTIAL, "evaluate", "evaluate_sequential", "item_knn_top12"):  # importing torch alone costs ~0.7 GB of RSS: only where it is used
         import torch
 
         torch.set_num_threads(args.threads)
@@ -129,7 +129,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
         return {"fit_seconds": round(report["seconds"], 1), "train_seconds": round(report.get("train_seconds", 0), 1),
                 "train_rows": data.train.height,
                 "users": data.n_users, "items": data.n_items}
-    if stage == "evaluate":
+    if stage in ("evaluate", "evaluate_sequential"):  # the latter: the sasrec/gru4rec checkpoints, the same way
         import resource
 
         from mmrec_pipeline.evaluation.protocols import evaluate_model
@@ -137,7 +137,8 @@ def run_stage(stage: str, scale: float, args) -> dict:
 
         data = load_data(scale)
         facts = {}
-        for name in MODELS:
+        names = MODELS if stage == "evaluate" else [n for n in SEQUENTIAL if (out / "models" / n).exists()]
+        for name in names:
             model = REGISTRY[name].load(out / "models" / name)
             t0 = time.perf_counter()
             # 12: H&M's cut-off (Kaggle's MAP@12); the sampled protocol is left out when every user is ranked
