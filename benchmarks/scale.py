@@ -6,13 +6,18 @@ Stages, each in its own child process (so its peak RSS is its own: `os.wait4`'s 
 previous stage wrote to the lake: generate (the Kaggle files) -> ingest (the real hm reader + validation ->
 items/users/interactions parquet) -> split (5-core on users, temporal split, the three split checks) ->
 popularity, item_knn, bpr_mf (fit on train, checkpoint) -> evaluate (the three checkpoints, full-catalog ranking,
-batched, through evaluate_model: plain, +cold and +sampled:100; where there are more than `--eval-users` test users
-a seeded sample of that many is ranked, and the protocol says so: `temporal+users:50000`).
+batched, through evaluate_model at cut-offs 10 and 12 (NDCG@12, MAP@12): plain, +cold and +sampled:100; where there
+are more than `--eval-users` test users a seeded sample of that many is ranked, and the protocol says so:
+`temporal+users:50000`; `--eval-users 0` ranks every test user, protocol plain `temporal`, without +sampled:100).
 item_knn_top12 (after item_knn): every active user's top-12 through serving.write_top_k in batches of 1024, its
 users/s and a fingerprint of the lists (so a faster score path can be shown to give the same lists).
 BPR-MF runs `--bpr-epochs` epoch(s) with `--bpr-batch` triples per step (no early stopping at 1 epoch).
+sasrec, gru4rec: the registry's model through its own fit with sampled softmax (`--seq-negatives`), `--seq-users-per-epoch`
+users' windows per epoch and a `--seq-seconds` training budget; validation NDCG@10/@12 after each epoch on
+`--seq-valid-users` seeded valid users, and the three model stages' checkpoints on the same users.
 A stage that fails or runs past `--stage-timeout` is recorded with its error; later stages of that scale are
-skipped. Results: a printed table and `benchmarks/results/scale.json` (CPU model/flags, load at start).
+skipped. Results: a printed table and `benchmarks/results/scale.json` (CPU model/flags, load at start); `--markdown`
+also shows benchmarks/results/nightly.json's phases (benchmarks/nightly.py) as rows.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
-STAGES = ("generate", "ingest", "split", "popularity", "item_knn", "bpr_mf", "evaluate", "item_knn_top12")
+NIGHTLY = ROOT / "benchmarks" / "results" / "nightly.json"  # benchmarks/nightly.py's rows, shown in the same table
+STAGES = ("generate", "ingest", "split", "popularity", "item_knn", "bpr_mf", "evaluate", "item_knn_top12", "sasrec",
+          "gru4rec", "evaluate_sequential")
+SEQUENTIAL = ("sasrec", "gru4rec")
 MODELS = ("popularity", "item_knn", "bpr_mf")
 DATASET = "hm-synthetic"
 
@@ -68,7 +76,7 @@ def run_stage(stage: str, scale: float, args) -> dict:
 
     from mmrec_pipeline.storage import write_parquet
 
-    if stage in (*MODELS, "evaluate", "item_knn_top12"):  # importing torch alone costs ~0.7 GB of RSS: only where it is used
+    if stage in (*MODELS, *SEQUENTIAL, "evaluate", "evaluate_sequential", "item_knn_top12"):  # importing torch alone costs ~0.7 GB of RSS: only where it is used
         import torch
 
         torch.set_num_threads(args.threads)
@@ -121,20 +129,90 @@ def run_stage(stage: str, scale: float, args) -> dict:
         return {"fit_seconds": round(report["seconds"], 1), "train_seconds": round(report.get("train_seconds", 0), 1),
                 "train_rows": data.train.height,
                 "users": data.n_users, "items": data.n_items}
-    if stage == "evaluate":
+    if stage in ("evaluate", "evaluate_sequential"):  # the latter: the sasrec/gru4rec checkpoints, the same way
+        import resource
+
         from mmrec_pipeline.evaluation.protocols import evaluate_model
         from mmrec_pipeline.models import MODELS as REGISTRY
 
         data = load_data(scale)
         facts = {}
-        for name in MODELS:
+        names = MODELS if stage == "evaluate" else [n for n in SEQUENTIAL if (out / "models" / n).exists()]
+        for name in names:
             model = REGISTRY[name].load(out / "models" / name)
             t0 = time.perf_counter()
-            table, full = evaluate_model(model, data, name, max_users=args.eval_users)
-            main = table.filter((pl.col("metric") == "ndcg") & (pl.col("k") == 10)).row(0, named=True)
-            facts[name] = {"protocol": main["protocol"], "users_evaluated": full.n_users,
-                           "ndcg@10": round(main["value"], 4), "seconds": round(time.perf_counter() - t0, 1)}
+            # 12: H&M's cut-off (Kaggle's MAP@12); the sampled protocol is left out when every user is ranked
+            table, full = evaluate_model(model, data, name, max_users=args.eval_users or None, ks=(10, 12),
+                                         sampled=None if not args.eval_users else 100)
+            protocol = table["protocol"][0]  # the full ranking's rows come first (plain or +users:N)
+            main = {(r["metric"], r["k"]): r for r in table.filter(pl.col("protocol") == protocol).iter_rows(named=True)}
+            facts[name] = {"protocol": main["ndcg", 10]["protocol"], "users_evaluated": full.n_users,
+                           "ndcg@10": round(main["ndcg", 10]["value"], 4),
+                           "ndcg@12": round(main["ndcg", 12]["value"], 4),
+                           "map@12": round(main["map", 12]["value"], 4),
+                           "recall@12": round(main["recall", 12]["value"], 4),
+                           "seconds": round(time.perf_counter() - t0, 1),
+                           "ranking_seconds": round(full.seconds, 1),
+                           # ru_maxrss of this process so far: the data and every model evaluated up to this one
+                           "peak_rss_gb_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            del model
         return facts
+    if stage in SEQUENTIAL:
+        from mmrec_pipeline.compute import Compute
+        from mmrec_pipeline.evaluation.metrics import evaluate
+        from mmrec_pipeline.models import MODELS as REGISTRY
+        from mmrec_pipeline.models import training
+        from mmrec_pipeline.models.base import ItemFeatures
+
+        data = load_data(scale)
+        at_12, validators = [], []
+
+        class Validator(training.Validator):
+            """The trainer's validation (NDCG@10 on a seeded sample of valid users, what early stopping reads) on
+            `--seq-valid-users` users, also noting NDCG@12 (H&M's cut-off) for the curve."""
+
+            def __init__(self, data, k=10, max_users=3000, seed=0, model=None):
+                super().__init__(data, k, args.seq_valid_users, seed, model)
+                validators.append(self)
+
+            def __call__(self, score_fn):
+                with torch.no_grad():
+                    rows = evaluate(score_fn, self.inputs, ks=(10, 12)).rows
+                value = {r["k"]: r["value"] for r in rows if r["metric"] == "ndcg"}
+                at_12.append(value[12])
+                return value[10]
+
+        training.Validator = Validator  # Trainer.fit builds its validator from the module's name
+        config = {"max_len": args.seq_max_len, "hidden_size": args.seq_hidden, "loss": "ce",
+                  "negatives": args.seq_negatives, "batch_size": args.seq_batch, "epochs": 1000, "patience": 1000,
+                  "max_train_seconds": args.seq_seconds, "users_per_epoch": args.seq_users_per_epoch}
+        cls = REGISTRY[stage]
+        model = cls(cls.Config(**config))
+        report = model.fit(data, ItemFeatures(), Compute(device="cpu"))
+        model.save(out / "models" / stage)
+        curve_12 = list(at_12)
+        # the models of the earlier stages on the same validation users, for the curve to be read against
+        beside = {}
+        for name in MODELS:
+            if (out / "models" / name).exists():
+                other = REGISTRY[name].load(out / "models" / name)
+                other.at_stage(data, "valid")
+                beside[name] = {"valid_ndcg@10": round(validators[0](other.score), 4),
+                                "valid_ndcg@12": round(at_12[-1], 4)}
+        sequences = [s for s in data.sequences("train") if len(s) >= 2]
+        targets = sum(len(s) - 1 for s in sequences)  # what an epoch over every user trains
+        rate = report["targets_per_second"]
+        curve = [{"epoch": r["epoch"], "loss": round(r["loss"], 4), "train_seconds": round(r["train_seconds"], 1),
+                  "valid_ndcg@10": round(r["valid_ndcg@10"], 4), "valid_ndcg@12": round(ndcg12, 4)}
+                 for r, ndcg12 in zip(report["curve"], curve_12)]
+        return {"config": config, "users_with_target": len(sequences), "full_epoch_targets": targets,
+                "targets_per_second": round(rate, 1), "train_seconds": round(report["train_seconds"], 1),
+                "fit_seconds": round(report["seconds"], 1), "epochs": report["epochs"],
+                "best_epoch": report["best_epoch"], "stopped_by": report["stopped_by"],
+                # an extrapolation from this run's training rate, not a measured epoch
+                "full_epoch_seconds_extrapolated": round(targets / max(rate, 1e-9), 1),
+                "valid_protocol": f"{data.protocol}@valid+users:{args.seq_valid_users}", "curve": curve,
+                "beside": beside}
     if stage == "item_knn_top12":
         import hashlib
 
@@ -159,7 +237,11 @@ def child(stage: str, scale: float, args) -> dict:
     """Run one stage in a fresh process; wall time, its own peak RSS and CPU time, and what it reported."""
     cmd = [sys.executable, __file__, "--stage", stage, "--scales", str(scale), "--threads", str(args.threads),
            "--bpr-epochs", str(args.bpr_epochs), "--bpr-batch", str(args.bpr_batch),
-           "--eval-users", str(args.eval_users), "--top12-users", str(args.top12_users)]
+           "--eval-users", str(args.eval_users), "--top12-users", str(args.top12_users),
+           "--seq-users-per-epoch", str(args.seq_users_per_epoch), "--seq-seconds", str(args.seq_seconds),
+           "--seq-negatives", str(args.seq_negatives), "--seq-batch", str(args.seq_batch),
+           "--seq-max-len", str(args.seq_max_len), "--seq-hidden", str(args.seq_hidden),
+           "--seq-valid-users", str(args.seq_valid_users)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
@@ -189,7 +271,8 @@ def child(stage: str, scale: float, args) -> dict:
 def save(rows: list[dict], info: dict, args) -> None:
     """Merge this run's rows into the results file, replacing the same (scale, stage) and keeping the others, each
     with the machine it ran on (re-read each time: runs at other scales may write it too)."""
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = Path(args.results)
+    previous = json.loads(results.read_text()) if results.exists() else {}
     runs = previous.get("runs", {})
     for row in rows:
         row.setdefault("machine", info)
@@ -197,30 +280,72 @@ def save(rows: list[dict], info: dict, args) -> None:
         run = runs.setdefault(str(row["scale"]), {"rows": []})
         run["rows"] = [r for r in run["rows"] if r["stage"] != row["stage"]] + [row]
         run["rows"].sort(key=lambda r: STAGES.index(r["stage"]))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"runs": dict(sorted(runs.items(), key=lambda kv: float(kv[0])))}, indent=2))
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({"runs": dict(sorted(runs.items(), key=lambda kv: float(kv[0])))}, indent=2))
 
 
 def fact(name: str, value) -> str:
     if isinstance(value, dict) and "ndcg@10" in value:  # an evaluated model
-        return (f"{name} NDCG@10 {value['ndcg@10']} ({value['protocol']}, {value['users_evaluated']:,} users, "
+        at_12 = (f", NDCG@12 {value['ndcg@12']}, MAP@12 {value['map@12']}" if "map@12" in value else "")
+        return (f"{name} NDCG@10 {value['ndcg@10']}{at_12} ({value['protocol']}, {value['users_evaluated']:,} users, "
                 f"{value['seconds']} s)")
     if name == "checks_pass":
         return "split checks pass" if all(value.values()) else f"split checks FAIL {value}"
     return f"{name} {value:,}" if isinstance(value, int) else f"{name} {value}"
 
 
-def markdown(doc: dict) -> str:
-    """The docs/BENCHMARKS.md table: one row per scale and stage, with its machine and the load when it started."""
+def sequential_facts(f: dict) -> str:
+    """A sasrec/gru4rec row: its configuration, rate, the extrapolated full epoch and the validation curve."""
+    c = f["config"]
+    users = f"{c['users_per_epoch']:,} sampled users per epoch" if c["users_per_epoch"] else "every user each epoch"
+    curve = ", ".join(f"{r['valid_ndcg@12']}" for r in f["curve"])
+    return (f"hidden {c['hidden_size']}, max_len {c['max_len']}, sampled softmax over {c['negatives']} negatives "
+            f"(shared by the batch), batch {c['batch_size']}, {users}, training budget {c['max_train_seconds']:g} s: "
+            f"{f['epochs']} epochs in {f['train_seconds']} s, {f['targets_per_second']:,} targets/s; an epoch over all "
+            f"{f['users_with_target']:,} users ({f['full_epoch_targets']:,} targets) ≈ "
+            f"{f['full_epoch_seconds_extrapolated']:,} s (an extrapolation from that rate); valid NDCG@12 by epoch "
+            f"{curve} ({f['valid_protocol']})"
+            + "".join(f"; {name} {v['valid_ndcg@12']}" for name, v in f.get("beside", {}).items()))
+
+
+def nightly_rows(path: Path) -> list[str]:
+    """benchmarks/nightly.py's phases (full build, one more day) as rows of the same table."""
+    if not path.exists():
+        return []
+    lines = []
+    for scale, run in json.loads(path.read_text())["runs"].items():
+        m = run["machine"]
+        emulated = " (AVX2 emulation)" if m.get("cpu_env", {}).get("ATEN_CPU_CAPABILITY") else f" ({m['cpu_capability']})"
+        for phase, label in (("full_build", "nightly: full build"), ("one_more_day", "nightly: one more day")):
+            r = run.get(phase)
+            if not r:
+                continue
+            steps = ", ".join(f"{k} {v} s" for k, v in sorted(r["step_wall_s"].items(), key=lambda kv: -kv[1])[:4])
+            what = (f"{len(r['ran'])} assets ran ({run['executor']}); slowest steps: {steps}; "
+                    f"text_embeddings computed {r['features']['text_embeddings']['computed']:,}, "
+                    f"reused {r['features']['text_embeddings']['reused']:,}")
+            lines.append(f"| {scale} | {label} | {r['total_wall_s']} | {r['total_cpu_s']} | – | {what} | "
+                         f"{m.get('cpu', '?').replace('(R)', '')}{emulated}, {r['load_1m_at_start']} |")
+    return lines
+
+
+def markdown(doc: dict, nightly: Path | None = None) -> str:
+    """The docs/BENCHMARKS.md table: one row per scale and stage, with its machine and the load when it started;
+    then the nightly increment's phases (benchmarks/results/nightly.json)."""
     lines = ["| scale | stage | wall s | CPU s | peak RSS GB | what | machine, load at start |", "|---|---|---|---|---|---|---|"]
     for scale, run in doc["runs"].items():
         for r in run["rows"]:
             m = r.get("machine", {})
-            what = r.get("error") or ", ".join(fact(k, v) for k, v in r.get("facts", {}).items())
+            if r.get("error"):
+                what = r["error"]
+            elif r["stage"] in SEQUENTIAL:
+                what = sequential_facts(r["facts"])
+            else:
+                what = ", ".join(fact(k, v) for k, v in r.get("facts", {}).items())
             emulated = " (AVX2 emulation)" if m.get("cpu_env", {}).get("ATEN_CPU_CAPABILITY") else ""
             lines.append(f"| {scale} | {r['stage']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_gb']} | {what} | "
                          f"{m.get('cpu', '?').replace('(R)', '')}{emulated}, {r.get('load_1m_at_start', '?')} |")
-    return "\n".join(lines)
+    return "\n".join(lines + nightly_rows(nightly or NIGHTLY))
 
 
 def main() -> None:
@@ -232,15 +357,27 @@ def main() -> None:
     parser.add_argument("--bpr-epochs", type=int, default=1)
     parser.add_argument("--bpr-batch", type=int, default=16384)
     parser.add_argument("--eval-users", type=int, default=50_000,
-                        help="rank a seeded sample of this many test users where there are more (protocol +users:N)")
+                        help="rank a seeded sample of this many test users where there are more (protocol +users:N); "
+                             "0 = every test user (protocol `temporal`)")
     parser.add_argument("--top12-users", type=int, default=0,
                         help="item_knn_top12: score the first N active users (0 = all of them)")
+    parser.add_argument("--seq-users-per-epoch", type=int, default=100_000,
+                        help="sasrec/gru4rec: users whose windows one epoch trains (0 = all)")
+    parser.add_argument("--seq-seconds", type=float, default=1200, help="sasrec/gru4rec: training time budget")
+    parser.add_argument("--seq-negatives", type=int, default=1000, help="sasrec/gru4rec: sampled-softmax negatives")
+    parser.add_argument("--seq-batch", type=int, default=256, help="sasrec/gru4rec: windows per step")
+    parser.add_argument("--seq-max-len", type=int, default=50)
+    parser.add_argument("--seq-hidden", type=int, default=64)
+    parser.add_argument("--seq-valid-users", type=int, default=10_000,
+                        help="sasrec/gru4rec: seeded sample of valid users validated after each epoch")
     parser.add_argument("--stage-timeout", type=float, default=3600)
+    parser.add_argument("--results", default=str(RESULTS),
+                        help="the results file to merge rows into (another file for a lake rebuild not to be recorded)")
     parser.add_argument("--markdown", action="store_true", help="print the docs/BENCHMARKS.md table from the results and exit")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     args = parser.parse_args()
     if args.markdown:
-        print(markdown(json.loads(RESULTS.read_text())))
+        print(markdown(json.loads(Path(args.results).read_text())))
         return
     if args.lake:
         os.environ["MMREC_HOME"] = str(Path(args.lake).resolve())

@@ -183,6 +183,29 @@ def test_user_sample_is_stated_and_accounted(small_data):
     assert same.equals(everyone)  # no sample when everyone fits: the protocol name says nothing
 
 
+def test_cut_offs_reach_every_protocol_of_the_evaluation(small_data):
+    """ks=(10, 12): MAP@12 and NDCG@12 (H&M's cut-off) beside @10 in the full, cold and sampled rows; @10 is the
+    same value as with the default cut-offs."""
+    from mmrec_pipeline.compute import Compute
+    from mmrec_pipeline.evaluation.protocols import evaluate_model
+    from mmrec_pipeline.models.base import ItemFeatures
+    from mmrec_pipeline.models.popularity import Popularity
+
+    model = Popularity()
+    model.fit(small_data, ItemFeatures(), Compute(device="cpu"))
+    default, _ = evaluate_model(model, small_data, "popularity")
+    table, _ = evaluate_model(model, small_data, "popularity", ks=(10, 12))
+    cut = table.filter(pl.col("k").is_not_null())
+    for protocol in ("temporal", "temporal+cold", "temporal+sampled:100"):
+        assert set(cut.filter(pl.col("protocol") == protocol)["k"]) == {10, 12}
+    assert cut.filter((pl.col("protocol") == "temporal") & (pl.col("metric") == "map") & (pl.col("k") == 12)).height == 1
+
+    def at_10(t):
+        return t.filter((pl.col("protocol") == "temporal") & (pl.col("k") == 10)).sort("metric")["value"].to_list()
+
+    assert at_10(table) == at_10(default)
+
+
 def test_ease_refuses_a_large_catalog_and_matches_the_dense_gram(small_data):
     from mmrec_pipeline.compute import Compute
     from mmrec_pipeline.models.base import ItemFeatures

@@ -196,6 +196,25 @@ def test_latest_window_trains_each_users_last_items_once():
         model.training_windows(seqs)
 
 
+def test_users_per_epoch_trains_a_fresh_sample_of_that_many_users_each_epoch(walk):
+    """users_per_epoch=N: each epoch's batches are the windows of N users with a target (one window each here:
+    every train sequence fits max_len + 1), drawn again every epoch."""
+    model = tiny(SASRec, users_per_epoch=7, epochs=3, patience=10)
+    real, seen = model.train_batches, []
+
+    def spy(gen):
+        batches = real(gen)
+        assert sorted(torch.cat(batches).tolist()) == list(range(len(model._windows)))
+        seen.append([tuple(w[w != model.pad].tolist()) for w in model._windows])
+        return batches
+
+    model.train_batches = spy
+    model.fit(walk, None, Compute(device="cpu"))
+    assert [len(s) for s in seen] == [7, 7, 7] and len(set(seen[0]) | set(seen[1]) | set(seen[2])) > 7
+    with pytest.raises(ValueError, match="users_per_epoch"):
+        tiny(SASRec, users_per_epoch=-1, epochs=1).fit(walk, None, Compute(device="cpu"))
+
+
 def test_adam_beta2_reaches_the_optimizer(walk, monkeypatch):
     seen = []
     real = torch.optim.AdamW

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -174,9 +174,9 @@ def evaluate_model(model: RankedModel, data: RecDataset, model_name: str, varian
                    item_vectors: np.ndarray | None = None, sampled: int | None = SAMPLED_NEGATIVES,
                    stage: str = "test", batch_size: int = 256, cold: bool = True,
                    max_users: int | None = None, users: np.ndarray | None = None,
-                   users_dropped: str = "not_sampled") -> tuple[pl.DataFrame, EvalResult]:
+                   users_dropped: str = "not_sampled", ks: Sequence[int] = KS) -> tuple[pl.DataFrame, EvalResult]:
     """Metric rows for one trained model; also returns the full-ranking `EvalResult` (per-user values for CIs
-    and paired tests, plots, tests). `max_users`: rank a seeded sample of that many users (protocol
+    and paired tests, plots, tests). `ks`: the cut-offs (H&M's MAP@12 needs 12 among them). `max_users`: rank a seeded sample of that many users (protocol
     `<split>+users:N`, see `sample_users`) instead of every user of the stage. `users`: rank only these users
     of the stage, under the stage's own protocol (the ranker's `@valid` rows: the valid users its LightGBM was
     not fitted on); the others are accounted as `users_dropped:<users_dropped>`."""
@@ -188,14 +188,14 @@ def evaluate_model(model: RankedModel, data: RecDataset, model_name: str, varian
     inputs = protocol_masking(restrict_users(inputs, chosen, users_dropped), data, model)
     protocol = f"{data.protocol}{users_suffix}"
     extra = diversity_inputs(data, item_vectors)
-    full = evaluate(model.score, inputs, ks=KS, batch_size=batch_size, **extra)
+    full = evaluate(model.score, inputs, ks=ks, batch_size=batch_size, **extra)
     rows = [{"protocol": protocol, **r} for r in full.rows]
     rows += accounting_rows(inputs, protocol)
     if cold and stage == "test":  # the cold-start protocol reports test numbers; tuning on valid skips it
-        rows += cold_rows(model, data, stage, batch_size, chosen, users_suffix, users_dropped)
+        rows += cold_rows(model, data, stage, batch_size, chosen, users_suffix, users_dropped, ks)
     if sampled:
         cand = dataclasses.replace(inputs, candidates=sampled_candidates(inputs, sampled, seed=0))
-        samp = evaluate(model.score, cand, ks=KS, batch_size=batch_size)
+        samp = evaluate(model.score, cand, ks=ks, batch_size=batch_size)
         rows += [{"protocol": f"{protocol}+sampled:{sampled}", **r} for r in samp.rows
                  if r["metric"] in ("hr", "ndcg", "mrr")]
     if stage != "test":
@@ -205,7 +205,8 @@ def evaluate_model(model: RankedModel, data: RecDataset, model_name: str, varian
 
 
 def cold_rows(model, data: RecDataset, stage: str = "test", batch_size: int = 256,
-              users: np.ndarray | None = None, users_suffix: str = "", users_dropped: str = "not_sampled") -> list[dict]:
+              users: np.ndarray | None = None, users_suffix: str = "", users_dropped: str = "not_sampled",
+              ks: Sequence[int] = KS) -> list[dict]:
     """The cold-start protocol's rows: accuracy metrics when the model can rank unseen items, else NaN.
     `users`/`users_suffix`/`users_dropped`: the main protocol's user selection (`sample_users`), if any."""
     protocol = f"{data.protocol}{users_suffix}+cold"
@@ -215,8 +216,8 @@ def cold_rows(model, data: RecDataset, stage: str = "test", batch_size: int = 25
         return accounting
     if not scores_cold_items(model, inputs, data.train_counts() == 0):
         return accounting + [{"protocol": protocol, "metric": m, "k": k, "value": float("nan")}
-                             for m in ("hr", "recall", "ndcg", "mrr") for k in KS]
-    result = evaluate(model.score, inputs, ks=KS, batch_size=batch_size)
+                             for m in ("hr", "recall", "ndcg", "mrr") for k in ks]
+    result = evaluate(model.score, inputs, ks=ks, batch_size=batch_size)
     return accounting + [{"protocol": protocol, **r} for r in result.rows
                          if r["metric"] in ("hr", "recall", "ndcg", "mrr")]
 

@@ -70,6 +70,10 @@ class SequentialConfig:
     patience: int = 5  # validation checks without improvement before stopping
     eval_every: int = 1  # epochs between validation checks
     max_train_seconds: float = 0.0  # training time budget (0 = none; `epochs` still bounds it)
+    # 0 = every user's windows each epoch; N > 0: each epoch trains the windows of N users drawn afresh (without
+    # replacement) from those with a target, so that a user base too large for a CPU budget still gets several
+    # validated epochs (an "epoch" is then N users' worth of transitions)
+    users_per_epoch: int = 0
     seed: int = 0
 
 
@@ -340,7 +344,15 @@ class SequentialRecommender(Recommender):
     def train_batches(self, gen: torch.Generator) -> list[torch.Tensor]:
         self.net.train()
         self._gen = gen  # masking and negatives draw from the trainer's generator too
+        n = self.config.users_per_epoch
+        if n > 0 and n < len(self._sequences):
+            pick = torch.randperm(len(self._sequences), generator=gen)[:n].sort().values.tolist()
+            self._set_windows([self._sequences[i] for i in pick])
         return length_batches(self._lengths, self.config.batch_size, gen)
+
+    def _set_windows(self, sequences: list[np.ndarray]) -> None:
+        self._windows, self._skip = map(torch.from_numpy, self.training_windows(sequences))
+        self._lengths = (self._windows != self.pad).sum(1)
 
     def batch_loss(self, b: torch.Tensor) -> tuple[torch.Tensor, int]:
         x, y = trim(*self.training_batch(self._windows[b], self._skip[b], self._gen), pad=self.pad)
@@ -358,15 +370,19 @@ class SequentialRecommender(Recommender):
         if self.config.init == "xavier":
             xavier_init(self.net, self.pad)
         self.negative_probs = self.negative_distribution(data)
-        self._windows, self._skip = map(torch.from_numpy, self.training_windows(data.sequences("train")))
-        if len(self._windows) == 0:
+        if self.config.users_per_epoch < 0:
+            raise ValueError(f"{self.name}: users_per_epoch must be >= 0, got {self.config.users_per_epoch}")
+        # the users with a target (two or more training items): those an epoch's sample is drawn from
+        self._sequences = [s for s in data.sequences("train") if len(s) >= 2]
+        if not self._sequences:
             raise ValueError(f"{self.name}: no user has two or more training interactions to learn from")
-        self._lengths = (self._windows != self.pad).sum(1)
+        if not 0 < self.config.users_per_epoch < len(self._sequences):
+            self._set_windows(self._sequences)  # every epoch trains every window: cut them once
         trainer = Trainer(TrainSettings.of(self.config), compute, log, self.name, unit="targets")
         report = trainer.fit(self, self.net.parameters(), data)
         self.net.eval()
-        report["training_windows"] = len(self._windows)
-        del self._windows, self._skip, self._lengths, self._gen
+        report["training_windows"] = len(self._windows)  # of the last epoch, with users_per_epoch
+        del self._windows, self._skip, self._lengths, self._gen, self._sequences
         return report
 
     @torch.no_grad()
