@@ -71,9 +71,9 @@ def rows() -> dict[str, tuple[str, dict]]:
     configuration with a field or two changed (the registry entry's `sasrec` is the rows' validation winner); the
     other rows are the registry entry's `models:`. Nothing here was chosen on test."""
     models = get_dataset("amazon-toys").models
-    # the registry's configuration before issue 36's measurements (Adam's default beta2), which the option rows
-    # below change one field at a time
-    before = {**models["sasrec"], "adam_beta2": 0.999}
+    # the registry's configuration before issue 36's measurements (Adam's default beta2, the published patience
+    # 50), which the option rows below change one field at a time
+    before = {**models["sasrec"], "adam_beta2": 0.999, "patience": 50}
     sasrec = {**before, "negatives": 256, "negatives_per": "batch", "gated": False,  # the published one
               "attention_dropout": 0.0, "inner_dropout": 0.0}
     per_target = {**sasrec, "negatives_per": "target"}
@@ -111,6 +111,17 @@ def rows() -> dict[str, tuple[str, dict]]:
            "sasrec_latest_window": ("sasrec", {**before, "train_windows": "latest"}),
            # the published run's 256 factors (configs/paper/loo/s3_vanilla.yaml) on top of the adopted beta2
            "sasrec_beta2_098_d256": ("sasrec", {**before, "adam_beta2": 0.98, "hidden_size": 256}),
+           # issue 36, the remaining differences from RecTools, each on top of the registry configuration (beta2
+           # 0.98): xavier_normal_ with the sqrt(d) input scaling kept
+           "sasrec_beta2_098_xavier_scaled": ("sasrec", {**models["sasrec"], "init": "xavier"}),
+           # the causal mask only, padded positions zeroed and read as keys, sequences at the full 50 (s3_vanilla)
+           "sasrec_beta2_098_no_key_padding_mask": ("sasrec", {**models["sasrec"], "key_padding_mask": False}),
+           # the full softmax over the padding id too, as RecTools' logits cover every item id
+           "sasrec_beta2_098_pad_class": ("sasrec", {**models["sasrec"], "softmax_pad_class": True}),
+           # early stopping on every valid user instead of 3,000 sampled; and on Recall@10, as RecTools' benchmark
+           "sasrec_beta2_098_valid_all": ("sasrec", {**models["sasrec"], "valid_users": 0}),
+           "sasrec_beta2_098_valid_all_recall": ("sasrec", {**models["sasrec"], "valid_users": 0,
+                                                            "valid_metric": "recall"}),
            # gBCE with the input embeddings unscaled (gSASRec and RecTools feed them as they are): whether the
            # sqrt(d)-scaled tied table is why gBCE stays at popularity level
            "sasrec_gbce256_per_target_unscaled": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
@@ -183,6 +194,7 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, seeds
     report = run.report
     pu = per_user_stage(run.per_user, "test")  # test rows; with seeds, each user's mean over them (as the report)
     curve = report.get("curve", [])
+    stop_metric = f"valid_{overrides.get('valid_metric', 'ndcg')}@10"  # the early-stopping value of the curve
     train_s = sum(r["train_seconds"] for r in curve)
     out = {
         "model": model_name, "config": {k: v for k, v in overrides.items() if k != "search_space"},
@@ -192,7 +204,8 @@ def run_row(row: str, data: RecDataset, time_budget: float, patience: int, seeds
         "s_per_epoch_wall": train_s / len(curve) if curve else None,
         "fit_seconds_wall": report.get("seconds"), "cpu_seconds_total": time.process_time() - cpu0,
         "wall_seconds_total": time.perf_counter() - wall0,
-        "valid_curve": [[r["epoch"], round(r.get("valid_ndcg@10", float("nan")), 5)] for r in curve],
+        "valid_curve": [[r["epoch"], round(r.get(stop_metric, float("nan")), 5)] for r in curve],
+        "valid_curve_metric": stop_metric,
         "valid": {m: value(run.metrics, m, f"{data.protocol}@valid") for m in ("recall", "ndcg")},
         "test": {m: value(run.metrics, m, data.protocol) for m in ("recall", "ndcg")},
         "test_ci95": {m: bootstrap_ci(pu[f"{m}@10"].to_numpy()) for m in ("recall", "ndcg")},

@@ -308,3 +308,50 @@ def test_default_config_reaches_one_and_a_half_times_popularity_on_sample(cls, s
     ndcg = {name: headline(evaluate_model(m, sample_dataset, name, sampled=None)[0])["default"]
             for name, m in (("popularity", pop), (cls.name, model))}
     assert ndcg[cls.name] >= 1.5 * ndcg["popularity"], ndcg
+
+
+def test_no_key_padding_mask_reads_padding_at_the_full_length():
+    """key_padding_mask=False (RecTools' SASRec): a real item's output depends on the padded positions before it
+    (they are keys carrying biases), the same however far a batch was trimmed (every sequence is read at the full
+    max_len); with the mask (default) padding is invisible."""
+    model = tiny(SASRec, dropout=0.0)
+    model.n_items = N_USED
+    masked = model.build_network().eval()
+    model.config = dataclasses.replace(model.config, key_padding_mask=False)
+    open_ = model.build_network().eval()
+    open_.load_state_dict(masked.state_dict())
+    pad = model.pad
+    short, long = torch.tensor([[3, 4, 5]]), torch.tensor([[pad, pad, 3, 4, 5]])
+    with torch.no_grad():
+        assert torch.allclose(masked(short), masked(long)[:, 2:], atol=1e-5)
+        assert torch.allclose(open_(short), open_(long)[:, 2:], atol=1e-5)  # trimming changes nothing
+        assert not torch.allclose(open_(short), masked(short), atol=1e-4)  # padding is read
+        assert open_(long).shape == long.shape + (32,)
+
+
+def test_softmax_pad_class_adds_the_padding_row_to_the_full_softmax(walk):
+    """softmax_pad_class=True: the full softmax runs over the catalog and the (zero) padding row, a constant
+    logit 0 in every target's denominator."""
+    import torch.nn.functional as F
+
+    model = tiny(SASRec)
+    model.n_items, model.net = N_USED, None
+    model.net = model.build_network()
+    h, t = torch.randn(6, 32), torch.arange(6)
+    w = model.item_weights()
+    assert torch.allclose(model.loss(h, t, None), F.cross_entropy(h @ w.T, t))
+    model.config = dataclasses.replace(model.config, softmax_pad_class=True)
+    with_pad = torch.cat([h @ w.T, torch.zeros(6, 1)], dim=1)
+    assert torch.allclose(model.loss(h, t, None), F.cross_entropy(with_pad, t))
+
+
+def test_early_stopping_on_every_valid_user_and_on_recall(walk):
+    """valid_users=0 validates on every valid user; valid_metric="recall" stops on Recall@10 (its curve key)."""
+    from mmrec_pipeline.models.training import Validator
+
+    assert len(Validator(walk, max_users=0).inputs.users) == len(walk.eval_inputs("valid").users)
+    assert len(Validator(walk, max_users=5).inputs.users) == 5
+    report = tiny(SASRec, epochs=2, valid_users=0, valid_metric="recall").fit(walk, None, Compute(device="cpu"))
+    assert all("valid_recall@10" in r and "valid_ndcg@10" not in r for r in report["curve"])
+    with pytest.raises(ValueError, match="valid_metric"):
+        tiny(SASRec, epochs=1, valid_metric="mrr").fit(walk, None, Compute(device="cpu"))

@@ -37,6 +37,9 @@ class SASRecConfig(SequentialConfig):
     # a learned score per item added to every logit (BERT4Rec has one): lets a BCE-type loss lower every logit
     # without moving the tied item table, which is also the input
     output_bias: bool = False
+    # False: the causal mask only, padded positions zeroed before each block and read as keys, every sequence
+    # at the full max_len (RecTools' SASRec default, which its published Toys run keeps; sequential.TransformerEncoder)
+    key_padding_mask: bool = True
 
 
 # The grid the runner tunes on validation (models/runner.py); two points, as each is a full training run.
@@ -61,7 +64,7 @@ class SASRec(SequentialRecommender):
                                  c.inner_size, c.dropout, causal=True, gated=c.gated,
                                  attention_dropout=c.attention_dropout, inner_dropout=c.inner_dropout,
                                  layout=c.layout, scale_embeddings=c.scale_embeddings,
-                                 activation=c.activation)
+                                 activation=c.activation, key_padding_mask=c.key_padding_mask)
         if c.output_bias:
             net.out_bias = nn.Parameter(torch.zeros(self.n_items))
         return net

@@ -68,6 +68,11 @@ class SequentialConfig:
     # matrix and embedding table at the start of training, as RecTools' Lightning module does
     init: str = "normal"
     patience: int = 5  # validation checks without improvement before stopping
+    valid_users: int = 3000  # valid users early stopping scores (0: all)
+    valid_metric: str = "ndcg"  # early stopping on NDCG@10 | recall: Recall@10 (RecTools' benchmark)
+    # full softmax: the padding token's row (zero, never trained) as one more class, as RecTools' softmax runs
+    # over every item id, the padding id included; it adds a constant exp(0) to every target's denominator
+    softmax_pad_class: bool = False
     eval_every: int = 1  # epochs between validation checks
     max_train_seconds: float = 0.0  # training time budget (0 = none; `epochs` still bounds it)
     # 0 = every user's windows each epoch; N > 0: each epoch trains the windows of N users drawn afresh (without
@@ -203,11 +208,11 @@ class TransformerEncoder(nn.Module):
     def __init__(self, n_tokens: int, pad: int, max_len: int, d: int, layers: int, heads: int, inner: int,
                  dropout: float, causal: bool, gated: bool = False, attention_dropout: float = 0.0,
                  inner_dropout: float = 0.0, layout: str = "pre_ln", scale_embeddings: bool = True,
-                 activation: str = "gelu"):
+                 activation: str = "gelu", key_padding_mask: bool = True):
         super().__init__()
         if d % heads:
             raise ValueError(f"hidden_size {d} must be divisible by n_heads {heads}")
-        self.pad, self.max_len, self.causal = pad, max_len, causal
+        self.pad, self.max_len, self.causal, self.key_padding_mask = pad, max_len, causal, key_padding_mask
         self.scale = math.sqrt(d) if scale_embeddings else 1.0
         self.item_emb = nn.Embedding(n_tokens, d, padding_idx=pad)
         self.pos_emb = nn.Embedding(max_len, d)
@@ -222,18 +227,28 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[1]
-        pos = torch.arange(self.max_len - n, self.max_len, device=x.device)
+        if not self.key_padding_mask and n < self.max_len:
+            # without the mask the padded keys dilute attention, so their number must not depend on how a batch
+            # was trimmed: every sequence is read as the full max_len window, as RecTools pads it
+            x = F.pad(x, (self.max_len - n, 0), value=self.pad)
+        pos = torch.arange(self.max_len - x.shape[1], self.max_len, device=x.device)
         h = self.drop(self.item_emb(x) * self.scale + self.pos_emb(pos))
-        # Keys a query may attend to: real items (earlier ones only if causal) and always itself, so no row
-        # is fully masked (that would give NaN, which 0-weights do not cancel in the weighted sum).
-        real = (x != self.pad)[:, None, None, :]  # [B, 1, 1, n]
-        eye = torch.eye(n, dtype=torch.bool, device=x.device)
-        allowed = real | eye
+        real = (x != self.pad)[:, None, None, :]  # [B, 1, 1, L]
+        eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+        if self.key_padding_mask:
+            # Keys a query may attend to: real items (earlier ones only if causal) and always itself, so no row
+            # is fully masked (that would give NaN, which 0-weights do not cancel in the weighted sum).
+            allowed = real | eye
+        else:
+            # RecTools' SASRec: the causal mask only; padded positions are zeroed before every block, so a query
+            # reads them as keys and values carrying biases only
+            allowed = torch.ones_like(eye)
         if self.causal:
-            allowed = allowed & torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            allowed = allowed & torch.ones_like(eye).tril()
+        keep = real[:, 0, 0, :, None].to(h.dtype)  # [B, L, 1]
         for block in self.blocks:
-            h = block(h, allowed)
-        return self.ln(h)
+            h = block(h if self.key_padding_mask else h * keep, allowed)
+        return self.ln(h)[:, -n:]
 
 
 def xavier_init(net: nn.Module, pad: int) -> None:
@@ -319,6 +334,9 @@ class SequentialRecommender(Recommender):
         if cfg.loss not in ("ce", "gbce"):
             raise ValueError(f"{self.name}: loss must be 'ce', 'bce' or 'gbce', got '{cfg.loss}'")
         if cfg.loss == "ce" and cfg.negatives <= 0:  # full-catalog softmax (Klenitskiy & Vasilev 2023)
+            if cfg.softmax_pad_class:
+                w = self.net.item_emb.weight[: self.pad + 1]
+                bias = None if bias is None else F.pad(bias, (0, 1))
             return full_softmax_loss(h, t, w, bias)
         if cfg.negatives <= 0:
             raise ValueError(f"{self.name}: loss 'gbce' needs negatives > 0")

@@ -41,19 +41,22 @@ def seed_everything(seed: int) -> None:
 
 
 class Validator:
-    """NDCG@k on the valid stage through the shared evaluator (the same code as the test report), masked as the
-    protocol masks `model`'s test ranking (`recbole`: nothing for a sequential model; see `protocol_masking`)."""
+    """NDCG@k (or `metric`@k: recall, …) on the valid stage through the shared evaluator (the same code as the
+    test report), masked as the protocol masks `model`'s test ranking (`recbole`: nothing for a sequential model;
+    see `protocol_masking`); over `max_users` sampled valid users, every one when `max_users` is 0."""
 
-    def __init__(self, data: RecDataset, k: int = 10, max_users: int = 3000, seed: int = 0, model=None):
-        self.k = k
-        self.inputs = subsample(protocol_masking(data.eval_inputs("valid"), data, model), max_users, seed)
+    def __init__(self, data: RecDataset, k: int = 10, max_users: int = 3000, seed: int = 0, model=None,
+                 metric: str = "ndcg"):
+        self.k, self.metric = k, metric
+        inputs = protocol_masking(data.eval_inputs("valid"), data, model)
+        self.inputs = subsample(inputs, max_users, seed) if max_users else inputs
 
     def __call__(self, score_fn) -> float:
         if len(self.inputs.users) == 0:
             return float("nan")
         with torch.no_grad():
             result = evaluate(score_fn, self.inputs, ks=(self.k,))
-        return next(r["value"] for r in result.rows if r["metric"] == "ndcg" and r["k"] == self.k)
+        return next(r["value"] for r in result.rows if r["metric"] == self.metric and r["k"] == self.k)
 
 
 class EarlyStopping:
@@ -96,6 +99,10 @@ class TrainSettings:
     max_grad_norm: float = 0.0  # clip the gradient norm (0 = no clipping)
     eval_every: int = 1  # epochs between validation checks (and always after the last one)
     patience: int = 3  # validation checks without improvement before stopping
+    # the early-stopping value: `valid_metric`@10 over `valid_users` sampled valid users (0: all of them, as
+    # RecTools validates); ndcg | recall (RecTools' transformer benchmark stops on Recall@10)
+    valid_users: int = 3000
+    valid_metric: str = "ndcg"
     max_train_seconds: float = 0.0  # time budget for training (0 = none): the epoch in progress ends, is validated
     seed: int = 0
 
@@ -130,14 +137,19 @@ class Trainer:
         self.log = logger(log)
 
     def fit(self, model, params, data: RecDataset | None = None, validate: Callable[[], float] | None = None,
-            metric: str = "valid_ndcg@10") -> dict:
+            metric: str | None = None) -> dict:
         """Train `model`'s `params`; `validate` returns the early-stopping value (higher is better), by default the
-        shared `Validator` on `data` with `model.score`. Returns seconds, epochs, best_epoch, curve (one row per
+        shared `Validator` on `data` with `model.score` (`valid_<valid_metric>@10` over `valid_users`); `metric`
+        names it (default `valid_ndcg@10`, or the settings' metric for the default validator). Returns seconds, epochs, best_epoch, curve (one row per
         epoch: loss, train_seconds and `metric` where validated), `best_<metric>` and training throughput."""
         s = self.settings
+        if s.valid_metric not in ("ndcg", "recall"):
+            raise ValueError(f"{self.name}: valid_metric must be ndcg or recall, got '{s.valid_metric}'")
         if validate is None:
-            validator = Validator(data, model=model)
+            validator = Validator(data, model=model, max_users=s.valid_users, metric=s.valid_metric)
             validate = lambda: validator(model.score)
+            metric = metric or f"valid_{s.valid_metric}@10"
+        metric = metric or "valid_ndcg@10"
         params = [p for p in params if p.requires_grad]
         if s.optimizer == "sparse_adam":
             opt = torch.optim.SparseAdam(params, lr=s.lr, betas=(0.9, s.adam_beta2))
