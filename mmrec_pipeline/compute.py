@@ -35,6 +35,10 @@ def cpu_has_native_bf16() -> bool:
         return True
 
 
+# the largest block glibc serves from (and keeps on) its heap: see keep_freed_memory
+HEAP_BLOCK_LIMIT = 64 << 20
+
+
 @functools.cache
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for the next tensor instead of handing it back to the kernel.
@@ -42,12 +46,13 @@ def keep_freed_memory() -> bool:
     By default glibc maps every block over 32 MiB (a batch of images, a CNN activation) afresh and unmaps it
     when freed, and returns freed heap to the kernel: each batch then faults all its pages in again,
     zero-filled by the kernel; EfficientNet-Lite0 spent about two thirds of its time there
-    (`benchmarks/malloc.py`; docs/BENCHMARKS.md, Speed). Blocks up to 256 MiB now come from the heap and stay
-    there: a higher threshold, which also kept the ~300 MiB activations of the CNN's widest layers, slowed
-    offline captions with two torch threads, so the image CNNs take small batches instead
-    (`image.CPU_CNN_BATCH`). The cost: a process's resident memory stays at its peak instead of shrinking.
-    Every `Compute` calls it, so every process that runs tensors through one (steps, tests, benchmarks) does
-    it, once. Returns False where the C library is not glibc."""
+    (`benchmarks/malloc.py`; docs/BENCHMARKS.md, Speed). Blocks up to `HEAP_BLOCK_LIMIT` now come from the heap
+    and stay there; the image CNNs take batches small enough for their activations to fit under it
+    (`image.CPU_CNN_BATCH`). Larger blocks are still mapped per use: a full-catalog score batch (256 users x
+    105k items, ~108 MB) kept on the heap left holes that the next, differently interleaved batch could not
+    reuse, so evaluating a sequential model at H&M size grew to ~20 GB resident instead of ~4.5 GB.
+    The cost: a process's resident memory stays at its heap's peak instead of shrinking. Every `Compute` calls
+    it, so every process that runs tensors through one (steps, tests, benchmarks) does it, once. Returns False where the C library is not glibc."""
     import ctypes
     import ctypes.util
 
@@ -57,7 +62,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 1 << 28) and mallopt(m_trim_threshold, 2**31 - 1))
+    return bool(mallopt(m_mmap_threshold, HEAP_BLOCK_LIMIT) and mallopt(m_trim_threshold, 2**31 - 1))
 
 
 @dataclasses.dataclass(frozen=True)
