@@ -353,5 +353,10 @@ def test_early_stopping_on_every_valid_user_and_on_recall(walk):
     assert len(Validator(walk, max_users=5).inputs.users) == 5
     report = tiny(SASRec, epochs=2, valid_users=0, valid_metric="recall").fit(walk, None, Compute(device="cpu"))
     assert all("valid_recall@10" in r and "valid_ndcg@10" not in r for r in report["curve"])
+    # the asset's learning-curve plot reads the curve's own early-stopping key
+    from mmrec_pipeline.evaluation.report import validation_series
+
+    key, epochs, values = validation_series(report["curve"])
+    assert (key, epochs, values) == ("valid_recall@10", [1, 2], [r["valid_recall@10"] for r in report["curve"]])
     with pytest.raises(ValueError, match="valid_metric"):
         tiny(SASRec, epochs=1, valid_metric="mrr").fit(walk, None, Compute(device="cpu"))

@@ -289,15 +289,26 @@ def plot_per_k(metrics: pl.DataFrame, metric: str, top: int = 10) -> bytes:
     return _png(fig)
 
 
+def validation_series(rows: list[dict]) -> tuple[str, list[int], list[float]]:
+    """A training curve's early-stopping key (`valid_<metric>@10`, the first `valid_` key of its rows) and its
+    validated epochs and values (epochs between validation checks have none)."""
+    key = next((k for r in rows for k in r if k.startswith("valid_")), "valid_ndcg@10")
+    validated = [r for r in rows if key in r]
+    return key, [r["epoch"] for r in validated], [r[key] for r in validated]
+
+
 def plot_learning_curves(curves: dict[str, list[dict]], title: str) -> bytes:
-    """Training loss and validation NDCG@10 by epoch, one line per variant."""
+    """Training loss and the early-stopping value by epoch (`valid_ndcg@10`, or the `valid_<metric>@10` a model's
+    `valid_metric` names), one line per variant."""
     fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(9, 3.2))
+    names = set()
     for variant, rows in curves.items():
         a1.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], label=variant)
-        v = [r for r in rows if "valid_ndcg@10" in r]
-        a2.plot([r["epoch"] for r in v], [r["valid_ndcg@10"] for r in v], marker="o", label=variant)
+        key, epochs, values = validation_series(rows)
+        names.add(key.removeprefix("valid_").replace("ndcg", "NDCG").replace("recall", "Recall"))
+        a2.plot(epochs, values, marker="o", label=variant)
     a1.set_title(f"{title}: training loss")
-    a2.set_title("validation NDCG@10")
+    a2.set_title(f"validation {' / '.join(sorted(names)) or 'NDCG@10'}")
     for a in (a1, a2):
         a.set_xlabel("epoch")
         a.legend(fontsize=7)
