@@ -12,6 +12,7 @@ from assets.models import model_assets
 from assets.ranker import FEATURE_TABLES as RANKER_TABLES
 from mmrec_pipeline import serving
 from mmrec_pipeline.catalog import refresh_catalog
+from mmrec_pipeline.compute import peak_rss_gb
 from mmrec_pipeline.evaluation.protocols import valid_on_shared_users
 from mmrec_pipeline.evaluation.report import md_table, plot_drift
 from mmrec_pipeline.models import MODELS, ranker
@@ -119,6 +120,7 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
         "query": f'select * from "{spec.name}".recommendations_readable where user_id = ...',
         "champion": entry["champion"], **plain({k: v for k, v in facts.items() if k in (
             "active_users", "users_total", "rows", "retrain_seconds", "users_per_second", "fixed")}),
+        "scoring_seconds": round(facts["seconds"], 1), "peak_rss_gb": peak_rss_gb(),
         "k": config.k, "active_days": config.active_days, "dagster/row_count": recs.height,
         **plain({f"drift {k}": v for k, v in change.items()}),
         "drift": png_markdown(plot_drift(history), "drift"),

@@ -15,6 +15,10 @@ BPR-MF runs `--bpr-epochs` epoch(s) with `--bpr-batch` triples per step (no earl
 sasrec, gru4rec: the registry's model through its own fit with sampled softmax (`--seq-negatives`), `--seq-users-per-epoch`
 users' windows per epoch and a `--seq-seconds` training budget; validation NDCG@10/@12 after each epoch on
 `--seq-valid-users` seeded valid users, and the three model stages' checkpoints on the same users.
+mmrec_run: the nightly job itself, `mmrec run` on benchmarks/hm_full.yaml's entry at the scale (the champion among
+popularity, item-kNN, BPR-MF and SASRec, retrained on every interaction, top-12 for every active user, its DuckDB
+view), in an instance of its own; its steps run in processes of their own, so the row's CPU and peak RSS columns
+stay empty and the serving step's own peak RSS (its asset metadata) is in the facts.
 A stage that fails or runs past `--stage-timeout` is recorded with its error; later stages of that scale are
 skipped. Results: a printed table and `benchmarks/results/scale.json` (CPU model/flags, load at start); `--markdown`
 also shows benchmarks/results/nightly.json's phases (benchmarks/nightly.py) as rows.
@@ -39,10 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 RESULTS = ROOT / "benchmarks" / "results" / "scale.json"
 NIGHTLY = ROOT / "benchmarks" / "results" / "nightly.json"  # benchmarks/nightly.py's rows, shown in the same table
 STAGES = ("generate", "ingest", "split", "popularity", "item_knn", "bpr_mf", "evaluate", "item_knn_top12", "sasrec",
-          "gru4rec", "evaluate_sequential")
+          "gru4rec", "evaluate_sequential", "mmrec_run")
 SEQUENTIAL = ("sasrec", "gru4rec")
 MODELS = ("popularity", "item_knn", "bpr_mf")
 DATASET = "hm-synthetic"
+# `mmrec run` on the nightly job's own registry (benchmarks/hm_full.yaml) and asset selection
+FULL_REGISTRY, FULL_SELECT = ROOT / "benchmarks" / "hm_full.yaml", ROOT / "benchmarks" / "hm_full.select"
+FULL_DATASET = "hm-synthetic-full"
 
 
 def spec_for(scale: float):
@@ -230,7 +237,66 @@ def run_stage(stage: str, scale: float, args) -> dict:
         digest = hashlib.sha256(lists.write_csv().encode()).hexdigest()[:16]
         return {"users": facts["users"], "seconds": round(facts["seconds"], 1),
                 "users_per_second": round(facts["users_per_second"], 1), "lists_sha256": digest}
+    if stage == "mmrec_run":
+        return mmrec_run(scale)
     raise ValueError(f"unknown stage {stage}")
+
+
+def mmrec_run(scale: float) -> dict:
+    """`mmrec run` of benchmarks/hm_full.yaml's entry at `scale` (a copy of the file with that scale) and
+    benchmarks/hm_full.select's assets, with a Dagster instance of its own in the lake: the whole run's wall time,
+    each step's (from the instance), the champion ranking, the serving step's facts (its materialization's
+    metadata) and a count through the DuckDB view."""
+    import yaml
+
+    from mmrec_pipeline.storage import Lake
+
+    lake = Lake()
+    raw = yaml.safe_load(FULL_REGISTRY.read_text())
+    raw["datasets"][FULL_DATASET]["options"]["scale"] = scale
+    registry = lake.root / f"hm_full-{scale:g}.yaml"
+    registry.write_text(yaml.safe_dump(raw, sort_keys=False))
+    os.environ.update(MMREC_DATASETS=str(registry), DAGSTER_HOME=str(lake.root / f"dagster-mmrec-run-{scale:g}"))
+    cmd = [sys.executable, "-m", "resources.cli", "run", "--dataset", FULL_DATASET,
+           "--select", FULL_SELECT.read_text().strip()]
+    log = lake.root / f"mmrec_run-{scale:g}.log"
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.run(cmd, check=False, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+    wall = time.perf_counter() - start
+    text = log.read_text()
+    if code != 0:
+        raise RuntimeError(f"mmrec run exited {code}; its output: {log}\n{text[-3000:]}")
+    return {"run_wall_s": round(wall, 1), **run_summary(lake, text), "log": str(log)}
+
+
+def run_summary(lake, output: str) -> dict:
+    """What `mmrec run` of FULL_DATASET wrote, from its output (the run id), the instance and the lake."""
+    import re
+
+    import dagster as dg
+    import duckdb
+    import polars as pl
+
+    from resources.runner import step_timings
+
+    instance = dg.DagsterInstance.get()
+    run_id = re.search(r"run id ([0-9a-f-]{36})", output).group(1)
+    steps = {s.step: round(s.wall_seconds, 1) for s in step_timings(instance, run_id) if s.wall_seconds >= 1}
+    record = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=dg.AssetKey("recommendations"), asset_partitions=[FULL_DATASET]), limit=1).records[0]
+    meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    serving = {k: meta[k] for k in ("champion", "active_users", "rows", "retrain_seconds", "scoring_seconds",
+                                    "users_per_second", "peak_rss_gb", "k")}
+    champion = pl.read_parquet(lake.table(FULL_DATASET, "champion"))
+    ranking = [{"model": f"{r['model']}/{r['variant']}", "valid_ndcg@10": round(r["valid"], 4),
+                "test_ndcg@10": round(r["test"], 4) if r["test"] is not None else None}
+               for r in champion.iter_rows(named=True)]
+    with duckdb.connect(str(lake.catalog), read_only=True) as db:
+        (users, rows), = db.sql(f'select count(distinct user_id), count(*) from "{FULL_DATASET}".recommendations_readable'
+                                ).fetchall()
+    return {"serving": serving, "ranking": ranking, "duckdb_view": {"users": users, "rows": rows},
+            "steps_wall_s": steps}
 
 
 def child(stage: str, scale: float, args) -> dict:
@@ -308,6 +374,18 @@ def sequential_facts(f: dict) -> str:
             + "".join(f"; {name} {v['valid_ndcg@12']}" for name, v in f.get("beside", {}).items()))
 
 
+def mmrec_run_facts(f: dict) -> str:
+    """An mmrec_run row: the champion, the serving step, the validation ranking and the slowest steps."""
+    s = f["serving"]
+    ranking = ", ".join(f"{r['model']} {r['valid_ndcg@10']}" for r in f["ranking"])
+    steps = ", ".join(f"{k} {v:,.0f} s" for k, v in sorted(f["steps_wall_s"].items(), key=lambda kv: -kv[1])[:6])
+    return (f"`mmrec run` (benchmarks/hm_full.yaml): champion {s['champion']}, retrained in {s['retrain_seconds']:,.0f} s, "
+            f"top-{s['k']} for {s['active_users']:,} active users in {s['scoring_seconds']:,.0f} s "
+            f"({s['users_per_second']:,.0f} users/s), serving step peak RSS {s['peak_rss_gb']} GB; DuckDB view "
+            f"{f['duckdb_view']['users']:,} users, {f['duckdb_view']['rows']:,} rows; valid NDCG@10 (temporal@valid) "
+            f"{ranking}; slowest steps: {steps}")
+
+
 def nightly_rows(path: Path) -> list[str]:
     """benchmarks/nightly.py's phases (full build, one more day) as rows of the same table."""
     if not path.exists():
@@ -340,10 +418,14 @@ def markdown(doc: dict, nightly: Path | None = None) -> str:
                 what = r["error"]
             elif r["stage"] in SEQUENTIAL:
                 what = sequential_facts(r["facts"])
+            elif r["stage"] == "mmrec_run":
+                what = mmrec_run_facts(r["facts"])
             else:
                 what = ", ".join(fact(k, v) for k, v in r.get("facts", {}).items())
             emulated = " (AVX2 emulation)" if m.get("cpu_env", {}).get("ATEN_CPU_CAPABILITY") else ""
-            lines.append(f"| {scale} | {r['stage']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_gb']} | {what} | "
+            # `mmrec run`'s steps run in processes its own rusage does not count: the serving step's peak is in `what`
+            cpu, peak = ("–", "–") if r["stage"] == "mmrec_run" else (r["cpu_s"], r["peak_rss_gb"])
+            lines.append(f"| {scale} | {r['stage']} | {r['wall_s']} | {cpu} | {peak} | {what} | "
                          f"{m.get('cpu', '?').replace('(R)', '')}{emulated}, {r.get('load_1m_at_start', '?')} |")
     return "\n".join(lines + nightly_rows(nightly or NIGHTLY))
 

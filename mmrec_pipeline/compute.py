@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -153,6 +154,12 @@ def _pin_feature_dtype(compute: Compute, pin: Path, log) -> Compute:
                     "computed several times slower; set the compute dtype to float32 to re-pin it (every feature "
                     "is then computed again)")
     return pinned_compute
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory (GB). Under the local executor each step runs in a process of its own,
+    so in an asset it is the step's peak; run in-process (tests) it is the whole process's."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def logger(log=None):
