@@ -240,3 +240,27 @@ def test_bpr_fold_in_is_the_mean_history_vector():
                 vectors[row] = model.item_emb.weight[torch.as_tensor(h)].mean(0)
         expected = vectors @ model.item_emb.weight.T + model.item_bias
         assert torch.allclose(model.score(users, history), expected, atol=1e-5)
+
+
+def test_the_full_size_nightly_registry_and_selection_resolve():
+    """benchmarks/hm_full.yaml (the nightly job at scale 1.0) is a valid registry whose models are known fields,
+    and benchmarks/hm_full.select names the four candidate models, the champion and the recommendations."""
+    from pathlib import Path
+
+    from assets import definitions
+    from mmrec_pipeline.models import MODELS
+    from mmrec_pipeline.registry import load_registry
+    from resources.runner import resolve_selection
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_registry(root / "benchmarks" / "hm_full.yaml")["hm-synthetic-full"]
+    assert spec.source == "hm-synthetic" and spec.options["scale"] == 1.0
+    assert spec.serving == {"k": 12, "active_days": 0}  # every customer active in the training window
+    for name, overrides in spec.models.items():
+        fields = {f for f in MODELS[name].Config.__dataclass_fields__}
+        assert set(overrides) - {"search_space", "variants"} <= fields, name
+    selected = resolve_selection((root / "benchmarks" / "hm_full.select").read_text().strip(),
+                                 definitions.defs.resolve_asset_graph())
+    names = {k.to_user_string() for k in selected}
+    assert {"popularity", "item_knn", "bpr_mf", "sasrec", "champion", "recommendations", "split"} <= names
+    assert set(spec.models) <= names and "ranker" not in names
