@@ -13,7 +13,7 @@ item_knn_top12 (after item_knn): every active user's top-12 through serving.writ
 users/s and a fingerprint of the lists (so a faster score path can be shown to give the same lists).
 BPR-MF runs `--bpr-epochs` epoch(s) with `--bpr-batch` triples per step (no early stopping at 1 epoch).
 sasrec, gru4rec: the registry's model through its own fit with sampled softmax (`--seq-negatives`), `--seq-users-per-epoch`
-users' windows per epoch and a `--seq-seconds` training budget; validation NDCG@10/@12 after each epoch on
+users' windows per epoch and a `--seq-seconds` training budget; validation NDCG@12 (`valid_k: 12`: what early stopping keeps) after each epoch on
 `--seq-valid-users` seeded valid users, and the three model stages' checkpoints on the same users.
 mmrec_run: the nightly job itself, `mmrec run` on benchmarks/hm_full.yaml's entry at the scale (the champion among
 popularity, item-kNN, BPR-MF and SASRec, retrained on every interaction, top-12 for every active user, its DuckDB
@@ -166,52 +166,32 @@ def run_stage(stage: str, scale: float, args) -> dict:
         return facts
     if stage in SEQUENTIAL:
         from mmrec_pipeline.compute import Compute
-        from mmrec_pipeline.evaluation.metrics import evaluate
         from mmrec_pipeline.models import MODELS as REGISTRY
         from mmrec_pipeline.models import training
         from mmrec_pipeline.models.base import ItemFeatures
 
         data = load_data(scale)
-        at_12, validators = [], []
-
-        class Validator(training.Validator):
-            """The trainer's validation (NDCG@10 on a seeded sample of valid users, what early stopping reads) on
-            `--seq-valid-users` users, also noting NDCG@12 (H&M's cut-off) for the curve."""
-
-            def __init__(self, data, k=10, max_users=3000, seed=0, model=None):
-                super().__init__(data, k, args.seq_valid_users, seed, model)
-                validators.append(self)
-
-            def __call__(self, score_fn):
-                with torch.no_grad():
-                    rows = evaluate(score_fn, self.inputs, ks=(10, 12)).rows
-                value = {r["k"]: r["value"] for r in rows if r["metric"] == "ndcg"}
-                at_12.append(value[12])
-                return value[10]
-
-        training.Validator = Validator  # Trainer.fit builds its validator from the module's name
+        # early stopping and the curve on NDCG@12 (H&M's cut-off) over `--seq-valid-users` seeded valid users
         config = {"max_len": args.seq_max_len, "hidden_size": args.seq_hidden, "loss": "ce",
                   "negatives": args.seq_negatives, "batch_size": args.seq_batch, "epochs": 1000, "patience": 1000,
-                  "max_train_seconds": args.seq_seconds, "users_per_epoch": args.seq_users_per_epoch}
+                  "max_train_seconds": args.seq_seconds, "users_per_epoch": args.seq_users_per_epoch,
+                  "valid_users": args.seq_valid_users, "valid_k": 12}
         cls = REGISTRY[stage]
         model = cls(cls.Config(**config))
         report = model.fit(data, ItemFeatures(), Compute(device="cpu"))
         model.save(out / "models" / stage)
-        curve_12 = list(at_12)
         # the models of the earlier stages on the same validation users, for the curve to be read against
-        beside = {}
+        validator, beside = training.Validator(data, k=12, max_users=args.seq_valid_users, model=model), {}
         for name in MODELS:
             if (out / "models" / name).exists():
                 other = REGISTRY[name].load(out / "models" / name)
                 other.at_stage(data, "valid")
-                beside[name] = {"valid_ndcg@10": round(validators[0](other.score), 4),
-                                "valid_ndcg@12": round(at_12[-1], 4)}
+                beside[name] = {"valid_ndcg@12": round(validator(other.score), 4)}
         sequences = [s for s in data.sequences("train") if len(s) >= 2]
         targets = sum(len(s) - 1 for s in sequences)  # what an epoch over every user trains
         rate = report["targets_per_second"]
         curve = [{"epoch": r["epoch"], "loss": round(r["loss"], 4), "train_seconds": round(r["train_seconds"], 1),
-                  "valid_ndcg@10": round(r["valid_ndcg@10"], 4), "valid_ndcg@12": round(ndcg12, 4)}
-                 for r, ndcg12 in zip(report["curve"], curve_12)]
+                  "valid_ndcg@12": round(r["valid_ndcg@12"], 4)} for r in report["curve"]]
         return {"config": config, "users_with_target": len(sequences), "full_epoch_targets": targets,
                 "targets_per_second": round(rate, 1), "train_seconds": round(report["train_seconds"], 1),
                 "fit_seconds": round(report["seconds"], 1), "epochs": report["epochs"],

@@ -346,7 +346,8 @@ def test_softmax_pad_class_adds_the_padding_row_to_the_full_softmax(walk):
 
 
 def test_early_stopping_on_every_valid_user_and_on_recall(walk):
-    """valid_users=0 validates on every valid user; valid_metric="recall" stops on Recall@10 (its curve key)."""
+    """valid_users=0 validates on every valid user; valid_metric="recall" stops on Recall@10 (its curve key);
+    valid_k sets the cut-off."""
     from mmrec_pipeline.models.training import Validator
 
     assert len(Validator(walk, max_users=0).inputs.users) == len(walk.eval_inputs("valid").users)
@@ -360,3 +361,6 @@ def test_early_stopping_on_every_valid_user_and_on_recall(walk):
     assert (key, epochs, values) == ("valid_recall@10", [1, 2], [r["valid_recall@10"] for r in report["curve"]])
     with pytest.raises(ValueError, match="valid_metric"):
         tiny(SASRec, epochs=1, valid_metric="mrr").fit(walk, None, Compute(device="cpu"))
+    # valid_k: the cut-off early stopping reads (H&M's 12), named in the curve
+    report = tiny(SASRec, epochs=1, valid_k=12).fit(walk, None, Compute(device="cpu"))
+    assert "valid_ndcg@12" in report["curve"][0] and "best_valid_ndcg@12" in report

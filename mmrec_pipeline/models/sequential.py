@@ -70,6 +70,7 @@ class SequentialConfig:
     patience: int = 5  # validation checks without improvement before stopping
     valid_users: int = 3000  # valid users early stopping scores (0: all)
     valid_metric: str = "ndcg"  # early stopping on NDCG@10 | recall: Recall@10 (RecTools' benchmark)
+    valid_k: int = 10  # the early-stopping metric's cut-off (12 for H&M's MAP@12 task); the curve's key says it
     # full softmax: the padding token's row (zero, never trained) as one more class, as RecTools' softmax runs
     # over every item id, the padding id included; it adds a constant exp(0) to every target's denominator
     softmax_pad_class: bool = False

@@ -99,10 +99,11 @@ class TrainSettings:
     max_grad_norm: float = 0.0  # clip the gradient norm (0 = no clipping)
     eval_every: int = 1  # epochs between validation checks (and always after the last one)
     patience: int = 3  # validation checks without improvement before stopping
-    # the early-stopping value: `valid_metric`@10 over `valid_users` sampled valid users (0: all of them, as
+    # the early-stopping value: `valid_metric`@`valid_k` over `valid_users` sampled valid users (0: all of them, as
     # RecTools validates); ndcg | recall (RecTools' transformer benchmark stops on Recall@10)
     valid_users: int = 3000
     valid_metric: str = "ndcg"
+    valid_k: int = 10
     max_train_seconds: float = 0.0  # time budget for training (0 = none): the epoch in progress ends, is validated
     seed: int = 0
 
@@ -139,16 +140,16 @@ class Trainer:
     def fit(self, model, params, data: RecDataset | None = None, validate: Callable[[], float] | None = None,
             metric: str | None = None) -> dict:
         """Train `model`'s `params`; `validate` returns the early-stopping value (higher is better), by default the
-        shared `Validator` on `data` with `model.score` (`valid_<valid_metric>@10` over `valid_users`); `metric`
+        shared `Validator` on `data` with `model.score` (`valid_<valid_metric>@<valid_k>` over `valid_users`); `metric`
         names it (default `valid_ndcg@10`, or the settings' metric for the default validator). Returns seconds, epochs, best_epoch, curve (one row per
         epoch: loss, train_seconds and `metric` where validated), `best_<metric>` and training throughput."""
         s = self.settings
         if s.valid_metric not in ("ndcg", "recall"):
             raise ValueError(f"{self.name}: valid_metric must be ndcg or recall, got '{s.valid_metric}'")
         if validate is None:
-            validator = Validator(data, model=model, max_users=s.valid_users, metric=s.valid_metric)
+            validator = Validator(data, k=s.valid_k, model=model, max_users=s.valid_users, metric=s.valid_metric)
             validate = lambda: validator(model.score)
-            metric = metric or f"valid_{s.valid_metric}@10"
+            metric = metric or f"valid_{s.valid_metric}@{s.valid_k}"
         metric = metric or "valid_ndcg@10"
         params = [p for p in params if p.requires_grad]
         if s.optimizer == "sparse_adam":
