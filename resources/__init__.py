@@ -15,8 +15,18 @@ from resources.executors import executor_for_env
 from resources.models import ModelSourcesResource
 from resources.storage import LakeIOManager, LakeResource
 
-# Steps the local multiprocess executor runs at once (the UI's runs and `mmrec run` alike).
-CONCURRENT_STEPS = 2
+
+def concurrent_steps() -> int:
+    """Steps the local multiprocess executor runs at once (the UI's runs and `mmrec run` alike): 2, or
+    `MMREC_CONCURRENT_STEPS` (1 where two steps of a large dataset would not fit the memory side by side; each
+    step then gets every core's torch thread)."""
+    raw = os.environ.get("MMREC_CONCURRENT_STEPS", "2")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"MMREC_CONCURRENT_STEPS must be a whole number >= 1, got '{raw}'")
+    return int(raw)
+
+
+CONCURRENT_STEPS = concurrent_steps()
 CORES = os.cpu_count() or 1
 
 COMPUTE = {

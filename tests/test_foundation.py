@@ -216,6 +216,18 @@ def test_compute_resource_sets_torch_threads_per_step():
     assert resources_for_env("local")["compute"].cpu_threads == max(1, CORES // CONCURRENT_STEPS)
 
 
+def test_concurrent_steps_setting(monkeypatch):
+    """MMREC_CONCURRENT_STEPS: one step at a time where two steps of a large dataset do not fit in memory."""
+    from resources import concurrent_steps
+
+    monkeypatch.setenv("MMREC_CONCURRENT_STEPS", "1")
+    assert concurrent_steps() == 1
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("MMREC_CONCURRENT_STEPS", bad)
+        with pytest.raises(ValueError, match="MMREC_CONCURRENT_STEPS"):
+            concurrent_steps()
+
+
 def test_auto_dtype_is_float32_where_onednn_is_capped_below_bf16():
     """`ONEDNN_MAX_CPU_ISA=AVX2` (how an older CPU is emulated) leaves oneDNN no bf16 convolution: `dtype: auto` must
     then pick float32 even on a CPU whose flags show bf16, as it does on a CPU without them."""
