@@ -122,6 +122,14 @@ def rows() -> dict[str, tuple[str, dict]]:
            "sasrec_beta2_098_valid_all": ("sasrec", {**models["sasrec"], "valid_users": 0}),
            "sasrec_beta2_098_valid_all_recall": ("sasrec", {**models["sasrec"], "valid_users": 0,
                                                             "valid_metric": "recall"}),
+           # RecTools' whole published Toys SASRec (s3_vanilla.yaml) in our code, every difference above together:
+           # 256 uniform negatives per target, 256 factors, Kang's layout with a 256-wide ReLU feed-forward, xavier
+           # with unscaled input, no key-padding mask, the latest-window cut, early stopping on all-user Recall@10
+           "sasrec_rectools_joint": ("sasrec", {**models["sasrec"], "negatives": 256, "negatives_per": "target",
+                                                "hidden_size": 256, "inner_size": 256, "activation": "relu",
+                                                "layout": "sasrec", "init": "xavier", "scale_embeddings": False,
+                                                "key_padding_mask": False, "train_windows": "latest",
+                                                "valid_users": 0, "valid_metric": "recall", "patience": 10}),
            # gBCE with the input embeddings unscaled (gSASRec and RecTools feed them as they are): whether the
            # sqrt(d)-scaled tied table is why gBCE stays at popularity level
            "sasrec_gbce256_per_target_unscaled": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
