@@ -65,6 +65,32 @@ def test_gbce_matches_hand_computation(calibration):
     assert float(got) == pytest.approx(np.mean(expected), rel=1e-6)
 
 
+def test_gbce_matches_gsasrec_transformed_positive_logit():
+    """gSASRec's train_gsasrec.py: the positive's logit replaced by log(1 / (sigmoid(s)^-beta - 1)), then BCE with
+    logits over the N + 1 logits, averaged over them (no negative equals its target here)."""
+    neg = torch.tensor([0, 3])
+    n_items, calibration = 4, 0.75
+    alpha = len(neg) / (n_items - 1)
+    beta = alpha * ((1 - 1 / alpha) * calibration + 1 / alpha)
+    pos, negs = (H * W[T]).sum(-1, keepdim=True).double(), (H @ W[neg].T).double()
+    pos = torch.log(1.0 / (torch.sigmoid(pos).pow(-beta) - 1))
+    logits = torch.cat([pos, negs], -1)
+    gt = torch.zeros_like(logits)
+    gt[:, 0] = 1
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, gt, reduction="none").mean(-1).mean()
+    assert float(gbce_loss(H, T, W, neg, calibration, n_items)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_untied_output_table_scores_the_items():
+    """tied_output=False (gSASRec's default): a separate output table, the one the loss and scoring read."""
+    model = build(SASRec, {}, {"tied_output": False, "hidden_size": 8, "n_layers": 1, "n_heads": 1,
+                               "inner_size": 16, "max_len": 4})
+    model.n_items = 5
+    model.net = model.build_network()
+    assert model.item_weights() is model.net.out_emb.weight and model.item_weights().shape == (5, 8)
+    assert model.item_weights().data_ptr() != model.net.item_emb.weight.data_ptr()
+
+
 def test_negatives_per_target_match_the_shared_set_row_by_row():
     """[T, N] negatives (one row per target, RecTools's sampling): a row equal to the shared set gives the shared
     loss; a row of its own changes only its target's term."""

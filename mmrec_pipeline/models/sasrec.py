@@ -37,6 +37,9 @@ class SASRecConfig(SequentialConfig):
     # a learned score per item added to every logit (BERT4Rec has one): lets a BCE-type loss lower every logit
     # without moving the tied item table, which is also the input
     output_bias: bool = False
+    # False: a separate output item table scores the next item (gSASRec's default, reuse_item_embeddings=False);
+    # True: the input table, tied (RecTools, Kang & McAuley)
+    tied_output: bool = True
     # False: the causal mask only, padded positions zeroed before each block and read as keys, every sequence
     # at the full max_len (RecTools' SASRec default, which its published Toys run keeps; sequential.TransformerEncoder)
     key_padding_mask: bool = True
@@ -67,4 +70,11 @@ class SASRec(SequentialRecommender):
                                  activation=c.activation, key_padding_mask=c.key_padding_mask)
         if c.output_bias:
             net.out_bias = nn.Parameter(torch.zeros(self.n_items))
+        if not c.tied_output:
+            net.out_emb = nn.Embedding(self.n_items, c.hidden_size)
+            nn.init.normal_(net.out_emb.weight, std=0.02)  # as the input table
         return net
+
+    def item_weights(self) -> torch.Tensor:
+        out = getattr(self.net, "out_emb", None)
+        return super().item_weights() if out is None else out.weight
