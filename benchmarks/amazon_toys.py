@@ -140,7 +140,18 @@ def rows() -> dict[str, tuple[str, dict]]:
            "sasrec_gbce256_per_target_bias": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
                                                          "output_bias": True}),
            # Kang & McAuley's BCE (one negative per target): does any BCE-type loss train in this configuration?
-           "sasrec_bce1": ("sasrec", {**sasrec, "loss": "bce", "negatives": 0})}
+           "sasrec_bce1": ("sasrec", {**sasrec, "loss": "bce", "negatives": 0}),
+           # gBCE with fewer per-target negatives (gSASRec's ablation varies them): does the collapse need many?
+           "sasrec_gbce1_per_target": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75, "negatives": 1}),
+           "sasrec_gbce16_per_target": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75, "negatives": 16}),
+           "sasrec_gbce64_per_target": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75, "negatives": 64}),
+           # gBCE 256 with a 10x learning rate: its loss is a mean over N + 1 = 257 logits, so gradients are small
+           "sasrec_gbce256_per_target_lr01": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75, "lr": 0.01}),
+           # gBCE 256 with a separate output item table, as gSASRec's own code trains it (reuse_item_embeddings=False)
+           "sasrec_gbce256_per_target_untied": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
+                                                           "tied_output": False}),
+           # the control: the same separate output table under the sampled softmax
+           "sasrec_ss256_per_target_untied": ("sasrec", {**per_target, "tied_output": False})}
     # issue 36, GRU4Rec and BERT4Rec: the options that moved SASRec, on the Toys entry's configuration before the
     # issue (sampled softmax over 256 negatives, Adam's default beta2, patience 10); where CPU time allowed one row,
     # two options go in together (GRU4Rec: the full softmax with beta2 0.98; BERT4Rec: beta2 0.98 with 60% masked)
