@@ -147,6 +147,12 @@ def rows() -> dict[str, tuple[str, dict]]:
            "sasrec_gbce64_per_target": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75, "negatives": 64}),
            # gBCE 256 with a 10x learning rate: its loss is a mean over N + 1 = 257 logits, so gradients are small
            "sasrec_gbce256_per_target_lr01": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75, "lr": 0.01}),
+           # gBCE 256 with Adam's beta2 0.98 (RecTools'): a shorter memory of the first steps' large negative gradients
+           "sasrec_gbce256_per_target_beta2_098": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
+                                                              "adam_beta2": 0.98}),
+           # the same as _lr01, run with a longer budget (--time-budget 300 --patience 30): where does it go past the plateau?
+           "sasrec_gbce256_per_target_lr01_long": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
+                                                              "lr": 0.01}),
            # gBCE 256 with a separate output item table, as gSASRec's own code trains it (reuse_item_embeddings=False)
            "sasrec_gbce256_per_target_untied": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
                                                            "tied_output": False}),
