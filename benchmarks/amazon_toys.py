@@ -150,6 +150,9 @@ def rows() -> dict[str, tuple[str, dict]]:
            # gBCE 256 with Adam's beta2 0.98 (RecTools'): a shorter memory of the first steps' large negative gradients
            "sasrec_gbce256_per_target_beta2_098": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
                                                               "adam_beta2": 0.98}),
+           # the same, run with a longer budget (--time-budget 300 --patience 30)
+           "sasrec_gbce256_per_target_beta2_098_long": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
+                                                                   "adam_beta2": 0.98}),
            # the same as _lr01, run with a longer budget (--time-budget 300 --patience 30): where does it go past the plateau?
            "sasrec_gbce256_per_target_lr01_long": ("sasrec", {**per_target, "loss": "gbce", "gbce_t": 0.75,
                                                               "lr": 0.01}),
