@@ -37,10 +37,12 @@ def main() -> None:
         report = model.fit(data, None, Compute(device="cpu"))
         model.net.eval()
         gen = torch.Generator().manual_seed(1)
+        model._set_windows([s for s in data.sequences("train") if len(s) >= 2])  # fit drops its windows
+        model._gen = gen
         pos_all, neg_all, hs = [], [], []
         with torch.no_grad():
             for b in model.train_batches(gen)[:20]:
-                model.net.eval()
+                model.net.eval()  # train_batches sets train mode
                 x, y = trim(*model.training_batch(model._windows[b], model._skip[b], gen), pad=model.pad)
                 h = model.net(x)
                 keep = y != IGNORE
