@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from amazon_toys import load_toys, rows  # noqa: E402
+from amazon_toys import load_toys, rows
 
-from mmrec_pipeline.models.runner import build  # noqa: E402
-from mmrec_pipeline.models.sasrec import SASRec  # noqa: E402
-from mmrec_pipeline.models.sequential import target_and_negative_logits  # noqa: E402
-from mmrec_pipeline.models.training import IGNORE, trim  # noqa: E402
-from mmrec_pipeline.compute import Compute  # noqa: E402
+from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.models.runner import build
+from mmrec_pipeline.models.sasrec import SASRec
+from mmrec_pipeline.models.sequential import target_and_negative_logits
+from mmrec_pipeline.models.training import IGNORE, trim
 
 
 def main() -> None:
