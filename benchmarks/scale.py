@@ -17,7 +17,8 @@ users' windows per epoch and a `--seq-seconds` training budget; validation NDCG@
 `--seq-valid-users` seeded valid users, and the three model stages' checkpoints on the same users.
 mmrec_run: the nightly job itself, `mmrec run` on benchmarks/hm_full.yaml's entry at the scale (the champion among
 popularity, item-kNN, BPR-MF and SASRec, retrained on every interaction, top-12 for every active user, its DuckDB
-view), in an instance of its own; its steps run in processes of their own, so the row's CPU and peak RSS columns
+view), in an instance of its own (set `MMREC_CONCURRENT_STEPS=1` at 1.0: two model steps side by side do not fit
+in 24 GB); its steps run in processes of their own, so the row's CPU and peak RSS columns
 stay empty and the serving step's own peak RSS (its asset metadata) is in the facts.
 A stage that fails or runs past `--stage-timeout` is recorded with its error; later stages of that scale are
 skipped. Results: a printed table and `benchmarks/results/scale.json` (CPU model/flags, load at start); `--markdown`
