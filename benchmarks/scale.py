@@ -364,7 +364,8 @@ def mmrec_run_facts(f: dict) -> str:
             f"top-{s['k']} for {s['active_users']:,} active users in {s['scoring_seconds']:,.0f} s "
             f"({s['users_per_second']:,.0f} users/s), serving step peak RSS {s['peak_rss_gb']} GB; DuckDB view "
             f"{f['duckdb_view']['users']:,} users, {f['duckdb_view']['rows']:,} rows; valid NDCG@10 (temporal@valid) "
-            f"{ranking}; slowest steps: {steps}")
+            f"{ranking}; slowest steps: {steps}"
+            + (f"; {len(f['parts'])} runs, steps killed by the OOM killer: {f['oom_killed']}" if f.get("parts") else ""))
 
 
 def nightly_rows(path: Path) -> list[str]:
