@@ -13,13 +13,15 @@ item_knn_top12 (after item_knn): every active user's top-12 through serving.writ
 users/s and a fingerprint of the lists (so a faster score path can be shown to give the same lists).
 BPR-MF runs `--bpr-epochs` epoch(s) with `--bpr-batch` triples per step (no early stopping at 1 epoch).
 sasrec, gru4rec: the registry's model through its own fit with sampled softmax (`--seq-negatives`), `--seq-users-per-epoch`
-users' windows per epoch and a `--seq-seconds` training budget; validation NDCG@12 (`valid_k: 12`: what early stopping keeps) after each epoch on
-`--seq-valid-users` seeded valid users, and the three model stages' checkpoints on the same users.
+users' windows per epoch and a `--seq-seconds` training budget; validation NDCG@12 (`valid_k: 12`, what early
+stopping keeps) after each epoch on `--seq-valid-users` seeded valid users, and the three model stages' checkpoints
+on the same users.
 mmrec_run: the nightly job itself, `mmrec run` on benchmarks/hm_full.yaml's entry at the scale (the champion among
 popularity, item-kNN, BPR-MF and SASRec, retrained on every interaction, top-12 for every active user, its DuckDB
 view), in an instance of its own (set `MMREC_CONCURRENT_STEPS=1` at 1.0: two model steps side by side do not fit
 in 24 GB); its steps run in processes of their own, so the row's CPU and peak RSS columns
-stay empty and the serving step's own peak RSS (its asset metadata) is in the facts.
+stay empty and the serving step's own peak RSS (its asset metadata) is in the facts. The stage records one run; the
+1.0 row in scale.json joins three runs' records (docs/BENCHMARKS.md, "`mmrec run` at full size").
 A stage that fails or runs past `--stage-timeout` is recorded with its error; later stages of that scale are
 skipped. Results: a printed table and `benchmarks/results/scale.json` (CPU model/flags, load at start); `--markdown`
 also shows benchmarks/results/nightly.json's phases (benchmarks/nightly.py) as rows.

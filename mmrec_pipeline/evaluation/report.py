@@ -290,7 +290,7 @@ def plot_per_k(metrics: pl.DataFrame, metric: str, top: int = 10) -> bytes:
 
 
 def validation_series(rows: list[dict]) -> tuple[str, list[int], list[float]]:
-    """A training curve's early-stopping key (`valid_<metric>@10`, the first `valid_` key of its rows) and its
+    """A training curve's early-stopping key (`valid_<metric>@<k>`, the first `valid_` key of its rows) and its
     validated epochs and values (epochs between validation checks have none)."""
     key = next((k for r in rows for k in r if k.startswith("valid_")), "valid_ndcg@10")
     validated = [r for r in rows if key in r]
@@ -298,8 +298,8 @@ def validation_series(rows: list[dict]) -> tuple[str, list[int], list[float]]:
 
 
 def plot_learning_curves(curves: dict[str, list[dict]], title: str) -> bytes:
-    """Training loss and the early-stopping value by epoch (`valid_ndcg@10`, or the `valid_<metric>@10` a model's
-    `valid_metric` names), one line per variant."""
+    """Training loss and the early-stopping value by epoch (`valid_ndcg@10`, or the `valid_<metric>@<k>` a model's
+    `valid_metric` and `valid_k` name), one line per variant."""
     fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(9, 3.2))
     names = set()
     for variant, rows in curves.items():
