@@ -16,6 +16,7 @@ from assets import DATASETS, op_tags
 from assets.automation import CODE_VERSIONS, REFRESH
 from assets.checks import check_result
 from assets.metadata import plain, png_markdown
+from mmrec_pipeline.compute import peak_rss_gb
 from mmrec_pipeline.data.dataset import RecDataset
 from mmrec_pipeline.evaluation.protocols import (
     DIVERSITY_TABLE,
@@ -49,7 +50,8 @@ def grid_markdown(grid: list[dict], chosen: dict) -> str:
 def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
     """The asset of one registry entry: trains `cls.variants` on the tables `cls.feature_assets` names."""
     features = tuple(dict.fromkeys((DIVERSITY_TABLE, *cls.feature_assets)))
-    ins = {k: dg.AssetIn(k) for k in ("split", "items", *features)}
+    ins = {"split": dg.AssetIn("split", metadata={"columns": list(cls.split_columns)}),
+           **{k: dg.AssetIn(k) for k in ("items", *features)}}
 
     # The tuning check runs in the asset's own step: one process start less per model under the local executor.
     @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=cls.pool,
@@ -91,7 +93,8 @@ def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
                 # Each variant's validation grid (the chosen point ticked) and what the other points cost.
                 **{f"grid {r.variant}": dg.MetadataValue.md(grid_markdown(r.grid, r.chosen)) for r in runs},
                 **plain({f"tune_seconds {r.variant}": round(r.tune_seconds, 2) for r in runs}),
-                **plain({f"seeds {r.variant}": r.seeds for r in runs})}
+                **plain({f"seeds {r.variant}": r.seeds for r in runs}),
+                "peak_rss_gb": peak_rss_gb()}  # the step's process: data, fits and evaluations
         curves = {r.variant: r.report["curve"] for r in runs if r.report.get("curve")}
         if curves:
             meta["learning_curve"] = png_markdown(plot_learning_curves(curves, title=name), "learning curve")

@@ -13,7 +13,7 @@ from assets.automation import CODE_VERSIONS, REFRESH
 from assets.checks import check_result
 from assets.metadata import plain
 from assets.models import all_model_names
-from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.data.dataset import SPLIT_COLUMNS, RecDataset
 from mmrec_pipeline.evaluation.protocols import (
     DIVERSITY_VECTOR,
     best_on_valid,
@@ -31,12 +31,15 @@ from resources.models import ModelSourcesResource
 from resources.storage import LakeResource
 
 FEATURE_TABLES = ("image_embeddings", "text_embeddings", "vq_codes")
+# the mean training rating is one of its item features, where a dataset has ratings
+RANKER_SPLIT_COLUMNS = [*SPLIT_COLUMNS, "rating"]
 CHECK = "ranker_sound"
 
 
 @dg.asset(name="ranker", partitions_def=DATASETS, group_name="models", io_manager_key="lake",
           automation_condition=REFRESH, code_version=CODE_VERSIONS[ranker.NAME],
-          ins={"split": dg.AssetIn("split"), "items": dg.AssetIn("items"),
+          ins={"split": dg.AssetIn("split", metadata={"columns": RANKER_SPLIT_COLUMNS}),
+               "items": dg.AssetIn("items"),
                **{t: dg.AssetIn(t, metadata={"allow_missing": True}) for t in FEATURE_TABLES},
                **{m: dg.AssetIn(m, metadata={"allow_missing": True}) for m in all_model_names}},
           check_specs=[dg.AssetCheckSpec(CHECK, asset="ranker", description=(

@@ -10,6 +10,7 @@ from assets.evaluation import read_per_user
 from assets.metadata import plain, png_markdown, table_preview
 from assets.models import model_assets
 from assets.ranker import FEATURE_TABLES as RANKER_TABLES
+from assets.ranker import RANKER_SPLIT_COLUMNS
 from mmrec_pipeline import serving
 from mmrec_pipeline.catalog import refresh_catalog
 from mmrec_pipeline.compute import peak_rss_gb
@@ -59,13 +60,13 @@ def champion(context: dg.AssetExecutionContext, lake_store: LakeResource,
                                        f"`test` shown only for reference.\n\n" + md_table(table.head(20)))})
 
 
-@dg.asset(partitions_def=DATASETS, group_name="serving", deps=FEATURE_TABLES,
+@dg.asset(partitions_def=DATASETS, group_name="serving", deps=["split", *FEATURE_TABLES],
           code_version=code_version(serving, serving.ServingConfig, ranker), automation_condition=NIGHTLY_REFRESH,
           freshness_policy=NIGHTLY_FRESHNESS,
           check_specs=[dg.AssetCheckSpec(name, asset="recommendations", description=d) for name, d in CHECKS.items()])
 def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource, lake_store: LakeResource,
                     model_sources: ModelSourcesResource, champion: pl.DataFrame,
-                    split: pl.DataFrame, items: pl.DataFrame) -> dg.MaterializeResult:
+                    items: pl.DataFrame) -> dg.MaterializeResult:
     """The champion retrained on every interaction (its validation-chosen epoch count), top-K items with score
     and rank for every user active in the recent window: `recommendations.parquet`, DuckDB view
     `"<dataset>".recommendations_readable` (with titles). Drift against the previous run in the metadata."""
@@ -86,11 +87,14 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
         for source, name in meta["sources"].items():
             model, variant = name.split("/", 1)
             source_models[source] = (MODELS[model], artifacts.model(model).variant(variant), tables(FEATURES_OF[model]))
+        split = read_parquet(artifacts.table("split"), columns=RANKER_SPLIT_COLUMNS)
         facts = serving.serve_ranker(checkpoint, source_models, split, items, spec.name, spec.split,
                                      spec.repeats_relevant, tables(RANKER_TABLES), compute.settings(), artifacts,
                                      config, log=context.log, sources=model_sources.sources(),
                                      feature_cache=lake.feature_cache())
     else:
+        # only the columns the champion's fit reads, as its asset loads them
+        split = read_parquet(artifacts.table("split"), columns=list(MODELS[best["model"]].split_columns))
         facts = serving.serve(MODELS[best["model"]], checkpoint, split, items, spec.name, spec.split,
                               spec.repeats_relevant, tables(FEATURES_OF[best["model"]]), compute.settings(),
                               artifacts, config, log=context.log, sources=model_sources.sources(),

@@ -13,7 +13,7 @@ import polars as pl
 from upath import UPath
 
 from mmrec_pipeline.catalog import refresh_catalog
-from mmrec_pipeline.storage import Lake, ensure_inside, to_path, write_parquet
+from mmrec_pipeline.storage import Lake, ensure_inside, read_parquet, to_path, write_parquet
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -61,8 +61,9 @@ class LakeParquetIOManager(dg.UPathIOManager):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: materialize {context.upstream_output.asset_key.to_user_string()}"
                                     f" for this dataset first")
-        with path.open("rb") as f:
-            return pl.read_parquet(f)
+        # An input may ask for some columns only (`AssetIn(metadata={"columns": [...]})`, as dagster-polars reads it):
+        # a model step need not hold the split's text columns it never reads.
+        return read_parquet(path, columns=(context.definition_metadata or {}).get("columns"))
 
     def load_partitions(self, context: dg.InputContext):
         # Dagster hands an unpartitioned consumer of *all* partitions a bare table, not {key: table}, when the

@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from mmrec_pipeline.compute import Compute
-from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.data.dataset import SPLIT_COLUMNS, RecDataset
 
 # The report's types and the paper claim belong to evaluation/: models import them, evaluation imports no model.
 from mmrec_pipeline.evaluation.audit import PaperClaim
@@ -149,6 +149,8 @@ class Recommender(abc.ABC):
     # The feature assets (tables) `fit` reads. `text_embeddings` is read for every model anyway: its sentence
     # vectors define intra-list diversity for every row of the leaderboard.
     feature_assets: ClassVar[tuple[str, ...]] = ()
+    # The columns of the split table `fit` reads (its asset and serving load only these).
+    split_columns: ClassVar[tuple[str, ...]] = SPLIT_COLUMNS
     # The Dagster pool of its asset: "gpu" (one step at a time per instance; a GPU per pod on Kubernetes) or None.
     pool: ClassVar[str | None] = None
     # Minutes where other models take seconds: its step starts before shorter ones when steps run side by side.

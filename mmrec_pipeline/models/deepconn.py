@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmrec_pipeline.data.dataset import SPLIT_COLUMNS
 from mmrec_pipeline.models.base import MissingFeature, Recommender
 from mmrec_pipeline.models.training import Trainer, TrainSettings, seed_everything, shuffled_batches
 
@@ -110,6 +111,7 @@ class DeepCoNNNet(nn.Module):
 
 class DeepCoNN(Recommender):
     name = "deepconn"
+    split_columns = (*SPLIT_COLUMNS, "rating", "review_title", "review_text")
     Config = DeepCoNNConfig
     search_space = SEARCH_SPACE
 

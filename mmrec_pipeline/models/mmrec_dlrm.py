@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from mmrec_pipeline.compute import Compute, logger
-from mmrec_pipeline.data.dataset import RecDataset
+from mmrec_pipeline.data.dataset import SPLIT_COLUMNS, RecDataset
 from mmrec_pipeline.evaluation.metrics import auc_accuracy_fpr
 from mmrec_pipeline.evaluation.protocols import METRICS_SCHEMA
 from mmrec_pipeline.evaluation.sections import mmrec_dlrm as mmrec_dlrm_section
@@ -211,6 +211,7 @@ class MMRecNet(nn.Module):
 
 class MMRecDLRM(Recommender):
     name = "mmrec_dlrm"
+    split_columns = (*SPLIT_COLUMNS, "rating")  # labels from ratings where the dataset has them
     Config = MMRecDLRMConfig
     variants = DEMO_VARIANTS  # the paper's full 12 run in benchmarks/mmrec_dlrm.py
     feature_assets = ("text_embeddings", "review_summaries")
