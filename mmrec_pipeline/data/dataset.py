@@ -20,6 +20,14 @@ from mmrec_pipeline.data.schema import SPLITS
 SPLIT_COLUMNS = ("user_id", "item_id", "ts", "split")
 
 
+def index_of(sorted_ids: pl.Series, ids: pl.Series) -> np.ndarray:
+    """Each of `ids`' position in `sorted_ids` (sorted, distinct) by binary search, -1 where it is not there."""
+    if sorted_ids.len() == 0:
+        return np.full(ids.len(), -1, dtype=np.int64)
+    pos = sorted_ids.search_sorted(ids).clip(upper_bound=sorted_ids.len() - 1)
+    return np.where((sorted_ids.gather(pos) == ids).to_numpy(), pos.to_numpy().astype(np.int64), -1)
+
+
 @dataclasses.dataclass
 class RecDataset:
     name: str
@@ -42,10 +50,10 @@ class RecDataset:
         # every row, which set the memory peak at H&M's full size: docs/BENCHMARKS.md, "Scale"): users in
         # the split's sorted distinct ids, items in the sorted catalog. The text ids are then dropped; rows whose
         # item is not in the catalog too. A stable sort keeps file order among equal (user, time).
-        item_idx = items["item_id"].search_sorted(split["item_id"]).clip(upper_bound=max(items.height - 1, 0))
-        known = items["item_id"].gather(item_idx) == split["item_id"]
+        item_idx = index_of(items["item_id"], split["item_id"])
+        known = pl.Series(item_idx >= 0)
         users = split["user_id"].filter(known).unique().sort()
-        df = split.with_columns(item_idx.cast(pl.Int64).alias("item_idx"),
+        df = split.with_columns(pl.Series("item_idx", item_idx),
                                 users.search_sorted(split["user_id"]).cast(pl.Int64).alias("user_idx"),
                                 pl.col("ts").dt.epoch("s").alias("t")).drop("user_id", "item_id")
         if not known.all():

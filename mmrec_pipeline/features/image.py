@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from mmrec_pipeline.compute import Compute
+from mmrec_pipeline.compute import Compute, keep_freed_memory
 from mmrec_pipeline.features.cache import VECTOR, FeatureCache, compute_incremental, per_model
 from mmrec_pipeline.storage import FeatureCacheFolder
 from mmrec_pipeline.weights import ModelSources
@@ -196,7 +196,10 @@ LOADERS = {"efficientnet_lite0": load_efficientnet_lite0, "resnet18": load_resne
 
 
 def for_inference(model: torch.nn.Module, compute: Compute) -> torch.nn.Module:
-    """A CNN on the compute device in its inference dtype, channels-last (which CPU convolutions prefer)."""
+    """A CNN on the compute device in its inference dtype, channels-last (which CPU convolutions prefer). On CPU
+    the process keeps freed memory from here on (`compute.keep_freed_memory`): batch after batch reuses it."""
+    if compute.torch_device.type == "cpu":
+        keep_freed_memory()
     return model.to(compute.torch_device, compute.inference_dtype, memory_format=torch.channels_last).eval()
 
 
