@@ -50,8 +50,10 @@ def grid_markdown(grid: list[dict], chosen: dict) -> str:
 def model_asset(name: str, cls: type[Recommender]) -> dg.AssetsDefinition:
     """The asset of one registry entry: trains `cls.variants` on the tables `cls.feature_assets` names."""
     features = tuple(dict.fromkeys((DIVERSITY_TABLE, *cls.feature_assets)))
-    ins = {"split": dg.AssetIn("split", metadata={"columns": list(cls.split_columns)}),
+    ins = {"split": dg.AssetIn("split", metadata={"columns": list(cls.split_columns), "lazy": True}),
            **{k: dg.AssetIn(k) for k in ("items", *features)}}
+    if DIVERSITY_TABLE not in cls.feature_assets:  # read for the diversity vectors only
+        ins[DIVERSITY_TABLE] = dg.AssetIn(DIVERSITY_TABLE, metadata={"columns": ["item_id", DIVERSITY_VECTOR]})
 
     # The tuning check runs in the asset's own step: one process start less per model under the local executor.
     @dg.asset(name=name, ins=ins, partitions_def=DATASETS, group_name="models", io_manager_key="lake", pool=cls.pool,

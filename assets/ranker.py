@@ -38,7 +38,7 @@ CHECK = "ranker_sound"
 
 @dg.asset(name="ranker", partitions_def=DATASETS, group_name="models", io_manager_key="lake",
           automation_condition=REFRESH, code_version=CODE_VERSIONS[ranker.NAME],
-          ins={"split": dg.AssetIn("split", metadata={"columns": RANKER_SPLIT_COLUMNS}),
+          ins={"split": dg.AssetIn("split", metadata={"columns": RANKER_SPLIT_COLUMNS, "lazy": True}),
                "items": dg.AssetIn("items"),
                **{t: dg.AssetIn(t, metadata={"allow_missing": True}) for t in FEATURE_TABLES},
                **{m: dg.AssetIn(m, metadata={"allow_missing": True}) for m in all_model_names}},
@@ -46,7 +46,7 @@ CHECK = "ranker_sound"
               "candidate union recall >= every source's; the ranker is tested on the same users as the reference "
               "and validated on the holdout users only"))])
 def ranker_asset(context: dg.AssetExecutionContext, compute: ComputeResource, model_sources: ModelSourcesResource,
-                 lake_store: LakeResource, split: pl.DataFrame, items: pl.DataFrame, **tables):
+                 lake_store: LakeResource, split: pl.LazyFrame, items: pl.DataFrame, **tables):
     """Two-stage recommender: the union of the trained sources' top-N, ordered by LightGBM lambdarank (variants
     full, no_multimodal, no_sources), fitted on valid users, scored once on test."""
     spec = get_dataset(context.partition_key)

@@ -18,7 +18,7 @@ from mmrec_pipeline.evaluation.protocols import valid_on_shared_users
 from mmrec_pipeline.evaluation.report import md_table, plot_drift
 from mmrec_pipeline.models import MODELS, ranker
 from mmrec_pipeline.registry import get_dataset
-from mmrec_pipeline.storage import read_parquet
+from mmrec_pipeline.storage import read_parquet, scan_parquet
 from mmrec_pipeline.versions import code_version
 from resources.compute import ComputeResource
 from resources.models import ModelSourcesResource
@@ -87,14 +87,14 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
         for source, name in meta["sources"].items():
             model, variant = name.split("/", 1)
             source_models[source] = (MODELS[model], artifacts.model(model).variant(variant), tables(FEATURES_OF[model]))
-        split = read_parquet(artifacts.table("split"), columns=RANKER_SPLIT_COLUMNS)
+        split = scan_parquet(artifacts.table("split"), columns=RANKER_SPLIT_COLUMNS)
         facts = serving.serve_ranker(checkpoint, source_models, split, items, spec.name, spec.split,
                                      spec.repeats_relevant, tables(RANKER_TABLES), compute.settings(), artifacts,
                                      config, log=context.log, sources=model_sources.sources(),
                                      feature_cache=lake.feature_cache())
     else:
         # only the columns the champion's fit reads, as its asset loads them
-        split = read_parquet(artifacts.table("split"), columns=list(MODELS[best["model"]].split_columns))
+        split = scan_parquet(artifacts.table("split"), columns=list(MODELS[best["model"]].split_columns))
         facts = serving.serve(MODELS[best["model"]], checkpoint, split, items, spec.name, spec.split,
                               spec.repeats_relevant, tables(FEATURES_OF[best["model"]]), compute.settings(),
                               artifacts, config, log=context.log, sources=model_sources.sources(),

@@ -271,6 +271,12 @@ def run_summary(lake, output: str) -> dict:
     meta = {k: v.value for k, v in record.asset_materialization.metadata.items()}
     serving = {k: meta[k] for k in ("champion", "active_users", "rows", "retrain_seconds", "scoring_seconds",
                                     "users_per_second", "peak_rss_gb", "k")}
+    peaks = {}  # each model step's peak RSS, from its materialization's metadata
+    for model in ("popularity", "item_knn", "bpr_mf", "sasrec"):
+        found = instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(model), asset_partitions=[FULL_DATASET]), limit=1).records
+        if found and "peak_rss_gb" in found[0].asset_materialization.metadata:
+            peaks[model] = found[0].asset_materialization.metadata["peak_rss_gb"].value
     champion = pl.read_parquet(lake.table(FULL_DATASET, "champion"))
     ranking = [{"model": f"{r['model']}/{r['variant']}", "valid_ndcg@10": round(r["valid"], 4),
                 "test_ndcg@10": round(r["test"], 4) if r["test"] is not None else None}
@@ -279,7 +285,7 @@ def run_summary(lake, output: str) -> dict:
         (users, rows), = db.sql(f'select count(distinct user_id), count(*) from "{FULL_DATASET}".recommendations_readable'
                                 ).fetchall()
     return {"serving": serving, "ranking": ranking, "duckdb_view": {"users": users, "rows": rows},
-            "steps_wall_s": steps}
+            "steps_wall_s": steps, "model_steps_peak_rss_gb": peaks}
 
 
 def child(stage: str, scale: float, args) -> dict:

@@ -451,6 +451,16 @@ def read_parquet(path: Path | UPath, columns: list[str] | None = None) -> pl.Dat
         return pl.read_parquet(f, columns=columns)
 
 
+def scan_parquet(path: Path | UPath, columns: list[str] | None = None) -> pl.LazyFrame:
+    """`read_parquet` deferred: nothing is read until the frame is collected, so a caller that turns the table into
+    something else (`RecDataset`) holds the rows only while it does."""
+    path = to_path(path)
+    if not is_local(path):
+        return read_parquet(path, columns).lazy()
+    frame = pl.scan_parquet(path)
+    return frame.select(columns) if columns is not None else frame
+
+
 def write_parquet(df: pl.DataFrame, path: Path) -> Path:
     return atomic_write(path, lambda tmp: df.write_parquet(tmp, compression="zstd"))
 

@@ -13,7 +13,7 @@ import polars as pl
 from upath import UPath
 
 from mmrec_pipeline.catalog import refresh_catalog
-from mmrec_pipeline.storage import Lake, ensure_inside, read_parquet, to_path, write_parquet
+from mmrec_pipeline.storage import Lake, ensure_inside, read_parquet, scan_parquet, to_path, write_parquet
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -61,9 +61,11 @@ class LakeParquetIOManager(dg.UPathIOManager):
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: materialize {context.upstream_output.asset_key.to_user_string()}"
                                     f" for this dataset first")
-        # An input may ask for some columns only (`AssetIn(metadata={"columns": [...]})`, as dagster-polars reads it):
-        # a model step need not hold the split's text columns it never reads.
-        return read_parquet(path, columns=(context.definition_metadata or {}).get("columns"))
+        # An input may ask for some columns only (`AssetIn(metadata={"columns": [...]})`, as dagster-polars reads it),
+        # and for a LazyFrame (`"lazy": True`): a model step need not hold columns it never reads, nor, once its
+        # RecDataset is built, the split's text ids (Dagster keeps every input alive for the whole step).
+        asked = context.definition_metadata or {}
+        return (scan_parquet if asked.get("lazy") else read_parquet)(path, columns=asked.get("columns"))
 
     def load_partitions(self, context: dg.InputContext):
         # Dagster hands an unpartitioned consumer of *all* partitions a bare table, not {key: table}, when the

@@ -72,6 +72,10 @@ def test_drift_between_runs():
                             .otherwise(pl.col("item_id")).alias("item_id"))
     changed = serving.drift(cur, prev, 10)
     assert changed["mean_jaccard"] == pytest.approx((1 + 2 / 4) / 2) and changed["top10_changed_share"] == 0.5
+    # a previous run with other users and items, in another order: ids are matched as ids
+    other = pl.DataFrame({"user_id": ["b"] * 3 + ["c"] * 2, "rank": [1, 2, 3, 1, 2], "item_id": list("xyzqx")})
+    moved = serving.drift(cur, other, 10)
+    assert moved["compared_users"] == 1 and moved["mean_jaccard"] == 1.0 and moved["top10_changed_share"] == 0.0
 
 
 @pytest.fixture(scope="module")

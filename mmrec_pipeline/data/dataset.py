@@ -39,10 +39,13 @@ class RecDataset:
     repeats_relevant: bool = False
 
     @classmethod
-    def from_tables(cls, name: str, split: pl.DataFrame, items: pl.DataFrame, protocol: str = "temporal",
+    def from_tables(cls, name: str, split: pl.DataFrame | pl.LazyFrame, items: pl.DataFrame, protocol: str = "temporal",
                     repeats_relevant: bool = False) -> RecDataset:
         """Under the `recbole` protocol the catalog is remapped to the items left in the (5-core) split, the
-        pool RecBole ranks; otherwise it is the whole catalog."""
+        pool RecBole ranks; otherwise it is the whole catalog. A lazy `split` is read here, and its text ids are
+        freed when this returns."""
+        if isinstance(split, pl.LazyFrame):
+            split = split.collect()
         if protocol == "recbole":
             items = items.join(split.select("item_id").unique(), on="item_id", how="semi")
         items = items.sort("item_id")

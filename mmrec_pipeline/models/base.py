@@ -79,9 +79,12 @@ class ItemFeatures:
             present = aligned[col].is_not_null().to_numpy()
             if not present.any():
                 continue
-            dim = len(aligned[col].drop_nulls()[0])
+            values = aligned[col].drop_nulls()
+            dim = len(values[0])
+            if isinstance(dtype, pl.List):  # one 2-D array, not a Python float per element
+                values = values.list.to_array(dim)
             mat = np.zeros((data.n_items, dim), dtype=np.float32)
-            mat[present] = np.asarray(aligned[col].drop_nulls().to_list(), dtype=np.float32)
+            mat[present] = values.cast(pl.Array(pl.Float32, dim)).to_numpy()
             feats.vectors[prefix + col] = mat
             feats.present[prefix + col] = present
             if (kind := modality_of(source, col)) is not None:
