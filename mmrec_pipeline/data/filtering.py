@@ -16,20 +16,30 @@ def user_core(interactions: pl.DataFrame, min_user_interactions: int, source: st
 
     Only users are filtered: removing rare items too would shrink the catalog the evaluator ranks over.
     """
-    # A row mask from a window count, not a semi join on a table of kept users: the join copies and hashes
-    # every row, which set the split stage's peak memory at H&M's full size (benchmarks/scale.py;
-    # docs/BENCHMARKS.md).
-    counted = pl.len() if before is None else (pl.col("ts") < before).sum()
-    keep = interactions.select(counted.over("user_id") >= min_user_interactions).to_series()
-    if keep.all():  # nobody to drop: filtering would only copy every row
-        return interactions
+    keep = user_core_mask(interactions, min_user_interactions, source, before)
+    return interactions if keep.all() else interactions.filter(keep)  # nobody dropped: no copy
+
+
+def user_core_mask(interactions: pl.DataFrame, min_user_interactions: int, source: str = "interactions",
+                   before=None, alive: pl.Series | None = None) -> pl.Series:
+    """`user_core`'s rows as a mask; `alive`: only these rows exist (the others' users are counted without them).
+    A row mask from a window count, not a semi join on a table of kept users: the join copies and hashes every row,
+    which set the split stage's peak memory at H&M's full size (benchmarks/scale.py; docs/BENCHMARKS.md)."""
+    counts = [pl.col("ts") < before] if before is not None else []
+    frame = interactions
+    if alive is not None:  # as a column (columns are shared, not copied): a window slices columns, not a Series
+        frame, counts = interactions.with_columns(alive.alias("_alive")), [*counts, pl.col("_alive")]
+    counted = pl.all_horizontal(counts).sum() if counts else pl.len()
+    keep = frame.select(counted.over("user_id") >= min_user_interactions).to_series()
+    if alive is not None:
+        keep = keep & alive
     if not keep.any():
         raise DataError(
             f"{source}: no user has at least {min_user_interactions} interactions"
             f"{'' if before is None else f' before the training cut {before}'} "
             f"({interactions.height} interactions, {interactions['user_id'].n_unique()} users before filtering); "
             f"lower min_user_interactions for this dataset in {registry_name()}")
-    return interactions.filter(keep)
+    return keep
 
 
 def user_item_core(interactions: pl.DataFrame, k: int, source: str = "interactions") -> pl.DataFrame:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from mmrec_pipeline.data.filtering import user_core, user_item_core
+from mmrec_pipeline.data.filtering import user_core, user_core_mask, user_item_core
 from mmrec_pipeline.data.schema import DataError
 
 TEMPORAL_SHARES = (0.75, 0.15, 0.10)
@@ -76,13 +76,16 @@ def filter_and_split(interactions: pl.DataFrame, kind: str, min_user_interaction
     if kind != "temporal":
         kept = user_core(interactions, min_user_interactions, source)
     else:
-        kept, rounds = interactions, 0
+        # Rounds narrow a row mask; the table is filtered once at the end (a filtered copy per round beside the
+        # input set the split stage's memory peak at H&M's full size).
+        alive, rounds = pl.Series([True]).new_from_index(0, interactions.height), 0
         while True:
-            cuts, rounds = temporal_cuts(kept["ts"]), rounds + 1
-            smaller = user_core(kept, min_user_interactions, source, before=cuts[0])
-            if smaller.height == kept.height:
+            cuts, rounds = temporal_cuts(interactions["ts"].filter(alive)), rounds + 1
+            keep = user_core_mask(interactions, min_user_interactions, source, before=cuts[0], alive=alive)
+            if keep.sum() == alive.sum():
                 break
-            kept = smaller
+            alive = keep
+        kept = interactions if alive.all() else interactions.filter(alive)
     users = interactions["user_id"].n_unique()
     dropped = {"users_dropped_by_filter": users - (kept["user_id"].n_unique() if kept is not interactions else users),
                "rows_dropped_by_filter": interactions.height - kept.height,
