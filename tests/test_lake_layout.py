@@ -162,6 +162,26 @@ def test_the_io_manager_puts_tables_where_the_view_says(tmp_path):
         manager._inside_root(UPath(tmp_path.parent / "elsewhere.parquet"))
 
 
+def test_an_input_reads_only_the_columns_it_asks_for_and_lazily_when_asked(tmp_path):
+    """`AssetIn(metadata={"columns": [...], "lazy": True})`: a model step loads the split's columns its fit reads,
+    as a LazyFrame that `RecDataset.from_tables` collects."""
+    import dagster as dg
+    import polars as pl
+    from upath import UPath
+
+    from mmrec_pipeline.storage import write_parquet
+    from resources.storage import LakeParquetIOManager
+
+    path = tmp_path / "split.parquet"
+    write_parquet(pl.DataFrame({"user_id": ["u"], "item_id": ["i"], "review_text": [None]}), path)
+    manager = LakeParquetIOManager(base_path=UPath(tmp_path))
+    every = manager.load_from_path(dg.build_input_context(), UPath(path))
+    assert isinstance(every, pl.DataFrame) and every.columns == ["user_id", "item_id", "review_text"]
+    asked = dg.build_input_context(definition_metadata={"columns": ["user_id", "item_id"], "lazy": True})
+    lazy = manager.load_from_path(asked, UPath(path))
+    assert isinstance(lazy, pl.LazyFrame) and lazy.collect().columns == ["user_id", "item_id"]
+
+
 def test_a_checkpoint_is_safetensors_and_json_with_its_hash_checked(tmp_path):
     """`Checkpoint.write` / `read`, the one format `Recommender.save` / `load` and the VQ-VAE use (their round trips:
     tests/test_models.py, tests/test_features.py; their corrupt files: tests/test_integrity.py)."""
