@@ -18,6 +18,7 @@ from mmrec_pipeline.data.schema import SPLITS
 # The columns of the split table that `RecDataset` reads. A consumer that needs no others loads only these: at H&M's
 # full size the rest (all-null ratings and reviews, the constant `event`) would hold ~1.7 GB for nothing.
 SPLIT_COLUMNS = ("user_id", "item_id", "ts", "split")
+STAGE = pl.Enum(SPLITS)  # RecDataset.split's `split` column
 
 
 def index_of(sorted_ids: pl.Series, ids: pl.Series) -> np.ndarray:
@@ -51,14 +52,16 @@ class RecDataset:
         items = items.sort("item_id")
         # Integer indices by binary search, without joins or a rank over the text ids (either copies or hashes
         # every row, which set the memory peak at H&M's full size: docs/BENCHMARKS.md, "Scale"): users in
-        # the split's sorted distinct ids, items in the sorted catalog. The text ids are then dropped; rows whose
+        # the split's sorted distinct ids, items in the sorted catalog. The text ids and the datetime are then
+        # dropped (`t` replaces it) and the stage is an enum (1 byte a row, not a 16-byte string view); rows whose
         # item is not in the catalog too. A stable sort keeps file order among equal (user, time).
         item_idx = index_of(items["item_id"], split["item_id"])
         known = pl.Series(item_idx >= 0)
         users = split["user_id"].filter(known).unique().sort()
         df = split.with_columns(pl.Series("item_idx", item_idx),
                                 users.search_sorted(split["user_id"]).cast(pl.Int64).alias("user_idx"),
-                                pl.col("ts").dt.epoch("s").alias("t")).drop("user_id", "item_id")
+                                pl.col("ts").dt.epoch("s").alias("t"),
+                                pl.col("split").cast(STAGE)).drop("user_id", "item_id", "ts")
         if not known.all():
             df = df.filter(known)
         # numpy's lexsort is stable; the canonical tables are sorted already, and then nothing is copied
@@ -69,7 +72,8 @@ class RecDataset:
 
     def valid_as_train(self) -> RecDataset:
         """This dataset with its valid rows trained on (the refit protocol: nothing left to validate on)."""
-        return dataclasses.replace(self, split=self.split.with_columns(pl.col("split").replace("valid", "train")))
+        stage = pl.when(pl.col("split") == "valid").then(pl.lit("train")).otherwise(pl.col("split"))
+        return dataclasses.replace(self, split=self.split.with_columns(stage.cast(STAGE).alias("split")))
 
     def ids(self, df: pl.DataFrame) -> pl.DataFrame:
         """`df`'s user_idx and item_idx as the text `user_id` and `item_id` they stand for."""
