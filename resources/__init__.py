@@ -27,6 +27,11 @@ def concurrent_steps() -> int:
 
 
 CONCURRENT_STEPS = concurrent_steps()
+# Step processes (the local executor's forkserver and the steps it forks) start with this environment. glibc's
+# default of up to 8 malloc arenas per core lets each thread (torch's, polars') keep its freed memory apart from the
+# others', so a model step at H&M's full size held far more than it used (docs/BENCHMARKS.md, "The asset path's
+# memory at full size"). A value the user set is kept.
+os.environ.setdefault("MALLOC_ARENA_MAX", "2")
 CORES = os.cpu_count() or 1
 
 COMPUTE = {

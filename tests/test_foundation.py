@@ -216,6 +216,13 @@ def test_compute_resource_sets_torch_threads_per_step():
     assert resources_for_env("local")["compute"].cpu_threads == max(1, CORES // CONCURRENT_STEPS)
 
 
+def test_step_processes_start_with_two_malloc_arenas():
+    """Set when the Dagster layer is imported, before the executor starts its step processes, which inherit it."""
+    import resources  # noqa: F401
+
+    assert os.environ["MALLOC_ARENA_MAX"].isdigit()
+
+
 def test_concurrent_steps_setting(monkeypatch):
     """MMREC_CONCURRENT_STEPS: one step at a time where two steps of a large dataset do not fit in memory."""
     from resources import concurrent_steps
