@@ -16,7 +16,7 @@ import scipy.sparse as sp
 from mmrec_pipeline.data.schema import SPLITS
 
 # The columns of the split table that `RecDataset` reads. A consumer that needs no others loads only these: at H&M's
-# full size the rest (all-null ratings and reviews, the constant `event`) would hold ~1.7 GB for nothing.
+# full size the rest (all-null ratings and reviews, the constant `event`) would hold gigabytes for nothing.
 SPLIT_COLUMNS = ("user_id", "item_id", "ts", "split")
 STAGE = pl.Enum(SPLITS)  # RecDataset.split's `split` column
 
