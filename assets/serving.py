@@ -81,20 +81,20 @@ def recommendations(context: dg.AssetExecutionContext, compute: ComputeResource,
         return {t: read_parquet(artifacts.table(t)) for t in names if artifacts.table(t).exists()}
 
     checkpoint = artifacts.model(best["model"]).variant(best["variant"])
+    # only the split columns the retrained models read, as their assets load them
+    columns = RANKER_SPLIT_COLUMNS if best["model"] == ranker.NAME else list(MODELS[best["model"]].split_columns)
+    split = scan_parquet(artifacts.table("split"), columns=columns)
     if best["model"] == ranker.NAME:  # every source retrained, then the saved booster over their candidates
         _, meta = ranker.load_variant(checkpoint)
         source_models = {}
         for source, name in meta["sources"].items():
             model, variant = name.split("/", 1)
             source_models[source] = (MODELS[model], artifacts.model(model).variant(variant), tables(FEATURES_OF[model]))
-        split = scan_parquet(artifacts.table("split"), columns=RANKER_SPLIT_COLUMNS)
         facts = serving.serve_ranker(checkpoint, source_models, split, items, spec.name, spec.split,
                                      spec.repeats_relevant, tables(RANKER_TABLES), compute.settings(), artifacts,
                                      config, log=context.log, sources=model_sources.sources(),
                                      feature_cache=lake.feature_cache())
     else:
-        # only the columns the champion's fit reads, as its asset loads them
-        split = scan_parquet(artifacts.table("split"), columns=list(MODELS[best["model"]].split_columns))
         facts = serving.serve(MODELS[best["model"]], checkpoint, split, items, spec.name, spec.split,
                               spec.repeats_relevant, tables(FEATURES_OF[best["model"]]), compute.settings(),
                               artifacts, config, log=context.log, sources=model_sources.sources(),

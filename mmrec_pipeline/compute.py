@@ -53,8 +53,8 @@ def keep_freed_memory() -> bool:
     105k items, ~108 MB) kept on the heap left holes that the next, differently interleaved batch could not
     reuse, so evaluating a sequential model at H&M size grew to ~20 GB resident instead of ~4.5 GB.
     The cost: a process's resident memory stays at its heap's peak instead of shrinking, and the many small
-    per-user arrays of an evaluation leave a heap that never shrinks either (item-kNN's step at H&M size: 14.1
-    GB peak against 10.2 GB with glibc's defaults). So only the image CNNs call it (`image.for_inference`), the
+    per-user arrays of an evaluation leave a heap that never shrinks either (docs/BENCHMARKS.md, "The asset path's
+    memory at full size"). So only the image CNNs call it (`image.for_inference`), the
     one place it was measured to pay; it is process-wide and once. Returns False where the C library is not
     glibc."""
     import ctypes

@@ -78,7 +78,7 @@ def filter_and_split(interactions: pl.DataFrame, kind: str, min_user_interaction
     else:
         # Rounds narrow a row mask; the table is filtered once at the end (a filtered copy per round beside the
         # input set the split stage's memory peak at H&M's full size).
-        alive, rounds = pl.Series([True]).new_from_index(0, interactions.height), 0
+        alive, rounds = pl.repeat(True, interactions.height, eager=True), 0
         while True:
             cuts, rounds = temporal_cuts(interactions["ts"].filter(alive)), rounds + 1
             keep = user_core_mask(interactions, min_user_interactions, source, before=cuts[0], alive=alive)
